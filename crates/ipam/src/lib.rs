@@ -1,1 +1,32 @@
-//! Placeholder, filled in by the crate owner.
+//! IPAM core of `trestle-ipam`: host-local compatible configuration, a round-robin allocator,
+//! a [`Store`] trait with an on-disk implementation that shares host-local's `dataDir` layout
+//! (a node can switch between the two plugins without conflicting addresses), an in-memory
+//! store for tests, and garbage collection.
+//!
+//! Beyond host-local, the [`DiskStore`] drops reservations left over from before a reboot
+//! (see [`boot`]) and [`gc`] frees every reservation of an attachment that is no longer valid.
+//!
+//! This crate knows nothing about CNI's wire types: the plugin binary maps its input to
+//! [`ConfigInput`] and [`Allocation`] to a result, and picks error codes via
+//! [`IpamError::kind`].
+
+mod alloc;
+pub mod boot;
+mod config;
+mod disk;
+mod dns;
+mod error;
+mod ipmath;
+mod mem;
+mod range;
+mod store;
+
+pub use alloc::{allocate, check, gc, release, AllocatedIp, Allocation};
+pub use boot::BootIdSource;
+pub use config::{ConfigInput, IpamConfig, RouteConfig, DEFAULT_DATA_DIR};
+pub use disk::{DiskStore, LAST_RESERVED_PREFIX};
+pub use dns::DnsConfig;
+pub use error::{ErrorKind, IpamError};
+pub use mem::MemStore;
+pub use range::{Range, RangeSet};
+pub use store::{Attachment, Reservation, Store};

@@ -1,0 +1,256 @@
+//! The on-disk store, compatible with host-local's `dataDir` layout.
+//!
+//! Layout of `<data_dir>/<network>/` (directory mode 0755):
+//! - one file per reserved address, named by the address, created with `O_EXCL` and mode
+//!   0600, holding `<containerID>\r\n<ifname>` (older host-local: `<containerID>\n<ifname>`,
+//!   oldest: `<containerID>`; all are read);
+//! - `last_reserved_ip.<setIndex>` with the last address reserved in that range set;
+//! - `lock`, which every host-local and trestle process `flock`s around each operation;
+//! - `.trestle-boot`, trestle's boot ID record (see [`crate::boot`]).
+//!
+//! Cost of the hot path: reserving is one `O_EXCL` create per candidate address plus the
+//! `last_reserved_ip` write, independent of how many addresses are taken. The duplicate-ADD
+//! check must find files by their *content*, which needs a directory scan; the allocator asks
+//! only for files named by addresses inside the range sets it is about to allocate from (no
+//! open/read of anything else) and skips the scan entirely when every set gets a requested
+//! address (as host-local does). A separate index would avoid the scan but goes stale as soon
+//! as host-local writes to the same directory, which the disk compatibility promise allows; a
+//! wrong duplicate check is worse than a readdir.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::boot::{self, BootCheck, BootIdSource, BOOT_FILE};
+use crate::config::is_valid_name;
+use crate::error::IpamError;
+use crate::store::{Attachment, Reservation, Store};
+
+/// Prefix of the per-set round-robin cursor files.
+pub const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
+
+/// The separator current host-local writes between container ID and ifname.
+const LINE_BREAK: &str = "\r\n";
+
+/// host-local compatible reservation store in `<data_dir>/<network>`.
+#[derive(Debug)]
+pub struct DiskStore {
+    dir: PathBuf,
+    lock_file: File,
+}
+
+impl DiskStore {
+    /// Opens (creating if needed) the store of `network` under `data_dir`, with reboot
+    /// detection from the kernel boot ID.
+    pub fn open(data_dir: &Path, network: &str) -> Result<DiskStore, IpamError> {
+        Self::open_with(data_dir, network, &BootIdSource::Kernel)
+    }
+
+    /// Like [`DiskStore::open`] with an explicit boot ID source. Under the lock, if the
+    /// recorded boot ID differs from the current one, every reservation is dropped (the
+    /// `last_reserved_ip.*` cursors are kept, so round-robin continues) and the new ID is
+    /// recorded. If none is recorded, reservations are kept and the ID is recorded.
+    pub fn open_with(
+        data_dir: &Path,
+        network: &str,
+        boot_id: &BootIdSource,
+    ) -> Result<DiskStore, IpamError> {
+        if !is_valid_name(network) {
+            return Err(IpamError::invalid(
+                "name",
+                format!("invalid network name {network:?}"),
+            ));
+        }
+        let dir = data_dir.join(network);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+            .map_err(|e| IpamError::io("create", &dir, e))?;
+        let lock_path = dir.join("lock");
+        let lock_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| IpamError::io("open", &lock_path, e))?;
+        let mut store = DiskStore { dir, lock_file };
+        store.lock()?;
+        let checked = store.apply_boot_check(boot_id);
+        let unlocked = store.unlock();
+        checked?;
+        unlocked?;
+        Ok(store)
+    }
+
+    /// The network's state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn apply_boot_check(&mut self, source: &BootIdSource) -> Result<(), IpamError> {
+        let id = match boot::check(&self.dir, source)? {
+            BootCheck::Same => return Ok(()),
+            BootCheck::FirstUse(id) => id,
+            BootCheck::Rebooted(id) => {
+                let stale = self.list()?;
+                let ips: Vec<IpAddr> = stale.iter().map(|r| r.ip).collect();
+                crate::store::release_all(self, &ips)?;
+                log::info!(
+                    "{}: boot ID changed, dropped {} stale reservations",
+                    self.dir.display(),
+                    ips.len()
+                );
+                id
+            }
+        };
+        write_file(&self.dir.join(BOOT_FILE), id.as_bytes())
+    }
+
+    fn ip_path(&self, ip: IpAddr) -> PathBuf {
+        self.dir.join(ip.to_string())
+    }
+
+    fn last_path(&self, set_index: usize) -> PathBuf {
+        self.dir.join(format!("{LAST_RESERVED_PREFIX}{set_index}"))
+    }
+
+    fn create_reservation(&self, path: &Path, att: &Attachment) -> Result<bool, IpamError> {
+        let mut file = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(IpamError::io("create", path, e)),
+        };
+        let content = format!("{}{LINE_BREAK}{}", att.stored_id(), att.ifname);
+        if let Err(e) = file.write_all(content.as_bytes()) {
+            // An empty file would leak the address, so undo the half-written reservation.
+            let _ = fs::remove_file(path);
+            return Err(IpamError::io("write", path, e));
+        }
+        Ok(true)
+    }
+}
+
+/// Writes (truncating) a state file with mode 0600.
+fn write_file(path: &Path, content: &[u8]) -> Result<(), IpamError> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(content))
+        .map_err(|e| IpamError::io("write", path, e))
+}
+
+/// Parses a reservation file's content; host-local compares the whitespace-trimmed content.
+pub(crate) fn parse_owner(content: &str) -> Attachment {
+    let content = content.trim();
+    match content.split_once('\n') {
+        Some((id, ifname)) => Attachment::new(id.trim_end_matches('\r'), ifname),
+        None => Attachment::new(content, ""),
+    }
+}
+
+impl Store for DiskStore {
+    fn lock(&mut self) -> Result<(), IpamError> {
+        self.lock_file
+            .lock()
+            .map_err(|e| IpamError::io("lock", self.dir.join("lock"), e))
+    }
+
+    fn unlock(&mut self) -> Result<(), IpamError> {
+        self.lock_file
+            .unlock()
+            .map_err(|e| IpamError::io("unlock", self.dir.join("lock"), e))
+    }
+
+    fn reserve(
+        &mut self,
+        att: &Attachment,
+        ip: IpAddr,
+        set_index: usize,
+    ) -> Result<bool, IpamError> {
+        if !self.create_reservation(&self.ip_path(ip), att)? {
+            return Ok(false);
+        }
+        write_file(&self.last_path(set_index), ip.to_string().as_bytes())?;
+        Ok(true)
+    }
+
+    fn last_reserved(&self, set_index: usize) -> Result<Option<IpAddr>, IpamError> {
+        let path = self.last_path(set_index);
+        match fs::read_to_string(&path) {
+            // Garbage is treated like a missing cursor: round-robin restarts, nothing breaks.
+            Ok(text) => Ok(text.trim().parse().ok()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(IpamError::io("read", path, e)),
+        }
+    }
+
+    fn release(&mut self, ip: IpAddr) -> Result<bool, IpamError> {
+        let path = self.ip_path(ip);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(IpamError::io("remove", path, e)),
+        }
+    }
+
+    fn list_matching(
+        &self,
+        filter: &dyn Fn(IpAddr) -> bool,
+    ) -> Result<Vec<Reservation>, IpamError> {
+        let entries = fs::read_dir(&self.dir).map_err(|e| IpamError::io("list", &self.dir, e))?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| IpamError::io("list", &self.dir, e))?;
+            let Some(ip) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<IpAddr>().ok())
+            else {
+                continue;
+            };
+            if !filter(ip) {
+                continue;
+            }
+            match fs::read(entry.path()) {
+                Ok(bytes) => out.push(Reservation {
+                    ip,
+                    owner: parse_owner(&String::from_utf8_lossy(&bytes)),
+                }),
+                // Like host-local, unreadable files (or directories) are not reservations.
+                Err(e) => log::warn!("skipping {}: {e}", entry.path().display()),
+            }
+        }
+        out.sort_by_key(|r| r.ip);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_formats() {
+        assert_eq!(parse_owner("abc\r\neth0"), Attachment::new("abc", "eth0"));
+        assert_eq!(parse_owner("abc\neth0"), Attachment::new("abc", "eth0"));
+        assert_eq!(
+            parse_owner("  abc\r\neth0\n"),
+            Attachment::new("abc", "eth0")
+        );
+        assert_eq!(parse_owner("abc"), Attachment::new("abc", ""));
+        assert_eq!(parse_owner(""), Attachment::new("", ""));
+    }
+}

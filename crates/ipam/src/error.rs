@@ -1,0 +1,180 @@
+//! The crate's error type and its mapping to CNI error codes.
+
+use std::io;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in configuration parsing, allocation and storage.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IpamError {
+    /// The network configuration is invalid (CNI code 7).
+    #[error("invalid {field}: {reason}")]
+    InvalidConfig {
+        /// JSON path of the offending key, e.g. `ipam.ranges[0][1].subnet`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The configuration uses something this CNI version does not support (CNI code 2).
+    #[error("unsupported {field}: {reason}")]
+    Unsupported {
+        /// JSON path of the offending key.
+        field: String,
+        /// Why it is unsupported.
+        reason: String,
+    },
+    /// A range set has no free address left.
+    ///
+    /// The message keeps host-local's wording (`no IP addresses available in range set: …`),
+    /// which operators and scripts grep for, and adds the network name.
+    #[error(
+        "failed to allocate for range {set_index}: no IP addresses available in range set: \
+         {range} (network {network})"
+    )]
+    Exhausted {
+        /// Network name.
+        network: String,
+        /// Index of the exhausted range set.
+        set_index: usize,
+        /// The set as `start-end[,start-end…]`.
+        range: String,
+    },
+    /// A requested address is already reserved.
+    #[error("requested IP address {ip} is not available in range set {range}")]
+    Unavailable {
+        /// The requested address.
+        ip: IpAddr,
+        /// The set it belongs to, as `start-end[,…]`.
+        range: String,
+    },
+    /// A requested address is the gateway of its range.
+    #[error("requested ip {ip} is subnet's gateway")]
+    RequestedGateway {
+        /// The requested address.
+        ip: IpAddr,
+    },
+    /// A requested address lies in no range of any set.
+    #[error("requested IP address {0} is outside every range set")]
+    OutsideRanges(IpAddr),
+    /// More addresses were requested than can be used (two in one set).
+    #[error("failed to allocate all requested IPs: {}", join_ips(.0))]
+    UnusedRequests(Vec<IpAddr>),
+    /// The attachment already holds an address in a set (CNI forbids a second ADD).
+    #[error("{ip} has been allocated to {container_id}, duplicate allocation is not allowed")]
+    Duplicate {
+        /// The address already held.
+        ip: IpAddr,
+        /// The container holding it.
+        container_id: String,
+    },
+    /// CHECK found no reservation for the attachment.
+    #[error("failed to find address added by container {container_id}")]
+    NotFound {
+        /// The container that was checked.
+        container_id: String,
+    },
+    /// A state file or directory could not be accessed.
+    #[error("cannot {op} {}", path.display())]
+    Io {
+        /// The operation, e.g. `create` or `read`.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn join_ips(ips: &[IpAddr]) -> String {
+    let parts: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
+    parts.join(" ")
+}
+
+/// Coarse classification of an [`IpamError`], for the plugin edge to pick a CNI error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Invalid network configuration: CNI code 7.
+    InvalidConfig,
+    /// Unsupported configuration field: CNI code 2.
+    Unsupported,
+    /// May succeed later (a full pool frees up after DEL/GC, an interrupted lock): CNI code 11.
+    Transient,
+    /// A requested address conflicts with an existing reservation, or a duplicate ADD.
+    Conflict,
+    /// A requested address cannot be honoured by this configuration.
+    BadRequest,
+    /// CHECK found nothing.
+    NotFound,
+    /// The state directory could not be accessed.
+    Io,
+}
+
+impl ErrorKind {
+    /// The CNI error code for this kind; codes of 100 and above are trestle-ipam specific.
+    pub fn cni_code(self) -> u32 {
+        match self {
+            ErrorKind::InvalidConfig => 7,
+            ErrorKind::Unsupported => 2,
+            ErrorKind::Transient => 11,
+            ErrorKind::Io => 100,
+            ErrorKind::Conflict => 101,
+            ErrorKind::BadRequest => 102,
+            ErrorKind::NotFound => 103,
+        }
+    }
+}
+
+impl IpamError {
+    /// True for errors in the network configuration itself (CNI code 7).
+    pub fn is_invalid_config(&self) -> bool {
+        matches!(self, IpamError::InvalidConfig { .. })
+    }
+
+    /// The error's [`ErrorKind`].
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            IpamError::InvalidConfig { .. } => ErrorKind::InvalidConfig,
+            IpamError::Unsupported { .. } => ErrorKind::Unsupported,
+            IpamError::Exhausted { .. } => ErrorKind::Transient,
+            IpamError::Unavailable { .. } | IpamError::Duplicate { .. } => ErrorKind::Conflict,
+            IpamError::RequestedGateway { .. }
+            | IpamError::OutsideRanges(_)
+            | IpamError::UnusedRequests(_) => ErrorKind::BadRequest,
+            IpamError::NotFound { .. } => ErrorKind::NotFound,
+            IpamError::Io { source, .. } if is_transient_io(source) => ErrorKind::Transient,
+            IpamError::Io { .. } => ErrorKind::Io,
+        }
+    }
+
+    /// Shorthand for `self.kind().cni_code()`.
+    pub fn cni_code(&self) -> u32 {
+        self.kind().cni_code()
+    }
+
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        IpamError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        IpamError::InvalidConfig {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn is_transient_io(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::ResourceBusy
+    )
+}
