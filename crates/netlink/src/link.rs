@@ -1,0 +1,345 @@
+//! Links: lookup, creation of bridges and veths, attribute changes, removal.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::{
+    link::{
+        InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags,
+        LinkInfo, LinkMessage, State,
+    },
+    RouteNetlinkMessage as Msg,
+};
+
+use crate::{Error, Link, Netlink, VethEnd};
+
+/// `IFNAMSIZ - 1`: the longest interface name the kernel accepts.
+const MAX_NAME_LEN: usize = 15;
+
+impl Netlink {
+    /// Looks a link up by name; `Ok(None)` when there is none.
+    ///
+    /// Like `ip link show NAME`. Names the kernel could never accept are
+    /// rejected with [`Error::InvalidName`].
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, Error> {
+        check_name(name)?;
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        self.get_link(msg)
+    }
+
+    /// Looks a link up by index; `Ok(None)` when there is none.
+    pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>, Error> {
+        self.get_link(message(index))
+    }
+
+    /// Lists every link of the namespace.
+    pub fn links(&mut self) -> Result<Vec<Link>, Error> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(skip_stats());
+        let replies = self.transport.dump("dump links", Msg::GetLink(msg))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(link_reply)
+            .map(Link::from_message)
+            .collect())
+    }
+
+    /// Creates a bridge, down. [`Error::Exists`] when the name is taken;
+    /// `EOPNOTSUPP` ([`Error::Kernel`]) for `vlan_filtering` on a kernel
+    /// without `CONFIG_BRIDGE_VLAN_FILTERING`.
+    ///
+    /// Like `ip link add NAME [mtu MTU] type bridge vlan_filtering 0|1`.
+    pub fn create_bridge(
+        &mut self,
+        name: &str,
+        mtu: Option<u32>,
+        vlan_filtering: bool,
+    ) -> Result<(), Error> {
+        check_name(name)?;
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        msg.attributes.extend(mtu.map(LinkAttribute::Mtu));
+        let mut info = vec![LinkInfo::Kind(InfoKind::Bridge)];
+        // Only ask for filtering when wanted: kernels built without
+        // CONFIG_BRIDGE_VLAN_FILTERING refuse the attribute even when it is 0.
+        if vlan_filtering {
+            info.push(LinkInfo::Data(InfoData::Bridge(vec![
+                InfoBridge::VlanFiltering(true),
+            ])));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(info));
+        self.create("create bridge", msg)
+    }
+
+    /// Creates a veth pair: `host` in this socket's namespace and `peer`
+    /// directly inside `peer_netns` (`IFLA_NET_NS_FD` on the peer), so the
+    /// peer is never moved between namespaces. Both ends start down.
+    ///
+    /// [`Error::Exists`] when either name is taken in its namespace.
+    pub fn create_veth(
+        &mut self,
+        host: &VethEnd,
+        peer: &VethEnd,
+        peer_netns: BorrowedFd<'_>,
+    ) -> Result<(), Error> {
+        check_name(&host.name)?;
+        check_name(&peer.name)?;
+        let mut peer_msg = LinkMessage::default();
+        peer_msg.attributes = end_attributes(peer);
+        // The fd only has to stay open until the kernel has read the
+        // request, which `create` waits for.
+        peer_msg
+            .attributes
+            .push(LinkAttribute::NetNsFd(peer_netns.as_raw_fd()));
+        let mut msg = LinkMessage::default();
+        msg.attributes = end_attributes(host);
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+        ]));
+        self.create("create veth", msg)
+    }
+
+    /// Sets a link administratively up or down (`ip link set up|down`).
+    pub fn set_up(&mut self, index: u32, up: bool) -> Result<(), Error> {
+        self.set_flag(index, LinkFlags::Up, up)
+    }
+
+    /// Enslaves a link to `master` (a bridge), or frees it with `None`
+    /// (`ip link set master|nomaster`).
+    pub fn set_master(&mut self, index: u32, master: Option<u32>) -> Result<(), Error> {
+        self.set_attribute(
+            "set master",
+            index,
+            LinkAttribute::Controller(master.unwrap_or(0)),
+        )
+    }
+
+    /// Sets the MTU.
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), Error> {
+        self.set_attribute("set mtu", index, LinkAttribute::Mtu(mtu))
+    }
+
+    /// Turns user-requested promiscuous mode on or off (`ip link set promisc`).
+    pub fn set_promisc(&mut self, index: u32, on: bool) -> Result<(), Error> {
+        self.set_flag(index, LinkFlags::Promisc, on)
+    }
+
+    /// Sets the hardware address.
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> Result<(), Error> {
+        self.set_attribute("set mac", index, LinkAttribute::Address(mac.to_vec()))
+    }
+
+    /// Renames a link. Older kernels refuse ([`Error::Busy`]) while the
+    /// link is up, so rename links while they are down.
+    pub fn set_name(&mut self, index: u32, name: &str) -> Result<(), Error> {
+        check_name(name)?;
+        self.set_attribute("set name", index, LinkAttribute::IfName(name.to_owned()))
+    }
+
+    /// Deletes a link; [`Error::NotFound`] when it does not exist. Deleting
+    /// one end of a veth removes both.
+    pub fn delete_link(&mut self, index: u32) -> Result<(), Error> {
+        self.transport
+            .ack("delete link", Msg::DelLink(message(index)), 0)
+    }
+
+    /// Sends `RTM_NEWLINK` for an existing link (a "changelink").
+    pub(crate) fn change_link(&mut self, op: &'static str, msg: LinkMessage) -> Result<(), Error> {
+        self.transport.ack(op, Msg::NewLink(msg), 0)
+    }
+
+    fn create(&mut self, op: &'static str, msg: LinkMessage) -> Result<(), Error> {
+        self.transport
+            .ack(op, Msg::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    fn get_link(&mut self, msg: LinkMessage) -> Result<Option<Link>, Error> {
+        Ok(self.get_link_message(msg)?.map(Link::from_message))
+    }
+
+    /// The raw `RTM_GETLINK` reply for the link `msg` names, if it exists.
+    pub(crate) fn get_link_message(
+        &mut self,
+        mut msg: LinkMessage,
+    ) -> Result<Option<LinkMessage>, Error> {
+        msg.attributes.push(skip_stats());
+        match self.transport.get("get link", Msg::GetLink(msg)) {
+            Ok(replies) => Ok(replies.into_iter().find_map(link_reply)),
+            Err(Error::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn set_attribute(
+        &mut self,
+        op: &'static str,
+        index: u32,
+        attribute: LinkAttribute,
+    ) -> Result<(), Error> {
+        let mut msg = message(index);
+        msg.attributes.push(attribute);
+        self.transport.ack(op, Msg::SetLink(msg), 0)
+    }
+
+    fn set_flag(&mut self, index: u32, flag: LinkFlags, on: bool) -> Result<(), Error> {
+        let mut msg = message(index);
+        msg.header.change_mask = flag;
+        if on {
+            msg.header.flags = flag;
+        }
+        self.transport.ack("set link flags", Msg::SetLink(msg), 0)
+    }
+}
+
+/// An empty link message addressed to `index`.
+pub(crate) fn message(index: u32) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg
+}
+
+/// Statistics are most of a link reply and nobody here reads them.
+fn skip_stats() -> LinkAttribute {
+    LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats])
+}
+
+fn link_reply(msg: Msg) -> Option<LinkMessage> {
+    match msg {
+        Msg::NewLink(m) => Some(m),
+        _ => None,
+    }
+}
+
+fn end_attributes(end: &VethEnd) -> Vec<LinkAttribute> {
+    let mut attributes = vec![LinkAttribute::IfName(end.name.clone())];
+    attributes.extend(end.mtu.map(LinkAttribute::Mtu));
+    attributes.extend(end.mac.map(|m| LinkAttribute::Address(m.to_vec())));
+    attributes
+}
+
+/// Applies the kernel's `dev_valid_name` rules.
+pub(crate) fn check_name(name: &str) -> Result<(), Error> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace());
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(name.to_owned()))
+    }
+}
+
+impl Link {
+    pub(crate) fn from_message(msg: LinkMessage) -> Link {
+        let flags = msg.header.flags;
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            kind: None,
+            mac: None,
+            mtu: 0,
+            up: flags.contains(LinkFlags::Up),
+            oper_up: false,
+            master: None,
+            promisc: flags.contains(LinkFlags::Promisc),
+            peer_index: None,
+            link_netnsid: None,
+        };
+        for attribute in msg.attributes {
+            link.apply(attribute);
+        }
+        link
+    }
+
+    fn apply(&mut self, attribute: LinkAttribute) {
+        match attribute {
+            LinkAttribute::IfName(name) => self.name = name,
+            LinkAttribute::Mtu(mtu) => self.mtu = mtu,
+            LinkAttribute::Address(mac) => self.mac = mac.try_into().ok(),
+            LinkAttribute::OperState(state) => self.oper_up = state == State::Up,
+            LinkAttribute::Controller(master) if master != 0 => self.master = Some(master),
+            LinkAttribute::Link(peer) if peer != 0 => self.peer_index = Some(peer),
+            LinkAttribute::LinkNetNsId(id) => self.link_netnsid = Some(id),
+            LinkAttribute::LinkInfo(infos) => {
+                self.kind = infos.into_iter().find_map(|info| match info {
+                    LinkInfo::Kind(kind) => Some(kind.to_string()),
+                    _ => None,
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in [
+            "eth0",
+            "veth1234abcd",
+            "a",
+            "cni-br0.100",
+            "123456789012345",
+        ] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "1234567890123456",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\0",
+            "a\tb",
+        ] {
+            assert!(
+                matches!(check_name(bad), Err(Error::InvalidName(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn link_from_message() {
+        let mut msg = message(7);
+        msg.header.flags = LinkFlags::Up | LinkFlags::Promisc;
+        msg.attributes = vec![
+            LinkAttribute::IfName("veth0".into()),
+            LinkAttribute::Mtu(1400),
+            LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1]),
+            LinkAttribute::OperState(State::Up),
+            LinkAttribute::Controller(3),
+            LinkAttribute::Link(9),
+            LinkAttribute::LinkNetNsId(0),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
+        ];
+        let link = Link::from_message(msg);
+        assert_eq!(
+            link,
+            Link {
+                index: 7,
+                name: "veth0".into(),
+                kind: Some("veth".into()),
+                mac: Some([2, 0, 0, 0, 0, 1]),
+                mtu: 1400,
+                up: true,
+                oper_up: true,
+                master: Some(3),
+                promisc: true,
+                peer_index: Some(9),
+                link_netnsid: Some(0),
+            }
+        );
+    }
+}

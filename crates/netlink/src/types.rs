@@ -1,0 +1,155 @@
+//! Plain data types exchanged with [`crate::Netlink`].
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// A network interface as reported by `RTM_GETLINK`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// `IFLA_INFO_KIND`: `"bridge"`, `"veth"`...; `None` for devices without
+    /// link ops such as `lo` or physical NICs.
+    pub kind: Option<String>,
+    /// Hardware address, when the device has a 6-byte one.
+    pub mac: Option<[u8; 6]>,
+    /// MTU.
+    pub mtu: u32,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+    /// Operationally up (`IF_OPER_UP`).
+    pub oper_up: bool,
+    /// Index of the master device (bridge), if enslaved.
+    pub master: Option<u32>,
+    /// Promiscuous mode requested by the user (`IFF_PROMISC`); a bridge's
+    /// own promiscuity towards its ports does not show here.
+    pub promisc: bool,
+    /// `IFLA_LINK`: for a veth, the peer's index (in the peer's namespace).
+    pub peer_index: Option<u32>,
+    /// `IFLA_LINK_NETNSID`: the namespace id of the peer, when it lives in
+    /// another namespace.
+    pub link_netnsid: Option<i32>,
+}
+
+/// One end of a veth pair to create.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VethEnd {
+    /// Interface name.
+    pub name: String,
+    /// MTU; the kernel default (1500) when `None`.
+    pub mtu: Option<u32>,
+    /// Hardware address; random when `None`.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// Bridge port flags. `None` leaves a flag unchanged when setting and means
+/// "not reported" when reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PortOptions {
+    /// Hairpin mode: frames may be sent back out of the port they came in on.
+    pub hairpin: Option<bool>,
+    /// Isolated: the port cannot talk to other isolated ports.
+    pub isolated: Option<bool>,
+}
+
+/// One VLAN of a bridge or bridge port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BridgeVlan {
+    /// VLAN id (1..=4094).
+    pub vid: u16,
+    /// Untagged ingress frames are assigned this VLAN.
+    pub pvid: bool,
+    /// Frames of this VLAN leave the port untagged.
+    pub untagged: bool,
+}
+
+/// An interface address as reported by `RTM_GETADDR`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Address {
+    /// Index of the interface that holds the address.
+    pub index: u32,
+    /// Address and prefix length.
+    pub address: IpNet,
+    /// Scope (`0` universe, `253` link, `254` host).
+    pub scope: u8,
+    /// `IFA_F_*` flags (e.g. `0x80` permanent, `0x02` nodad, `0x40` tentative).
+    pub flags: u32,
+}
+
+/// An address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// IPv4 (`AF_INET`).
+    V4,
+    /// IPv6 (`AF_INET6`).
+    V6,
+}
+
+impl Family {
+    /// The family of `net`.
+    pub fn of(net: &IpNet) -> Family {
+        match net {
+            IpNet::V4(_) => Family::V4,
+            IpNet::V6(_) => Family::V6,
+        }
+    }
+}
+
+/// A route, for adding, deleting and listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// Destination; `0.0.0.0/0` or `::/0` for a default route.
+    pub dst: IpNet,
+    /// Next hop, if the route goes through a gateway.
+    pub gateway: Option<IpAddr>,
+    /// Output interface index.
+    pub oif: Option<u32>,
+    /// Routing table (`254` main, `255` local).
+    pub table: u32,
+    /// Scope (`0` universe, `253` link, `254` host).
+    pub scope: u8,
+    /// Origin (`2` kernel, `3` boot, `4` static).
+    pub protocol: u8,
+    /// Route type (`1` unicast, `2` local, `6` blackhole...).
+    pub kind: u8,
+    /// Metric (`RTA_PRIORITY`).
+    pub priority: Option<u32>,
+    /// Path MTU metric (`RTAX_MTU`).
+    pub mtu: Option<u32>,
+    /// Advertised MSS metric (`RTAX_ADVMSS`).
+    pub advmss: Option<u32>,
+}
+
+/// `RT_TABLE_MAIN`.
+pub(crate) const TABLE_MAIN: u32 = 254;
+/// `RTPROT_BOOT`, what `ip route add` uses.
+pub(crate) const PROTO_BOOT: u8 = 3;
+/// `RTN_UNICAST`.
+pub(crate) const TYPE_UNICAST: u8 = 1;
+
+impl Route {
+    /// A unicast route to `dst` in the main table with universe scope and
+    /// boot protocol, like a bare `ip route add DST`.
+    pub fn new(dst: IpNet) -> Route {
+        Route {
+            dst,
+            gateway: None,
+            oif: None,
+            table: TABLE_MAIN,
+            scope: 0,
+            protocol: PROTO_BOOT,
+            kind: TYPE_UNICAST,
+            priority: None,
+            mtu: None,
+            advmss: None,
+        }
+    }
+
+    /// The family of the destination.
+    pub fn family(&self) -> Family {
+        Family::of(&self.dst)
+    }
+}

@@ -1,0 +1,191 @@
+//! Links, bridges and veths against the real kernel (privileged).
+
+mod common;
+
+use common::{create_filtering_bridge, end, in_ns, link, test_ns, wait_oper_up};
+use trestle_netlink::{Error, VethEnd};
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn bridge_create() {
+    let mut t = test_ns();
+    t.nl.create_bridge("br0", Some(1400), false).unwrap();
+    let br = link(&mut t.nl, "br0");
+    assert_eq!(br.kind.as_deref(), Some("bridge"));
+    assert_eq!(br.mtu, 1400);
+    assert!(!br.up);
+    assert_eq!(t.nl.link_by_index(br.index).unwrap(), Some(br.clone()));
+    assert_eq!(t.nl.vlan_filtering(br.index).unwrap(), Some(false));
+    assert!(matches!(
+        t.nl.create_bridge("br0", None, false),
+        Err(Error::Exists)
+    ));
+
+    let lo = link(&mut t.nl, "lo");
+    assert_eq!(lo.kind, None);
+    assert_eq!(t.nl.vlan_filtering(lo.index).unwrap(), None);
+    let names: Vec<_> = t.nl.links().unwrap().into_iter().map(|l| l.name).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&"lo".into()) && names.contains(&"br0".into()));
+    assert_eq!(t.nl.link_by_index(9999).unwrap(), None);
+    assert_eq!(t.nl.link_by_name("nosuch").unwrap(), None);
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn bridge_vlan_filtering() {
+    let mut t = test_ns();
+    if !create_filtering_bridge(&mut t.nl, "br0") {
+        t.nl.create_bridge("br0", None, false).unwrap();
+        let br = link(&mut t.nl, "br0").index;
+        let err = t.nl.set_vlan_filtering(br, true).unwrap_err();
+        assert_eq!(err.errno(), Some(libc::EOPNOTSUPP), "{err}");
+        assert_eq!(t.nl.vlan_filtering(br).unwrap(), Some(false));
+        return;
+    }
+    let br = link(&mut t.nl, "br0").index;
+    assert_eq!(t.nl.vlan_filtering(br).unwrap(), Some(true));
+    assert!(in_ns(&t.ns, "ip", &["-d", "link", "show", "br0"]).contains("vlan_filtering 1"));
+    t.nl.set_vlan_filtering(br, false).unwrap();
+    assert_eq!(t.nl.vlan_filtering(br).unwrap(), Some(false));
+    assert!(in_ns(&t.ns, "ip", &["-d", "link", "show", "br0"]).contains("vlan_filtering 0"));
+    t.nl.set_vlan_filtering(br, true).unwrap();
+    assert_eq!(t.nl.vlan_filtering(br).unwrap(), Some(true));
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn link_attributes_and_delete() {
+    let mut t = test_ns();
+    t.nl.create_bridge("br-attr", None, false).unwrap();
+    let idx = link(&mut t.nl, "br-attr").index;
+
+    t.nl.set_mtu(idx, 1300).unwrap();
+    let mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+    t.nl.set_mac(idx, mac).unwrap();
+    t.nl.set_promisc(idx, true).unwrap();
+    t.nl.set_up(idx, true).unwrap();
+    let l = link(&mut t.nl, "br-attr");
+    assert_eq!(
+        (l.mtu, l.mac, l.promisc, l.up),
+        (1300, Some(mac), true, true)
+    );
+    let shown = in_ns(&t.ns, "ip", &["link", "show", "br-attr"]);
+    assert!(
+        shown.contains("PROMISC")
+            && shown.contains("02:11:22:33:44:55")
+            && shown.contains("mtu 1300"),
+        "{shown}"
+    );
+
+    t.nl.set_promisc(idx, false).unwrap();
+    assert!(!link(&mut t.nl, "br-attr").promisc);
+
+    t.nl.set_up(idx, false).unwrap();
+    assert!(!link(&mut t.nl, "br-attr").up);
+    t.nl.set_name(idx, "br-new").unwrap();
+    assert_eq!(t.nl.link_by_name("br-attr").unwrap(), None);
+    assert_eq!(link(&mut t.nl, "br-new").index, idx);
+
+    t.nl.delete_link(idx).unwrap();
+    assert_eq!(t.nl.link_by_index(idx).unwrap(), None);
+    assert!(matches!(t.nl.delete_link(idx), Err(Error::NotFound)));
+    assert!(matches!(t.nl.set_mtu(idx, 1400), Err(Error::NotFound)));
+    assert!(matches!(
+        t.nl.link_by_name("much-too-long-name"),
+        Err(Error::InvalidName(_))
+    ));
+    assert!(matches!(
+        t.nl.set_name(1, "a/b"),
+        Err(Error::InvalidName(_))
+    ));
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn veth_peer_is_born_in_the_other_namespace() {
+    let mut host = test_ns();
+    let mut cont = test_ns();
+    let host_mac = [0x02, 0, 0, 0, 0, 0x01];
+    let peer_mac = [0x02, 0, 0, 0, 0, 0x02];
+    let h = VethEnd {
+        name: "veth-h".into(),
+        mtu: Some(1450),
+        mac: Some(host_mac),
+    };
+    let p = VethEnd {
+        name: "eth0".into(),
+        mtu: Some(1450),
+        mac: Some(peer_mac),
+    };
+    host.nl.create_veth(&h, &p, cont.ns.fd()).unwrap();
+
+    let hl = link(&mut host.nl, "veth-h");
+    assert_eq!(
+        (hl.kind.as_deref(), hl.mtu, hl.mac),
+        (Some("veth"), 1450, Some(host_mac))
+    );
+    assert_eq!(
+        host.nl.link_by_name("eth0").unwrap(),
+        None,
+        "peer must not exist in the host namespace"
+    );
+    let pl = link(&mut cont.nl, "eth0");
+    assert_eq!(
+        (pl.kind.as_deref(), pl.mtu, pl.mac),
+        (Some("veth"), 1450, Some(peer_mac))
+    );
+    assert_eq!(cont.nl.link_by_name("veth-h").unwrap(), None);
+    // Each end points at the other, across namespaces.
+    assert_eq!(pl.peer_index, Some(hl.index));
+    assert_eq!(hl.peer_index, Some(pl.index));
+    assert!(pl.link_netnsid.is_some() && hl.link_netnsid.is_some());
+
+    // Names are checked in each end's own namespace.
+    let err = host
+        .nl
+        .create_veth(&end("veth-h"), &end("eth1"), cont.ns.fd());
+    assert!(matches!(err, Err(Error::Exists)), "{err:?}");
+    let err = host
+        .nl
+        .create_veth(&end("veth-h2"), &end("eth0"), cont.ns.fd());
+    assert!(matches!(err, Err(Error::Exists)), "{err:?}");
+
+    host.nl.set_up(hl.index, true).unwrap();
+    cont.nl.set_up(pl.index, true).unwrap();
+    assert!(wait_oper_up(&mut host.nl, "veth-h").oper_up);
+    assert!(wait_oper_up(&mut cont.nl, "eth0").oper_up);
+
+    host.nl.delete_link(hl.index).unwrap();
+    assert_eq!(
+        cont.nl.link_by_name("eth0").unwrap(),
+        None,
+        "deleting one end removes the peer"
+    );
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn veth_in_one_namespace_and_master() {
+    let mut t = test_ns();
+    t.nl.create_bridge("br1", None, false).unwrap();
+    let br = link(&mut t.nl, "br1").index;
+    t.nl.create_veth(&end("va"), &end("vb"), t.ns.fd()).unwrap();
+    let va = link(&mut t.nl, "va").index;
+    assert_eq!(link(&mut t.nl, "vb").peer_index, Some(va));
+    assert_eq!(link(&mut t.nl, "vb").link_netnsid, None);
+
+    t.nl.set_master(va, Some(br)).unwrap();
+    assert_eq!(link(&mut t.nl, "va").master, Some(br));
+    assert!(in_ns(&t.ns, "ip", &["link", "show", "va"]).contains("master br1"));
+    // Bridge ports are promiscuous for the bridge, not by user request.
+    t.nl.set_up(va, true).unwrap();
+    assert!(!link(&mut t.nl, "va").promisc);
+
+    t.nl.set_master(va, None).unwrap();
+    assert_eq!(link(&mut t.nl, "va").master, None);
+    assert!(matches!(
+        t.nl.set_master(va, Some(9999)),
+        Err(Error::NotFound) | Err(Error::Kernel { .. })
+    ));
+}

@@ -1,0 +1,120 @@
+//! CHECK: compare the live state with the ADD result in `prevResult` (cni-spec.md §6).
+
+use crate::add::{attachment, firewall, netlink_in, open_netns};
+use crate::config::BridgeConfig;
+use crate::error::{self, code};
+use crate::ipam;
+use cni_plugin::Request;
+use cni_proto::{CniError, CniResult, ErrorCode};
+use std::net::IpAddr;
+use trestle_netlink::{format_mac, Link, Netlink};
+
+fn failed(msg: String) -> CniError {
+    CniError::plugin(code::CHECK_FAILED, msg)
+}
+
+/// The CHECK command.
+pub fn check(req: &Request) -> Result<(), CniError> {
+    let cfg = BridgeConfig::parse(&req.conf, &req.env.args)?;
+    let prev = req.conf.prev_result()?.ok_or_else(|| {
+        CniError::new(ErrorCode::InvalidConfig, "required prevResult missing".to_owned())
+    })?;
+    ipam::check(req, &cfg)?;
+    let mut host = Netlink::open().map_err(|e| error::kernel("open netlink socket", e))?;
+    let bridge = check_bridge(&mut host, &cfg)?;
+    let ns = open_netns(&req.env.netns)?;
+    let mut cont = netlink_in(&ns)?;
+    let link = check_container_link(&mut cont, req, &prev)?;
+    check_host_port(&mut host, &link, &bridge)?;
+    check_addresses(&mut cont, &link, &prev)?;
+    check_routes(&mut cont, &link, &prev)?;
+    if cfg.ip_masq {
+        let addrs: Vec<IpAddr> = prev.ips.iter().map(|ip| ip.address.addr()).collect();
+        firewall()?
+            .check_pod(&req.conf.name, &attachment(req), &addrs)
+            .map_err(error::firewall)?;
+    }
+    Ok(())
+}
+
+fn check_bridge(host: &mut Netlink, cfg: &BridgeConfig) -> Result<Link, CniError> {
+    let bridge = crate::links::check_bridge_kind(host, &cfg.bridge)?
+        .ok_or_else(|| failed(format!("bridge {:?} does not exist", cfg.bridge)))?;
+    if cfg.promisc_mode && !bridge.promisc {
+        return Err(failed(format!("bridge {:?} is not promiscuous", cfg.bridge)));
+    }
+    Ok(bridge)
+}
+
+fn check_container_link(
+    cont: &mut Netlink,
+    req: &Request,
+    prev: &CniResult,
+) -> Result<Link, CniError> {
+    let ifname = &req.env.ifname;
+    let link = cont
+        .link_by_name(ifname)
+        .map_err(|e| error::kernel("look up container interface", e))?
+        .ok_or_else(|| failed(format!("interface {ifname:?} not found in {}", req.env.netns)))?;
+    let expected = prev
+        .interfaces
+        .iter()
+        .find(|i| &i.name == ifname && i.sandbox.as_deref() == Some(req.env.netns.as_str()));
+    if let (Some(want), Some(have)) = (expected.and_then(|i| i.mac.as_deref()), link.mac) {
+        if !want.eq_ignore_ascii_case(&format_mac(have)) {
+            return Err(failed(format!(
+                "interface {ifname:?} has MAC {} instead of {want}",
+                format_mac(have)
+            )));
+        }
+    }
+    if link.kind.as_deref() != Some("veth") {
+        return Err(failed(format!("interface {ifname:?} is not a veth")));
+    }
+    Ok(link)
+}
+
+fn check_host_port(host: &mut Netlink, link: &Link, bridge: &Link) -> Result<(), CniError> {
+    let peer = link
+        .peer_index
+        .ok_or_else(|| failed(format!("{} has no peer", link.name)))?;
+    let port = host
+        .link_by_index(peer)
+        .map_err(|e| error::kernel("look up host veth", e))?
+        .ok_or_else(|| failed(format!("host end of {} not found", link.name)))?;
+    if port.master != Some(bridge.index) {
+        return Err(failed(format!("{} is not a port of {}", port.name, bridge.name)));
+    }
+    Ok(())
+}
+
+fn check_addresses(cont: &mut Netlink, link: &Link, prev: &CniResult) -> Result<(), CniError> {
+    let have = cont
+        .addresses(Some(link.index))
+        .map_err(|e| error::kernel("list container addresses", e))?;
+    for ip in &prev.ips {
+        if !have.iter().any(|a| a.address == ip.address) {
+            return Err(failed(format!("address {} missing on {}", ip.address, link.name)));
+        }
+    }
+    Ok(())
+}
+
+fn check_routes(cont: &mut Netlink, link: &Link, prev: &CniResult) -> Result<(), CniError> {
+    let have = cont
+        .routes(None)
+        .map_err(|e| error::kernel("list container routes", e))?;
+    for want in &prev.routes {
+        let table = want.table.unwrap_or(254);
+        let found = have.iter().any(|r| {
+            r.dst == want.dst
+                && r.table == table
+                && r.oif.is_none_or(|o| o == link.index)
+                && want.gw.is_none_or(|g| r.gateway == Some(g))
+        });
+        if !found {
+            return Err(failed(format!("route to {} missing", want.dst)));
+        }
+    }
+    Ok(())
+}

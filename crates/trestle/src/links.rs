@@ -1,0 +1,161 @@
+//! Bridge and veth plumbing on the host side.
+
+use crate::config::BridgeConfig;
+use crate::error::{self, code};
+use cni_proto::CniError;
+use trestle_netlink::{Link, Netlink, PortOptions, VethEnd};
+use trestle_netns::NetNs;
+
+/// Fails when `name` exists and is not a bridge (checked before ADD changes anything).
+pub fn check_bridge_kind(host: &mut Netlink, name: &str) -> Result<Option<Link>, CniError> {
+    let link = host
+        .link_by_name(name)
+        .map_err(|e| error::kernel("look up bridge", e))?;
+    match link {
+        Some(l) if l.kind.as_deref() != Some("bridge") => Err(CniError::plugin(
+            code::BRIDGE_CONFLICT,
+            format!("{name:?} already exists but is not a bridge"),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// Returns the bridge, creating it (up, MAC pinned, `accept_ra` off) when missing. Concurrent plugins may race to
+/// create it: EEXIST means another one won, which is fine.
+pub fn ensure_bridge(host: &mut Netlink, cfg: &BridgeConfig) -> Result<Link, CniError> {
+    if let Some(link) = check_bridge_kind(host, &cfg.bridge)? {
+        return finish_bridge(host, cfg, link);
+    }
+    match host.create_bridge(&cfg.bridge, cfg.mtu, cfg.vlan != 0) {
+        Ok(()) | Err(trestle_netlink::Error::Exists) => {}
+        Err(e) => return Err(error::kernel("create bridge", e)),
+    }
+    let link = check_bridge_kind(host, &cfg.bridge)?.ok_or_else(|| {
+        CniError::plugin(code::KERNEL, format!("bridge {:?} vanished after creation", cfg.bridge))
+    })?;
+    // A bridge takes the lowest MAC of its ports, so its MAC (and the pods' ARP entries for the gateway) would
+    // change as pods come and go. Setting it explicitly pins it.
+    if let Some(mac) = link.mac {
+        host.set_mac(link.index, mac)
+            .map_err(|e| error::kernel("pin bridge MAC", e))?;
+    }
+    // The bridge must not learn routes from router advertisements of pods.
+    let _ = trestle_netlink::sysctl::set(&format!("net/ipv6/conf/{}/accept_ra", cfg.bridge), "0");
+    finish_bridge(host, cfg, link)
+}
+
+fn finish_bridge(host: &mut Netlink, cfg: &BridgeConfig, link: Link) -> Result<Link, CniError> {
+    if cfg.promisc_mode && !link.promisc {
+        host.set_promisc(link.index, true)
+            .map_err(|e| error::kernel("set bridge promiscuous", e))?;
+    }
+    if cfg.vlan != 0 {
+        host.set_vlan_filtering(link.index, true)
+            .map_err(|e| error::kernel("enable vlan filtering", e))?;
+    }
+    if !link.up {
+        host.set_up(link.index, true)
+            .map_err(|e| error::kernel("set bridge up", e))?;
+    }
+    Ok(link)
+}
+
+/// The host end's name: stable for an attachment (so a retried ADD after a crash finds its leftover), 15 bytes.
+pub fn host_veth_name(container_id: &str, ifname: &str, attempt: u32) -> String {
+    // FNV-1a: no crypto needed, only spread; `attempt` moves to another name on a (rare) collision.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id
+        .bytes()
+        .chain([0])
+        .chain(ifname.bytes())
+        .chain(attempt.to_le_bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("veth{:08x}", h as u32)
+}
+
+/// Creates the veth pair, its container end born as `ifname` inside `ns`. Returns the host end.
+pub fn create_veth(
+    host: &mut Netlink,
+    ns: &NetNs,
+    cfg: &BridgeConfig,
+    container_id: &str,
+    ifname: &str,
+) -> Result<Link, CniError> {
+    let peer = VethEnd {
+        name: ifname.to_owned(),
+        mtu: cfg.mtu,
+        mac: cfg.mac,
+    };
+    for attempt in 0..8 {
+        let name = host_veth_name(container_id, ifname, attempt);
+        let end = VethEnd {
+            name: name.clone(),
+            mtu: cfg.mtu,
+            mac: None,
+        };
+        match host.create_veth(&end, &peer, ns.fd()) {
+            Ok(()) => {
+                return host
+                    .link_by_name(&name)
+                    .map_err(|e| error::kernel("look up host veth", e))?
+                    .ok_or_else(|| CniError::plugin(code::KERNEL, format!("{name} vanished")));
+            }
+            // Either the host name collides (try the next) or the container name exists (checked up front,
+            // so only a concurrent ADD of the same attachment, which the spec forbids).
+            Err(trestle_netlink::Error::Exists) => continue,
+            Err(e) => return Err(error::kernel("create veth", e)),
+        }
+    }
+    Err(CniError::plugin(
+        code::KERNEL,
+        "no free host veth name after 8 attempts".to_owned(),
+    ))
+}
+
+/// Attaches the host end to the bridge with the port settings, then brings it up.
+pub fn attach_port(
+    host: &mut Netlink,
+    cfg: &BridgeConfig,
+    bridge: &Link,
+    veth: &Link,
+) -> Result<(), CniError> {
+    host.set_master(veth.index, Some(bridge.index))
+        .map_err(|e| error::kernel("attach veth to bridge", e))?;
+    if cfg.hairpin_mode || cfg.port_isolation {
+        let opts = PortOptions {
+            hairpin: cfg.hairpin_mode.then_some(true),
+            isolated: cfg.port_isolation.then_some(true),
+        };
+        host.set_bridge_port(veth.index, &opts)
+            .map_err(|e| error::kernel("set bridge port options", e))?;
+    }
+    if cfg.vlan != 0 {
+        host.bridge_vlan_add(veth.index, cfg.vlan, true, true, false)
+            .map_err(|e| error::kernel("set port vlan", e))?;
+        if !cfg.preserve_default_vlan {
+            host.bridge_vlan_del(veth.index, 1, false)
+                .map_err(|e| error::kernel("remove default vlan", e))?;
+        }
+    }
+    host.set_up(veth.index, true)
+        .map_err(|e| error::kernel("set host veth up", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_stable_valid_and_distinct() {
+        let a = host_veth_name("abc", "eth0", 0);
+        assert_eq!(a, host_veth_name("abc", "eth0", 0));
+        assert_ne!(a, host_veth_name("abc", "eth1", 0));
+        assert_ne!(a, host_veth_name("abc", "eth0", 1));
+        assert_ne!(a, host_veth_name("abd", "eth0", 0));
+        assert_eq!(a.len(), 12);
+        cni_proto::validate_ifname(&a).unwrap();
+    }
+}

@@ -1,0 +1,177 @@
+//! `trestlectl bench`: ADD/DEL latency, throughput, memory, density and the kernel floor, trestle side by side with
+//! the reference plugins in the same run. Every side gets its own private host namespace and pod namespaces made up
+//! front; runs alternate between the sides (A B A B ...) so drift on a noisy machine cancels out.
+
+mod floor;
+mod progress;
+mod report;
+mod side;
+mod stats;
+
+pub use report::Report;
+
+use progress::Progress;
+use report::{CaseResult, DensityResult, SideCase};
+use side::Side;
+use stats::summarise;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Pods per batch.
+    pub pods: usize,
+    /// Rounds per case (each round: every side ADDs then DELs all pods).
+    pub rounds: usize,
+    /// Concurrency levels.
+    pub concurrency: Vec<usize>,
+    /// Masquerade settings to run.
+    pub masq: Vec<bool>,
+    /// Directory of `trestle` and `trestle-ipam`.
+    pub bin_dir: PathBuf,
+    /// Directory of the reference `bridge` and `host-local`, if any.
+    pub reference: Option<PathBuf>,
+    /// Pods of the density run (0: skip).
+    pub density: usize,
+    /// Output folder.
+    pub out: PathBuf,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+impl Options {
+    /// Finds the reference plugins in the usual places.
+    pub fn find_reference() -> Option<PathBuf> {
+        ["/usr/lib/cni", "/opt/cni/bin"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|d| d.join("bridge").is_file() && d.join("host-local").is_file())
+    }
+}
+
+/// Runs the bench and writes the report files. Returns the report.
+pub fn run(opts: &Options) -> Result<Report, String> {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("the bench creates network namespaces: run it as root".into());
+    }
+    let work = std::env::temp_dir().join(format!("trestle-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let result = run_in(opts, &work);
+    let _ = std::fs::remove_dir_all(&work);
+    let report = result?;
+    report.write(&opts.out).map_err(|e| format!("writing {}: {e}", opts.out.display()))?;
+    Ok(report)
+}
+
+fn sides(opts: &Options, work: &std::path::Path, pods: usize) -> Result<Vec<Side>, String> {
+    let mut v = vec![Side::new("trestle", opts.bin_dir.join("trestle"), "trestle-ipam", work, pods)
+        .map_err(|e| e.to_string())?];
+    if let Some(r) = &opts.reference {
+        v.push(Side::new("reference", r.join("bridge"), "host-local", work, pods).map_err(|e| e.to_string())?);
+    }
+    Ok(v)
+}
+
+fn run_in(opts: &Options, work: &std::path::Path) -> Result<Report, String> {
+    let mut report = Report::new(opts);
+    let sides = sides(opts, &work.join("cases"), opts.pods)?;
+    let cases: Vec<(usize, bool)> = opts
+        .concurrency
+        .iter()
+        .flat_map(|&c| opts.masq.iter().map(move |&m| (c, m)))
+        .collect();
+    let total = cases.len() * opts.rounds * sides.len() * opts.pods * 2;
+    let progress = Progress::new(total as u64);
+    for (c, masq) in cases {
+        let (add, del) = run_case(opts, &sides, c, masq, &progress)?;
+        report.cases.push(add);
+        report.cases.push(del);
+    }
+    progress.finish();
+    report.memory = memory(&sides)?;
+    drop(sides);
+    eprintln!("kernel floor ({} pods)...", opts.pods);
+    let floor = floor::measure(opts.pods)?;
+    report.set_floor(summarise(&floor.add), summarise(&floor.del));
+    if opts.density > 0 {
+        report.density = density(opts, &work.join("density"))?;
+    }
+    Ok(report)
+}
+
+fn run_case(
+    opts: &Options,
+    sides: &[Side],
+    c: usize,
+    masq: bool,
+    progress: &Progress,
+) -> Result<(CaseResult, CaseResult), String> {
+    let mut add: Vec<SideCase> = sides.iter().map(|s| SideCase::new(s.name)).collect();
+    let mut del = add.clone();
+    for _round in 0..opts.rounds {
+        for (i, side) in sides.iter().enumerate() {
+            let conf = side.config("benchnet", "10.128.0.0/16", masq);
+            progress.label(&format!("{} ADD c={c} ipMasq={masq}", side.name));
+            let a = side.batch("ADD", &conf, opts.pods, c, &|| progress.tick())?;
+            add[i].record(&a.latencies, a.wall, None);
+            progress.label(&format!("{} DEL c={c} ipMasq={masq}", side.name));
+            let d = side.batch("DEL", &conf, opts.pods, c, &|| progress.tick())?;
+            let gone = side.wait_links_gone(Duration::from_secs(60));
+            del[i].record(&d.latencies, d.wall, Some(d.wall + gone));
+        }
+    }
+    Ok((CaseResult::new("ADD", c, masq, add), CaseResult::new("DEL", c, masq, del)))
+}
+
+/// Peak memory of one ADD (plugin and IPAM child) per side, with masquerade on.
+fn memory(sides: &[Side]) -> Result<Vec<(String, i64)>, String> {
+    let mut out = Vec::new();
+    for side in sides {
+        let conf = side.config("memnet", "10.129.0.0/16", true);
+        let inv = crate::runtime::Invocation::new(
+            &side.plugin,
+            "ADD",
+            "mem-0",
+            &side.pods[0].path().display().to_string(),
+            "eth0",
+        );
+        let kib = side::peak_memory_kib(&inv, conf.to_string().as_bytes(), &side.host).map_err(|e| e.to_string())?;
+        let mut del = inv.clone();
+        del.command = "DEL".into();
+        del.run(conf.to_string().as_bytes(), Some(&side.host)).map_err(|e| e.to_string())?;
+        out.push((side.name.to_owned(), kib));
+    }
+    Ok(out)
+}
+
+/// Many pods on one /22: total ADD and DEL time, and all addresses distinct.
+fn density(opts: &Options, work: &std::path::Path) -> Result<Vec<DensityResult>, String> {
+    let sides = sides(opts, work, opts.density)?;
+    let progress = Progress::new((opts.density * 2 * sides.len()) as u64);
+    let mut out = Vec::new();
+    for side in &sides {
+        let conf = side.config("densenet", "10.130.0.0/22", true);
+        progress.label(&format!("{} density ADD", side.name));
+        let a = side.batch("ADD", &conf, opts.density, 8, &|| progress.tick())?;
+        let distinct = side.reserved("densenet");
+        progress.label(&format!("{} density DEL", side.name));
+        let d = side.batch("DEL", &conf, opts.density, 8, &|| progress.tick())?;
+        let gone = side.wait_links_gone(Duration::from_secs(120));
+        out.push(DensityResult {
+            side: side.name.to_owned(),
+            pods: opts.density,
+            add_total_s: a.wall.as_secs_f64(),
+            del_total_s: d.wall.as_secs_f64(),
+            links_gone_s: (d.wall + gone).as_secs_f64(),
+            distinct_addresses: distinct,
+            add_p50_ms: summarise(&a.latencies).p50_ms,
+        });
+        if distinct != opts.density {
+            return Err(format!("{}: {distinct} addresses reserved for {} pods", side.name, opts.density));
+        }
+    }
+    progress.finish();
+    Ok(out)
+}

@@ -1,0 +1,302 @@
+//! The bench report: a Markdown table, a JSON file and an SVG plot of the latency distributions.
+
+use super::stats::{median, summarise, Summary};
+use super::Options;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+/// One side's numbers for one case, pooled over rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct SideCase {
+    /// "trestle" or "reference".
+    pub side: String,
+    /// Pooled latency summary.
+    pub latency: Summary,
+    /// Median over rounds of operations per second.
+    pub ops_per_sec: f64,
+    /// p50 of each round (ms), for the per-round ratios.
+    pub round_p50_ms: Vec<f64>,
+    /// ops/s of each round.
+    pub round_ops: Vec<f64>,
+    /// DEL only: median over rounds of the time until the last link was really gone (ms).
+    pub links_gone_ms: Option<f64>,
+    #[serde(skip)]
+    samples: Vec<Duration>,
+    #[serde(skip)]
+    gone: Vec<f64>,
+}
+
+impl SideCase {
+    /// Empty numbers for `side`.
+    pub fn new(side: &str) -> SideCase {
+        SideCase {
+            side: side.to_owned(),
+            latency: Summary::default(),
+            ops_per_sec: 0.0,
+            round_p50_ms: Vec::new(),
+            round_ops: Vec::new(),
+            links_gone_ms: None,
+            samples: Vec::new(),
+            gone: Vec::new(),
+        }
+    }
+
+    /// Adds one round.
+    pub fn record(&mut self, latencies: &[Duration], wall: Duration, gone: Option<Duration>) {
+        self.samples.extend_from_slice(latencies);
+        self.round_p50_ms.push(summarise(latencies).p50_ms);
+        self.round_ops.push(latencies.len() as f64 / wall.as_secs_f64().max(1e-9));
+        if let Some(g) = gone {
+            self.gone.push(g.as_secs_f64() * 1e3);
+        }
+        self.latency = summarise(&self.samples);
+        self.ops_per_sec = median(&self.round_ops);
+        self.links_gone_ms = (!self.gone.is_empty()).then(|| median(&self.gone));
+    }
+
+    fn sorted_ms(&self) -> Vec<f64> {
+        let mut v: Vec<f64> = self.samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+}
+
+/// One case: an operation at a concurrency with masquerade on or off.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    /// ADD or DEL.
+    pub op: String,
+    /// Concurrent operations.
+    pub concurrency: usize,
+    /// `ipMasq`.
+    pub ip_masq: bool,
+    /// Each side's numbers.
+    pub sides: Vec<SideCase>,
+    /// Median over rounds of reference p50 / trestle p50.
+    pub p50_ratio: Option<f64>,
+    /// Median over rounds of trestle ops/s / reference ops/s.
+    pub throughput_ratio: Option<f64>,
+}
+
+impl CaseResult {
+    /// Builds a case and its ratios.
+    pub fn new(op: &str, concurrency: usize, ip_masq: bool, sides: Vec<SideCase>) -> CaseResult {
+        let ratio = |f: &dyn Fn(&SideCase, usize) -> f64| -> Option<f64> {
+            let (t, r) = (sides.first()?, sides.get(1)?);
+            let per_round: Vec<f64> = (0..t.round_p50_ms.len()).map(|i| f(r, i) / f(t, i)).collect();
+            Some(median(&per_round))
+        };
+        let p50_ratio = ratio(&|s, i| s.round_p50_ms[i]);
+        let throughput_ratio = ratio(&|s, i| 1.0 / s.round_ops[i]);
+        CaseResult {
+            op: op.to_owned(),
+            concurrency,
+            ip_masq,
+            sides,
+            p50_ratio,
+            throughput_ratio,
+        }
+    }
+}
+
+/// The density run of one side.
+#[derive(Debug, Clone, Serialize)]
+pub struct DensityResult {
+    /// The side.
+    pub side: String,
+    /// Pods.
+    pub pods: usize,
+    /// All ADDs, seconds.
+    pub add_total_s: f64,
+    /// All DELs, seconds.
+    pub del_total_s: f64,
+    /// Until the last link was gone, seconds.
+    pub links_gone_s: f64,
+    /// Distinct reserved addresses after the ADDs.
+    pub distinct_addresses: usize,
+    /// ADD p50, ms.
+    pub add_p50_ms: f64,
+}
+
+/// Everything the bench measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The command line.
+    pub command: String,
+    /// Kernel, CPUs, date.
+    pub machine: String,
+    /// Pods per batch.
+    pub pods: usize,
+    /// Rounds per case.
+    pub rounds: usize,
+    /// The cases.
+    pub cases: Vec<CaseResult>,
+    /// Kernel floor ADD.
+    pub floor_add: Summary,
+    /// Kernel floor DEL.
+    pub floor_del: Summary,
+    /// Peak RSS (KiB) of one ADD with its IPAM child, per side.
+    pub memory: Vec<(String, i64)>,
+    /// Binary sizes in bytes.
+    pub binaries: Vec<(String, u64)>,
+    /// Density runs.
+    pub density: Vec<DensityResult>,
+}
+
+fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_default();
+    format!("Linux {}, {cpus} CPUs ({model})", kernel.trim())
+}
+
+impl Report {
+    /// An empty report for `opts`.
+    pub fn new(opts: &Options) -> Report {
+        let mut binaries: Vec<(String, u64)> = ["trestle", "trestle-ipam"]
+            .iter()
+            .filter_map(|b| Some((b.to_string(), std::fs::metadata(opts.bin_dir.join(b)).ok()?.len())))
+            .collect();
+        if let Some(r) = &opts.reference {
+            for b in ["bridge", "host-local"] {
+                if let Ok(m) = std::fs::metadata(r.join(b)) {
+                    binaries.push((format!("reference {b}"), m.len()));
+                }
+            }
+        }
+        Report {
+            command: opts.command.clone(),
+            machine: machine(),
+            pods: opts.pods,
+            rounds: opts.rounds,
+            cases: Vec::new(),
+            floor_add: Summary::default(),
+            floor_del: Summary::default(),
+            memory: Vec::new(),
+            binaries,
+            density: Vec::new(),
+        }
+    }
+
+    /// Records the kernel floor.
+    pub fn set_floor(&mut self, add: Summary, del: Summary) {
+        self.floor_add = add;
+        self.floor_del = del;
+    }
+
+    /// Writes `results.md`, `results.json` and `latency.svg` into `dir`.
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("results.md"), self.markdown())?;
+        let json = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(dir.join("results.json"), json)?;
+        std::fs::write(dir.join("latency.svg"), self.svg())
+    }
+
+    /// The Markdown report.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# trestle bench\n\n- command: `{}`\n- machine: {}", self.command, self.machine);
+        let _ = writeln!(s, "- {} pods per batch, {} rounds per case, sides alternating\n", self.pods, self.rounds);
+        s.push_str("| op | conc | ipMasq | side | p50 ms | p99 ms | max ms | ops/s | links gone ms | p50 ratio ref/trestle | throughput ratio trestle/ref |\n");
+        s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+        for c in &self.cases {
+            for side in &c.sides {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {} | {} | {} |",
+                    c.op,
+                    c.concurrency,
+                    c.ip_masq,
+                    side.side,
+                    side.latency.p50_ms,
+                    side.latency.p99_ms,
+                    side.latency.max_ms,
+                    side.ops_per_sec,
+                    side.links_gone_ms.map_or("".into(), |g| format!("{g:.0}")),
+                    c.p50_ratio.map_or("".into(), |r| format!("{r:.1}x")),
+                    c.throughput_ratio.map_or("".into(), |r| format!("{r:.1}x")),
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\nKernel floor (one process, no exec, no IPAM): ADD p50 {:.3} ms, DEL p50 {:.3} ms.",
+            self.floor_add.p50_ms, self.floor_del.p50_ms
+        );
+        for c in self.cases.iter().filter(|c| c.concurrency == 1) {
+            if let Some(t) = c.sides.first() {
+                let floor = if c.op == "ADD" { self.floor_add.p50_ms } else { self.floor_del.p50_ms };
+                let _ = writeln!(
+                    s,
+                    "- trestle {} p50 at concurrency 1, ipMasq {}: {:.2}x the floor",
+                    c.op,
+                    c.ip_masq,
+                    t.latency.p50_ms / floor.max(1e-9)
+                );
+            }
+        }
+        s.push_str("\nPeak memory of one ADD (plugin and IPAM child, max RSS):\n");
+        for (side, kib) in &self.memory {
+            let _ = writeln!(s, "- {side}: {kib} KiB");
+        }
+        s.push_str("\nBinary sizes:\n");
+        for (b, bytes) in &self.binaries {
+            let _ = writeln!(s, "- {b}: {:.1} MiB", *bytes as f64 / 1048576.0);
+        }
+        if !self.density.is_empty() {
+            s.push_str("\n| density | pods | all ADDs s | all DELs s | links gone s | distinct addresses | ADD p50 ms |\n|---|---|---|---|---|---|---|\n");
+            for d in &self.density {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.2} | {:.2} | {:.2} | {} | {:.2} |",
+                    d.side, d.pods, d.add_total_s, d.del_total_s, d.links_gone_s, d.distinct_addresses, d.add_p50_ms
+                );
+            }
+        }
+        s
+    }
+
+    /// Latency distributions as horizontal strips on a log axis: min..max line, p25..p75 box, p50 tick, p99 dot.
+    pub fn svg(&self) -> String {
+        let rows: Vec<(String, &SideCase)> = self
+            .cases
+            .iter()
+            .flat_map(|c| {
+                c.sides.iter().map(move |s| {
+                    (format!("{} c={} masq={} {}", c.op, c.concurrency, c.ip_masq, s.side), s)
+                })
+            })
+            .collect();
+        let (left, width, row_h) = (260.0, 600.0, 22.0);
+        let height = 60.0 + row_h * rows.len() as f64;
+        let (lo, hi) = (0.1f64.log10(), 10_000f64.log10());
+        let x = |ms: f64| left + (ms.max(0.1).log10() - lo) / (hi - lo) * width;
+        let mut s = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" font-family=\"monospace\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+            left + width + 20.0
+        );
+        for decade in [0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0] {
+            let _ = writeln!(s, "<line x1=\"{0}\" x2=\"{0}\" y1=\"20\" y2=\"{1}\" stroke=\"#ddd\"/><text x=\"{0}\" y=\"14\" text-anchor=\"middle\">{decade} ms</text>", x(decade), height - 20.0);
+        }
+        for (i, (label, side)) in rows.iter().enumerate() {
+            let y = 30.0 + row_h * i as f64;
+            let v = side.sorted_ms();
+            let q = |p| super::stats::quantile(&v, p);
+            let color = if side.side == "trestle" { "#1f77b4" } else { "#d62728" };
+            let _ = writeln!(s, "<text x=\"4\" y=\"{}\">{label}</text>", y + 12.0);
+            let _ = writeln!(s, "<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"{color}\"/>", x(q(0.0)), x(q(1.0)), y + 8.0, y + 8.0);
+            let _ = writeln!(s, "<rect x=\"{}\" y=\"{y}\" width=\"{}\" height=\"16\" fill=\"{color}\" fill-opacity=\"0.3\" stroke=\"{color}\"/>", x(q(0.25)), (x(q(0.75)) - x(q(0.25))).max(1.0));
+            let _ = writeln!(s, "<line x1=\"{0}\" x2=\"{0}\" y1=\"{y}\" y2=\"{1}\" stroke=\"black\" stroke-width=\"2\"/>", x(q(0.5)), y + 16.0);
+            let _ = writeln!(s, "<circle cx=\"{}\" cy=\"{}\" r=\"2.5\" fill=\"{color}\"/>", x(q(0.99)), y + 8.0);
+        }
+        let _ = writeln!(s, "<text x=\"4\" y=\"{}\">box: p25-p75, bar: p50, dot: p99, line: min-max (log scale)</text>", height - 4.0);
+        s.push_str("</svg>\n");
+        s
+    }
+}

@@ -1,0 +1,204 @@
+//! One implementation under test ("side"): its plugin, its own host namespace, its pods and state directory, and
+//! batches of ADD/DEL run against it at a given concurrency.
+
+use crate::runtime::Invocation;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use trestle_netlink::Netlink;
+use trestle_netns::{NamedNetNs, NetNs};
+
+/// The bench network's bridge.
+pub const BRIDGE: &str = "bench0";
+
+/// An implementation under test.
+pub struct Side {
+    /// "trestle" or "reference".
+    pub name: &'static str,
+    /// The main plugin binary.
+    pub plugin: PathBuf,
+    /// The IPAM plugin type.
+    pub ipam: &'static str,
+    /// Its private host namespace.
+    pub host: NetNs,
+    /// Its pod namespaces, created up front.
+    pub pods: Vec<NamedNetNs>,
+    dir: PathBuf,
+}
+
+/// The outcome of one batch.
+pub struct Batch {
+    /// Latency of every operation.
+    pub latencies: Vec<Duration>,
+    /// Wall time of the whole batch.
+    pub wall: Duration,
+}
+
+impl Side {
+    /// Creates the side's host namespace (loopback up) and `pods` pod namespaces under `dir`.
+    pub fn new(name: &'static str, plugin: PathBuf, ipam: &'static str, dir: &Path, pods: usize) -> std::io::Result<Side> {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(dir.join("ns"))?;
+        let host = NetNs::new_anonymous().map_err(std::io::Error::other)?;
+        host.run(|| -> Result<(), trestle_netlink::Error> {
+            let mut nl = Netlink::open()?;
+            if let Some(lo) = nl.link_by_name("lo")? {
+                nl.set_up(lo.index, true)?;
+            }
+            Ok(())
+        })
+        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)?;
+        let pods = (0..pods)
+            .map(|i| NamedNetNs::create(dir.join(format!("ns/pod{i}"))).map_err(std::io::Error::other))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Side {
+            name,
+            plugin,
+            ipam,
+            host,
+            pods,
+            dir,
+        })
+    }
+
+    /// The bench network config: the classic shape, with masquerade on or off.
+    pub fn config(&self, network: &str, subnet: &str, masq: bool) -> Value {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": network,
+            "type": self.plugin.file_name().and_then(|n| n.to_str()).unwrap_or("bridge"),
+            "bridge": BRIDGE,
+            "isGateway": true,
+            "ipMasq": masq,
+            "ipam": {
+                "type": self.ipam,
+                "subnet": subnet,
+                "dataDir": self.dir.join("ipam").display().to_string(),
+                "routes": [{ "dst": "0.0.0.0/0" }]
+            }
+        })
+    }
+
+    fn invocation(&self, cmd: &str, pod: usize) -> Invocation {
+        Invocation::new(
+            &self.plugin,
+            cmd,
+            &format!("bench-{pod}"),
+            &self.pods[pod].path().display().to_string(),
+            "eth0",
+        )
+    }
+
+    /// Runs `cmd` for pods `0..count` with `concurrency` workers. `tick` is called after each operation.
+    pub fn batch(
+        &self,
+        cmd: &str,
+        conf: &Value,
+        count: usize,
+        concurrency: usize,
+        tick: &(dyn Fn() + Sync),
+    ) -> Result<Batch, String> {
+        let stdin = conf.to_string();
+        let next = AtomicUsize::new(0);
+        let latencies = Mutex::new(Vec::with_capacity(count));
+        let failure = Mutex::new(None::<String>);
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..concurrency.max(1) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        break;
+                    }
+                    match self.invocation(cmd, i).run(stdin.as_bytes(), Some(&self.host)) {
+                        Ok(out) if out.success => latencies.lock().unwrap().push(out.elapsed),
+                        Ok(out) => {
+                            failure.lock().unwrap().get_or_insert(format!(
+                                "{} {cmd} pod {i}: {} {}",
+                                self.name,
+                                out.stdout,
+                                out.stderr.trim()
+                            ));
+                        }
+                        Err(e) => {
+                            failure.lock().unwrap().get_or_insert(format!("{} {cmd}: {e}", self.name));
+                        }
+                    }
+                    tick();
+                });
+            }
+        });
+        let wall = start.elapsed();
+        if let Some(f) = failure.into_inner().unwrap() {
+            return Err(f);
+        }
+        Ok(Batch {
+            latencies: latencies.into_inner().unwrap(),
+            wall,
+        })
+    }
+
+    /// Waits until no veth is left in the host namespace (the kernel finished destroying the pods' links) and
+    /// returns how long that took.
+    pub fn wait_links_gone(&self, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        let mut nl = self.host.run(Netlink::open).ok().and_then(Result::ok);
+        while start.elapsed() < timeout {
+            let left = nl
+                .as_mut()
+                .and_then(|nl| nl.links().ok())
+                .map(|l| l.iter().filter(|l| l.kind.as_deref() == Some("veth")).count())
+                .unwrap_or(0);
+            if left == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        start.elapsed()
+    }
+
+    /// Addresses currently reserved on `network` (for the density check).
+    pub fn reserved(&self, network: &str) -> usize {
+        std::fs::read_dir(self.dir.join("ipam").join(network))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// Peak resident memory (KiB) of one plugin call and its children, from wait4(2)'s rusage.
+pub fn peak_memory_kib(inv: &Invocation, stdin: &[u8], host: &NetNs) -> std::io::Result<i64> {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(&inv.plugin);
+    cmd.envs(inv.env()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+    crate::runtime::enter_on_exec(&mut cmd, host);
+    let mut child = cmd.spawn()?;
+    if let Some(mut s) = child.stdin.take() {
+        let _ = s.write_all(stdin);
+    }
+    let mut out = Vec::new();
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_end(&mut out)?;
+    }
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: the pid is our unreaped child; status and usage are valid for writing. std's Child is not waited
+    // afterwards, so the pid is reaped exactly once.
+    let rc = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    drop(child);
+    if status != 0 {
+        return Err(std::io::Error::other(format!("plugin failed: {}", String::from_utf8_lossy(&out))));
+    }
+    Ok(usage.ru_maxrss)
+}

@@ -1,0 +1,434 @@
+//! The walkthrough's steps.
+
+use super::isolation::{reservations, Isolation, BRIDGE, RUN_DIR, STATE_DIR};
+use super::{Error, Narrator, Options, CLASSIC_CONFIG};
+use crate::runtime::Invocation;
+use crate::sandbox::{run_in_pod, Pause};
+use crate::{probe, show};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use trestle_netlink::Netlink;
+use trestle_netns::NetNs;
+
+const POD_A: &str = "1234567890";
+const POD_B: &str = "abcdef0123";
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One pod of the demo: its sandbox and whether it is still attached.
+struct Pod {
+    id: &'static str,
+    pause: Pause,
+    attached: bool,
+}
+
+/// The demo's state between steps.
+pub struct Demo<'a> {
+    opts: &'a Options,
+    iso: &'a Isolation,
+    n: &'a mut Narrator,
+    conf_path: PathBuf,
+    pods: Vec<Pod>,
+}
+
+type StepResult<T = ()> = Result<T, Error>;
+
+impl<'a> Demo<'a> {
+    /// Prepares the demo.
+    pub fn new(opts: &'a Options, iso: &'a Isolation, n: &'a mut Narrator) -> StepResult<Demo<'a>> {
+        Ok(Demo {
+            opts,
+            iso,
+            n,
+            conf_path: Path::new(RUN_DIR).join("net.d/mybridge.conf"),
+            pods: Vec::new(),
+        })
+    }
+
+    fn fail(&self, msg: impl std::fmt::Display) -> Error {
+        Error::Step {
+            step: self.n.current(),
+            msg: msg.to_string(),
+        }
+    }
+
+    /// Runs every step; on failure still DELs what was added.
+    pub fn run_all(&mut self) -> StepResult {
+        self.intro();
+        let r = self.steps();
+        if r.is_err() {
+            for i in 0..self.pods.len() {
+                let _ = self.del_pod(i, false);
+            }
+        }
+        r
+    }
+
+    fn steps(&mut self) -> StepResult {
+        self.start_sandbox()?;
+        self.write_config()?;
+        self.add_pod(0)?;
+        self.inspect_pod(0)?;
+        self.second_container()?;
+        self.second_pod_and_traffic()?;
+        self.delete_all()?;
+        self.n.say("\nThe walkthrough is complete: the pods were wired, talked, and left nothing behind.");
+        Ok(())
+    }
+
+    fn intro(&self) {
+        self.n.say("trestle demo: how a kubelet's runtime wires a pod's network with CNI\n");
+        self.n.say("A kubelet never configures a pod's network itself. Its CRI runtime (containerd, CRI-O) first");
+        self.n.say("starts the pod's \"pause\" sandbox, which holds a fresh network namespace, then runs the CNI");
+        self.n.say("plugin named by the network config's \"type\", with CNI_* variables in the environment and the");
+        self.n.say("config on stdin. Every other container of the pod joins the sandbox's namespace.");
+        if self.iso.isolated() {
+            self.n.say("\nThis run happens inside a private \"host\" network namespace and a private mount namespace,");
+            self.n.say("so the machine is left exactly as it was (use --machine-netns for the classic, on-host run).");
+        } else {
+            self.n.say("\nThis run uses the machine's own network namespace, as the classic walkthrough does; the");
+            self.n.say("bridge, forwarding setting and state directory are put back afterwards.");
+        }
+    }
+
+    fn start_sandbox(&mut self) -> StepResult {
+        self.n.step(
+            "start the pod sandbox",
+            "The runtime starts the pause container: a process that only sleeps, in a new network namespace.\n\
+             Kubernetes keeps the pod's network alive exactly as long as this process (classic: `ip netns add myns`).",
+        );
+        let pause = Pause::start(&self.opts.exe, self.iso.host.as_ref()).map_err(|e| self.fail(e))?;
+        self.n.cmd(&format!("trestlectl pause &   # pid {}", pause.pid()));
+        let ns = pause.netns().map_err(|e| self.fail(e))?;
+        let links = ns
+            .run(|| Netlink::open().and_then(|mut nl| nl.links()))
+            .map_err(|e| self.fail(e))?
+            .map_err(|e| self.fail(e))?;
+        let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        self.n.ok(&format!(
+            "sandbox namespace {} holds only: {}",
+            pause.netns_path().display(),
+            names.join(", ")
+        ));
+        self.pods.push(Pod {
+            id: POD_A,
+            pause,
+            attached: false,
+        });
+        Ok(())
+    }
+
+    fn write_config(&mut self) -> StepResult {
+        self.n.step(
+            "write the network config",
+            "The runtime reads its network from /etc/cni/net.d. This is the classic walkthrough's config, verbatim\n\
+             but for the plugin types: `trestle` instead of `bridge`, `trestle-ipam` instead of `host-local`.",
+        );
+        let dir = self.conf_path.parent().expect("config path has a directory");
+        std::fs::create_dir_all(dir).map_err(|e| self.fail(e))?;
+        std::fs::write(&self.conf_path, CLASSIC_CONFIG).map_err(|e| self.fail(e))?;
+        self.n.cmd(&format!("cat {}", self.conf_path.display()));
+        self.n.out(CLASSIC_CONFIG);
+        Ok(())
+    }
+
+    fn invocation(&self, command: &str, pod: usize) -> Invocation {
+        let p = &self.pods[pod];
+        Invocation::new(
+            &self.opts.bin_dir.join("trestle"),
+            command,
+            p.id,
+            &p.pause.netns_path().display().to_string(),
+            "eth0",
+        )
+    }
+
+    fn call(&mut self, inv: &Invocation) -> StepResult<String> {
+        let env: Vec<String> = inv.env().iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.n.cmd(&format!(
+            "{} {} < {}",
+            env.join(" "),
+            inv.plugin.display(),
+            self.conf_path.display()
+        ));
+        let out = inv
+            .run(CLASSIC_CONFIG.as_bytes(), self.iso.host.as_ref())
+            .map_err(|e| self.fail(e))?;
+        if !out.success {
+            return Err(self.fail(format!("plugin failed: {} {}", out.stdout, out.stderr.trim())));
+        }
+        self.n.say(&format!("  (the plugin answered in {:.1} ms)", out.elapsed.as_secs_f64() * 1e3));
+        Ok(out.stdout)
+    }
+
+    fn add_pod(&mut self, pod: usize) -> StepResult {
+        self.n.step(
+            "call the plugin exactly as the runtime does",
+            "CNI_COMMAND says what to do, CNI_CONTAINERID and CNI_IFNAME name the attachment, CNI_NETNS is the\n\
+             sandbox's namespace, CNI_PATH is where plugins live (trestle runs trestle-ipam from there for an\n\
+             address). The result JSON on stdout is in the config's cniVersion (0.2.0: the `ip4` shape).",
+        );
+        let inv = self.invocation("ADD", pod);
+        let stdout = self.call(&inv)?;
+        self.pods[pod].attached = true;
+        let pretty = serde_json::from_str::<serde_json::Value>(&stdout)
+            .ok()
+            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+            .unwrap_or(stdout);
+        self.n.out(&pretty);
+        Ok(())
+    }
+
+    fn pod_ns(&self, pod: usize) -> StepResult<NetNs> {
+        self.pods[pod].pause.netns().map_err(|e| self.fail(e))
+    }
+
+    fn inspect_pod(&mut self, pod: usize) -> StepResult {
+        self.n.step(
+            "look inside the pod",
+            "What `ip netns exec myns ip addr show eth0` and `route -n` show, read here through netlink.",
+        );
+        let ns = self.pod_ns(pod)?;
+        let (addr, routes) = ns
+            .run(|| -> Result<(String, String), trestle_netlink::Error> {
+                let mut nl = Netlink::open()?;
+                Ok((show::ip_addr(&mut nl, Some("eth0"))?, show::route_n(&mut nl)?))
+            })
+            .map_err(|e| self.fail(e))?
+            .map_err(|e| self.fail(e))?;
+        self.n.cmd("ip netns exec myns ip addr show eth0");
+        self.n.out(&addr);
+        self.n.cmd("ip netns exec myns route -n");
+        self.n.out(&routes);
+        expect(&addr, "inet 10.15.20.2/24 scope global eth0").map_err(|e| self.fail(e))?;
+        self.n.ok("eth0 has 10.15.20.2/24");
+        for want in [
+            ("0.0.0.0", "10.15.20.1", "0.0.0.0", "UG", "default route via the gateway"),
+            ("1.1.1.1", "10.15.20.1", "255.255.255.255", "UGH", "1.1.1.1 via the gateway"),
+            ("10.15.20.0", "0.0.0.0", "255.255.255.0", "U", "the pod subnet is connected"),
+        ] {
+            expect_route(&routes, want.0, want.1, want.2, want.3).map_err(|e| self.fail(e))?;
+            self.n.ok(want.4);
+        }
+        self.show_host_side()
+    }
+
+    fn show_host_side(&mut self) -> StepResult {
+        self.n.say("\nOn the host side, the bridge carries the gateway and the pod's veth is one of its ports:");
+        let (text, masq) = self
+            .iso
+            .in_host(|| -> Result<(String, String), String> {
+                let mut nl = Netlink::open().map_err(|e| e.to_string())?;
+                let br = nl.link_by_name(BRIDGE).map_err(|e| e.to_string())?.ok_or("no bridge")?;
+                let mut text = show::ip_addr(&mut nl, Some(BRIDGE)).map_err(|e| e.to_string())?;
+                for port in nl.links().map_err(|e| e.to_string())?.iter().filter(|l| l.master == Some(br.index)) {
+                    text.push_str(&format!("port {} (master {BRIDGE})\n", port.name));
+                }
+                Ok((text, masquerade_listing()?))
+            })
+            .map_err(|e| self.fail(e))?;
+        self.n.cmd(&format!("ip addr show {BRIDGE}; bridge link"));
+        self.n.out(&text);
+        self.n.say("Masquerade (ipMasq) covers the pod's address for traffic leaving 10.15.20.0/24:");
+        self.n.cmd("nft list table inet trestle   # shown here from netlink");
+        self.n.out(&masq);
+        if !masq.contains("10.15.20.2") {
+            return Err(self.fail("the pod's address is not covered by masquerade"));
+        }
+        self.n.ok("masquerade covers 10.15.20.2");
+        Ok(())
+    }
+
+    fn second_container(&mut self) -> StepResult {
+        self.n.step(
+            "a second container joins the pod",
+            "Every other container of the pod is started in the pause sandbox's network namespace (`docker run\n\
+             --net=container:pause`), so it sees the very same eth0. Here a new process joins the namespace.",
+        );
+        let ns = self.pod_ns(0)?;
+        let seen = run_in_pod(&self.opts.exe, &ns, &["show-netns", "eth0"]).map_err(|e| self.fail(e))?;
+        self.n.cmd(&format!(
+            "nsenter --net={} trestlectl show-netns eth0",
+            self.pods[0].pause.netns_path().display()
+        ));
+        self.n.out(&seen);
+        let own = ns
+            .run(|| Netlink::open().and_then(|mut nl| show::ip_addr(&mut nl, Some("eth0"))))
+            .map_err(|e| self.fail(e))?
+            .map_err(|e| self.fail(e))?;
+        if !seen.contains(own.trim()) {
+            return Err(self.fail("the second container sees a different eth0"));
+        }
+        self.n.ok("the second container sees the pause sandbox's eth0 (same index, MAC and address)");
+        Ok(())
+    }
+
+    fn second_pod_and_traffic(&mut self) -> StepResult {
+        self.n.step(
+            "a second pod, and real packets",
+            "Another sandbox and another ADD on the same network; trestle-ipam hands out the next address.\n\
+             Then ICMP echo and a TCP exchange, done in-process, from pod to pod and from the host to a pod.",
+        );
+        let pause = Pause::start(&self.opts.exe, self.iso.host.as_ref()).map_err(|e| self.fail(e))?;
+        self.pods.push(Pod {
+            id: POD_B,
+            pause,
+            attached: false,
+        });
+        let inv = self.invocation("ADD", 1);
+        let stdout = self.call(&inv)?;
+        self.pods[1].attached = true;
+        self.n.out(&stdout);
+        if !stdout.contains("10.15.20.3/24") {
+            return Err(self.fail("the second pod did not get 10.15.20.3/24"));
+        }
+        self.n.ok("pod B got 10.15.20.3/24");
+        self.traffic()
+    }
+
+    fn traffic(&mut self) -> StepResult {
+        let a = self.pod_ns(0)?;
+        let b = self.pod_ns(1)?;
+        let pod_a = Ipv4Addr::new(10, 15, 20, 2);
+        let pod_b = Ipv4Addr::new(10, 15, 20, 3);
+        let rtt = a.run(|| probe::ping(pod_b, 1, TIMEOUT)).map_err(|e| self.fail(e))?;
+        let rtt = rtt.map_err(|e| self.fail(format!("pod A -> pod B: {e}")))?;
+        self.n.ok(&format!("ICMP echo pod A (10.15.20.2) -> pod B (10.15.20.3): reply in {:.3} ms", rtt.as_secs_f64() * 1e3));
+        let rtt = self.iso.in_host(|| probe::ping(pod_a, 2, TIMEOUT));
+        let rtt = rtt.map_err(|e| self.fail(format!("host -> pod A: {e}")))?;
+        self.n.ok(&format!("ICMP echo host (10.15.20.1) -> pod A (10.15.20.2): reply in {:.3} ms", rtt.as_secs_f64() * 1e3));
+        let addr = SocketAddr::from((pod_b, 8080));
+        let listener = b.run(|| probe::listen(addr)).map_err(|e| self.fail(e))?.map_err(|e| self.fail(e))?;
+        let (peer, answer) = std::thread::scope(|s| {
+            let server = s.spawn(|| probe::serve_once(&listener, TIMEOUT));
+            let answer = a.run(|| probe::exchange(addr, "hello from pod A", TIMEOUT));
+            (server.join(), answer)
+        });
+        let answer = answer.map_err(|e| self.fail(e))?.map_err(|e| self.fail(format!("TCP pod A -> pod B: {e}")))?;
+        let peer = peer
+            .map_err(|_| self.fail("TCP server thread panicked"))?
+            .map_err(|e| self.fail(format!("TCP server in pod B: {e}")))?;
+        self.n.ok(&format!("TCP pod A -> {addr}: answered {answer:?}, the server saw the client as {peer}"));
+        if peer.ip() != std::net::IpAddr::V4(pod_a) {
+            return Err(self.fail("pod-to-pod traffic was translated; it must keep the pod's address"));
+        }
+        self.n.ok("pod-to-pod traffic keeps its source address (masquerade applies only outside the subnet)");
+        Ok(())
+    }
+
+    fn del_pod(&mut self, pod: usize, narrate: bool) -> StepResult {
+        if !self.pods[pod].attached {
+            return Ok(());
+        }
+        let inv = self.invocation("DEL", pod);
+        if narrate {
+            self.call(&inv)?;
+        } else {
+            inv.run(CLASSIC_CONFIG.as_bytes(), self.iso.host.as_ref())
+                .map_err(|e| self.fail(e))?;
+        }
+        self.pods[pod].attached = false;
+        Ok(())
+    }
+
+    fn delete_all(&mut self) -> StepResult {
+        self.n.step(
+            "delete both pods",
+            "When a pod stops, the runtime calls DEL with the same variables and config, then stops the sandbox.\n\
+             DEL cuts the pod off (its veth pair is deleted), then releases its address and its masquerade.",
+        );
+        for pod in 0..self.pods.len() {
+            self.del_pod(pod, true)?;
+        }
+        for pod in self.pods.drain(..) {
+            pod.pause.stop().map_err(|e| Error::Step {
+                step: 7,
+                msg: e.to_string(),
+            })?;
+        }
+        self.n.cmd("kill <pause pids>");
+        self.verify_clean()
+    }
+
+    fn verify_clean(&mut self) -> StepResult {
+        let state = self
+            .iso
+            .in_host(|| -> Result<(usize, String), String> {
+                let mut nl = Netlink::open().map_err(|e| e.to_string())?;
+                let br = nl.link_by_name(BRIDGE).map_err(|e| e.to_string())?.ok_or("no bridge")?;
+                let ports = nl
+                    .links()
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .filter(|l| l.master == Some(br.index))
+                    .count();
+                Ok((ports, masquerade_listing()?))
+            })
+            .map_err(|e| self.fail(e))?;
+        if state.0 != 0 {
+            return Err(self.fail(format!("{BRIDGE} still has {} ports", state.0)));
+        }
+        self.n.ok(&format!("{BRIDGE} has no ports left"));
+        if state.1.contains("10.15.20.") {
+            return Err(self.fail(format!("masquerade left behind:\n{}", state.1)));
+        }
+        self.n.ok("no masquerade rule or element is left (the network's table is gone with its last pod)");
+        let left = reservations(Path::new(STATE_DIR)).unwrap_or_default();
+        if !left.is_empty() {
+            return Err(self.fail(format!("addresses still reserved: {}", left.join(", "))));
+        }
+        self.n.ok(&format!("no address is reserved in {STATE_DIR}"));
+        if self.iso.isolated() {
+            self.n.ok("the private host namespace and its bridge disappear when the demo exits");
+        } else {
+            self.n.ok(&format!("{BRIDGE} is removed and ip_forward restored as the demo exits"));
+        }
+        Ok(())
+    }
+}
+
+/// The masquerade state of the current namespace, one line per covered address.
+fn masquerade_listing() -> Result<String, String> {
+    let mut fw = trestle_firewall::Firewall::open(Path::new("/run/trestle/firewall.lock"))
+        .map_err(|e| e.to_string())?;
+    let entries = fw.list().map_err(|e| e.to_string())?;
+    if entries.is_empty() {
+        return Ok("(nothing)".into());
+    }
+    Ok(entries
+        .iter()
+        .map(|e| {
+            let owner = e
+                .attachment
+                .as_ref()
+                .map_or("?".to_owned(), |a| format!("{}/{}", a.container_id, a.ifname));
+            let subnet = e.subnet.map_or("its subnet".to_owned(), |s| s.to_string());
+            format!(
+                "network {} : {} ({owner}) masqueraded towards destinations outside {subnet}",
+                e.network.as_deref().unwrap_or(&e.network_id),
+                e.addr
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+fn expect(text: &str, needle: &str) -> Result<(), String> {
+    if text.contains(needle) {
+        Ok(())
+    } else {
+        Err(format!("expected {needle:?} in:\n{text}"))
+    }
+}
+
+fn expect_route(table: &str, dst: &str, gw: &str, mask: &str, flags: &str) -> Result<(), String> {
+    let found = table.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 8 && f[0] == dst && f[1] == gw && f[2] == mask && f[3] == flags && f[7] == "eth0"
+    });
+    if found {
+        Ok(())
+    } else {
+        Err(format!("expected route {dst} via {gw} mask {mask} flags {flags} on eth0 in:\n{table}"))
+    }
+}

@@ -1,0 +1,10 @@
+//! trestlectl: the operator's side of trestle. The library holds what the subcommands and the end-to-end tests
+//! share: invoking plugins exactly as a runtime does, pod sandboxes, reading a namespace's network state, and
+//! probing connectivity.
+
+pub mod bench;
+pub mod demo;
+pub mod probe;
+pub mod runtime;
+pub mod sandbox;
+pub mod show;

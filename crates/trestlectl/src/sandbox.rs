@@ -1,0 +1,98 @@
+//! Pod sandboxes the way a CRI runtime makes them: a "pause" process holding a fresh network namespace, and
+//! "container" processes that join it.
+
+use crate::runtime::enter_on_exec;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use trestle_netns::NetNs;
+
+/// A running pause process and its network namespace.
+#[derive(Debug)]
+pub struct Pause {
+    child: Child,
+}
+
+impl Pause {
+    /// Starts `<exe> pause` with a network namespace of its own, created inside (a child of) `host`'s.
+    pub fn start(exe: &std::path::Path, host: Option<&NetNs>) -> std::io::Result<Pause> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("pause")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(ns) = host {
+            enter_on_exec(&mut cmd, ns);
+        }
+        // SAFETY: runs in the forked child before exec; unshare(2) is async-signal-safe. The child is
+        // single-threaded there, which unshare of a network namespace does not even require.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(Pause {
+            child: cmd.spawn()?,
+        })
+    }
+
+    /// The pause process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The namespace path a runtime passes as `CNI_NETNS`.
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.pid()))
+    }
+
+    /// Opens the sandbox namespace.
+    pub fn netns(&self) -> Result<NetNs, trestle_netns::Error> {
+        NetNs::open(self.netns_path())
+    }
+
+    /// Stops the pause process: its namespace dies with the last holder.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        self.kill()
+    }
+
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.child.kill()?;
+        self.child.wait().map(|_| ())
+    }
+}
+
+impl Drop for Pause {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+/// The body of `trestlectl pause`: sleep until killed, like the pause container's `pause()` loop.
+pub fn pause_forever() -> ! {
+    loop {
+        // SAFETY: pause(2) has no preconditions; it returns only when a signal handler ran.
+        unsafe {
+            libc::pause();
+        }
+    }
+}
+
+/// Runs `<exe> <args>` as a second container of the pod: the process joins the sandbox's namespace before exec.
+pub fn run_in_pod(exe: &std::path::Path, sandbox: &NetNs, args: &[&str]) -> std::io::Result<String> {
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::null()).stderr(Stdio::inherit());
+    enter_on_exec(&mut cmd, sandbox);
+    let out = cmd.output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "{} {} exited with {}",
+            exe.display(),
+            args.join(" "),
+            out.status
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

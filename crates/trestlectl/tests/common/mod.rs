@@ -1,0 +1,227 @@
+//! Fixtures for the end-to-end tests: a private "host" namespace per test, pod namespaces, and the real plugin
+//! binaries invoked as a runtime invokes them. Nothing touches the machine's own network namespace; IPAM state
+//! lives in a per-test directory.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use trestle_netlink::{Link, Netlink};
+use trestle_netns::{NamedNetNs, NetNs};
+use trestlectl::runtime::{Invocation, Outcome};
+
+/// Every spec version trestle speaks.
+pub const VERSIONS: [&str; 7] = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// Where cargo put the workspace binaries (target/<profile>), beside this test's `deps` directory.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_owned();
+    for bin in ["trestle", "trestle-ipam", "trestlectl"] {
+        assert!(
+            dir.join(bin).is_file(),
+            "{} missing: run the tests with `cargo test --workspace` so the binaries are built",
+            dir.join(bin).display()
+        );
+    }
+    dir
+}
+
+/// The reference plugins' directory (Debian's containernetworking-plugins), if installed.
+pub fn reference_dir() -> Option<PathBuf> {
+    ["/usr/lib/cni", "/opt/cni/bin"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|d| d.join("bridge").is_file() && d.join("host-local").is_file())
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "trestle-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One test's world: a host namespace, a state directory and pods.
+pub struct World {
+    pub host: NetNs,
+    pub dir: TempDir,
+    pub bins: PathBuf,
+    pods: AtomicU32,
+}
+
+impl World {
+    pub fn new() -> World {
+        let host = NetNs::new_anonymous().expect("host namespace");
+        host.run(|| {
+            let mut nl = Netlink::open().unwrap();
+            let lo = nl.link_by_name("lo").unwrap().unwrap();
+            nl.set_up(lo.index, true).unwrap();
+        })
+        .unwrap();
+        World {
+            host,
+            dir: TempDir::new("e2e"),
+            bins: bin_dir(),
+            pods: AtomicU32::new(0),
+        }
+    }
+
+    /// A new pod namespace, bind-mounted so plugins get a path.
+    pub fn pod(&self) -> NamedNetNs {
+        let n = self.pods.fetch_add(1, Ordering::Relaxed);
+        NamedNetNs::create(self.dir.0.join(format!("ns-{n}"))).expect("pod namespace")
+    }
+
+    /// The IPAM state directory for configs of this world.
+    pub fn data_dir(&self) -> String {
+        self.dir.0.join("ipam").display().to_string()
+    }
+
+    /// The classic walkthrough config at `version`, with this world's state directory.
+    pub fn classic(&self, version: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": "mybridge",
+            "type": "trestle",
+            "bridge": "cni_bridge0",
+            "isGateway": true,
+            "ipMasq": true,
+            "hairpinMode": true,
+            "ipam": {
+                "type": "trestle-ipam",
+                "subnet": "10.15.20.0/24",
+                "dataDir": self.data_dir(),
+                "routes": [
+                    { "dst": "0.0.0.0/0" },
+                    { "dst": "1.1.1.1/32", "gw": "10.15.20.1" }
+                ]
+            }
+        })
+    }
+
+    /// Calls `plugin` (a binary in `bins`) with `conf` on stdin, inside the host namespace.
+    pub fn call(&self, cmd: &str, id: &str, netns: &str, ifname: &str, conf: &Value) -> Outcome {
+        self.call_with(&self.bins.join("trestle"), cmd, id, netns, ifname, conf, |_| {})
+    }
+
+    /// Like `call`, with the invocation adjusted by `tweak`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn call_with(
+        &self,
+        plugin: &Path,
+        cmd: &str,
+        id: &str,
+        netns: &str,
+        ifname: &str,
+        conf: &Value,
+        tweak: impl FnOnce(&mut Invocation),
+    ) -> Outcome {
+        let mut inv = Invocation::new(plugin, cmd, id, netns, ifname);
+        tweak(&mut inv);
+        inv.run(conf.to_string().as_bytes(), Some(&self.host)).expect("spawn plugin")
+    }
+
+    /// ADD that must succeed; returns the result JSON.
+    pub fn add(&self, id: &str, pod: &NamedNetNs, conf: &Value) -> Value {
+        let out = self.call("ADD", id, &pod.path().display().to_string(), "eth0", conf);
+        assert!(out.success, "ADD failed: {} {}", out.stdout, out.stderr);
+        out.json().expect("ADD result is JSON")
+    }
+
+    /// DEL that must succeed.
+    pub fn del(&self, id: &str, netns: &str, conf: &Value) {
+        let out = self.call("DEL", id, netns, "eth0", conf);
+        assert!(out.success, "DEL failed: {} {}", out.stdout, out.stderr);
+        assert!(out.stdout.is_empty(), "DEL printed {:?}", out.stdout);
+    }
+
+    /// The links of the host namespace.
+    pub fn host_links(&self) -> Vec<Link> {
+        self.host.run(|| Netlink::open().unwrap().links().unwrap()).unwrap()
+    }
+
+    /// Ports of `bridge` in the host namespace.
+    pub fn ports(&self, bridge: &str) -> Vec<Link> {
+        let links = self.host_links();
+        let Some(br) = links.iter().find(|l| l.name == bridge) else {
+            return Vec::new();
+        };
+        links.iter().filter(|l| l.master == Some(br.index)).cloned().collect()
+    }
+
+    /// Reserved addresses of `network` in this world's state directory.
+    pub fn reservations(&self, network: &str) -> Vec<String> {
+        reservations(&Path::new(&self.data_dir()).join(network))
+    }
+
+    /// Masqueraded addresses in the host namespace.
+    pub fn masqueraded(&self) -> Vec<String> {
+        self.host
+            .run(|| {
+                let mut fw = trestle_firewall::Firewall::open(Path::new("/run/trestle/firewall.lock")).unwrap();
+                fw.list().unwrap().iter().map(|e| e.addr.to_string()).collect()
+            })
+            .unwrap()
+    }
+}
+
+/// Files named by an IP in a host-local style directory.
+pub fn reservations(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = rd
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Addresses and main-table routes of `ifname` inside a namespace, normalised for comparison.
+pub fn pod_state(ns: &NetNs, ifname: &str) -> (Vec<String>, Vec<String>) {
+    ns.run(|| {
+        let mut nl = Netlink::open().unwrap();
+        let Some(link) = nl.link_by_name(ifname).unwrap() else {
+            return (Vec::new(), Vec::new());
+        };
+        let mut addrs: Vec<String> = nl
+            .addresses(Some(link.index))
+            .unwrap()
+            .iter()
+            .filter(|a| a.scope == 0)
+            .map(|a| a.address.to_string())
+            .collect();
+        addrs.sort();
+        let mut routes: Vec<String> = nl
+            .routes(None)
+            .unwrap()
+            .iter()
+            .filter(|r| r.table == 254 && r.oif == Some(link.index) && r.kind == 1)
+            .filter(|r| !(r.dst.addr().is_ipv6() && r.dst.prefix_len() == 64 && r.gateway.is_none()))
+            .map(|r| match r.gateway {
+                Some(gw) => format!("{} via {gw}", r.dst),
+                None => format!("{} dev", r.dst),
+            })
+            .collect();
+        routes.sort();
+        (addrs, routes)
+    })
+    .unwrap()
+}

@@ -1,0 +1,273 @@
+//! End-to-end tests of the real `trestle` and `trestle-ipam` binaries in namespaces the tests create.
+
+mod common;
+
+use common::{pod_state, World, VERSIONS};
+use serde_json::{json, Value};
+
+const PRIV: &str = "privileged: needs root";
+
+fn addr_of(result: &Value) -> String {
+    if let Some(ip4) = result.get("ip4") {
+        return ip4["ip"].as_str().unwrap().to_owned();
+    }
+    result["ips"][0]["address"].as_str().unwrap().to_owned()
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn classic_config_every_version() {
+    let _ = PRIV;
+    for version in VERSIONS {
+        let w = World::new();
+        let conf = w.classic(version);
+        let pod = w.pod();
+        let result = w.add("1234567890", &pod, &conf);
+        assert_eq!(result["cniVersion"], version, "{result}");
+        assert_eq!(addr_of(&result), "10.15.20.2/24", "{version}: {result}");
+        if version < "0.3.0" {
+            assert_eq!(result["ip4"]["gateway"], "10.15.20.1");
+            assert!(result.get("interfaces").is_none());
+        } else {
+            assert_eq!(result["interfaces"].as_array().unwrap().len(), 3, "{result}");
+            assert_eq!(result["interfaces"][2]["name"], "eth0");
+            assert_eq!(result["interfaces"][2]["sandbox"], pod.path().display().to_string());
+            assert_eq!(result["ips"][0]["interface"], 2);
+            assert_eq!(result["ips"][0].get("version").is_some(), version < "1.0.0", "{result}");
+        }
+        let (addrs, routes) = pod_state(pod.ns(), "eth0");
+        assert_eq!(addrs, vec!["10.15.20.2/24"], "{version}");
+        assert_eq!(
+            routes,
+            vec!["0.0.0.0/0 via 10.15.20.1", "1.1.1.1/32 via 10.15.20.1", "10.15.20.0/24 dev"],
+            "{version}"
+        );
+        assert_eq!(w.ports("cni_bridge0").len(), 1);
+        assert_eq!(w.masqueraded(), vec!["10.15.20.2"], "{version}");
+        assert_eq!(w.reservations("mybridge"), vec!["10.15.20.2"]);
+        let path = pod.path().display().to_string();
+        w.del("1234567890", &path, &conf);
+        w.del("1234567890", &path, &conf);
+        assert!(w.ports("cni_bridge0").is_empty());
+        assert!(w.masqueraded().is_empty());
+        assert!(w.reservations("mybridge").is_empty());
+        assert!(pod_state(pod.ns(), "eth0").0.is_empty());
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn check_status_and_version() {
+    let w = World::new();
+    let conf = w.classic("1.1.0");
+    let pod = w.pod();
+    let path = pod.path().display().to_string();
+    let result = w.add("c1", &pod, &conf);
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = result.clone();
+    let out = w.call("CHECK", "c1", &path, "eth0", &with_prev);
+    assert!(out.success, "{} {}", out.stdout, out.stderr);
+    assert!(out.stdout.is_empty());
+    // Without prevResult CHECK must fail.
+    let out = w.call("CHECK", "c1", &path, "eth0", &conf);
+    assert!(!out.success);
+    // Remove the pod's address behind the plugin's back: CHECK notices.
+    pod.ns()
+        .run(|| {
+            let mut nl = trestle_netlink::Netlink::open().unwrap();
+            let l = nl.link_by_name("eth0").unwrap().unwrap();
+            nl.del_address(l.index, "10.15.20.2/24".parse().unwrap()).unwrap();
+        })
+        .unwrap();
+    let out = w.call("CHECK", "c1", &path, "eth0", &with_prev);
+    assert!(!out.success);
+    assert!(out.stdout.contains("10.15.20.2"), "{}", out.stdout);
+    let out = w.call("STATUS", "", "", "", &conf);
+    assert!(out.success, "{} {}", out.stdout, out.stderr);
+    let out = w.call("VERSION", "", "", "", &json!({"cniVersion": "1.0.0"}));
+    let v = out.json().unwrap();
+    assert_eq!(v["cniVersion"], "1.0.0");
+    assert_eq!(v["supportedVersions"].as_array().unwrap().len(), 7);
+    w.del("c1", &path, &conf);
+}
+
+/// Every malformed input gets an error object with the spec's code on stdout and consumes no address.
+#[test]
+#[ignore = "privileged: needs root"]
+fn malformed_inputs_get_spec_codes_and_consume_nothing() {
+    let w = World::new();
+    let pod = w.pod();
+    let path = pod.path().display().to_string();
+    let good = w.classic("1.0.0");
+    let with = |k: &str, v: Value| {
+        let mut c = good.clone();
+        c[k] = v;
+        c
+    };
+    let cases: Vec<(&str, &str, &str, &str, Value, u64)> = vec![
+        ("bad JSON", "ADD", "c", "eth0", Value::String("{not json".into()), 6),
+        ("unknown version", "ADD", "c", "eth0", with("cniVersion", json!("9.9.9")), 1),
+        ("CHECK at 0.3.1", "CHECK", "c", "eth0", with("cniVersion", json!("0.3.1")), 1),
+        ("GC at 1.0.0", "GC", "", "", good.clone(), 1),
+        ("bad network name", "ADD", "c", "eth0", with("name", json!("bad/name")), 7),
+        ("empty network name", "ADD", "c", "eth0", with("name", json!("")), 7),
+        ("bad interface name", "ADD", "c", "eth0/x", good.clone(), 4),
+        ("long interface name", "ADD", "c", "abcdefghijklmnop", good.clone(), 4),
+        ("bad container id", "ADD", "-bad", "eth0", good.clone(), 4),
+        ("missing container id", "ADD", "", "eth0", good.clone(), 4),
+        ("unimplemented key", "ADD", "c", "eth0", with("macspoofchk", json!(true)), 2),
+        ("wrong type", "ADD", "c", "eth0", with("isGateway", json!("yes")), 7),
+    ];
+    for (what, cmd, id, ifname, conf, code) in cases {
+        let stdin = match &conf {
+            Value::String(s) => s.clone(),
+            v => v.to_string(),
+        };
+        let mut inv = trestlectl::runtime::Invocation::new(&w.bins.join("trestle"), cmd, id, &path, ifname);
+        inv.path = w.bins.display().to_string();
+        let out = inv.run(stdin.as_bytes(), Some(&w.host)).unwrap();
+        assert!(!out.success, "{what}: succeeded");
+        let err = out.json().unwrap_or_else(|| panic!("{what}: stdout is not JSON: {:?}", out.stdout));
+        assert_eq!(err["code"].as_u64(), Some(code), "{what}: {err}");
+        assert!(!err["msg"].as_str().unwrap_or("").is_empty(), "{what}: {err}");
+        assert!(w.reservations("mybridge").is_empty(), "{what} consumed an address");
+    }
+    // Missing CNI_NETNS on ADD names the variable.
+    let out = w.call_with(&w.bins.join("trestle"), "ADD", "c", "", "eth0", &good, |_| {});
+    assert_eq!(out.error_code(), Some(4), "{}", out.stdout);
+    assert!(out.stdout.contains("CNI_NETNS"), "{}", out.stdout);
+    // CNI_ARGS with an unknown key and no IgnoreUnknown is refused; with it, accepted.
+    let out = w.call_with(&w.bins.join("trestle"), "ADD", "c", &path, "eth0", &good, |i| {
+        i.args = "FOO=bar".into()
+    });
+    assert!(!out.success);
+    assert!(w.reservations("mybridge").is_empty());
+    let out = w.call_with(&w.bins.join("trestle"), "ADD", "c", &path, "eth0", &good, |i| {
+        i.args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web".into()
+    });
+    assert!(out.success, "{} {}", out.stdout, out.stderr);
+    w.del("c", &path, &good);
+}
+
+/// A failure after the address was reserved (here: an MTU the kernel refuses) rolls everything back.
+#[test]
+#[ignore = "privileged: needs root"]
+fn failed_add_rolls_back() {
+    let w = World::new();
+    let pod = w.pod();
+    let mut conf = w.classic("1.0.0");
+    conf["mtu"] = json!(40);
+    let out = w.call("ADD", "c", &pod.path().display().to_string(), "eth0", &conf);
+    assert!(!out.success, "{}", out.stdout);
+    assert!(out.error_code().unwrap() >= 100, "{}", out.stdout);
+    assert!(w.reservations("mybridge").is_empty());
+    assert!(w.masqueraded().is_empty());
+    assert!(w.host_links().iter().all(|l| l.kind.as_deref() != Some("veth")));
+    assert!(pod_state(pod.ns(), "eth0").0.is_empty());
+    // An existing interface of the same name is refused before anything changes.
+    let conf = w.classic("1.0.0");
+    w.add("c", &pod, &conf);
+    let out = w.call("ADD", "other", &pod.path().display().to_string(), "eth0", &conf);
+    assert_eq!(out.error_code(), Some(101), "{}", out.stdout);
+    // Only the first pod's address: the refused ADD reserved nothing.
+    assert_eq!(w.reservations("mybridge").len(), 1);
+}
+
+/// DEL succeeds and releases the address when the namespace is gone, when CNI_NETNS is empty, and when nothing
+/// was ever added.
+#[test]
+#[ignore = "privileged: needs root"]
+fn del_is_idempotent_and_tolerant() {
+    let w = World::new();
+    let conf = w.classic("0.4.0");
+    let pod = w.pod();
+    let path = pod.path().display().to_string();
+    w.add("gone", &pod, &conf);
+    drop(pod);
+    w.del("gone", &path, &conf);
+    assert!(w.reservations("mybridge").is_empty());
+    assert!(w.masqueraded().is_empty());
+    let pod = w.pod();
+    w.add("empty", &pod, &conf);
+    w.del("empty", "", &conf);
+    assert!(w.reservations("mybridge").is_empty());
+    assert!(w.masqueraded().is_empty());
+    w.del("never-added", "", &conf);
+    w.del("never-added", "/nonexistent/netns", &conf);
+}
+
+/// GC releases reservations and masquerade of every attachment not listed as valid.
+#[test]
+#[ignore = "privileged: needs root"]
+fn gc_releases_what_is_not_valid() {
+    let w = World::new();
+    let conf = w.classic("1.1.0");
+    let pods: Vec<_> = (0..3).map(|_| w.pod()).collect();
+    for (i, p) in pods.iter().enumerate() {
+        w.add(&format!("c{i}"), p, &conf);
+    }
+    assert_eq!(w.reservations("mybridge").len(), 3);
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
+    let out = w.call("GC", "", "", "", &gc);
+    assert!(out.success, "{} {}", out.stdout, out.stderr);
+    assert_eq!(w.reservations("mybridge"), vec!["10.15.20.3"]);
+    assert_eq!(w.masqueraded(), vec!["10.15.20.3"]);
+}
+
+/// 60 concurrent ADDs get 60 distinct addresses; 60 concurrent DELs leave the bridge without ports.
+#[test]
+#[ignore = "privileged: needs root"]
+fn sixty_concurrent_adds_and_dels() {
+    const N: usize = 60;
+    let w = World::new();
+    let conf = w.classic("1.0.0");
+    let pods: Vec<_> = (0..N).map(|_| w.pod()).collect();
+    let results: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (w, conf) = (&w, &conf);
+                s.spawn(move || w.add(&format!("pod{i}"), p, conf))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut addrs: Vec<String> = results.iter().map(addr_of).collect();
+    addrs.sort();
+    addrs.dedup();
+    assert_eq!(addrs.len(), N, "duplicate addresses: {addrs:?}");
+    assert_eq!(w.ports("cni_bridge0").len(), N);
+    assert_eq!(w.masqueraded().len(), N);
+    std::thread::scope(|s| {
+        for (i, p) in pods.iter().enumerate() {
+            let (w, conf) = (&w, &conf);
+            s.spawn(move || w.del(&format!("pod{i}"), &p.path().display().to_string(), conf));
+        }
+    });
+    assert!(w.ports("cni_bridge0").is_empty());
+    assert!(w.reservations("mybridge").is_empty());
+    assert!(w.masqueraded().is_empty());
+}
+
+/// Pods on the same bridge reach each other and the gateway; stdout carries only the result.
+#[test]
+#[ignore = "privileged: needs root"]
+fn pods_talk_through_the_bridge() {
+    let w = World::new();
+    let conf = w.classic("1.0.0");
+    let (a, b) = (w.pod(), w.pod());
+    w.add("a", &a, &conf);
+    w.add("b", &b, &conf);
+    let rtt = a
+        .ns()
+        .run(|| trestlectl::probe::ping("10.15.20.3".parse().unwrap(), 1, std::time::Duration::from_secs(3)))
+        .unwrap();
+    assert!(rtt.is_ok(), "{rtt:?}");
+    let rtt = w
+        .host
+        .run(|| trestlectl::probe::ping("10.15.20.2".parse().unwrap(), 2, std::time::Duration::from_secs(3)))
+        .unwrap();
+    assert!(rtt.is_ok(), "{rtt:?}");
+}
