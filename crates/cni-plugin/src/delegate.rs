@@ -21,7 +21,10 @@ pub fn find_plugin(name: &str, dirs: &[PathBuf]) -> Result<PathBuf, CniError> {
             let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
             CniError::new(
                 ErrorCode::InvalidConfig,
-                format!("failed to find plugin {name:?} in path [{}]", dirs.join(" ")),
+                format!(
+                    "failed to find plugin {name:?} in path [{}]",
+                    dirs.join(" ")
+                ),
             )
         })
 }
@@ -71,7 +74,8 @@ pub fn exec(
 /// Turns a delegate's failure output into its error, keeping its code (libcni's behaviour).
 fn parse_failure(plugin: &Path, stdout: &[u8]) -> CniError {
     let parsed = serde_json::from_slice::<serde_json::Value>(stdout).ok();
-    let field = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+    let field =
+        |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
     match parsed {
         Some(v) if v.get("code").and_then(|c| c.as_u64()).is_some() => CniError {
             code: v["code"].as_u64().unwrap_or(999) as u32,
@@ -113,10 +117,18 @@ mod tests {
 
     #[test]
     fn failure_keeps_delegate_code() {
-        let e = parse_failure(Path::new("x"), br#"{"code":11,"msg":"later","details":"d"}"#);
-        assert_eq!((e.code, e.msg.as_str(), e.details.as_deref()), (11, "later", Some("d")));
+        let e = parse_failure(
+            Path::new("x"),
+            br#"{"code":11,"msg":"later","details":"d"}"#,
+        );
+        assert_eq!(
+            (e.code, e.msg.as_str(), e.details.as_deref()),
+            (11, "later", Some("d"))
+        );
         assert_eq!(parse_failure(Path::new("x"), b"").code, 999);
-        assert!(parse_failure(Path::new("x"), b"garbage").msg.contains("garbage"));
+        assert!(parse_failure(Path::new("x"), b"garbage")
+            .msg
+            .contains("garbage"));
     }
 
     #[test]
@@ -131,6 +143,8 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!((err.code, err.msg.as_str()), (7, "bad"));
-        assert!(exec(sh, Command::Del, b"exit 0", Version::V1_0_0).unwrap().is_none());
+        assert!(exec(sh, Command::Del, b"exit 0", Version::V1_0_0)
+            .unwrap()
+            .is_none());
     }
 }

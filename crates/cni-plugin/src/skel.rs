@@ -66,9 +66,12 @@ fn dispatch(plugin: &impl Plugin, stdin: &mut Vec<u8>) -> Result<Option<String>,
         eprintln!("CNI protocol versions supported: {}", all.join(", "));
         return Ok(None);
     };
-    std::io::stdin()
-        .read_to_end(stdin)
-        .map_err(|e| (CniError::new(ErrorCode::Io, format!("cannot read stdin: {e}")), None))?;
+    std::io::stdin().read_to_end(stdin).map_err(|e| {
+        (
+            CniError::new(ErrorCode::Io, format!("cannot read stdin: {e}")),
+            None,
+        )
+    })?;
     if env.command == Command::Version {
         let requested = serde_json::from_slice::<serde_json::Value>(stdin)
             .ok()

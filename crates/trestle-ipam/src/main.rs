@@ -127,7 +127,16 @@ impl Plugin for Ipam {
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
         let (cfg, mut store, _) = load(req)?;
-        let valid = valid_attachments(&req.conf.raw)?;
+        let valid: Vec<Attachment> = req
+            .conf
+            .valid_attachments()?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| Attachment {
+                container_id: a.container_id,
+                ifname: a.ifname,
+            })
+            .collect();
         let freed = trestle_ipam_core::gc(&cfg, &mut store, &valid).map_err(cni_error)?;
         for (att, ip) in freed {
             log::info!("gc: released {ip} of {}/{}", att.container_id, att.ifname);
@@ -138,38 +147,14 @@ impl Plugin for Ipam {
     fn status(&self, req: &Request) -> Result<(), CniError> {
         // Serviceable when the config is valid and the store can be opened (and so locked and written).
         load(req).map(|_| ()).map_err(|e| CniError {
-            code: if e.code == ErrorCode::InvalidConfig as u32 { e.code } else { ErrorCode::NotAvailable as u32 },
+            code: if e.code == ErrorCode::InvalidConfig as u32 {
+                e.code
+            } else {
+                ErrorCode::NotAvailable as u32
+            },
             ..e
         })
     }
-}
-
-fn valid_attachments(
-    raw: &serde_json::Map<String, serde_json::Value>,
-) -> Result<Vec<Attachment>, CniError> {
-    let Some(list) = raw
-        .get("cni.dev/valid-attachments")
-        .or_else(|| raw.get("cni.dev/attachments"))
-    else {
-        return Ok(Vec::new());
-    };
-    let bad = || {
-        CniError::new(
-            ErrorCode::InvalidConfig,
-            "invalid cni.dev/valid-attachments: expected [{\"containerID\",\"ifname\"}]".to_owned(),
-        )
-    };
-    list.as_array()
-        .ok_or_else(bad)?
-        .iter()
-        .map(|a| {
-            let field = |k| a.get(k).and_then(|v: &serde_json::Value| v.as_str()).map(str::to_owned);
-            Ok(Attachment {
-                container_id: field("containerID").ok_or_else(bad)?,
-                ifname: field("ifname").ok_or_else(bad)?,
-            })
-        })
-        .collect()
 }
 
 fn main() {

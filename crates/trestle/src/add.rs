@@ -81,7 +81,10 @@ fn preflight(ctx: &mut Ctx) -> Result<(), CniError> {
     if existing.is_some() {
         return Err(CniError::plugin(
             code::INTERFACE_EXISTS,
-            format!("interface {ifname:?} already exists in {}", ctx.req.env.netns),
+            format!(
+                "interface {ifname:?} already exists in {}",
+                ctx.req.env.netns
+            ),
         ));
     }
     links::check_bridge_kind(&mut ctx.host, &ctx.cfg.bridge).map(|_| ())
@@ -268,9 +271,13 @@ fn configure_container(ctx: &mut Ctx, result: &CniResult) -> Result<Link, CniErr
 }
 
 fn container_sysctls(ifname: &str, dad: bool, has_v6: bool) -> Result<(), CniError> {
-    let set = |key: String, value: &str| sysctl::set(&key, value).map_err(|e| error::sysctl(&key, e));
+    let set =
+        |key: String, value: &str| sysctl::set(&key, value).map_err(|e| error::sysctl(&key, e));
     if has_v6 {
-        set(format!("net/ipv6/conf/{ifname}/accept_dad"), if dad { "1" } else { "0" })?;
+        set(
+            format!("net/ipv6/conf/{ifname}/accept_dad"),
+            if dad { "1" } else { "0" },
+        )?;
         if dad {
             // Older kernels lack enhanced DAD; it only makes DAD smarter, so its absence is fine.
             let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
@@ -303,9 +310,7 @@ fn add_container_route(
     if let Some(t) = route.table {
         r.table = t;
     }
-    r.scope = route
-        .scope
-        .unwrap_or(if gw.is_some() { 0 } else { 253 });
+    r.scope = route.scope.unwrap_or(if gw.is_some() { 0 } else { 253 });
     ctx.cont
         .add_route(&r)
         .map_err(|e| error::kernel(&format!("add route {}", route.dst), e))

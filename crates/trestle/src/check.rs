@@ -17,7 +17,10 @@ fn failed(msg: String) -> CniError {
 pub fn check(req: &Request) -> Result<(), CniError> {
     let cfg = BridgeConfig::parse(&req.conf, &req.env.args)?;
     let prev = req.conf.prev_result()?.ok_or_else(|| {
-        CniError::new(ErrorCode::InvalidConfig, "required prevResult missing".to_owned())
+        CniError::new(
+            ErrorCode::InvalidConfig,
+            "required prevResult missing".to_owned(),
+        )
     })?;
     ipam::check(req, &cfg)?;
     let mut host = Netlink::open().map_err(|e| error::kernel("open netlink socket", e))?;
@@ -41,7 +44,10 @@ fn check_bridge(host: &mut Netlink, cfg: &BridgeConfig) -> Result<Link, CniError
     let bridge = crate::links::check_bridge_kind(host, &cfg.bridge)?
         .ok_or_else(|| failed(format!("bridge {:?} does not exist", cfg.bridge)))?;
     if cfg.promisc_mode && !bridge.promisc {
-        return Err(failed(format!("bridge {:?} is not promiscuous", cfg.bridge)));
+        return Err(failed(format!(
+            "bridge {:?} is not promiscuous",
+            cfg.bridge
+        )));
     }
     Ok(bridge)
 }
@@ -55,7 +61,12 @@ fn check_container_link(
     let link = cont
         .link_by_name(ifname)
         .map_err(|e| error::kernel("look up container interface", e))?
-        .ok_or_else(|| failed(format!("interface {ifname:?} not found in {}", req.env.netns)))?;
+        .ok_or_else(|| {
+            failed(format!(
+                "interface {ifname:?} not found in {}",
+                req.env.netns
+            ))
+        })?;
     let expected = prev
         .interfaces
         .iter()
@@ -83,7 +94,10 @@ fn check_host_port(host: &mut Netlink, link: &Link, bridge: &Link) -> Result<(),
         .map_err(|e| error::kernel("look up host veth", e))?
         .ok_or_else(|| failed(format!("host end of {} not found", link.name)))?;
     if port.master != Some(bridge.index) {
-        return Err(failed(format!("{} is not a port of {}", port.name, bridge.name)));
+        return Err(failed(format!(
+            "{} is not a port of {}",
+            port.name, bridge.name
+        )));
     }
     Ok(())
 }
@@ -94,7 +108,10 @@ fn check_addresses(cont: &mut Netlink, link: &Link, prev: &CniResult) -> Result<
         .map_err(|e| error::kernel("list container addresses", e))?;
     for ip in &prev.ips {
         if !have.iter().any(|a| a.address == ip.address) {
-            return Err(failed(format!("address {} missing on {}", ip.address, link.name)));
+            return Err(failed(format!(
+                "address {} missing on {}",
+                ip.address, link.name
+            )));
         }
     }
     Ok(())

@@ -77,7 +77,9 @@ impl BridgeConfig {
             None | Some(Value::Null) => DEFAULT_BRIDGE.to_owned(),
             Some(Value::String(s)) if s.is_empty() => DEFAULT_BRIDGE.to_owned(),
             Some(Value::String(s)) => {
-                cni_proto::validate_ifname(s).map_err(|_| invalid("bridge", format!("{s:?} is not a valid interface name")))?;
+                cni_proto::validate_ifname(s).map_err(|_| {
+                    invalid("bridge", format!("{s:?} is not a valid interface name"))
+                })?;
                 s.clone()
             }
             Some(v) => return Err(invalid("bridge", format!("expected a string, got {v}"))),
@@ -126,7 +128,10 @@ impl BridgeConfig {
 /// `macspoofchk` and `vlanTrunk` are reference keys trestle does not implement yet: refuse them loudly (code 2)
 /// rather than silently giving weaker isolation than configured.
 fn reject_unimplemented(raw: &Map<String, Value>) -> Result<(), CniError> {
-    if let Some(v) = raw.get("macspoofchk").filter(|v| **v != Value::Bool(false) && !v.is_null()) {
+    if let Some(v) = raw
+        .get("macspoofchk")
+        .filter(|v| **v != Value::Bool(false) && !v.is_null())
+    {
         return Err(CniError::new(
             ErrorCode::UnsupportedField,
             format!("unsupported field macspoofchk: {v} (not implemented by trestle)"),
@@ -161,7 +166,9 @@ fn ipam_type(conf: &NetConf) -> Result<Option<String>, CniError> {
     match ipam.get("type") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) if s.contains('/') => Err(invalid("ipam.type", format!("{s:?} contains '/'"))),
+        Some(Value::String(s)) if s.contains('/') => {
+            Err(invalid("ipam.type", format!("{s:?} contains '/'")))
+        }
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(v) => Err(invalid("ipam.type", format!("expected a string, got {v}"))),
     }

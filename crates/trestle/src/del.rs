@@ -91,4 +91,3 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
     }
     first_err.map_or(Ok(()), Err)
 }
-

@@ -31,7 +31,10 @@ pub fn ensure_bridge(host: &mut Netlink, cfg: &BridgeConfig) -> Result<Link, Cni
         Err(e) => return Err(error::kernel("create bridge", e)),
     }
     let link = check_bridge_kind(host, &cfg.bridge)?.ok_or_else(|| {
-        CniError::plugin(code::KERNEL, format!("bridge {:?} vanished after creation", cfg.bridge))
+        CniError::plugin(
+            code::KERNEL,
+            format!("bridge {:?} vanished after creation", cfg.bridge),
+        )
     })?;
     // A bridge takes the lowest MAC of its ports, so its MAC (and the pods' ARP entries for the gateway) would
     // change as pods come and go. Setting it explicitly pins it.

@@ -81,7 +81,8 @@ pub fn run(opts: &Options) -> Result<(), Error> {
             return Err(Error::MissingBinary(path));
         }
     }
-    let isolation = Isolation::set_up(opts.machine_netns).map_err(|e| Error::Isolation(e.to_string()))?;
+    let isolation =
+        Isolation::set_up(opts.machine_netns).map_err(|e| Error::Isolation(e.to_string()))?;
     let mut narrator = Narrator::new(opts.color);
     let result = steps::Demo::new(opts, &isolation, &mut narrator).and_then(|mut d| d.run_all());
     isolation.tear_down();

@@ -132,7 +132,10 @@ fn main() -> ExitCode {
             match trestlectl::bench::run(&opts) {
                 Ok(report) => {
                     print!("{}", report.markdown());
-                    eprintln!("wrote {}/results.md, results.json, latency.svg", opts.out.display());
+                    eprintln!(
+                        "wrote {}/results.md, results.json, latency.svg",
+                        opts.out.display()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

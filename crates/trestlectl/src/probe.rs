@@ -32,7 +32,13 @@ pub fn ping(dst: Ipv4Addr, seq: u16, timeout: Duration) -> std::io::Result<Durat
 
 fn raw_icmp_socket() -> std::io::Result<OwnedFd> {
     // SAFETY: plain socket(2) call; the returned fd is checked and then owned.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_ICMP) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_ICMP,
+        )
+    };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -84,7 +90,10 @@ fn wait_reply(
         let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
-            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ) {
                 continue;
             }
             return Err(e);
@@ -189,7 +198,9 @@ mod tests {
 
     #[test]
     fn reply_matching() {
-        let mut pkt = vec![0x45, 0, 0, 28, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1];
+        let mut pkt = vec![
+            0x45, 0, 0, 28, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
+        ];
         pkt.extend_from_slice(&[0, 0, 0, 0, 0, 7, 0, 3]);
         let src = Ipv4Addr::new(10, 0, 0, 2);
         assert!(is_our_reply(&pkt, src, 7, 3));

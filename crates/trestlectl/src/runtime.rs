@@ -58,7 +58,13 @@ impl Outcome {
 
 impl Invocation {
     /// A call of `plugin` with `command` for an attachment; `CNI_PATH` is the plugin's own directory.
-    pub fn new(plugin: &Path, command: &str, container_id: &str, netns: &str, ifname: &str) -> Self {
+    pub fn new(
+        plugin: &Path,
+        command: &str,
+        container_id: &str,
+        netns: &str,
+        ifname: &str,
+    ) -> Self {
         Invocation {
             plugin: plugin.to_owned(),
             command: command.to_owned(),

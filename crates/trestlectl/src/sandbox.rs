@@ -81,7 +81,11 @@ pub fn pause_forever() -> ! {
 }
 
 /// Runs `<exe> <args>` as a second container of the pod: the process joins the sandbox's namespace before exec.
-pub fn run_in_pod(exe: &std::path::Path, sandbox: &NetNs, args: &[&str]) -> std::io::Result<String> {
+pub fn run_in_pod(
+    exe: &std::path::Path,
+    sandbox: &NetNs,
+    args: &[&str],
+) -> std::io::Result<String> {
     let mut cmd = Command::new(exe);
     cmd.args(args).stdin(Stdio::null()).stderr(Stdio::inherit());
     enter_on_exec(&mut cmd, sandbox);

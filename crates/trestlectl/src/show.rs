@@ -25,14 +25,35 @@ fn write_link(out: &mut String, link: &Link, addrs: &[Address]) {
     if link.oper_up {
         flags.push("LOWER_UP");
     }
-    let kind = link.kind.as_deref().map(|k| format!(" ({k})")).unwrap_or_default();
-    let _ = writeln!(out, "{}: {}: <{}> mtu {}{kind}", link.index, link.name, flags.join(","), link.mtu);
+    let kind = link
+        .kind
+        .as_deref()
+        .map(|k| format!(" ({k})"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{}: {}: <{}> mtu {}{kind}",
+        link.index,
+        link.name,
+        flags.join(","),
+        link.mtu
+    );
     if let Some(mac) = link.mac {
         let _ = writeln!(out, "    link/ether {}", format_mac(mac));
     }
     for a in addrs.iter().filter(|a| a.index == link.index) {
-        let fam = if a.address.addr().is_ipv4() { "inet" } else { "inet6" };
-        let _ = writeln!(out, "    {fam} {} scope {} {}", a.address, scope_name(a.scope), link.name);
+        let fam = if a.address.addr().is_ipv4() {
+            "inet"
+        } else {
+            "inet6"
+        };
+        let _ = writeln!(
+            out,
+            "    {fam} {} scope {} {}",
+            a.address,
+            scope_name(a.scope),
+            link.name
+        );
     }
 }
 

@@ -9,7 +9,12 @@ fn machine_state() -> (Vec<String>, Vec<String>) {
     let mut nl = trestle_netlink::Netlink::open().unwrap();
     let mut links: Vec<String> = nl.links().unwrap().iter().map(|l| l.name.clone()).collect();
     links.sort();
-    let mut addrs: Vec<String> = nl.addresses(None).unwrap().iter().map(|a| a.address.to_string()).collect();
+    let mut addrs: Vec<String> = nl
+        .addresses(None)
+        .unwrap()
+        .iter()
+        .map(|a| a.address.to_string())
+        .collect();
     addrs.sort();
     (links, addrs)
 }
@@ -19,9 +24,16 @@ fn machine_state() -> (Vec<String>, Vec<String>) {
 fn demo_runs_and_leaves_nothing() {
     let bins = common::bin_dir();
     let before = machine_state();
-    let out = Command::new(bins.join("trestlectl")).args(["demo", "--no-color"]).output().unwrap();
+    let out = Command::new(bins.join("trestlectl"))
+        .args(["demo", "--no-color"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for needle in [
         "inet 10.15.20.2/24 scope global eth0",
         "CNI_COMMAND=ADD CNI_CONTAINERID=1234567890",

@@ -9,14 +9,28 @@ use serde_json::{json, Value};
 use trestle_netlink::Netlink;
 
 /// Runs one ADD with `ipam_type`/`plugin` and returns (normalised result, pod state, bridge addresses), then DELs.
-fn run(world: &World, plugin: &std::path::Path, ipam_type: &str, conf: &Value) -> (Value, (Vec<String>, Vec<String>), Vec<String>) {
+fn run(
+    world: &World,
+    plugin: &std::path::Path,
+    ipam_type: &str,
+    conf: &Value,
+) -> (Value, (Vec<String>, Vec<String>), Vec<String>) {
     let mut conf = conf.clone();
-    conf["ipam"]["type"] = json!(ipam_type);
-    conf["ipam"]["dataDir"] = json!(world.data_dir());
+    // An empty ipam object means layer 2 only: it stays empty.
+    if conf["ipam"].as_object().is_some_and(|o| !o.is_empty()) {
+        conf["ipam"]["type"] = json!(ipam_type);
+        conf["ipam"]["dataDir"] = json!(world.data_dir());
+    }
     let pod = world.pod();
     let path = pod.path().display().to_string();
     let out = world.call_with(plugin, "ADD", "diff-1", &path, "eth0", &conf, |_| {});
-    assert!(out.success, "{} ADD failed: {} {}", plugin.display(), out.stdout, out.stderr);
+    assert!(
+        out.success,
+        "{} ADD failed: {} {}",
+        plugin.display(),
+        out.stdout,
+        out.stderr
+    );
     let result = normalise(out.json().unwrap(), &path);
     let state = pod_state(pod.ns(), "eth0");
     let bridge = conf["bridge"].as_str().unwrap().to_owned();
@@ -37,8 +51,16 @@ fn run(world: &World, plugin: &std::path::Path, ipam_type: &str, conf: &Value) -
         })
         .unwrap();
     let out = world.call_with(plugin, "DEL", "diff-1", &path, "eth0", &conf, |_| {});
-    assert!(out.success, "{} DEL failed: {} {}", plugin.display(), out.stdout, out.stderr);
-    assert!(world.reservations(conf["name"].as_str().unwrap()).is_empty());
+    assert!(
+        out.success,
+        "{} DEL failed: {} {}",
+        plugin.display(),
+        out.stdout,
+        out.stderr
+    );
+    assert!(world
+        .reservations(conf["name"].as_str().unwrap())
+        .is_empty());
     (result, state, br_addrs)
 }
 
@@ -51,12 +73,18 @@ fn normalise(mut v: Value, netns: &str) -> Value {
             if obj.get("sandbox").and_then(Value::as_str) == Some(netns) {
                 obj.insert("sandbox".into(), json!("<netns>"));
             }
-            if obj.get("name").and_then(Value::as_str).is_some_and(|n| n.starts_with("veth")) {
+            if obj
+                .get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| n.starts_with("veth"))
+            {
                 obj.insert("name".into(), json!("<veth>"));
             }
         }
     }
-    if v.get("dns").is_some_and(|d| d.as_object().is_some_and(|o| o.is_empty())) {
+    if v.get("dns")
+        .is_some_and(|d| d.as_object().is_some_and(|o| o.is_empty()))
+    {
         v.as_object_mut().unwrap().remove("dns");
     }
     v
@@ -113,5 +141,7 @@ fn dual_stack() {
 #[test]
 #[ignore = "privileged: needs root"]
 fn layer2_only() {
-    compare(json!({ "cniVersion": "0.4.0", "name": "l2", "type": "bridge", "bridge": "br-l2", "ipam": {} }));
+    compare(
+        json!({ "cniVersion": "0.4.0", "name": "l2", "type": "bridge", "bridge": "br-l2", "ipam": {} }),
+    );
 }

@@ -29,17 +29,32 @@ fn classic_config_every_version() {
             assert_eq!(result["ip4"]["gateway"], "10.15.20.1");
             assert!(result.get("interfaces").is_none());
         } else {
-            assert_eq!(result["interfaces"].as_array().unwrap().len(), 3, "{result}");
+            assert_eq!(
+                result["interfaces"].as_array().unwrap().len(),
+                3,
+                "{result}"
+            );
             assert_eq!(result["interfaces"][2]["name"], "eth0");
-            assert_eq!(result["interfaces"][2]["sandbox"], pod.path().display().to_string());
+            assert_eq!(
+                result["interfaces"][2]["sandbox"],
+                pod.path().display().to_string()
+            );
             assert_eq!(result["ips"][0]["interface"], 2);
-            assert_eq!(result["ips"][0].get("version").is_some(), version < "1.0.0", "{result}");
+            assert_eq!(
+                result["ips"][0].get("version").is_some(),
+                version < "1.0.0",
+                "{result}"
+            );
         }
         let (addrs, routes) = pod_state(pod.ns(), "eth0");
         assert_eq!(addrs, vec!["10.15.20.2/24"], "{version}");
         assert_eq!(
             routes,
-            vec!["0.0.0.0/0 via 10.15.20.1", "1.1.1.1/32 via 10.15.20.1", "10.15.20.0/24 dev"],
+            vec![
+                "0.0.0.0/0 via 10.15.20.1",
+                "1.1.1.1/32 via 10.15.20.1",
+                "10.15.20.0/24 dev"
+            ],
             "{version}"
         );
         assert_eq!(w.ports("cni_bridge0").len(), 1);
@@ -76,7 +91,8 @@ fn check_status_and_version() {
         .run(|| {
             let mut nl = trestle_netlink::Netlink::open().unwrap();
             let l = nl.link_by_name("eth0").unwrap().unwrap();
-            nl.del_address(l.index, "10.15.20.2/24".parse().unwrap()).unwrap();
+            nl.del_address(l.index, "10.15.20.2/24".parse().unwrap())
+                .unwrap();
         })
         .unwrap();
     let out = w.call("CHECK", "c1", &path, "eth0", &with_prev);
@@ -105,46 +121,131 @@ fn malformed_inputs_get_spec_codes_and_consume_nothing() {
         c
     };
     let cases: Vec<(&str, &str, &str, &str, Value, u64)> = vec![
-        ("bad JSON", "ADD", "c", "eth0", Value::String("{not json".into()), 6),
-        ("unknown version", "ADD", "c", "eth0", with("cniVersion", json!("9.9.9")), 1),
-        ("CHECK at 0.3.1", "CHECK", "c", "eth0", with("cniVersion", json!("0.3.1")), 1),
+        (
+            "bad JSON",
+            "ADD",
+            "c",
+            "eth0",
+            Value::String("{not json".into()),
+            6,
+        ),
+        (
+            "unknown version",
+            "ADD",
+            "c",
+            "eth0",
+            with("cniVersion", json!("9.9.9")),
+            1,
+        ),
+        (
+            "CHECK at 0.3.1",
+            "CHECK",
+            "c",
+            "eth0",
+            with("cniVersion", json!("0.3.1")),
+            1,
+        ),
         ("GC at 1.0.0", "GC", "", "", good.clone(), 1),
-        ("bad network name", "ADD", "c", "eth0", with("name", json!("bad/name")), 7),
-        ("empty network name", "ADD", "c", "eth0", with("name", json!("")), 7),
+        (
+            "bad network name",
+            "ADD",
+            "c",
+            "eth0",
+            with("name", json!("bad/name")),
+            7,
+        ),
+        (
+            "empty network name",
+            "ADD",
+            "c",
+            "eth0",
+            with("name", json!("")),
+            7,
+        ),
         ("bad interface name", "ADD", "c", "eth0/x", good.clone(), 4),
-        ("long interface name", "ADD", "c", "abcdefghijklmnop", good.clone(), 4),
+        (
+            "long interface name",
+            "ADD",
+            "c",
+            "abcdefghijklmnop",
+            good.clone(),
+            4,
+        ),
         ("bad container id", "ADD", "-bad", "eth0", good.clone(), 4),
         ("missing container id", "ADD", "", "eth0", good.clone(), 4),
-        ("unimplemented key", "ADD", "c", "eth0", with("macspoofchk", json!(true)), 2),
-        ("wrong type", "ADD", "c", "eth0", with("isGateway", json!("yes")), 7),
+        (
+            "unimplemented key",
+            "ADD",
+            "c",
+            "eth0",
+            with("macspoofchk", json!(true)),
+            2,
+        ),
+        (
+            "wrong type",
+            "ADD",
+            "c",
+            "eth0",
+            with("isGateway", json!("yes")),
+            7,
+        ),
     ];
     for (what, cmd, id, ifname, conf, code) in cases {
         let stdin = match &conf {
             Value::String(s) => s.clone(),
             v => v.to_string(),
         };
-        let mut inv = trestlectl::runtime::Invocation::new(&w.bins.join("trestle"), cmd, id, &path, ifname);
+        let mut inv =
+            trestlectl::runtime::Invocation::new(&w.bins.join("trestle"), cmd, id, &path, ifname);
         inv.path = w.bins.display().to_string();
         let out = inv.run(stdin.as_bytes(), Some(&w.host)).unwrap();
         assert!(!out.success, "{what}: succeeded");
-        let err = out.json().unwrap_or_else(|| panic!("{what}: stdout is not JSON: {:?}", out.stdout));
+        let err = out
+            .json()
+            .unwrap_or_else(|| panic!("{what}: stdout is not JSON: {:?}", out.stdout));
         assert_eq!(err["code"].as_u64(), Some(code), "{what}: {err}");
-        assert!(!err["msg"].as_str().unwrap_or("").is_empty(), "{what}: {err}");
-        assert!(w.reservations("mybridge").is_empty(), "{what} consumed an address");
+        assert!(
+            !err["msg"].as_str().unwrap_or("").is_empty(),
+            "{what}: {err}"
+        );
+        assert!(
+            w.reservations("mybridge").is_empty(),
+            "{what} consumed an address"
+        );
     }
     // Missing CNI_NETNS on ADD names the variable.
-    let out = w.call_with(&w.bins.join("trestle"), "ADD", "c", "", "eth0", &good, |_| {});
+    let out = w.call_with(
+        &w.bins.join("trestle"),
+        "ADD",
+        "c",
+        "",
+        "eth0",
+        &good,
+        |_| {},
+    );
     assert_eq!(out.error_code(), Some(4), "{}", out.stdout);
     assert!(out.stdout.contains("CNI_NETNS"), "{}", out.stdout);
     // CNI_ARGS with an unknown key and no IgnoreUnknown is refused; with it, accepted.
-    let out = w.call_with(&w.bins.join("trestle"), "ADD", "c", &path, "eth0", &good, |i| {
-        i.args = "FOO=bar".into()
-    });
+    let out = w.call_with(
+        &w.bins.join("trestle"),
+        "ADD",
+        "c",
+        &path,
+        "eth0",
+        &good,
+        |i| i.args = "FOO=bar".into(),
+    );
     assert!(!out.success);
     assert!(w.reservations("mybridge").is_empty());
-    let out = w.call_with(&w.bins.join("trestle"), "ADD", "c", &path, "eth0", &good, |i| {
-        i.args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web".into()
-    });
+    let out = w.call_with(
+        &w.bins.join("trestle"),
+        "ADD",
+        "c",
+        &path,
+        "eth0",
+        &good,
+        |i| i.args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web".into(),
+    );
     assert!(out.success, "{} {}", out.stdout, out.stderr);
     w.del("c", &path, &good);
 }
@@ -162,12 +263,21 @@ fn failed_add_rolls_back() {
     assert!(out.error_code().unwrap() >= 100, "{}", out.stdout);
     assert!(w.reservations("mybridge").is_empty());
     assert!(w.masqueraded().is_empty());
-    assert!(w.host_links().iter().all(|l| l.kind.as_deref() != Some("veth")));
+    assert!(w
+        .host_links()
+        .iter()
+        .all(|l| l.kind.as_deref() != Some("veth")));
     assert!(pod_state(pod.ns(), "eth0").0.is_empty());
     // An existing interface of the same name is refused before anything changes.
     let conf = w.classic("1.0.0");
     w.add("c", &pod, &conf);
-    let out = w.call("ADD", "other", &pod.path().display().to_string(), "eth0", &conf);
+    let out = w.call(
+        "ADD",
+        "other",
+        &pod.path().display().to_string(),
+        "eth0",
+        &conf,
+    );
     assert_eq!(out.error_code(), Some(101), "{}", out.stdout);
     // Only the first pod's address: the refused ADD reserved nothing.
     assert_eq!(w.reservations("mybridge").len(), 1);
@@ -262,12 +372,24 @@ fn pods_talk_through_the_bridge() {
     w.add("b", &b, &conf);
     let rtt = a
         .ns()
-        .run(|| trestlectl::probe::ping("10.15.20.3".parse().unwrap(), 1, std::time::Duration::from_secs(3)))
+        .run(|| {
+            trestlectl::probe::ping(
+                "10.15.20.3".parse().unwrap(),
+                1,
+                std::time::Duration::from_secs(3),
+            )
+        })
         .unwrap();
     assert!(rtt.is_ok(), "{rtt:?}");
     let rtt = w
         .host
-        .run(|| trestlectl::probe::ping("10.15.20.2".parse().unwrap(), 2, std::time::Duration::from_secs(3)))
+        .run(|| {
+            trestlectl::probe::ping(
+                "10.15.20.2".parse().unwrap(),
+                2,
+                std::time::Duration::from_secs(3),
+            )
+        })
         .unwrap();
     assert!(rtt.is_ok(), "{rtt:?}");
 }

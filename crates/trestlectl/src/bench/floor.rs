@@ -23,11 +23,22 @@ pub fn measure(pods: usize) -> Result<Floor, String> {
     // Sockets are opened up front: the floor is the kernel's work, not socket setup.
     let mut conts: Vec<Netlink> = pod_ns
         .iter()
-        .map(|ns| ns.run(Netlink::open).map_err(|e| e.to_string())?.map_err(|e| e.to_string()))
+        .map(|ns| {
+            ns.run(Netlink::open)
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        })
         .collect::<Result<_, _>>()?;
-    let mut nl = host.run(Netlink::open).map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-    nl.create_bridge("floor0", None, false).map_err(|e| e.to_string())?;
-    let br = nl.link_by_name("floor0").map_err(|e| e.to_string())?.ok_or("no bridge")?;
+    let mut nl = host
+        .run(Netlink::open)
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    nl.create_bridge("floor0", None, false)
+        .map_err(|e| e.to_string())?;
+    let br = nl
+        .link_by_name("floor0")
+        .map_err(|e| e.to_string())?
+        .ok_or("no bridge")?;
     nl.set_up(br.index, true).map_err(|e| e.to_string())?;
     let mut floor = Floor {
         add: Vec::with_capacity(pods),
@@ -62,12 +73,20 @@ fn add_one(
         mac: None,
     };
     nl.create_veth(&end(&host_name), &end("eth0"), ns.fd())?;
-    let host = nl.link_by_name(&host_name)?.ok_or(trestle_netlink::Error::NotFound)?;
+    let host = nl
+        .link_by_name(&host_name)?
+        .ok_or(trestle_netlink::Error::NotFound)?;
     nl.set_master(host.index, Some(bridge))?;
     nl.set_up(host.index, true)?;
-    let eth0 = cont.link_by_name("eth0")?.ok_or(trestle_netlink::Error::NotFound)?;
+    let eth0 = cont
+        .link_by_name("eth0")?
+        .ok_or(trestle_netlink::Error::NotFound)?;
     let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 250, 0, 2)) + i as u32);
-    cont.add_address(eth0.index, ipnet::IpNet::new(ip.into(), 16).expect("valid prefix"), true)?;
+    cont.add_address(
+        eth0.index,
+        ipnet::IpNet::new(ip.into(), 16).expect("valid prefix"),
+        true,
+    )?;
     cont.set_up(eth0.index, true)?;
     let mut route = Route::new("0.0.0.0/0".parse().expect("literal"));
     route.gateway = Some(Ipv4Addr::new(10, 250, 0, 1).into());

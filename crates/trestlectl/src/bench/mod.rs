@@ -61,15 +61,26 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     let result = run_in(opts, &work);
     let _ = std::fs::remove_dir_all(&work);
     let report = result?;
-    report.write(&opts.out).map_err(|e| format!("writing {}: {e}", opts.out.display()))?;
+    report
+        .write(&opts.out)
+        .map_err(|e| format!("writing {}: {e}", opts.out.display()))?;
     Ok(report)
 }
 
 fn sides(opts: &Options, work: &std::path::Path, pods: usize) -> Result<Vec<Side>, String> {
-    let mut v = vec![Side::new("trestle", opts.bin_dir.join("trestle"), "trestle-ipam", work, pods)
-        .map_err(|e| e.to_string())?];
+    let mut v = vec![Side::new(
+        "trestle",
+        opts.bin_dir.join("trestle"),
+        "trestle-ipam",
+        work,
+        pods,
+    )
+    .map_err(|e| e.to_string())?];
     if let Some(r) = &opts.reference {
-        v.push(Side::new("reference", r.join("bridge"), "host-local", work, pods).map_err(|e| e.to_string())?);
+        v.push(
+            Side::new("reference", r.join("bridge"), "host-local", work, pods)
+                .map_err(|e| e.to_string())?,
+        );
     }
     Ok(v)
 }
@@ -122,7 +133,10 @@ fn run_case(
             del[i].record(&d.latencies, d.wall, Some(d.wall + gone));
         }
     }
-    Ok((CaseResult::new("ADD", c, masq, add), CaseResult::new("DEL", c, masq, del)))
+    Ok((
+        CaseResult::new("ADD", c, masq, add),
+        CaseResult::new("DEL", c, masq, del),
+    ))
 }
 
 /// Peak memory of one ADD (plugin and IPAM child) per side, with masquerade on.
@@ -137,10 +151,12 @@ fn memory(sides: &[Side]) -> Result<Vec<(String, i64)>, String> {
             &side.pods[0].path().display().to_string(),
             "eth0",
         );
-        let kib = side::peak_memory_kib(&inv, conf.to_string().as_bytes(), &side.host).map_err(|e| e.to_string())?;
+        let kib = side::peak_memory_kib(&inv, conf.to_string().as_bytes(), &side.host)
+            .map_err(|e| e.to_string())?;
         let mut del = inv.clone();
         del.command = "DEL".into();
-        del.run(conf.to_string().as_bytes(), Some(&side.host)).map_err(|e| e.to_string())?;
+        del.run(conf.to_string().as_bytes(), Some(&side.host))
+            .map_err(|e| e.to_string())?;
         out.push((side.name.to_owned(), kib));
     }
     Ok(out)
@@ -169,7 +185,10 @@ fn density(opts: &Options, work: &std::path::Path) -> Result<Vec<DensityResult>,
             add_p50_ms: summarise(&a.latencies).p50_ms,
         });
         if distinct != opts.density {
-            return Err(format!("{}: {distinct} addresses reserved for {} pods", side.name, opts.density));
+            return Err(format!(
+                "{}: {distinct} addresses reserved for {} pods",
+                side.name, opts.density
+            ));
         }
     }
     progress.finish();

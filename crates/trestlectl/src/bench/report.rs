@@ -47,7 +47,8 @@ impl SideCase {
     pub fn record(&mut self, latencies: &[Duration], wall: Duration, gone: Option<Duration>) {
         self.samples.extend_from_slice(latencies);
         self.round_p50_ms.push(summarise(latencies).p50_ms);
-        self.round_ops.push(latencies.len() as f64 / wall.as_secs_f64().max(1e-9));
+        self.round_ops
+            .push(latencies.len() as f64 / wall.as_secs_f64().max(1e-9));
         if let Some(g) = gone {
             self.gone.push(g.as_secs_f64() * 1e3);
         }
@@ -85,7 +86,9 @@ impl CaseResult {
     pub fn new(op: &str, concurrency: usize, ip_masq: bool, sides: Vec<SideCase>) -> CaseResult {
         let ratio = |f: &dyn Fn(&SideCase, usize) -> f64| -> Option<f64> {
             let (t, r) = (sides.first()?, sides.get(1)?);
-            let per_round: Vec<f64> = (0..t.round_p50_ms.len()).map(|i| f(r, i) / f(t, i)).collect();
+            let per_round: Vec<f64> = (0..t.round_p50_ms.len())
+                .map(|i| f(r, i) / f(t, i))
+                .collect();
             Some(median(&per_round))
         };
         let p50_ratio = ratio(&|s, i| s.round_p50_ms[i]);
@@ -147,10 +150,16 @@ pub struct Report {
 
 fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
     format!("Linux {}, {cpus} CPUs ({model})", kernel.trim())
 }
@@ -160,7 +169,12 @@ impl Report {
     pub fn new(opts: &Options) -> Report {
         let mut binaries: Vec<(String, u64)> = ["trestle", "trestle-ipam"]
             .iter()
-            .filter_map(|b| Some((b.to_string(), std::fs::metadata(opts.bin_dir.join(b)).ok()?.len())))
+            .filter_map(|b| {
+                Some((
+                    b.to_string(),
+                    std::fs::metadata(opts.bin_dir.join(b)).ok()?.len(),
+                ))
+            })
             .collect();
         if let Some(r) = &opts.reference {
             for b in ["bridge", "host-local"] {
@@ -201,8 +215,16 @@ impl Report {
     /// The Markdown report.
     pub fn markdown(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "# trestle bench\n\n- command: `{}`\n- machine: {}", self.command, self.machine);
-        let _ = writeln!(s, "- {} pods per batch, {} rounds per case, sides alternating\n", self.pods, self.rounds);
+        let _ = writeln!(
+            s,
+            "# trestle bench\n\n- command: `{}`\n- machine: {}",
+            self.command, self.machine
+        );
+        let _ = writeln!(
+            s,
+            "- {} pods per batch, {} rounds per case, sides alternating\n",
+            self.pods, self.rounds
+        );
         s.push_str("| op | conc | ipMasq | side | p50 ms | p99 ms | max ms | ops/s | links gone ms | p50 ratio ref/trestle | throughput ratio trestle/ref |\n");
         s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
         for c in &self.cases {
@@ -231,7 +253,11 @@ impl Report {
         );
         for c in self.cases.iter().filter(|c| c.concurrency == 1) {
             if let Some(t) = c.sides.first() {
-                let floor = if c.op == "ADD" { self.floor_add.p50_ms } else { self.floor_del.p50_ms };
+                let floor = if c.op == "ADD" {
+                    self.floor_add.p50_ms
+                } else {
+                    self.floor_del.p50_ms
+                };
                 let _ = writeln!(
                     s,
                     "- trestle {} p50 at concurrency 1, ipMasq {}: {:.2}x the floor",
@@ -255,7 +281,13 @@ impl Report {
                 let _ = writeln!(
                     s,
                     "| {} | {} | {:.2} | {:.2} | {:.2} | {} | {:.2} |",
-                    d.side, d.pods, d.add_total_s, d.del_total_s, d.links_gone_s, d.distinct_addresses, d.add_p50_ms
+                    d.side,
+                    d.pods,
+                    d.add_total_s,
+                    d.del_total_s,
+                    d.links_gone_s,
+                    d.distinct_addresses,
+                    d.add_p50_ms
                 );
             }
         }
@@ -269,7 +301,10 @@ impl Report {
             .iter()
             .flat_map(|c| {
                 c.sides.iter().map(move |s| {
-                    (format!("{} c={} masq={} {}", c.op, c.concurrency, c.ip_masq, s.side), s)
+                    (
+                        format!("{} c={} masq={} {}", c.op, c.concurrency, c.ip_masq, s.side),
+                        s,
+                    )
                 })
             })
             .collect();
@@ -288,12 +323,28 @@ impl Report {
             let y = 30.0 + row_h * i as f64;
             let v = side.sorted_ms();
             let q = |p| super::stats::quantile(&v, p);
-            let color = if side.side == "trestle" { "#1f77b4" } else { "#d62728" };
+            let color = if side.side == "trestle" {
+                "#1f77b4"
+            } else {
+                "#d62728"
+            };
             let _ = writeln!(s, "<text x=\"4\" y=\"{}\">{label}</text>", y + 12.0);
-            let _ = writeln!(s, "<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"{color}\"/>", x(q(0.0)), x(q(1.0)), y + 8.0, y + 8.0);
+            let _ = writeln!(
+                s,
+                "<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"{color}\"/>",
+                x(q(0.0)),
+                x(q(1.0)),
+                y + 8.0,
+                y + 8.0
+            );
             let _ = writeln!(s, "<rect x=\"{}\" y=\"{y}\" width=\"{}\" height=\"16\" fill=\"{color}\" fill-opacity=\"0.3\" stroke=\"{color}\"/>", x(q(0.25)), (x(q(0.75)) - x(q(0.25))).max(1.0));
             let _ = writeln!(s, "<line x1=\"{0}\" x2=\"{0}\" y1=\"{y}\" y2=\"{1}\" stroke=\"black\" stroke-width=\"2\"/>", x(q(0.5)), y + 16.0);
-            let _ = writeln!(s, "<circle cx=\"{}\" cy=\"{}\" r=\"2.5\" fill=\"{color}\"/>", x(q(0.99)), y + 8.0);
+            let _ = writeln!(
+                s,
+                "<circle cx=\"{}\" cy=\"{}\" r=\"2.5\" fill=\"{color}\"/>",
+                x(q(0.99)),
+                y + 8.0
+            );
         }
         let _ = writeln!(s, "<text x=\"4\" y=\"{}\">box: p25-p75, bar: p50, dot: p99, line: min-max (log scale)</text>", height - 4.0);
         s.push_str("</svg>\n");

@@ -38,7 +38,13 @@ pub struct Batch {
 
 impl Side {
     /// Creates the side's host namespace (loopback up) and `pods` pod namespaces under `dir`.
-    pub fn new(name: &'static str, plugin: PathBuf, ipam: &'static str, dir: &Path, pods: usize) -> std::io::Result<Side> {
+    pub fn new(
+        name: &'static str,
+        plugin: PathBuf,
+        ipam: &'static str,
+        dir: &Path,
+        pods: usize,
+    ) -> std::io::Result<Side> {
         let dir = dir.join(name);
         std::fs::create_dir_all(dir.join("ns"))?;
         let host = NetNs::new_anonymous().map_err(std::io::Error::other)?;
@@ -52,7 +58,9 @@ impl Side {
         .map_err(std::io::Error::other)?
         .map_err(std::io::Error::other)?;
         let pods = (0..pods)
-            .map(|i| NamedNetNs::create(dir.join(format!("ns/pod{i}"))).map_err(std::io::Error::other))
+            .map(|i| {
+                NamedNetNs::create(dir.join(format!("ns/pod{i}"))).map_err(std::io::Error::other)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Side {
             name,
@@ -113,7 +121,10 @@ impl Side {
                     if i >= count {
                         break;
                     }
-                    match self.invocation(cmd, i).run(stdin.as_bytes(), Some(&self.host)) {
+                    match self
+                        .invocation(cmd, i)
+                        .run(stdin.as_bytes(), Some(&self.host))
+                    {
                         Ok(out) if out.success => latencies.lock().unwrap().push(out.elapsed),
                         Ok(out) => {
                             failure.lock().unwrap().get_or_insert(format!(
@@ -124,7 +135,10 @@ impl Side {
                             ));
                         }
                         Err(e) => {
-                            failure.lock().unwrap().get_or_insert(format!("{} {cmd}: {e}", self.name));
+                            failure
+                                .lock()
+                                .unwrap()
+                                .get_or_insert(format!("{} {cmd}: {e}", self.name));
                         }
                     }
                     tick();
@@ -150,7 +164,11 @@ impl Side {
             let left = nl
                 .as_mut()
                 .and_then(|nl| nl.links().ok())
-                .map(|l| l.iter().filter(|l| l.kind.as_deref() == Some("veth")).count())
+                .map(|l| {
+                    l.iter()
+                        .filter(|l| l.kind.as_deref() == Some("veth"))
+                        .count()
+                })
                 .unwrap_or(0);
             if left == 0 {
                 break;
@@ -177,7 +195,10 @@ pub fn peak_memory_kib(inv: &Invocation, stdin: &[u8], host: &NetNs) -> std::io:
     use std::io::{Read, Write};
     use std::process::{Command, Stdio};
     let mut cmd = Command::new(&inv.plugin);
-    cmd.envs(inv.env()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+    cmd.envs(inv.env())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     crate::runtime::enter_on_exec(&mut cmd, host);
     let mut child = cmd.spawn()?;
     if let Some(mut s) = child.stdin.take() {
@@ -198,7 +219,10 @@ pub fn peak_memory_kib(inv: &Invocation, stdin: &[u8], host: &NetNs) -> std::io:
     }
     drop(child);
     if status != 0 {
-        return Err(std::io::Error::other(format!("plugin failed: {}", String::from_utf8_lossy(&out))));
+        return Err(std::io::Error::other(format!(
+            "plugin failed: {}",
+            String::from_utf8_lossy(&out)
+        )));
     }
     Ok(usage.ru_maxrss)
 }

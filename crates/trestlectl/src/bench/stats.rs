@@ -35,7 +35,11 @@ pub fn summarise(samples: &[Duration]) -> Summary {
         p50_ms: quantile(&ms, 0.5),
         p99_ms: quantile(&ms, 0.99),
         max_ms: ms.last().copied().unwrap_or(0.0),
-        mean_ms: if ms.is_empty() { 0.0 } else { ms.iter().sum::<f64>() / ms.len() as f64 },
+        mean_ms: if ms.is_empty() {
+            0.0
+        } else {
+            ms.iter().sum::<f64>() / ms.len() as f64
+        },
     }
 }
 
@@ -63,7 +67,11 @@ mod tests {
 
     #[test]
     fn summary_of_durations() {
-        let s = summarise(&[Duration::from_millis(2), Duration::from_millis(4), Duration::from_millis(6)]);
+        let s = summarise(&[
+            Duration::from_millis(2),
+            Duration::from_millis(4),
+            Duration::from_millis(6),
+        ]);
         assert_eq!((s.n, s.p50_ms, s.max_ms, s.mean_ms), (3, 4.0, 6.0, 4.0));
     }
 }

@@ -91,7 +91,10 @@ impl Isolation {
 fn machine_preflight() -> Result<MachineState, Box<dyn std::error::Error>> {
     let mut nl = Netlink::open()?;
     if nl.link_by_name(BRIDGE)?.is_some() {
-        return Err(format!("{BRIDGE} already exists in this namespace; remove it or run without --machine-netns").into());
+        return Err(format!(
+            "{BRIDGE} already exists in this namespace; remove it or run without --machine-netns"
+        )
+        .into());
     }
     let state_dir_existed = Path::new(STATE_DIR).exists();
     if state_dir_existed && has_reservations(Path::new(STATE_DIR)) {
@@ -123,14 +126,26 @@ pub fn reservations(dir: &Path) -> Option<Vec<String>> {
 /// (namespace mounts, lock files, reservations) reaches the machine.
 fn private_mounts() -> Result<(), Box<dyn std::error::Error>> {
     unshare(CloneFlags::CLONE_NEWNS)?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
     let state_root: PathBuf = if Path::new("/var/lib/cni").is_dir() {
         "/var/lib/cni".into()
     } else {
         "/var/lib".into()
     };
     for target in [Path::new("/run"), state_root.as_path()] {
-        mount(Some("tmpfs"), target, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"))?;
+        mount(
+            Some("tmpfs"),
+            target,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=0755"),
+        )?;
     }
     Ok(())
 }

@@ -72,22 +72,28 @@ impl<'a> Demo<'a> {
         self.second_container()?;
         self.second_pod_and_traffic()?;
         self.delete_all()?;
-        self.n.say("\nThe walkthrough is complete: the pods were wired, talked, and left nothing behind.");
+        self.n.say(
+            "\nThe walkthrough is complete: the pods were wired, talked, and left nothing behind.",
+        );
         Ok(())
     }
 
     fn intro(&self) {
-        self.n.say("trestle demo: how a kubelet's runtime wires a pod's network with CNI\n");
+        self.n
+            .say("trestle demo: how a kubelet's runtime wires a pod's network with CNI\n");
         self.n.say("A kubelet never configures a pod's network itself. Its CRI runtime (containerd, CRI-O) first");
         self.n.say("starts the pod's \"pause\" sandbox, which holds a fresh network namespace, then runs the CNI");
         self.n.say("plugin named by the network config's \"type\", with CNI_* variables in the environment and the");
-        self.n.say("config on stdin. Every other container of the pod joins the sandbox's namespace.");
+        self.n.say(
+            "config on stdin. Every other container of the pod joins the sandbox's namespace.",
+        );
         if self.iso.isolated() {
             self.n.say("\nThis run happens inside a private \"host\" network namespace and a private mount namespace,");
             self.n.say("so the machine is left exactly as it was (use --machine-netns for the classic, on-host run).");
         } else {
             self.n.say("\nThis run uses the machine's own network namespace, as the classic walkthrough does; the");
-            self.n.say("bridge, forwarding setting and state directory are put back afterwards.");
+            self.n
+                .say("bridge, forwarding setting and state directory are put back afterwards.");
         }
     }
 
@@ -97,8 +103,10 @@ impl<'a> Demo<'a> {
             "The runtime starts the pause container: a process that only sleeps, in a new network namespace.\n\
              Kubernetes keeps the pod's network alive exactly as long as this process (classic: `ip netns add myns`).",
         );
-        let pause = Pause::start(&self.opts.exe, self.iso.host.as_ref()).map_err(|e| self.fail(e))?;
-        self.n.cmd(&format!("trestlectl pause &   # pid {}", pause.pid()));
+        let pause =
+            Pause::start(&self.opts.exe, self.iso.host.as_ref()).map_err(|e| self.fail(e))?;
+        self.n
+            .cmd(&format!("trestlectl pause &   # pid {}", pause.pid()));
         let ns = pause.netns().map_err(|e| self.fail(e))?;
         let links = ns
             .run(|| Netlink::open().and_then(|mut nl| nl.links()))
@@ -124,7 +132,10 @@ impl<'a> Demo<'a> {
             "The runtime reads its network from /etc/cni/net.d. This is the classic walkthrough's config, verbatim\n\
              but for the plugin types: `trestle` instead of `bridge`, `trestle-ipam` instead of `host-local`.",
         );
-        let dir = self.conf_path.parent().expect("config path has a directory");
+        let dir = self
+            .conf_path
+            .parent()
+            .expect("config path has a directory");
         std::fs::create_dir_all(dir).map_err(|e| self.fail(e))?;
         std::fs::write(&self.conf_path, CLASSIC_CONFIG).map_err(|e| self.fail(e))?;
         self.n.cmd(&format!("cat {}", self.conf_path.display()));
@@ -155,9 +166,16 @@ impl<'a> Demo<'a> {
             .run(CLASSIC_CONFIG.as_bytes(), self.iso.host.as_ref())
             .map_err(|e| self.fail(e))?;
         if !out.success {
-            return Err(self.fail(format!("plugin failed: {} {}", out.stdout, out.stderr.trim())));
+            return Err(self.fail(format!(
+                "plugin failed: {} {}",
+                out.stdout,
+                out.stderr.trim()
+            )));
         }
-        self.n.say(&format!("  (the plugin answered in {:.1} ms)", out.elapsed.as_secs_f64() * 1e3));
+        self.n.say(&format!(
+            "  (the plugin answered in {:.1} ms)",
+            out.elapsed.as_secs_f64() * 1e3
+        ));
         Ok(out.stdout)
     }
 
@@ -192,7 +210,10 @@ impl<'a> Demo<'a> {
         let (addr, routes) = ns
             .run(|| -> Result<(String, String), trestle_netlink::Error> {
                 let mut nl = Netlink::open()?;
-                Ok((show::ip_addr(&mut nl, Some("eth0"))?, show::route_n(&mut nl)?))
+                Ok((
+                    show::ip_addr(&mut nl, Some("eth0"))?,
+                    show::route_n(&mut nl)?,
+                ))
             })
             .map_err(|e| self.fail(e))?
             .map_err(|e| self.fail(e))?;
@@ -203,9 +224,27 @@ impl<'a> Demo<'a> {
         expect(&addr, "inet 10.15.20.2/24 scope global eth0").map_err(|e| self.fail(e))?;
         self.n.ok("eth0 has 10.15.20.2/24");
         for want in [
-            ("0.0.0.0", "10.15.20.1", "0.0.0.0", "UG", "default route via the gateway"),
-            ("1.1.1.1", "10.15.20.1", "255.255.255.255", "UGH", "1.1.1.1 via the gateway"),
-            ("10.15.20.0", "0.0.0.0", "255.255.255.0", "U", "the pod subnet is connected"),
+            (
+                "0.0.0.0",
+                "10.15.20.1",
+                "0.0.0.0",
+                "UG",
+                "default route via the gateway",
+            ),
+            (
+                "1.1.1.1",
+                "10.15.20.1",
+                "255.255.255.255",
+                "UGH",
+                "1.1.1.1 via the gateway",
+            ),
+            (
+                "10.15.20.0",
+                "0.0.0.0",
+                "255.255.255.0",
+                "U",
+                "the pod subnet is connected",
+            ),
         ] {
             expect_route(&routes, want.0, want.1, want.2, want.3).map_err(|e| self.fail(e))?;
             self.n.ok(want.4);
@@ -219,9 +258,17 @@ impl<'a> Demo<'a> {
             .iso
             .in_host(|| -> Result<(String, String), String> {
                 let mut nl = Netlink::open().map_err(|e| e.to_string())?;
-                let br = nl.link_by_name(BRIDGE).map_err(|e| e.to_string())?.ok_or("no bridge")?;
+                let br = nl
+                    .link_by_name(BRIDGE)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("no bridge")?;
                 let mut text = show::ip_addr(&mut nl, Some(BRIDGE)).map_err(|e| e.to_string())?;
-                for port in nl.links().map_err(|e| e.to_string())?.iter().filter(|l| l.master == Some(br.index)) {
+                for port in nl
+                    .links()
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .filter(|l| l.master == Some(br.index))
+                {
                     text.push_str(&format!("port {} (master {BRIDGE})\n", port.name));
                 }
                 Ok((text, masquerade_listing()?))
@@ -229,8 +276,10 @@ impl<'a> Demo<'a> {
             .map_err(|e| self.fail(e))?;
         self.n.cmd(&format!("ip addr show {BRIDGE}; bridge link"));
         self.n.out(&text);
-        self.n.say("Masquerade (ipMasq) covers the pod's address for traffic leaving 10.15.20.0/24:");
-        self.n.cmd("nft list table inet trestle   # shown here from netlink");
+        self.n
+            .say("Masquerade (ipMasq) covers the pod's address for traffic leaving 10.15.20.0/24:");
+        self.n
+            .cmd("nft list table inet trestle   # shown here from netlink");
         self.n.out(&masq);
         if !masq.contains("10.15.20.2") {
             return Err(self.fail("the pod's address is not covered by masquerade"));
@@ -246,7 +295,8 @@ impl<'a> Demo<'a> {
              --net=container:pause`), so it sees the very same eth0. Here a new process joins the namespace.",
         );
         let ns = self.pod_ns(0)?;
-        let seen = run_in_pod(&self.opts.exe, &ns, &["show-netns", "eth0"]).map_err(|e| self.fail(e))?;
+        let seen =
+            run_in_pod(&self.opts.exe, &ns, &["show-netns", "eth0"]).map_err(|e| self.fail(e))?;
         self.n.cmd(&format!(
             "nsenter --net={} trestlectl show-netns eth0",
             self.pods[0].pause.netns_path().display()
@@ -259,7 +309,8 @@ impl<'a> Demo<'a> {
         if !seen.contains(own.trim()) {
             return Err(self.fail("the second container sees a different eth0"));
         }
-        self.n.ok("the second container sees the pause sandbox's eth0 (same index, MAC and address)");
+        self.n
+            .ok("the second container sees the pause sandbox's eth0 (same index, MAC and address)");
         Ok(())
     }
 
@@ -269,7 +320,8 @@ impl<'a> Demo<'a> {
             "Another sandbox and another ADD on the same network; trestle-ipam hands out the next address.\n\
              Then ICMP echo and a TCP exchange, done in-process, from pod to pod and from the host to a pod.",
         );
-        let pause = Pause::start(&self.opts.exe, self.iso.host.as_ref()).map_err(|e| self.fail(e))?;
+        let pause =
+            Pause::start(&self.opts.exe, self.iso.host.as_ref()).map_err(|e| self.fail(e))?;
         self.pods.push(Pod {
             id: POD_B,
             pause,
@@ -291,26 +343,43 @@ impl<'a> Demo<'a> {
         let b = self.pod_ns(1)?;
         let pod_a = Ipv4Addr::new(10, 15, 20, 2);
         let pod_b = Ipv4Addr::new(10, 15, 20, 3);
-        let rtt = a.run(|| probe::ping(pod_b, 1, TIMEOUT)).map_err(|e| self.fail(e))?;
+        let rtt = a
+            .run(|| probe::ping(pod_b, 1, TIMEOUT))
+            .map_err(|e| self.fail(e))?;
         let rtt = rtt.map_err(|e| self.fail(format!("pod A -> pod B: {e}")))?;
-        self.n.ok(&format!("ICMP echo pod A (10.15.20.2) -> pod B (10.15.20.3): reply in {:.3} ms", rtt.as_secs_f64() * 1e3));
+        self.n.ok(&format!(
+            "ICMP echo pod A (10.15.20.2) -> pod B (10.15.20.3): reply in {:.3} ms",
+            rtt.as_secs_f64() * 1e3
+        ));
         let rtt = self.iso.in_host(|| probe::ping(pod_a, 2, TIMEOUT));
         let rtt = rtt.map_err(|e| self.fail(format!("host -> pod A: {e}")))?;
-        self.n.ok(&format!("ICMP echo host (10.15.20.1) -> pod A (10.15.20.2): reply in {:.3} ms", rtt.as_secs_f64() * 1e3));
+        self.n.ok(&format!(
+            "ICMP echo host (10.15.20.1) -> pod A (10.15.20.2): reply in {:.3} ms",
+            rtt.as_secs_f64() * 1e3
+        ));
         let addr = SocketAddr::from((pod_b, 8080));
-        let listener = b.run(|| probe::listen(addr)).map_err(|e| self.fail(e))?.map_err(|e| self.fail(e))?;
+        let listener = b
+            .run(|| probe::listen(addr))
+            .map_err(|e| self.fail(e))?
+            .map_err(|e| self.fail(e))?;
         let (peer, answer) = std::thread::scope(|s| {
             let server = s.spawn(|| probe::serve_once(&listener, TIMEOUT));
             let answer = a.run(|| probe::exchange(addr, "hello from pod A", TIMEOUT));
             (server.join(), answer)
         });
-        let answer = answer.map_err(|e| self.fail(e))?.map_err(|e| self.fail(format!("TCP pod A -> pod B: {e}")))?;
+        let answer = answer
+            .map_err(|e| self.fail(e))?
+            .map_err(|e| self.fail(format!("TCP pod A -> pod B: {e}")))?;
         let peer = peer
             .map_err(|_| self.fail("TCP server thread panicked"))?
             .map_err(|e| self.fail(format!("TCP server in pod B: {e}")))?;
-        self.n.ok(&format!("TCP pod A -> {addr}: answered {answer:?}, the server saw the client as {peer}"));
+        self.n.ok(&format!(
+            "TCP pod A -> {addr}: answered {answer:?}, the server saw the client as {peer}"
+        ));
         if peer.ip() != std::net::IpAddr::V4(pod_a) {
-            return Err(self.fail("pod-to-pod traffic was translated; it must keep the pod's address"));
+            return Err(
+                self.fail("pod-to-pod traffic was translated; it must keep the pod's address")
+            );
         }
         self.n.ok("pod-to-pod traffic keeps its source address (masquerade applies only outside the subnet)");
         Ok(())
@@ -355,7 +424,10 @@ impl<'a> Demo<'a> {
             .iso
             .in_host(|| -> Result<(usize, String), String> {
                 let mut nl = Netlink::open().map_err(|e| e.to_string())?;
-                let br = nl.link_by_name(BRIDGE).map_err(|e| e.to_string())?.ok_or("no bridge")?;
+                let br = nl
+                    .link_by_name(BRIDGE)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("no bridge")?;
                 let ports = nl
                     .links()
                     .map_err(|e| e.to_string())?
@@ -372,16 +444,21 @@ impl<'a> Demo<'a> {
         if state.1.contains("10.15.20.") {
             return Err(self.fail(format!("masquerade left behind:\n{}", state.1)));
         }
-        self.n.ok("no masquerade rule or element is left (the network's table is gone with its last pod)");
+        self.n.ok(
+            "no masquerade rule or element is left (the network's table is gone with its last pod)",
+        );
         let left = reservations(Path::new(STATE_DIR)).unwrap_or_default();
         if !left.is_empty() {
             return Err(self.fail(format!("addresses still reserved: {}", left.join(", "))));
         }
         self.n.ok(&format!("no address is reserved in {STATE_DIR}"));
         if self.iso.isolated() {
-            self.n.ok("the private host namespace and its bridge disappear when the demo exits");
+            self.n
+                .ok("the private host namespace and its bridge disappear when the demo exits");
         } else {
-            self.n.ok(&format!("{BRIDGE} is removed and ip_forward restored as the demo exits"));
+            self.n.ok(&format!(
+                "{BRIDGE} is removed and ip_forward restored as the demo exits"
+            ));
         }
         Ok(())
     }
@@ -398,10 +475,9 @@ fn masquerade_listing() -> Result<String, String> {
     Ok(entries
         .iter()
         .map(|e| {
-            let owner = e
-                .attachment
-                .as_ref()
-                .map_or("?".to_owned(), |a| format!("{}/{}", a.container_id, a.ifname));
+            let owner = e.attachment.as_ref().map_or("?".to_owned(), |a| {
+                format!("{}/{}", a.container_id, a.ifname)
+            });
             let subnet = e.subnet.map_or("its subnet".to_owned(), |s| s.to_string());
             format!(
                 "network {} : {} ({owner}) masqueraded towards destinations outside {subnet}",
@@ -429,6 +505,8 @@ fn expect_route(table: &str, dst: &str, gw: &str, mask: &str, flags: &str) -> Re
     if found {
         Ok(())
     } else {
-        Err(format!("expected route {dst} via {gw} mask {mask} flags {flags} on eth0 in:\n{table}"))
+        Err(format!(
+            "expected route {dst} via {gw} mask {mask} flags {flags} on eth0 in:\n{table}"
+        ))
     }
 }

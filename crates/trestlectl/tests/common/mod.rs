@@ -11,12 +11,18 @@ use trestle_netns::{NamedNetNs, NetNs};
 use trestlectl::runtime::{Invocation, Outcome};
 
 /// Every spec version trestle speaks.
-pub const VERSIONS: [&str; 7] = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const VERSIONS: [&str; 7] = [
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
 
 /// Where cargo put the workspace binaries (target/<profile>), beside this test's `deps` directory.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_owned();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned();
     for bin in ["trestle", "trestle-ipam", "trestlectl"] {
         assert!(
             dir.join(bin).is_file(),
@@ -117,7 +123,15 @@ impl World {
 
     /// Calls `plugin` (a binary in `bins`) with `conf` on stdin, inside the host namespace.
     pub fn call(&self, cmd: &str, id: &str, netns: &str, ifname: &str, conf: &Value) -> Outcome {
-        self.call_with(&self.bins.join("trestle"), cmd, id, netns, ifname, conf, |_| {})
+        self.call_with(
+            &self.bins.join("trestle"),
+            cmd,
+            id,
+            netns,
+            ifname,
+            conf,
+            |_| {},
+        )
     }
 
     /// Like `call`, with the invocation adjusted by `tweak`.
@@ -134,7 +148,8 @@ impl World {
     ) -> Outcome {
         let mut inv = Invocation::new(plugin, cmd, id, netns, ifname);
         tweak(&mut inv);
-        inv.run(conf.to_string().as_bytes(), Some(&self.host)).expect("spawn plugin")
+        inv.run(conf.to_string().as_bytes(), Some(&self.host))
+            .expect("spawn plugin")
     }
 
     /// ADD that must succeed; returns the result JSON.
@@ -153,7 +168,9 @@ impl World {
 
     /// The links of the host namespace.
     pub fn host_links(&self) -> Vec<Link> {
-        self.host.run(|| Netlink::open().unwrap().links().unwrap()).unwrap()
+        self.host
+            .run(|| Netlink::open().unwrap().links().unwrap())
+            .unwrap()
     }
 
     /// Ports of `bridge` in the host namespace.
@@ -162,7 +179,11 @@ impl World {
         let Some(br) = links.iter().find(|l| l.name == bridge) else {
             return Vec::new();
         };
-        links.iter().filter(|l| l.master == Some(br.index)).cloned().collect()
+        links
+            .iter()
+            .filter(|l| l.master == Some(br.index))
+            .cloned()
+            .collect()
     }
 
     /// Reserved addresses of `network` in this world's state directory.
@@ -174,8 +195,14 @@ impl World {
     pub fn masqueraded(&self) -> Vec<String> {
         self.host
             .run(|| {
-                let mut fw = trestle_firewall::Firewall::open(Path::new("/run/trestle/firewall.lock")).unwrap();
-                fw.list().unwrap().iter().map(|e| e.addr.to_string()).collect()
+                let mut fw =
+                    trestle_firewall::Firewall::open(Path::new("/run/trestle/firewall.lock"))
+                        .unwrap();
+                fw.list()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.addr.to_string())
+                    .collect()
             })
             .unwrap()
     }
@@ -214,7 +241,9 @@ pub fn pod_state(ns: &NetNs, ifname: &str) -> (Vec<String>, Vec<String>) {
             .unwrap()
             .iter()
             .filter(|r| r.table == 254 && r.oif == Some(link.index) && r.kind == 1)
-            .filter(|r| !(r.dst.addr().is_ipv6() && r.dst.prefix_len() == 64 && r.gateway.is_none()))
+            .filter(|r| {
+                !(r.dst.addr().is_ipv6() && r.dst.prefix_len() == 64 && r.gateway.is_none())
+            })
             .map(|r| match r.gateway {
                 Some(gw) => format!("{} via {gw}", r.dst),
                 None => format!("{} dev", r.dst),
