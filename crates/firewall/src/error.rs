@@ -1,0 +1,44 @@
+//! The crate's error type.
+
+use crate::Attachment;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// Errors of masquerade management.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The lock file could not be opened or locked.
+    #[error("cannot lock {path}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Talking to the kernel over the netlink socket failed.
+    #[error("nftables netlink I/O failed")]
+    Io(#[source] std::io::Error),
+    /// The kernel rejected a request.
+    #[error("nftables {op} failed: {}", std::io::Error::from_raw_os_error(*errno))]
+    Kernel {
+        /// The operation that failed, such as `add set element`.
+        op: &'static str,
+        /// The positive errno the kernel returned.
+        errno: i32,
+    },
+    /// The kernel sent something this crate does not understand.
+    #[error("malformed nftables netlink reply: {0}")]
+    Protocol(&'static str),
+    /// The attachment cannot be stored as element userdata.
+    #[error("invalid attachment {0:?}: {1}")]
+    InvalidAttachment(String, &'static str),
+    /// A pod address is not covered by masquerade (CHECK found it missing).
+    #[error("no masquerade for {attachment} address {addr}")]
+    Missing {
+        /// The attachment checked.
+        attachment: Attachment,
+        /// The address without masquerade.
+        addr: IpAddr,
+    },
+}
