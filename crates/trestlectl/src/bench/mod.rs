@@ -143,7 +143,7 @@ fn run_case(
 fn memory(sides: &[Side]) -> Result<Vec<(String, i64)>, String> {
     let mut out = Vec::new();
     for side in sides {
-        let conf = side.config("memnet", "10.129.0.0/16", true);
+        let conf = side.config("benchnet", "10.128.0.0/16", true);
         let inv = crate::runtime::Invocation::new(
             &side.plugin,
             "ADD",

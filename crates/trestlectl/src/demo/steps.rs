@@ -279,7 +279,7 @@ impl<'a> Demo<'a> {
         self.n
             .say("Masquerade (ipMasq) covers the pod's address for traffic leaving 10.15.20.0/24:");
         self.n
-            .cmd("nft list table inet trestle   # shown here from netlink");
+            .cmd("nft list ruleset   # table inet trestle-<network id>, read here through netlink");
         self.n.out(&masq);
         if !masq.contains("10.15.20.2") {
             return Err(self.fail("the pod's address is not covered by masquerade"));
