@@ -145,3 +145,53 @@ fn layer2_only() {
         json!({ "cniVersion": "0.4.0", "name": "l2", "type": "bridge", "bridge": "br-l2", "ipam": {} }),
     );
 }
+
+/// A node can switch between host-local and trestle-ipam on the same state directory, in both directions,
+/// without a conflicting address: each reads the other's reservations, continues its round-robin, and releases
+/// the other's attachments.
+#[test]
+#[ignore = "privileged: needs root"]
+fn host_local_and_trestle_ipam_share_state() {
+    let Some(reference) = reference_dir() else {
+        panic!("reference plugins not installed: apt-get install containernetworking-plugins");
+    };
+    let w = World::new();
+    let conf = |ty: &str| {
+        json!({ "cniVersion": "1.0.0", "name": "shared", "type": "bridge",
+                "ipam": { "type": ty, "subnet": "10.77.0.0/24", "dataDir": w.data_dir() } })
+    };
+    let host_local = reference.join("host-local");
+    let ours = w.bins.join("trestle-ipam");
+    let ipam = |plugin: &std::path::Path, cmd: &str, id: &str| {
+        let ty = plugin.file_name().unwrap().to_str().unwrap().to_owned();
+        let out = w.call_with(plugin, cmd, id, "/dummy", "eth0", &conf(&ty), |_| {});
+        assert!(
+            out.success,
+            "{} {cmd} {id}: {} {}",
+            plugin.display(),
+            out.stdout,
+            out.stderr
+        );
+        out.json()
+            .map(|v| v["ips"][0]["address"].as_str().unwrap_or("").to_owned())
+    };
+    assert_eq!(ipam(&host_local, "ADD", "c1").unwrap(), "10.77.0.2/24");
+    assert_eq!(ipam(&ours, "ADD", "c2").unwrap(), "10.77.0.3/24");
+    assert_eq!(ipam(&host_local, "ADD", "c3").unwrap(), "10.77.0.4/24");
+    // A duplicate ADD of an attachment host-local made is refused by trestle-ipam.
+    let dup = w.call_with(
+        &ours,
+        "ADD",
+        "c1",
+        "/dummy",
+        "eth0",
+        &conf("trestle-ipam"),
+        |_| {},
+    );
+    assert!(!dup.success, "{}", dup.stdout);
+    ipam(&ours, "DEL", "c1");
+    ipam(&host_local, "DEL", "c2");
+    assert_eq!(w.reservations("shared"), vec!["10.77.0.4"]);
+    ipam(&ours, "DEL", "c3");
+    assert!(w.reservations("shared").is_empty());
+}

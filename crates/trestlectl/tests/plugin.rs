@@ -393,3 +393,60 @@ fn pods_talk_through_the_bridge() {
         .unwrap();
     assert!(rtt.is_ok(), "{rtt:?}");
 }
+
+/// Logs go to stderr and to the configured file (rotated daily by name), never to stdout.
+#[test]
+#[ignore = "privileged: needs root"]
+fn logging_goes_to_file_and_stderr_only() {
+    let w = World::new();
+    let mut conf = w.classic("1.0.0");
+    let log = w.dir.0.join("trestle.log");
+    conf["logLevel"] = json!("debug");
+    conf["logFile"] = json!(log.display().to_string());
+    let pod = w.pod();
+    let out = w.call(
+        "ADD",
+        "logged",
+        &pod.path().display().to_string(),
+        "eth0",
+        &conf,
+    );
+    assert!(out.success, "{}", out.stderr);
+    assert!(
+        out.json().is_some(),
+        "stdout must be only the result: {:?}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("ADD container=logged"),
+        "{}",
+        out.stderr
+    );
+    let files: Vec<_> = std::fs::read_dir(&w.dir.0)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("trestle.log."))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(w.dir.0.join(&files[0])).unwrap();
+    assert!(text.contains("ADD container=logged"), "{text}");
+    // The environment wins over the config.
+    let out = w.call_with(
+        &w.bins.join("trestle"),
+        "DEL",
+        "logged",
+        &pod.path().display().to_string(),
+        "eth0",
+        &conf,
+        |i| {
+            i.extra_env
+                .push(("TRESTLE_LOG_LEVEL".into(), "error".into()))
+        },
+    );
+    assert!(out.success);
+    assert!(
+        !out.stderr.contains("DEL container=logged"),
+        "{}",
+        out.stderr
+    );
+}
