@@ -12,12 +12,22 @@ use trestle_netns::NetNs;
 
 /// The DEL command.
 pub fn del(req: &Request) -> Result<(), CniError> {
-    // A DEL must still release what a (failed or old) ADD took, so MAC sources in CNI_ARGS that no longer parse
-    // are not a reason to fail: only the keys that choose what to clean up matter here.
-    let cfg = BridgeConfig::parse(&req.conf, "")?;
+    // A runtime DELs even after a failed ADD and retries a failed DEL: a config that ADD refused must not make DEL
+    // fail forever. Such a config still names its IPAM plugin, and masquerade removal is idempotent, so DEL then
+    // cleans up everything it could have made. CNI_ARGS only choose a MAC, which DEL does not need.
+    let (ip_masq, ipam_type) = match BridgeConfig::parse(&req.conf, "") {
+        Ok(cfg) => (cfg.ip_masq, cfg.ipam_type),
+        Err(e) => {
+            log::warn!(
+                "DEL with a config ADD would refuse ({}): cleaning up everything",
+                e.msg
+            );
+            (true, lenient_ipam_type(&req.conf))
+        }
+    };
     cut_off(req)?;
     let mut first_err = None;
-    if cfg.ip_masq {
+    if ip_masq {
         if let Err(e) = firewall().and_then(|mut f| {
             f.remove_pod(&req.conf.name, &attachment(req))
                 .map_err(error::firewall)
@@ -25,10 +35,15 @@ pub fn del(req: &Request) -> Result<(), CniError> {
             first_err.get_or_insert(e);
         }
     }
-    if let Err(e) = ipam::del(req, &cfg) {
+    if let Err(e) = ipam::del_type(req, ipam_type.as_deref()) {
         first_err.get_or_insert(e);
     }
     first_err.map_or(Ok(()), Err)
+}
+
+fn lenient_ipam_type(conf: &cni_proto::NetConf) -> Option<String> {
+    let ty = conf.ipam.as_ref()?.get("type")?.as_str()?;
+    (!ty.is_empty() && !ty.contains('/')).then(|| ty.to_owned())
 }
 
 /// Removes the container interface (and with it the host end). Success when the netns or the link is gone.

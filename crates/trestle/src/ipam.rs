@@ -5,7 +5,11 @@ use cni_plugin::{delegate, Request};
 use cni_proto::{CniError, CniResult, Command};
 
 fn run(req: &Request, cfg: &BridgeConfig, cmd: Command) -> Result<Option<CniResult>, CniError> {
-    let Some(ty) = cfg.ipam_type.as_deref() else {
+    run_type(req, cfg.ipam_type.as_deref(), cmd)
+}
+
+fn run_type(req: &Request, ty: Option<&str>, cmd: Command) -> Result<Option<CniResult>, CniError> {
+    let Some(ty) = ty else {
         return Ok(None);
     };
     let plugin = delegate::find_plugin(ty, &req.env.path)?;
@@ -20,6 +24,11 @@ pub fn add(req: &Request, cfg: &BridgeConfig) -> Result<Option<CniResult>, CniEr
 /// IPAM DEL.
 pub fn del(req: &Request, cfg: &BridgeConfig) -> Result<(), CniError> {
     run(req, cfg, Command::Del).map(|_| ())
+}
+
+/// IPAM DEL with the plugin named by `ty` (when the rest of the config could not be parsed).
+pub fn del_type(req: &Request, ty: Option<&str>) -> Result<(), CniError> {
+    run_type(req, ty, Command::Del).map(|_| ())
 }
 
 /// IPAM CHECK.

@@ -304,6 +304,18 @@ fn del_is_idempotent_and_tolerant() {
     assert!(w.masqueraded().is_empty());
     w.del("never-added", "", &conf);
     w.del("never-added", "/nonexistent/netns", &conf);
+    // A config ADD refuses does not make DEL fail: it still cleans up.
+    let pod = w.pod();
+    // (The "empty" pod above keeps its port: DEL without CNI_NETNS cannot reach its namespace.)
+    let ports_before = w.ports("cni_bridge0").len();
+    w.add("refused-later", &pod, &conf);
+    let mut refused = conf.clone();
+    refused["macspoofchk"] = json!(true);
+    refused["isGateway"] = json!("not a bool");
+    w.del("refused-later", &pod.path().display().to_string(), &refused);
+    assert!(w.reservations("mybridge").is_empty());
+    assert!(w.masqueraded().is_empty());
+    assert_eq!(w.ports("cni_bridge0").len(), ports_before);
 }
 
 /// GC releases reservations and masquerade of every attachment not listed as valid.
