@@ -3,6 +3,7 @@
 //! `CNI_PATH`. All protocol rules live in `cni-proto`; this crate only does the I/O.
 
 pub mod delegate;
+pub mod detach;
 pub mod logging;
 mod skel;
 

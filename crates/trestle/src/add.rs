@@ -26,6 +26,8 @@ struct Ctx<'a> {
     ns: NetNs,
     host: Netlink,
     cont: Netlink,
+    /// The nftables socket, kept open until a detached child holds it too (see `add`).
+    fw: Option<Firewall>,
 }
 
 /// Opens `CNI_NETNS` and refuses the plugin's own namespace (wiring the host itself as a pod would cut it off).
@@ -59,11 +61,22 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         ns,
         host,
         cont,
+        fw: None,
     };
     preflight(&mut ctx)?;
     let mut undo = Undo::default();
     match build(&mut ctx, &mut undo) {
-        Ok(result) => Ok(result),
+        Ok(result) => {
+            if let Some(fw) = ctx.fw.take() {
+                // Releasing an nftables socket right after a transaction waits for an RCU grace period (the
+                // kernel flushes the transaction's deferred destruction): a detached child takes the last close.
+                if let Err(e) = cni_plugin::detach::detach(|| {}) {
+                    log::warn!("cannot detach the nftables socket release: {e}");
+                }
+                drop(fw);
+            }
+            Ok(result)
+        }
         Err(e) => {
             rollback(&mut ctx, undo);
             Err(e)
@@ -124,9 +137,10 @@ fn build(ctx: &mut Ctx, undo: &mut Undo) -> Result<CniResult, CniError> {
     }
     if ctx.cfg.ip_masq && !result.ips.is_empty() {
         let addrs: Vec<IpNet> = result.ips.iter().map(|ip| ip.address).collect();
-        firewall()?
-            .add_pod(&ctx.req.conf.name, &attachment(ctx.req), &addrs)
+        let mut fw = firewall()?;
+        fw.add_pod(&ctx.req.conf.name, &attachment(ctx.req), &addrs)
             .map_err(error::firewall)?;
+        ctx.fw = Some(fw);
         undo.masquerade = true;
     }
     finish_result(ctx, &mut result, &bridge, &veth, &container);
@@ -391,7 +405,7 @@ fn rollback(ctx: &mut Ctx, undo: Undo) {
         }
     }
     if undo.ipam {
-        if let Err(e) = ipam::del(ctx.req, &ctx.cfg) {
+        if let Err(e) = ipam::del(ctx.req, ctx.cfg.ipam_type.as_deref()) {
             log::warn!("rollback: IPAM DEL: {}", e.msg);
         }
     }

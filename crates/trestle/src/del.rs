@@ -8,6 +8,7 @@ use crate::ipam;
 use cni_plugin::Request;
 use cni_proto::CniError;
 use trestle_firewall::Attachment;
+use trestle_netlink::Netlink;
 use trestle_netns::NetNs;
 
 /// The DEL command.
@@ -25,37 +26,85 @@ pub fn del(req: &Request) -> Result<(), CniError> {
             (true, lenient_ipam_type(&req.conf))
         }
     };
-    cut_off(req)?;
+    let doomed = cut_off(req)?;
     let mut first_err = None;
+    // Kept open until the detached child holds it too (see `finish`).
+    let mut fw = None;
     if ip_masq {
-        if let Err(e) = firewall().and_then(|mut f| {
+        match firewall().and_then(|mut f| {
             f.remove_pod(&req.conf.name, &attachment(req))
-                .map_err(error::firewall)
+                .map_err(error::firewall)?;
+            Ok(f)
         }) {
-            first_err.get_or_insert(e);
+            Ok(f) => fw = Some(f),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
         }
     }
-    if let Err(e) = ipam::del_type(req, ipam_type.as_deref()) {
+    if let Err(e) = ipam::del(req, ipam_type.as_deref()) {
         first_err.get_or_insert(e);
     }
+    finish(doomed, fw.is_some());
+    drop(fw);
     first_err.map_or(Ok(()), Err)
 }
+
+/// Hands the slow kernel work to a detached child: destroying the cut-off veth pair (an RCU wait of tens of
+/// milliseconds) and the last close of the nftables socket. The child also reaps pairs a crashed DEL left.
+fn finish(doomed: Option<u32>, holds_firewall: bool) {
+    if doomed.is_none() && !holds_firewall {
+        return;
+    }
+    let spawned = cni_plugin::detach::detach(move || {
+        if let Some(index) = doomed {
+            if let Ok(mut nl) = Netlink::open() {
+                let _ = nl.delete_link(index);
+                reap_dead_links(&mut nl);
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        // Without a child the work is done here: slower, never left undone.
+        log::warn!("cannot detach cleanup: {e}");
+        if let (Some(index), Ok(mut nl)) = (doomed, Netlink::open()) {
+            let _ = nl.delete_link(index);
+        }
+    }
+}
+
+/// Deletes every veth a DEL cut off but did not get to destroy (its child was killed, the node crashed).
+pub fn reap_dead_links(nl: &mut Netlink) -> usize {
+    let Ok(links) = nl.links() else {
+        return 0;
+    };
+    links
+        .iter()
+        .filter(|l| l.name.starts_with(DEAD_PREFIX))
+        .filter(|l| nl.delete_link(l.index).is_ok())
+        .count()
+}
+
+/// Name prefix of cut-off veth ends awaiting destruction.
+pub const DEAD_PREFIX: &str = "trdead";
 
 fn lenient_ipam_type(conf: &cni_proto::NetConf) -> Option<String> {
     let ty = conf.ipam.as_ref()?.get("type")?.as_str()?;
     (!ty.is_empty() && !ty.contains('/')).then(|| ty.to_owned())
 }
 
-/// Removes the container interface (and with it the host end). Success when the netns or the link is gone.
-fn cut_off(req: &Request) -> Result<(), CniError> {
+/// Cuts the pod off: its interface goes down and is renamed out of the way (so `CNI_IFNAME` is free for a new ADD
+/// at once), and the host end leaves the bridge and is renamed `trdead<index>`. Returns the host end's index for
+/// the detached destruction. Success with nothing to do when the netns or the link is gone.
+fn cut_off(req: &Request) -> Result<Option<u32>, CniError> {
     if req.env.netns.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let ns = match NetNs::open(&req.env.netns) {
         Ok(ns) => ns,
         Err(trestle_netns::Error::NotFound(_)) | Err(trestle_netns::Error::NotNetNs(_)) => {
             // The namespace is gone and took the veth pair with it.
-            return Ok(());
+            return Ok(None);
         }
         Err(e) => return Err(error::netns(e)),
     };
@@ -64,12 +113,34 @@ fn cut_off(req: &Request) -> Result<(), CniError> {
         .link_by_name(&req.env.ifname)
         .map_err(|e| error::kernel("look up container interface", e))?
     else {
-        return Ok(());
+        return Ok(None);
     };
-    match cont.delete_link(link.index) {
+    let mut host = Netlink::open().map_err(|e| error::kernel("open netlink socket", e))?;
+    let peer = match link.peer_index {
+        Some(p) if link.kind.as_deref() == Some("veth") => host
+            .link_by_index(p)
+            .map_err(|e| error::kernel("look up host veth", e))?,
+        _ => None,
+    };
+    let Some(peer) = peer else {
+        // Not a pair we can detach (or its host end is elsewhere): delete it here.
+        return match cont.delete_link(link.index) {
+            Ok(()) | Err(trestle_netlink::Error::NotFound) => Ok(None),
+            Err(e) => Err(error::kernel("delete container interface", e)),
+        };
+    };
+    let dead = format!("{DEAD_PREFIX}{:x}", peer.index);
+    let tolerate = |r: Result<(), trestle_netlink::Error>| match r {
         Ok(()) | Err(trestle_netlink::Error::NotFound) => Ok(()),
-        Err(e) => Err(error::kernel("delete container interface", e)),
-    }
+        Err(e) => Err(error::kernel("cut off container interface", e)),
+    };
+    // Down before renaming: older kernels refuse to rename an up device.
+    tolerate(cont.set_up(link.index, false))?;
+    tolerate(cont.set_name(link.index, &dead))?;
+    tolerate(host.set_master(peer.index, None))?;
+    tolerate(host.set_up(peer.index, false))?;
+    tolerate(host.set_name(peer.index, &dead))?;
+    Ok(Some(peer.index))
 }
 
 /// The GC command: every attachment of this network not in `cni.dev/valid-attachments` loses its masquerade
@@ -87,6 +158,12 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
         })
         .collect();
     let mut first_err = None;
+    if let Ok(mut nl) = Netlink::open() {
+        let reaped = reap_dead_links(&mut nl);
+        if reaped > 0 {
+            log::info!("gc: destroyed {reaped} cut-off veth pairs");
+        }
+    }
     match firewall().and_then(|mut f| f.gc(&req.conf.name, &valid).map_err(error::firewall)) {
         Ok(removed) => {
             for (att, ip) in removed {

@@ -1,8 +1,17 @@
-//! Delegation to the IPAM plugin named by `ipam.type` (cni-spec.md §7).
+//! Delegation to the IPAM plugin named by `ipam.type` (cni-spec.md §7). When that is `trestle-ipam`, its code
+//! runs in-process: the same library the binary runs, with the same request and the same state directory, so the
+//! result is identical and only a process start is saved. `TRESTLE_IPAM_EXEC=1` forces the binary instead.
 
 use crate::config::BridgeConfig;
-use cni_plugin::{delegate, Request};
+use cni_plugin::{delegate, Plugin, Request};
 use cni_proto::{CniError, CniResult, Command};
+
+/// The IPAM plugin trestle can run in-process.
+const EMBEDDED: &str = "trestle-ipam";
+
+fn embedded(ty: &str) -> bool {
+    ty == EMBEDDED && std::env::var_os("TRESTLE_IPAM_EXEC").is_none_or(|v| v != "1")
+}
 
 fn run(req: &Request, cfg: &BridgeConfig, cmd: Command) -> Result<Option<CniResult>, CniError> {
     run_type(req, cfg.ipam_type.as_deref(), cmd)
@@ -12,8 +21,23 @@ fn run_type(req: &Request, ty: Option<&str>, cmd: Command) -> Result<Option<CniR
     let Some(ty) = ty else {
         return Ok(None);
     };
+    if embedded(ty) {
+        return run_embedded(req, cmd);
+    }
     let plugin = delegate::find_plugin(ty, &req.env.path)?;
     delegate::exec(&plugin, cmd, &req.stdin, req.conf.cni_version)
+}
+
+fn run_embedded(req: &Request, cmd: Command) -> Result<Option<CniResult>, CniError> {
+    let ipam = trestle_ipam::Ipam;
+    match cmd {
+        Command::Add => ipam.add(req).map(Some),
+        Command::Del => ipam.del(req).map(|_| None),
+        Command::Check => ipam.check(req).map(|_| None),
+        Command::Gc => ipam.gc(req).map(|_| None),
+        Command::Status => ipam.status(req).map(|_| None),
+        Command::Version => Ok(None),
+    }
 }
 
 /// IPAM ADD. `None` when the config has no IPAM (L2 only).
@@ -21,13 +45,8 @@ pub fn add(req: &Request, cfg: &BridgeConfig) -> Result<Option<CniResult>, CniEr
     run(req, cfg, Command::Add)
 }
 
-/// IPAM DEL.
-pub fn del(req: &Request, cfg: &BridgeConfig) -> Result<(), CniError> {
-    run(req, cfg, Command::Del).map(|_| ())
-}
-
-/// IPAM DEL with the plugin named by `ty` (when the rest of the config could not be parsed).
-pub fn del_type(req: &Request, ty: Option<&str>) -> Result<(), CniError> {
+/// IPAM DEL with the plugin named by `ty`.
+pub fn del(req: &Request, ty: Option<&str>) -> Result<(), CniError> {
     run_type(req, ty, Command::Del).map(|_| ())
 }
 

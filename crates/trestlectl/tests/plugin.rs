@@ -18,8 +18,12 @@ fn addr_of(result: &Value) -> String {
 #[ignore = "privileged: needs root"]
 fn classic_config_every_version() {
     let _ = PRIV;
-    for version in VERSIONS {
-        let w = World::new();
+    for (n, version) in VERSIONS.iter().copied().enumerate() {
+        let mut w = World::new();
+        if n % 2 == 1 {
+            // Half the versions run trestle-ipam as a separate process, as any other IPAM plugin would be.
+            w.env.push(("TRESTLE_IPAM_EXEC".into(), "1".into()));
+        }
         let conf = w.classic(version);
         let pod = w.pod();
         let result = w.add("1234567890", &pod, &conf);
@@ -67,7 +71,61 @@ fn classic_config_every_version() {
         assert!(w.masqueraded().is_empty());
         assert!(w.reservations("mybridge").is_empty());
         assert!(pod_state(pod.ns(), "eth0").0.is_empty());
+        assert_eq!(w.wait_no_veth(), Vec::<String>::new(), "{version}");
     }
+}
+
+/// DEL answers once the pod is cut off; the pair is destroyed by a detached child. A pair whose destruction never
+/// happened (the child was killed, the node crashed) is destroyed by GC or by the next DEL.
+#[test]
+#[ignore = "privileged: needs root"]
+fn cut_off_pairs_never_stay() {
+    let w = World::new();
+    let conf = w.classic("1.1.0");
+    let pod = w.pod();
+    let path = pod.path().display().to_string();
+    w.add("a", &pod, &conf);
+    w.del("a", &path, &conf);
+    // At once: no port on the bridge, and the interface name is free for a new ADD.
+    assert!(w.ports("cni_bridge0").is_empty());
+    w.add("a2", &pod, &conf);
+    w.del("a2", &path, &conf);
+    assert!(w.wait_no_veth().is_empty());
+    // A left-over cut-off pair, as a killed DEL child would leave it.
+    let stray = w.pod();
+    w.host
+        .run(|| {
+            let mut nl = trestle_netlink::Netlink::open().unwrap();
+            let end = |n: &str| trestle_netlink::VethEnd {
+                name: n.into(),
+                mtu: None,
+                mac: None,
+            };
+            nl.create_veth(&end("trdead77"), &end("trdead77"), stray.ns().fd())
+                .unwrap();
+        })
+        .unwrap();
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let out = w.call("GC", "", "", "", &gc);
+    assert!(out.success, "{}", out.stdout);
+    assert!(w.wait_no_veth().is_empty());
+    // The next DEL's child reaps one too.
+    w.host
+        .run(|| {
+            let mut nl = trestle_netlink::Netlink::open().unwrap();
+            let end = |n: &str| trestle_netlink::VethEnd {
+                name: n.into(),
+                mtu: None,
+                mac: None,
+            };
+            nl.create_veth(&end("trdead78"), &end("trdead78"), stray.ns().fd())
+                .unwrap();
+        })
+        .unwrap();
+    w.add("b", &pod, &conf);
+    w.del("b", &path, &conf);
+    assert!(w.wait_no_veth().is_empty());
 }
 
 #[test]

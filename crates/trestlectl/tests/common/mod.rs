@@ -68,6 +68,8 @@ pub struct World {
     pub host: NetNs,
     pub dir: TempDir,
     pub bins: PathBuf,
+    /// Extra environment for every plugin call.
+    pub env: Vec<(String, String)>,
     pods: AtomicU32,
 }
 
@@ -84,6 +86,7 @@ impl World {
             host,
             dir: TempDir::new("e2e"),
             bins: bin_dir(),
+            env: Vec::new(),
             pods: AtomicU32::new(0),
         }
     }
@@ -147,6 +150,7 @@ impl World {
         tweak: impl FnOnce(&mut Invocation),
     ) -> Outcome {
         let mut inv = Invocation::new(plugin, cmd, id, netns, ifname);
+        inv.extra_env.extend(self.env.iter().cloned());
         tweak(&mut inv);
         inv.run(conf.to_string().as_bytes(), Some(&self.host))
             .expect("spawn plugin")
@@ -171,6 +175,24 @@ impl World {
         self.host
             .run(|| Netlink::open().unwrap().links().unwrap())
             .unwrap()
+    }
+
+    /// Waits (up to 10 s) until the host namespace has no veth left: DEL destroys cut-off pairs in a detached
+    /// child, after it has answered.
+    pub fn wait_no_veth(&self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left: Vec<String> = self
+                .host_links()
+                .into_iter()
+                .filter(|l| l.kind.as_deref() == Some("veth"))
+                .map(|l| l.name)
+                .collect();
+            if left.is_empty() || std::time::Instant::now() > deadline {
+                return left;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// Ports of `bridge` in the host namespace.
