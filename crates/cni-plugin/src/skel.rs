@@ -34,6 +34,7 @@ pub trait Plugin {
 
 /// Runs the plugin with the process's environment and stdin and exits the process.
 pub fn run(plugin: &impl Plugin) -> ! {
+    let start = std::time::Instant::now();
     let mut stdin = Vec::new();
     let code = match dispatch(plugin, &mut stdin) {
         Ok(Some(out)) => print_stdout(&out).map_or(1, |_| 0),
@@ -44,6 +45,7 @@ pub fn run(plugin: &impl Plugin) -> ! {
             1
         }
     };
+    log::debug!("exit {code} after {:?}", start.elapsed());
     crate::logging::flush();
     std::process::exit(code)
 }

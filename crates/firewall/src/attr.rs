@@ -65,7 +65,7 @@ impl AttrWriter {
 
     fn finish(&mut self, start: usize) -> &mut Self {
         // The length excludes the padding; a nested list longer than u16 cannot be expressed, and callers keep
-        // lists far below that (elements are sent in chunks).
+        // lists far below that.
         let len = u16::try_from(self.buf.len() - start).expect("netlink attribute exceeds 64 KiB");
         self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
         self.buf.resize(align4(self.buf.len()), 0);

@@ -1,7 +1,6 @@
 //! The crate's error type.
 
-use crate::Attachment;
-use std::net::IpAddr;
+use ipnet::IpNet;
 use std::path::PathBuf;
 
 /// Errors of masquerade management.
@@ -22,7 +21,7 @@ pub enum Error {
     /// The kernel rejected a request.
     #[error("nftables {op} failed: {}", std::io::Error::from_raw_os_error(*errno))]
     Kernel {
-        /// The operation that failed, such as `add set element`.
+        /// The operation that failed, such as `add chain`.
         op: &'static str,
         /// The positive errno the kernel returned.
         errno: i32,
@@ -30,15 +29,12 @@ pub enum Error {
     /// The kernel sent something this crate does not understand.
     #[error("malformed nftables netlink reply: {0}")]
     Protocol(&'static str),
-    /// The attachment cannot be stored as element userdata.
-    #[error("invalid attachment {0:?}: {1}")]
-    InvalidAttachment(String, &'static str),
-    /// A pod address is not covered by masquerade (CHECK found it missing).
-    #[error("no masquerade for {attachment} address {addr}")]
+    /// A subnet is not masqueraded: its chain or its rule is missing (CHECK found it).
+    #[error("no masquerade for {subnet} of network {network}")]
     Missing {
-        /// The attachment checked.
-        attachment: Attachment,
-        /// The address without masquerade.
-        addr: IpAddr,
+        /// The network checked.
+        network: String,
+        /// The subnet without masquerade.
+        subnet: IpNet,
     },
 }

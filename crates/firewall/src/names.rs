@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 /// Prefix of every table this crate owns (`inet trestle-<id>`).
 pub(crate) const TABLE_PREFIX: &str = "trestle-";
+/// Prefix of every subnet chain (`masq-<subnet>`).
+const CHAIN_PREFIX: &str = "masq-";
 
 /// The stable short id of a network: the first 12 hex digits of the SHA-256 of its name. Network names are free
 /// text, nft object names are not, and 48 bits keep collisions between the networks of one host unrealistic.
@@ -19,44 +21,44 @@ pub(crate) fn table_name(network: &str) -> String {
     format!("{TABLE_PREFIX}{}", network_id(network))
 }
 
-/// The base chain masquerading the pods of one subnet, e.g. `masq-10.1.0.0/24` or `masq-fd00__/64`. ':' is not
-/// valid in an nft identifier, so a saved ruleset would not load again with it; '_' is.
+/// The base chain masquerading one subnet, e.g. `masq-10.1.0.0/24` or `masq-fd00__/64`. ':' is not valid in an
+/// nft identifier, so a saved ruleset would not load again with it; '_' is.
 pub(crate) fn chain_name(subnet: IpNet) -> String {
-    format!("masq-{}", subnet.trunc()).replace(':', "_")
+    format!("{CHAIN_PREFIX}{}", subnet.trunc()).replace(':', "_")
 }
 
-/// IP version specifics of the pod sets and rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The subnet a [`chain_name`] stands for; `None` for any other chain name.
+pub(crate) fn parse_chain_name(chain: &str) -> Option<IpNet> {
+    let net: IpNet = chain
+        .strip_prefix(CHAIN_PREFIX)?
+        .replace('_', ":")
+        .parse()
+        .ok()?;
+    // Only the canonical form is ours: `masq-10.1.0.5/24` was not written by `chain_name`.
+    (chain_name(net) == chain).then_some(net)
+}
+
+/// The distinct subnets of `subnets`, host bits cleared, in a stable order.
+pub(crate) fn distinct_subnets(subnets: &[IpNet]) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = subnets.iter().map(IpNet::trunc).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// IP version specifics of the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Family {
     V4,
     V6,
 }
 
 impl Family {
-    /// Both families, in the order objects are handled.
-    pub(crate) const ALL: [Family; 2] = [Family::V4, Family::V6];
-
     /// The family of `addr`.
     pub(crate) fn of(addr: IpAddr) -> Family {
         match addr {
             IpAddr::V4(_) => Family::V4,
             IpAddr::V6(_) => Family::V6,
-        }
-    }
-
-    /// The set of pod addresses of this family.
-    pub(crate) fn set_name(self) -> &'static str {
-        match self {
-            Family::V4 => "pods4",
-            Family::V6 => "pods6",
-        }
-    }
-
-    /// nft's datatype number (`ipv4_addr` 7, `ipv6_addr` 8), which `nft list` uses to print elements.
-    pub(crate) fn key_type(self) -> u32 {
-        match self {
-            Family::V4 => 7,
-            Family::V6 => 8,
         }
     }
 
@@ -101,39 +103,50 @@ pub(crate) fn addr_bytes(addr: IpAddr) -> Vec<u8> {
     }
 }
 
-/// The address in `raw` (4 or 16 bytes).
-pub(crate) fn addr_from_bytes(raw: &[u8]) -> Option<IpAddr> {
-    match raw.len() {
-        4 => Some(IpAddr::from(<[u8; 4]>::try_from(raw).ok()?)),
-        16 => Some(IpAddr::from(<[u8; 16]>::try_from(raw).ok()?)),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
 
     #[test]
     fn ids_and_names() {
         // `echo -n mynet | sha256sum`
         assert_eq!(network_id("mynet"), "11c844f95e28");
-        assert_eq!(network_id("mynet"), network_id("mynet"));
         assert_ne!(network_id("mynet"), network_id("mynet2"));
-        assert!(table_name("x").starts_with("trestle-"));
-        assert_eq!(
-            chain_name("10.1.0.7/24".parse().unwrap()),
-            "masq-10.1.0.0/24"
-        );
-        assert_eq!(chain_name("fd00::5/64".parse().unwrap()), "masq-fd00__/64");
+        assert_eq!(table_name("mynet"), "trestle-11c844f95e28");
+        assert_eq!(chain_name(net("10.1.0.7/24")), "masq-10.1.0.0/24");
+        assert_eq!(chain_name(net("fd00::5/64")), "masq-fd00__/64");
     }
 
     #[test]
-    fn address_bytes_round_trip() {
-        for a in ["10.1.2.3", "fd00::1"] {
-            let addr: IpAddr = a.parse().unwrap();
-            assert_eq!(addr_from_bytes(&addr_bytes(addr)), Some(addr));
+    fn chain_names_parse_back() {
+        for s in [
+            "10.1.0.0/24",
+            "fd00::/64",
+            "fd00:1:2::/48",
+            "::/0",
+            "0.0.0.0/0",
+        ] {
+            assert_eq!(parse_chain_name(&chain_name(net(s))), Some(net(s)), "{s}");
         }
-        assert_eq!(addr_from_bytes(&[1, 2, 3]), None);
+        for other in [
+            "masq-",
+            "masq-x/24",
+            "masq-10.1.0.5/24",
+            "postrouting",
+            "masq-fd00::/64",
+        ] {
+            assert_eq!(parse_chain_name(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn distinct_subnets_truncate_and_dedup() {
+        let got = distinct_subnets(&[net("10.0.0.5/24"), net("fd00::1/64"), net("10.0.0.9/24")]);
+        assert_eq!(got, [net("10.0.0.0/24"), net("fd00::/64")]);
+        assert!(distinct_subnets(&[]).is_empty());
     }
 }

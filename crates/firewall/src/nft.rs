@@ -1,15 +1,16 @@
-//! nf_tables request messages (`linux/netfilter/nf_tables.h`) for the objects this crate manages.
+//! nf_tables request messages (`linux/netfilter/nf_tables.h`) for the objects this crate manages, and the
+//! parsing of what the kernel returns for them.
 
-use crate::attachment::decode_udata;
 use crate::attr::{AttrWriter, Attrs};
-use crate::names::{addr_bytes, addr_from_bytes, Family};
+use crate::names::{addr_bytes, Family};
 use crate::sock::Msg;
-use crate::Attachment;
 use ipnet::IpNet;
-use std::net::IpAddr;
 
 /// `NFPROTO_INET`: one table serves IPv4 and IPv6.
 const NFPROTO_INET: u8 = 1;
+/// `NFPROTO_UNSPEC`, for requests about the whole ruleset.
+const NFPROTO_UNSPEC: u8 = 0;
+const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 
@@ -18,13 +19,9 @@ const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_GETCHAIN: u16 = 4;
-const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
-const NFT_MSG_DELRULE: u16 = 8;
-const NFT_MSG_NEWSET: u16 = 9;
-const NFT_MSG_NEWSETELEM: u16 = 12;
-const NFT_MSG_GETSETELEM: u16 = 13;
-const NFT_MSG_DELSETELEM: u16 = 14;
+const NFT_MSG_GETRULE: u16 = 7;
+const NFT_MSG_GETGEN: u16 = 16;
 
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_TABLE_USERDATA: u16 = 6;
@@ -39,17 +36,7 @@ const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_RULE_USERDATA: u16 = 7;
-const NFTA_SET_TABLE: u16 = 1;
-const NFTA_SET_NAME: u16 = 2;
-const NFTA_SET_FLAGS: u16 = 3;
-const NFTA_SET_KEY_TYPE: u16 = 4;
-const NFTA_SET_KEY_LEN: u16 = 5;
-const NFTA_SET_ID: u16 = 10;
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_SET_ELEM_USERDATA: u16 = 6;
+const NFTA_GEN_ID: u16 = 1;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;
@@ -71,24 +58,14 @@ const CMP_EQ: u32 = 0;
 const CMP_NEQ: u32 = 1;
 /// `NFTNL_UDATA_*_COMMENT`, the comment TLV of table and rule userdata.
 const UDATA_COMMENT: u8 = 0;
+/// Longest comment text `nft` accepts (`NFT_USERDATA_MAXLEN`-bounded, 128 with the NUL).
+const COMMENT_MAX: usize = 127;
 
-/// An element read back from a pod set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Element {
-    /// The pod address (the key).
-    pub(crate) addr: IpAddr,
-    /// The owning attachment, if the userdata names one.
-    pub(crate) att: Option<Attachment>,
-    /// The prefix length of the pod's subnet, if recorded.
-    pub(crate) prefix: Option<u8>,
-}
-
-impl Element {
-    /// The pod subnet, whose chain masquerades this element.
-    pub(crate) fn subnet(&self) -> Option<IpNet> {
-        IpNet::new(self.addr, self.prefix?).ok().map(|n| n.trunc())
-    }
-}
+/// The expressions of a masquerade rule, by name, in order (see [`new_masq_rule`]).
+const MASQ_EXPRS: [&str; 12] = [
+    "meta", "cmp", "payload", "bitwise", "cmp", "payload", "bitwise", "cmp", "payload", "bitwise",
+    "cmp", "masq",
+];
 
 fn msg(kind: u16, flags: u16, op: &'static str, attrs: AttrWriter) -> Msg {
     Msg {
@@ -101,15 +78,42 @@ fn msg(kind: u16, flags: u16, op: &'static str, attrs: AttrWriter) -> Msg {
 }
 
 fn comment_udata(text: &str) -> Option<Vec<u8>> {
-    // TLV length is one byte including the NUL; nft itself caps comments at 128 bytes.
-    let len = u8::try_from(text.len() + 1).ok().filter(|l| *l <= 128)?;
-    let mut out = vec![UDATA_COMMENT, len];
+    if text.len() > COMMENT_MAX || text.contains('\0') {
+        return None;
+    }
+    let mut out = vec![UDATA_COMMENT, (text.len() + 1) as u8];
     out.extend_from_slice(text.as_bytes());
     out.push(0);
     Some(out)
 }
 
-/// `add table inet <table> { comment "<comment>" }`; an existing table is kept.
+/// The comment TLV's text in table or rule userdata.
+fn parse_comment(udata: &[u8]) -> Option<String> {
+    let mut data = udata;
+    while let [ty, len, rest @ ..] = data {
+        let value = rest.get(..usize::from(*len))?;
+        if let (UDATA_COMMENT, [text @ .., 0]) = (*ty, value) {
+            return std::str::from_utf8(text).ok().map(str::to_owned);
+        }
+        data = &rest[usize::from(*len)..];
+    }
+    None
+}
+
+/// The comment of a subnet's masquerade rule: `trestle <network> <subnet>`. A network name too long for nft's
+/// comment limit is cut (at a character boundary), so the comment is always written and always the same.
+pub(crate) fn rule_comment(network: &str, subnet: IpNet) -> String {
+    let subnet = subnet.trunc().to_string();
+    let room = COMMENT_MAX - "trestle  ".len() - subnet.len();
+    let mut cut = network.len().min(room);
+    while !network.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("trestle {} {subnet}", &network[..cut]).replace('\0', "")
+}
+
+/// `add table inet <table> { comment "<comment>" }`; an existing table is kept. A comment too long for nft is
+/// left out.
 pub(crate) fn new_table(table: &str, comment: &str) -> Msg {
     let mut a = AttrWriter::new();
     a.str(NFTA_TABLE_NAME, table);
@@ -126,6 +130,13 @@ pub(crate) fn del_table(table: &str) -> Msg {
     msg(NFT_MSG_DELTABLE, 0, "delete table", a)
 }
 
+/// Get request for one table.
+pub(crate) fn get_table(table: &str) -> Msg {
+    let mut a = AttrWriter::new();
+    a.str(NFTA_TABLE_NAME, table);
+    msg(NFT_MSG_GETTABLE, 0, "get table", a)
+}
+
 /// Dump request for the inet tables.
 pub(crate) fn get_tables() -> Msg {
     msg(NFT_MSG_GETTABLE, 0, "list tables", AttrWriter::new())
@@ -135,28 +146,8 @@ pub(crate) fn get_tables() -> Msg {
 pub(crate) fn parse_table(attrs: &[u8]) -> Option<(String, Option<String>)> {
     let a = Attrs::new(attrs);
     let name = a.get_str(NFTA_TABLE_NAME)?.to_owned();
-    let comment = a.get(NFTA_TABLE_USERDATA).and_then(|u| match u {
-        [UDATA_COMMENT, len, rest @ ..] if usize::from(*len) <= rest.len() && *len > 0 => {
-            std::str::from_utf8(&rest[..usize::from(*len) - 1])
-                .ok()
-                .map(str::to_owned)
-        }
-        _ => None,
-    });
+    let comment = a.get(NFTA_TABLE_USERDATA).and_then(parse_comment);
     Some((name, comment))
-}
-
-/// `add set inet <table> pods4 { type ipv4_addr; }` (or pods6); an existing set is kept.
-pub(crate) fn new_set(table: &str, family: Family) -> Msg {
-    let mut a = AttrWriter::new();
-    a.str(NFTA_SET_TABLE, table)
-        .str(NFTA_SET_NAME, family.set_name())
-        .u32_be(NFTA_SET_FLAGS, 0)
-        .u32_be(NFTA_SET_KEY_TYPE, family.key_type())
-        .u32_be(NFTA_SET_KEY_LEN, family.addr_len())
-        // Mandatory; it only matters for anonymous sets referenced by id within one batch.
-        .u32_be(NFTA_SET_ID, family.key_type());
-    msg(NFT_MSG_NEWSET, NLM_F_CREATE, "add set", a)
 }
 
 fn chain_attrs(table: &str, chain: &str) -> AttrWriter {
@@ -165,7 +156,8 @@ fn chain_attrs(table: &str, chain: &str) -> AttrWriter {
     a
 }
 
-/// `add chain inet <table> <chain> { type nat hook postrouting priority srcnat; policy accept; }`.
+/// `add chain inet <table> <chain> { type nat hook postrouting priority srcnat; policy accept; }`. Exclusive: an
+/// existing chain fails the batch rather than gaining a second rule.
 pub(crate) fn new_masq_chain(table: &str, chain: &str) -> Msg {
     let mut a = chain_attrs(table, chain);
     a.nested(NFTA_CHAIN_HOOK, |h| {
@@ -174,17 +166,7 @@ pub(crate) fn new_masq_chain(table: &str, chain: &str) -> Msg {
     })
     .u32_be(NFTA_CHAIN_POLICY, POLICY_ACCEPT)
     .str(NFTA_CHAIN_TYPE, "nat");
-    msg(NFT_MSG_NEWCHAIN, NLM_F_CREATE, "add chain", a)
-}
-
-/// `delete chain inet <table> <chain>` (with its rules).
-pub(crate) fn del_chain(table: &str, chain: &str) -> Msg {
-    msg(
-        NFT_MSG_DELCHAIN,
-        0,
-        "delete chain",
-        chain_attrs(table, chain),
-    )
+    msg(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_EXCL, "add chain", a)
 }
 
 /// Get request for one chain.
@@ -192,17 +174,69 @@ pub(crate) fn get_chain(table: &str, chain: &str) -> Msg {
     msg(NFT_MSG_GETCHAIN, 0, "get chain", chain_attrs(table, chain))
 }
 
-/// `flush chain inet <table> <chain>`: deletes its rules.
-pub(crate) fn flush_chain(table: &str, chain: &str) -> Msg {
+/// Dump request for the chains of all inet tables (the kernel does not filter chain dumps by table).
+pub(crate) fn get_chains() -> Msg {
+    msg(NFT_MSG_GETCHAIN, 0, "list chains", AttrWriter::new())
+}
+
+/// Table and name of a chain from a chain dump.
+pub(crate) fn parse_chain(attrs: &[u8]) -> Option<(String, String)> {
+    let a = Attrs::new(attrs);
+    Some((
+        a.get_str(NFTA_CHAIN_TABLE)?.to_owned(),
+        a.get_str(NFTA_CHAIN_NAME)?.to_owned(),
+    ))
+}
+
+/// Dump request for the rules of one chain.
+pub(crate) fn get_rules(table: &str, chain: &str) -> Msg {
     let mut a = AttrWriter::new();
     a.str(NFTA_RULE_TABLE, table).str(NFTA_RULE_CHAIN, chain);
-    msg(NFT_MSG_DELRULE, 0, "flush chain", a)
+    msg(NFT_MSG_GETRULE, 0, "list rules", a)
+}
+
+/// Whether a rule (from a rule dump) is the masquerade rule [`new_masq_rule`] writes for `subnet` of `network`
+/// into `table`/`chain`: same place, same comment and the same expressions. The expressions are compared by name
+/// only; together with the comment that tells this crate's rule from anything else.
+pub(crate) fn is_masq_rule(
+    attrs: &[u8],
+    table: &str,
+    chain: &str,
+    network: &str,
+    subnet: IpNet,
+) -> bool {
+    let a = Attrs::new(attrs);
+    let names: Vec<&str> = a
+        .get(NFTA_RULE_EXPRESSIONS)
+        .map(|e| {
+            Attrs::new(e)
+                .filter_map(|(_, x)| Attrs::new(x).get_str(NFTA_EXPR_NAME))
+                .collect()
+        })
+        .unwrap_or_default();
+    a.get_str(NFTA_RULE_TABLE) == Some(table)
+        && a.get_str(NFTA_RULE_CHAIN) == Some(chain)
+        && a.get(NFTA_RULE_USERDATA).and_then(parse_comment) == Some(rule_comment(network, subnet))
+        && names == MASQ_EXPRS
+}
+
+/// Get request for the ruleset generation.
+pub(crate) fn get_gen() -> Msg {
+    Msg {
+        family: NFPROTO_UNSPEC,
+        ..msg(NFT_MSG_GETGEN, 0, "get generation", AttrWriter::new())
+    }
+}
+
+/// The generation id of a `NEWGEN` reply.
+pub(crate) fn parse_gen(attrs: &[u8]) -> Option<u32> {
+    let raw = Attrs::new(attrs).get(NFTA_GEN_ID)?;
+    Some(u32::from_be_bytes(raw.try_into().ok()?))
 }
 
 /// The rule of a subnet chain:
-/// `ip saddr @pods4 ip saddr <subnet> ip daddr != <subnet> ip daddr != 224.0.0.0/4 masquerade`.
-/// The `saddr <subnet>` match keeps the rule of one subnet from masquerading pods of another subnet of the same
-/// network talking to their own subnet.
+/// `meta nfproto ipv4 ip saddr <subnet> ip daddr != <subnet> ip daddr != 224.0.0.0/4 masquerade`
+/// (IPv6: `ff00::/8`), commented `trestle <network> <subnet>`.
 pub(crate) fn new_masq_rule(table: &str, chain: &str, subnet: IpNet, network: &str) -> Msg {
     let subnet = subnet.trunc();
     let family = Family::of(subnet.addr());
@@ -212,7 +246,6 @@ pub(crate) fn new_masq_rule(table: &str, chain: &str, subnet: IpNet, network: &s
     a.nested(NFTA_RULE_EXPRESSIONS, |e| {
         meta_nfproto(e, family);
         payload(e, saddr, family.addr_len());
-        lookup(e, family.set_name());
         in_net(e, subnet, CMP_EQ);
         payload(e, daddr, family.addr_len());
         in_net(e, subnet, CMP_NEQ);
@@ -220,9 +253,8 @@ pub(crate) fn new_masq_rule(table: &str, chain: &str, subnet: IpNet, network: &s
         in_net(e, family.multicast(), CMP_NEQ);
         expr(e, "masq", |_| {});
     });
-    if let Some(udata) = comment_udata(&format!("trestle {network} {subnet}")) {
-        a.bytes(NFTA_RULE_USERDATA, &udata);
-    }
+    let udata = comment_udata(&rule_comment(network, subnet)).expect("rule_comment fits");
+    a.bytes(NFTA_RULE_USERDATA, &udata);
     msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, "add rule", a)
 }
 
@@ -257,13 +289,6 @@ fn payload(e: &mut AttrWriter, offset: u32, len: u32) {
     });
 }
 
-/// Matches if register 1 is in the set.
-fn lookup(e: &mut AttrWriter, set: &str) {
-    expr(e, "lookup", |d| {
-        d.str(1, set).u32_be(2, REG_1); // NFTA_LOOKUP_SET, NFTA_LOOKUP_SREG
-    });
-}
-
 fn cmp(e: &mut AttrWriter, op: u32, value: &[u8]) {
     expr(e, "cmp", |d| {
         d.u32_be(1, REG_1).u32_be(2, op); // NFTA_CMP_SREG, NFTA_CMP_OP
@@ -285,93 +310,12 @@ fn in_net(e: &mut AttrWriter, net: IpNet, op: u32) {
     cmp(e, op, &addr_bytes(net.network()));
 }
 
-/// Whether a set element request adds or deletes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ElemOp {
-    Add,
-    Delete,
-}
-
-/// Adds (keeping existing ones) or deletes elements of a pod set; each with optional userdata.
-/// All addresses must be of `family`.
-pub(crate) fn elems(
-    op: ElemOp,
-    table: &str,
-    family: Family,
-    items: &[(IpAddr, Option<Vec<u8>>)],
-) -> Msg {
-    let mut a = AttrWriter::new();
-    a.str(NFTA_SET_ELEM_LIST_TABLE, table)
-        .str(NFTA_SET_ELEM_LIST_SET, family.set_name());
-    a.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |list| {
-        for (addr, udata) in items {
-            list.nested(NFTA_LIST_ELEM, |el| {
-                data_value(el, NFTA_SET_ELEM_KEY, &addr_bytes(*addr));
-                if let Some(udata) = udata {
-                    el.bytes(NFTA_SET_ELEM_USERDATA, udata);
-                }
-            });
-        }
-    });
-    match op {
-        ElemOp::Add => msg(NFT_MSG_NEWSETELEM, NLM_F_CREATE, "add set element", a),
-        ElemOp::Delete => msg(NFT_MSG_DELSETELEM, 0, "delete set element", a),
-    }
-}
-
-/// Dump request for the elements of a pod set.
-pub(crate) fn get_elems(table: &str, family: Family) -> Msg {
-    let mut a = AttrWriter::new();
-    a.str(NFTA_SET_ELEM_LIST_TABLE, table)
-        .str(NFTA_SET_ELEM_LIST_SET, family.set_name());
-    msg(NFT_MSG_GETSETELEM, 0, "list set elements", a)
-}
-
-/// The elements in one message of a set element dump.
-pub(crate) fn parse_elems(attrs: &[u8]) -> Vec<Element> {
-    let Some(list) = Attrs::new(attrs).get(NFTA_SET_ELEM_LIST_ELEMENTS) else {
-        return Vec::new();
-    };
-    Attrs::new(list)
-        .filter(|(ty, _)| *ty == NFTA_LIST_ELEM)
-        .filter_map(|(_, el)| {
-            let el = Attrs::new(el);
-            let key = Attrs::new(el.get(NFTA_SET_ELEM_KEY)?).get(NFTA_DATA_VALUE)?;
-            let (att, prefix) = decode_udata(el.get(NFTA_SET_ELEM_USERDATA).unwrap_or_default());
-            Some(Element {
-                addr: addr_from_bytes(key)?,
-                att,
-                prefix,
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attachment::encode_udata;
 
-    #[test]
-    fn element_request_parses_back() {
-        let att = Attachment::new("cid", "eth0");
-        let addr: IpAddr = "10.1.0.5".parse().unwrap();
-        let m = elems(
-            ElemOp::Add,
-            "t",
-            Family::V4,
-            &[(addr, Some(encode_udata(&att, 24)))],
-        );
-        let parsed = parse_elems(&m.attrs);
-        assert_eq!(
-            parsed,
-            vec![Element {
-                addr,
-                att: Some(att),
-                prefix: Some(24)
-            }]
-        );
-        assert_eq!(parsed[0].subnet(), Some("10.1.0.0/24".parse().unwrap()));
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
     }
 
     #[test]
@@ -386,18 +330,54 @@ mod tests {
     }
 
     #[test]
-    fn rule_expression_sequence() {
-        let m = new_masq_rule("t", "c", "fd00::7/64".parse().unwrap(), "net");
+    fn rule_is_recognised_by_place_comment_and_expressions() {
+        let m = new_masq_rule("t", "c", net("fd00::7/64"), "net");
         let exprs = Attrs::new(&m.attrs).get(NFTA_RULE_EXPRESSIONS).unwrap();
         let names: Vec<_> = Attrs::new(exprs)
             .map(|(_, e)| Attrs::new(e).get_str(NFTA_EXPR_NAME).unwrap().to_owned())
             .collect();
+        assert_eq!(names, MASQ_EXPRS);
+        // A rule request has the layout of a dumped rule.
+        assert!(is_masq_rule(&m.attrs, "t", "c", "net", net("fd00::/64")));
+        assert!(!is_masq_rule(&m.attrs, "t", "c", "net", net("fd01::/64")));
+        assert!(!is_masq_rule(&m.attrs, "t", "c", "other", net("fd00::/64")));
+        assert!(!is_masq_rule(&m.attrs, "t", "d", "net", net("fd00::/64")));
+    }
+
+    #[test]
+    fn rule_comment_always_fits() {
+        let s = net("10.1.2.3/24");
+        assert_eq!(rule_comment("mynet", s), "trestle mynet 10.1.2.0/24");
+        let wide = net("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128");
+        for name in ["é".repeat(100), "n".repeat(300)] {
+            let c = rule_comment(&name, wide);
+            assert!(
+                c.len() <= COMMENT_MAX && c.ends_with(&format!(" {wide}")),
+                "{c}"
+            );
+            assert!(comment_udata(&c).is_some());
+        }
+    }
+
+    #[test]
+    fn comment_udata_round_trip_and_foreign_tlvs() {
+        let u = comment_udata("abc").unwrap();
+        assert_eq!(u, [0, 4, b'a', b'b', b'c', 0]);
+        assert_eq!(parse_comment(&u).as_deref(), Some("abc"));
+        // An unknown TLV first is skipped; a truncated one ends parsing.
         assert_eq!(
-            names,
-            [
-                "meta", "cmp", "payload", "lookup", "bitwise", "cmp", "payload", "bitwise", "cmp",
-                "payload", "bitwise", "cmp", "masq"
-            ]
+            parse_comment(&[9, 1, 7, 0, 2, b'x', 0]).as_deref(),
+            Some("x")
         );
+        assert_eq!(parse_comment(&[0, 9, b'a']), None);
+        assert_eq!(parse_comment(&[]), None);
+    }
+
+    #[test]
+    fn generation_parses() {
+        let mut a = AttrWriter::new();
+        a.u32_be(NFTA_GEN_ID, 0x0102_0304);
+        assert_eq!(parse_gen(&a.into_bytes()), Some(0x0102_0304));
+        assert_eq!(parse_gen(&[]), None);
     }
 }

@@ -3,61 +3,75 @@
 mod common;
 
 use common::TestNs;
-use std::collections::BTreeSet;
-use trestle_firewall::{network_id, Attachment};
+use ipnet::IpNet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Barrier;
+use trestle_firewall::network_id;
 
 const PODS: usize = 60;
+const NETWORK: &str = "conc";
 
-fn attachment(i: usize) -> Attachment {
-    Attachment::new(format!("pod{i:03}"), "eth0")
-}
-
-fn v4(i: usize) -> String {
-    // Two subnets, so chains appear and disappear while other pods come and go.
-    format!("10.{}.0.{}", 20 + i % 2, i + 2)
+fn subnets() -> Vec<IpNet> {
+    vec![
+        "10.20.0.0/24".parse().unwrap(),
+        "fd20::/64".parse().unwrap(),
+    ]
 }
 
 #[test]
 #[ignore = "privileged: needs root"]
-fn sixty_concurrent_adds_and_removes_end_exact() {
+fn sixty_concurrent_ensures_and_removals_end_exact() {
     let t = TestNs::new("conc");
-    // Each thread is a separate "plugin process": its own socket and its own open lock file.
+    let table = format!("trestle-{}", network_id(NETWORK));
+    // Each thread is a separate "plugin process": its own socket and its own open lock file. Half of them are
+    // then DELs of pods whose network is still in use, racing the other half's ensures. The barrier makes them all
+    // find the network missing at once.
+    let start = Barrier::new(PODS);
     std::thread::scope(|s| {
         for i in 0..PODS {
-            let t = &t;
+            let (t, start) = (&t, &start);
             s.spawn(move || {
                 let mut fw = t.firewall();
-                let addrs = [
-                    format!("{}/24", v4(i)).parse().unwrap(),
-                    format!("fd20::{:x}/64", i + 2).parse().unwrap(),
-                ];
-                fw.add_pod("conc", &attachment(i), &addrs).unwrap();
-                // Every third pod is deleted again straight away, racing the others' adds.
-                if i % 3 == 0 {
-                    assert_eq!(fw.remove_pod("conc", &attachment(i)).unwrap().len(), 2);
+                start.wait();
+                fw.ensure(NETWORK, &subnets()).unwrap();
+                if i % 2 == 0 {
+                    assert!(!fw.remove_if_unused(NETWORK, || true).unwrap());
                 }
             });
         }
     });
-    let table = format!("trestle-{}", network_id("conc"));
-    let got: BTreeSet<(String, String)> = t.elements(&table, "pods4").into_iter().collect();
-    let want: BTreeSet<(String, String)> = (0..PODS)
-        .filter(|i| i % 3 != 0)
-        .map(|i| (v4(i), attachment(i).to_string()))
-        .collect();
-    assert_eq!(got, want);
-    assert_eq!(t.elements(&table, "pods6").len(), want.len());
-    let text = t.ruleset();
-    assert_eq!(text.matches("masquerade").count(), 3, "{text}");
+    assert_eq!(
+        t.chains(),
+        [
+            (table.clone(), "masq-10.20.0.0/24".to_owned()),
+            (table.clone(), "masq-fd20__/64".to_owned()),
+        ]
+    );
+    assert_eq!(
+        t.rule_comments(&table, "masq-10.20.0.0/24"),
+        ["trestle conc 10.20.0.0/24"]
+    );
+    assert_eq!(
+        t.rule_comments(&table, "masq-fd20__/64"),
+        ["trestle conc fd20::/64"]
+    );
+    t.firewall().check(NETWORK, &subnets()).unwrap();
 
+    // The last pods go at once: every call succeeds, exactly one finds the table to delete.
+    let deleted = AtomicUsize::new(0);
+    let start = Barrier::new(8);
     std::thread::scope(|s| {
-        for i in (0..PODS).filter(|i| i % 3 != 0) {
-            let t = &t;
+        for _ in 0..8 {
+            let (t, deleted, start) = (&t, &deleted, &start);
             s.spawn(move || {
                 let mut fw = t.firewall();
-                assert_eq!(fw.remove_pod("conc", &attachment(i)).unwrap().len(), 2);
+                start.wait();
+                if fw.remove_if_unused(NETWORK, || false).unwrap() {
+                    deleted.fetch_add(1, Ordering::SeqCst);
+                }
             });
         }
     });
+    assert_eq!(deleted.load(Ordering::SeqCst), 1);
     assert!(t.ruleset_json().is_empty(), "{}", t.ruleset());
 }

@@ -3,7 +3,7 @@
 //! ```text
 //!  pod 10.10.0.2/24 --p0==h0-- host 10.10.0.1 | 192.168.77.1 --h1==o0-- outside 192.168.77.2, 10.10.5.2
 //! ```
-//! The pod is attached with subnet 10.10.0.0/16, so 10.10.5.2 is inside the pod subnet (reached through the
+//! The pod subnet is ensured as 10.10.0.0/16, so 10.10.5.2 is inside the pod subnet (reached through the
 //! host, not on-link) and must not be masqueraded, while 192.168.77.2 must see the host's address. IPv6 has the
 //! same shape: pod fd10::2/64, host fd10::1 | fd77::1, outside fd77::2 and fd10:0:0:5::2, pod subnet fd10::/48.
 
@@ -12,7 +12,6 @@ mod common;
 use common::TestNs;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
-use trestle_firewall::Attachment;
 
 struct Topology {
     pod: TestNs,
@@ -86,24 +85,24 @@ fn seen_source(t: &Topology, dst: &str) -> IpAddr {
 
 #[test]
 #[ignore = "privileged: needs root"]
-fn masquerade_follows_the_pod() {
+fn masquerade_follows_the_table() {
     let t = topology();
     let pod_ip: IpAddr = "10.10.0.2".parse().unwrap();
     let host_ip: IpAddr = "192.168.77.1".parse().unwrap();
     assert_eq!(
         seen_source(&t, "192.168.77.2"),
         pod_ip,
-        "routed without NAT before ADD"
+        "routed without NAT before ensure"
     );
 
     let mut fw = t.host.firewall();
-    let att = Attachment::new("traffic", "eth0");
-    fw.add_pod("trafficnet", &att, &["10.10.0.2/16".parse().unwrap()])
+    // Host bits as a pod's address would carry them.
+    fw.ensure("trafficnet", &["10.10.0.2/16".parse().unwrap()])
         .unwrap();
     assert_eq!(
         seen_source(&t, "192.168.77.2"),
         host_ip,
-        "masqueraded while the pod is added"
+        "masqueraded while ensured"
     );
     assert_eq!(
         seen_source(&t, "10.10.5.2"),
@@ -111,38 +110,37 @@ fn masquerade_follows_the_pod() {
         "destination inside the pod subnet"
     );
 
-    assert_eq!(fw.remove_pod("trafficnet", &att).unwrap(), vec![pod_ip]);
+    assert!(fw.remove_if_unused("trafficnet", || false).unwrap());
     assert_eq!(
         seen_source(&t, "192.168.77.2"),
         pod_ip,
-        "not masqueraded after DEL"
+        "not masqueraded after removal"
     );
     assert!(t.host.ruleset_json().is_empty());
 }
 
 #[test]
 #[ignore = "privileged: needs root"]
-fn masquerade_follows_the_pod_ipv6() {
+fn masquerade_follows_the_table_ipv6() {
     let t = topology();
     let pod_ip: IpAddr = "fd10::2".parse().unwrap();
     let host_ip: IpAddr = "fd77::1".parse().unwrap();
     assert_eq!(
         seen_source(&t, "fd77::2"),
         pod_ip,
-        "routed without NAT before ADD"
+        "routed without NAT before ensure"
     );
 
     let mut fw = t.host.firewall();
-    let att = Attachment::new("traffic6", "eth0");
-    let addrs = [
-        "10.10.0.2/16".parse().unwrap(),
+    let subnets = [
+        "10.10.0.0/16".parse().unwrap(),
         "fd10::2/48".parse().unwrap(),
     ];
-    fw.add_pod("trafficnet", &att, &addrs).unwrap();
+    fw.ensure("trafficnet", &subnets).unwrap();
     assert_eq!(
         seen_source(&t, "fd77::2"),
         host_ip,
-        "masqueraded while the pod is added"
+        "masqueraded while ensured"
     );
     assert_eq!(
         seen_source(&t, "fd10:0:0:5::2"),
@@ -150,11 +148,11 @@ fn masquerade_follows_the_pod_ipv6() {
         "destination inside the pod subnet"
     );
 
-    assert_eq!(fw.remove_pod("trafficnet", &att).unwrap().len(), 2);
+    assert!(fw.remove("trafficnet").unwrap());
     assert_eq!(
         seen_source(&t, "fd77::2"),
         pod_ip,
-        "not masqueraded after DEL"
+        "not masqueraded after removal"
     );
     assert!(t.host.ruleset_json().is_empty());
 }

@@ -45,6 +45,25 @@ impl Netlink {
             .collect())
     }
 
+    /// Lists the ports of a bridge (links whose master is `master`). The kernel filters the dump (strict
+    /// checking is on), so the cost follows the ports of this bridge rather than every link of the namespace.
+    ///
+    /// Like `ip link show master BRIDGE`.
+    pub fn links_with_master(&mut self, master: u32) -> Result<Vec<Link>, Error> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(skip_stats());
+        msg.attributes.push(LinkAttribute::Controller(master));
+        let replies = self
+            .transport
+            .dump("dump bridge ports", Msg::GetLink(msg))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(link_reply)
+            .map(Link::from_message)
+            .filter(|l| l.master == Some(master))
+            .collect())
+    }
+
     /// Creates a bridge, down. [`Error::Exists`] when the name is taken;
     /// `EOPNOTSUPP` ([`Error::Kernel`]) for `vlan_filtering` on a kernel
     /// without `CONFIG_BRIDGE_VLAN_FILTERING`.

@@ -175,8 +175,14 @@ fn veth_in_one_namespace_and_master() {
     assert_eq!(link(&mut t.nl, "vb").peer_index, Some(va));
     assert_eq!(link(&mut t.nl, "vb").link_netnsid, None);
 
+    assert!(t.nl.links_with_master(br).unwrap().is_empty());
     t.nl.set_master(va, Some(br)).unwrap();
     assert_eq!(link(&mut t.nl, "va").master, Some(br));
+    let ports = t.nl.links_with_master(br).unwrap();
+    assert_eq!(
+        ports.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+        vec!["va"]
+    );
     assert!(in_ns(&t.ns, "ip", &["link", "show", "va"]).contains("master br1"));
     // Bridge ports are promiscuous for the bridge, not by user request.
     t.nl.set_up(va, true).unwrap();

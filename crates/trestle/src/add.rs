@@ -7,7 +7,7 @@ use cni_plugin::Request;
 use cni_proto::{CniError, CniResult, ErrorCode, Interface, Route};
 use ipnet::IpNet;
 use std::net::IpAddr;
-use trestle_firewall::{Attachment, Firewall};
+use trestle_firewall::Firewall;
 use trestle_netlink::{format_mac, sysctl, Link, Netlink};
 use trestle_netns::NetNs;
 
@@ -26,8 +26,6 @@ struct Ctx<'a> {
     ns: NetNs,
     host: Netlink,
     cont: Netlink,
-    /// The nftables socket, kept open until a detached child holds it too (see `add`).
-    fw: Option<Firewall>,
 }
 
 /// Opens `CNI_NETNS` and refuses the plugin's own namespace (wiring the host itself as a pod would cut it off).
@@ -61,22 +59,11 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         ns,
         host,
         cont,
-        fw: None,
     };
     preflight(&mut ctx)?;
     let mut undo = Undo::default();
     match build(&mut ctx, &mut undo) {
-        Ok(result) => {
-            if let Some(fw) = ctx.fw.take() {
-                // Releasing an nftables socket right after a transaction waits for an RCU grace period (the
-                // kernel flushes the transaction's deferred destruction): a detached child takes the last close.
-                if let Err(e) = cni_plugin::detach::detach(|| {}) {
-                    log::warn!("cannot detach the nftables socket release: {e}");
-                }
-                drop(fw);
-            }
-            Ok(result)
-        }
+        Ok(result) => Ok(result),
         Err(e) => {
             rollback(&mut ctx, undo);
             Err(e)
@@ -104,6 +91,8 @@ fn preflight(ctx: &mut Ctx) -> Result<(), CniError> {
 }
 
 fn build(ctx: &mut Ctx, undo: &mut Undo) -> Result<CniResult, CniError> {
+    let start = std::time::Instant::now();
+    let phase = |name: &str| log::debug!("ADD {name} done at {:?}", start.elapsed());
     let mut result = match ipam::add(ctx.req, &ctx.cfg)? {
         Some(r) => {
             undo.ipam = true;
@@ -117,11 +106,13 @@ fn build(ctx: &mut Ctx, undo: &mut Undo) -> Result<CniResult, CniError> {
             "IPAM plugin returned no IP configuration".to_owned(),
         ));
     }
+    phase("ipam");
     prepare_result(&ctx.cfg, &mut result);
     if ctx.cfg.is_gateway {
         check_bridge_addresses(ctx, &result)?;
     }
     let bridge = links::ensure_bridge(&mut ctx.host, &ctx.cfg)?;
+    phase("bridge");
     let veth = links::create_veth(
         &mut ctx.host,
         &ctx.ns,
@@ -130,18 +121,21 @@ fn build(ctx: &mut Ctx, undo: &mut Undo) -> Result<CniResult, CniError> {
         &ctx.req.env.ifname,
     )?;
     undo.host_veth = Some(veth.index);
+    phase("veth");
     links::attach_port(&mut ctx.host, &ctx.cfg, &bridge, &veth)?;
     let container = configure_container(ctx, &result)?;
     if ctx.cfg.is_gateway {
         configure_gateway(ctx, &bridge, &result)?;
     }
+    phase("container and gateway");
     if ctx.cfg.ip_masq && !result.ips.is_empty() {
-        let addrs: Vec<IpNet> = result.ips.iter().map(|ip| ip.address).collect();
-        let mut fw = firewall()?;
-        fw.add_pod(&ctx.req.conf.name, &attachment(ctx.req), &addrs)
+        let subnets: Vec<IpNet> = result.ips.iter().map(|ip| ip.address.trunc()).collect();
+        // Shared by every pod of the subnet: after the first pod this is a lookup, not a transaction.
+        firewall()?
+            .ensure(&ctx.req.conf.name, &subnets)
             .map_err(error::firewall)?;
-        ctx.fw = Some(fw);
         undo.masquerade = true;
+        phase("masquerade");
     }
     finish_result(ctx, &mut result, &bridge, &veth, &container);
     Ok(result)
@@ -152,12 +146,15 @@ pub fn firewall() -> Result<Firewall, CniError> {
     Firewall::open(std::path::Path::new(FIREWALL_LOCK)).map_err(error::firewall)
 }
 
-/// The attachment as the firewall keys it.
-pub fn attachment(req: &Request) -> Attachment {
-    Attachment {
-        container_id: req.env.container_id.clone(),
-        ifname: req.env.ifname.clone(),
-    }
+/// Whether `bridge` still has ports (a pod of some network still uses it), so its masquerade must stay.
+pub fn bridge_in_use(host: &mut Netlink, bridge: &str) -> bool {
+    let Ok(Some(br)) = host.link_by_name(bridge) else {
+        return false;
+    };
+    // When in doubt, keep the rules: a rule too many is harmless, a pod without masquerade is not.
+    host.links_with_master(br.index)
+        .map(|ports| !ports.is_empty())
+        .unwrap_or(true)
 }
 
 /// Fills gateways (network+1 when IPAM gave none and the bridge is the gateway) and the default route.
@@ -390,18 +387,20 @@ fn finish_result(ctx: &Ctx, result: &mut CniResult, bridge: &Link, veth: &Link, 
 
 /// Best-effort undo, in reverse order; failures are logged because the ADD error is what the runtime must see.
 fn rollback(ctx: &mut Ctx, undo: Undo) {
-    if undo.masquerade {
-        if let Err(e) = firewall().and_then(|mut f| {
-            f.remove_pod(&ctx.req.conf.name, &attachment(ctx.req))
-                .map_err(error::firewall)
-        }) {
-            log::warn!("rollback: {}", e.msg);
-        }
-    }
     if let Some(index) = undo.host_veth {
         match ctx.host.delete_link(index) {
             Ok(()) | Err(trestle_netlink::Error::NotFound) => {}
             Err(e) => log::warn!("rollback: delete veth: {e}"),
+        }
+    }
+    if undo.masquerade {
+        let (name, bridge) = (&ctx.req.conf.name, &ctx.cfg.bridge);
+        let host = &mut ctx.host;
+        if let Err(e) = firewall().and_then(|mut f| {
+            f.remove_if_unused(name, || bridge_in_use(host, bridge))
+                .map_err(error::firewall)
+        }) {
+            log::warn!("rollback: {}", e.msg);
         }
     }
     if undo.ipam {

@@ -1,12 +1,11 @@
 //! CHECK: compare the live state with the ADD result in `prevResult` (cni-spec.md §6).
 
-use crate::add::{attachment, firewall, netlink_in, open_netns};
+use crate::add::{firewall, netlink_in, open_netns};
 use crate::config::BridgeConfig;
 use crate::error::{self, code};
 use crate::ipam;
 use cni_plugin::Request;
 use cni_proto::{CniError, CniResult, ErrorCode};
-use std::net::IpAddr;
 use trestle_netlink::{format_mac, Link, Netlink};
 
 fn failed(msg: String) -> CniError {
@@ -32,9 +31,9 @@ pub fn check(req: &Request) -> Result<(), CniError> {
     check_addresses(&mut cont, &link, &prev)?;
     check_routes(&mut cont, &link, &prev)?;
     if cfg.ip_masq {
-        let addrs: Vec<IpAddr> = prev.ips.iter().map(|ip| ip.address.addr()).collect();
+        let subnets: Vec<ipnet::IpNet> = prev.ips.iter().map(|ip| ip.address.trunc()).collect();
         firewall()?
-            .check_pod(&req.conf.name, &attachment(req), &addrs)
+            .check(&req.conf.name, &subnets)
             .map_err(error::firewall)?;
     }
     Ok(())

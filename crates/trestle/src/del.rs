@@ -1,13 +1,12 @@
 //! DEL and GC: idempotent and tolerant (cni-spec.md §6). DEL cuts the pod off before it releases the address, so
 //! an address is never handed out while the old pod can still use it.
 
-use crate::add::{attachment, firewall, netlink_in};
+use crate::add::{bridge_in_use, firewall, netlink_in};
 use crate::config::BridgeConfig;
 use crate::error;
 use crate::ipam;
 use cni_plugin::Request;
 use cni_proto::CniError;
-use trestle_firewall::Attachment;
 use trestle_netlink::Netlink;
 use trestle_netns::NetNs;
 
@@ -16,58 +15,59 @@ pub fn del(req: &Request) -> Result<(), CniError> {
     // A runtime DELs even after a failed ADD and retries a failed DEL: a config that ADD refused must not make DEL
     // fail forever. Such a config still names its IPAM plugin, and masquerade removal is idempotent, so DEL then
     // cleans up everything it could have made. CNI_ARGS only choose a MAC, which DEL does not need.
-    let (ip_masq, ipam_type) = match BridgeConfig::parse(&req.conf, "") {
-        Ok(cfg) => (cfg.ip_masq, cfg.ipam_type),
+    let (ip_masq, ipam_type, bridge) = match BridgeConfig::parse(&req.conf, "") {
+        Ok(cfg) => (cfg.ip_masq, cfg.ipam_type, cfg.bridge),
         Err(e) => {
             log::warn!(
                 "DEL with a config ADD would refuse ({}): cleaning up everything",
                 e.msg
             );
-            (true, lenient_ipam_type(&req.conf))
+            let bridge = req.conf.raw.get("bridge").and_then(|b| b.as_str());
+            let bridge = bridge
+                .filter(|b| !b.is_empty())
+                .unwrap_or(crate::config::DEFAULT_BRIDGE);
+            (true, lenient_ipam_type(&req.conf), bridge.to_owned())
         }
     };
     let doomed = cut_off(req)?;
     let mut first_err = None;
-    // Kept open until the detached child holds it too (see `finish`).
-    let mut fw = None;
     if ip_masq {
-        match firewall().and_then(|mut f| {
-            f.remove_pod(&req.conf.name, &attachment(req))
-                .map_err(error::firewall)?;
-            Ok(f)
-        }) {
-            Ok(f) => fw = Some(f),
-            Err(e) => {
-                first_err.get_or_insert(e);
-            }
+        // The network's masquerade is shared by its pods: it goes when the bridge has no port left. The pod is
+        // already off the bridge (cut_off), so its own port does not count.
+        let removed = Netlink::open()
+            .map_err(|e| error::kernel("open netlink socket", e))
+            .and_then(|mut host| {
+                firewall()?
+                    .remove_if_unused(&req.conf.name, || bridge_in_use(&mut host, &bridge))
+                    .map_err(error::firewall)
+            });
+        if let Err(e) = removed {
+            first_err.get_or_insert(e);
         }
     }
     if let Err(e) = ipam::del(req, ipam_type.as_deref()) {
         first_err.get_or_insert(e);
     }
-    finish(doomed, fw.is_some());
-    drop(fw);
+    finish(doomed);
     first_err.map_or(Ok(()), Err)
 }
 
-/// Hands the slow kernel work to a detached child: destroying the cut-off veth pair (an RCU wait of tens of
-/// milliseconds) and the last close of the nftables socket. The child also reaps pairs a crashed DEL left.
-fn finish(doomed: Option<u32>, holds_firewall: bool) {
-    if doomed.is_none() && !holds_firewall {
+/// Hands the slow kernel work to a detached child: destroying the cut-off veth pair, which waits for RCU grace
+/// periods (tens of milliseconds). The child also reaps pairs a crashed DEL left.
+fn finish(doomed: Option<u32>) {
+    let Some(index) = doomed else {
         return;
-    }
+    };
     let spawned = cni_plugin::detach::detach(move || {
-        if let Some(index) = doomed {
-            if let Ok(mut nl) = Netlink::open() {
-                let _ = nl.delete_link(index);
-                reap_dead_links(&mut nl);
-            }
+        if let Ok(mut nl) = Netlink::open() {
+            let _ = nl.delete_link(index);
+            reap_dead_links(&mut nl);
         }
     });
     if let Err(e) = spawned {
         // Without a child the work is done here: slower, never left undone.
         log::warn!("cannot detach cleanup: {e}");
-        if let (Some(index), Ok(mut nl)) = (doomed, Netlink::open()) {
+        if let Ok(mut nl) = Netlink::open() {
             let _ = nl.delete_link(index);
         }
     }
@@ -143,20 +143,12 @@ fn cut_off(req: &Request) -> Result<Option<u32>, CniError> {
     Ok(Some(peer.index))
 }
 
-/// The GC command: every attachment of this network not in `cni.dev/valid-attachments` loses its masquerade
-/// elements and (through IPAM GC) its addresses. Keeps going past errors and reports the first.
+/// The GC command: every attachment of this network not in `cni.dev/valid-attachments` loses (through IPAM GC) its
+/// addresses; cut-off pairs left by a crash are destroyed; the network's masquerade goes when no attachment is
+/// valid. Keeps going past errors and reports the first.
 pub fn gc(req: &Request) -> Result<(), CniError> {
     let cfg = BridgeConfig::parse(&req.conf, "")?;
-    let valid: Vec<Attachment> = req
-        .conf
-        .valid_attachments()?
-        .unwrap_or_default()
-        .into_iter()
-        .map(|a| Attachment {
-            container_id: a.container_id,
-            ifname: a.ifname,
-        })
-        .collect();
+    let valid = req.conf.valid_attachments()?.unwrap_or_default();
     let mut first_err = None;
     if let Ok(mut nl) = Netlink::open() {
         let reaped = reap_dead_links(&mut nl);
@@ -164,18 +156,14 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
             log::info!("gc: destroyed {reaped} cut-off veth pairs");
         }
     }
-    match firewall().and_then(|mut f| f.gc(&req.conf.name, &valid).map_err(error::firewall)) {
-        Ok(removed) => {
-            for (att, ip) in removed {
-                log::info!(
-                    "gc: masquerade of {ip} ({}/{}) removed",
-                    att.container_id,
-                    att.ifname
-                );
+    // Masquerade is per network, not per pod: it goes when no attachment of the network is valid any more.
+    if valid.is_empty() {
+        match firewall().and_then(|mut f| f.remove(&req.conf.name).map_err(error::firewall)) {
+            Ok(true) => log::info!("gc: masquerade of {} removed", req.conf.name),
+            Ok(false) => {}
+            Err(e) => {
+                first_err.get_or_insert(e);
             }
-        }
-        Err(e) => {
-            first_err.get_or_insert(e);
         }
     }
     if let Err(e) = ipam::gc(req, &cfg) {

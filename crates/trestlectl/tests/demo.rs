@@ -39,6 +39,7 @@ fn demo_runs_and_leaves_nothing() {
         "CNI_COMMAND=ADD CNI_CONTAINERID=1234567890",
         "pod B got 10.15.20.3/24",
         "cni_bridge0 has no ports left",
+        "both veth pairs are destroyed",
         "The walkthrough is complete",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");

@@ -82,25 +82,31 @@ impl TestNs {
             .collect()
     }
 
-    /// The elements of a set, as `(address, comment)` pairs, sorted.
-    pub fn elements(&self, table: &str, set: &str) -> Vec<(String, String)> {
+    /// The chains of the namespace, as `(table, chain)` pairs, sorted.
+    pub fn chains(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = self
             .ruleset_json()
             .iter()
-            .filter_map(|o| o.get("set"))
-            .filter(|s| s["table"] == table && s["name"] == set)
-            .flat_map(|s| s["elem"].as_array().cloned().unwrap_or_default())
-            .map(|e| {
-                let e = &e["elem"];
-                (
-                    e["val"].as_str().expect("address").to_owned(),
-                    e["comment"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
+            .filter_map(|o| o.get("chain"))
+            .map(|c| (str_of(&c["table"]), str_of(&c["name"])))
             .collect();
         out.sort();
         out
     }
+
+    /// The comments of the rules of one chain, in order.
+    pub fn rule_comments(&self, table: &str, chain: &str) -> Vec<String> {
+        self.ruleset_json()
+            .iter()
+            .filter_map(|o| o.get("rule"))
+            .filter(|r| r["table"] == table && r["chain"] == chain)
+            .map(|r| str_of(&r["comment"]))
+            .collect()
+    }
+}
+
+fn str_of(v: &serde_json::Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
 }
 
 impl Drop for TestNs {

@@ -213,7 +213,7 @@ impl World {
         reservations(&Path::new(&self.data_dir()).join(network))
     }
 
-    /// Masqueraded addresses in the host namespace.
+    /// Masqueraded pod subnets in the host namespace.
     pub fn masqueraded(&self) -> Vec<String> {
         self.host
             .run(|| {
@@ -223,7 +223,7 @@ impl World {
                 fw.list()
                     .unwrap()
                     .iter()
-                    .map(|e| e.addr.to_string())
+                    .map(|e| e.subnet.to_string())
                     .collect()
             })
             .unwrap()
