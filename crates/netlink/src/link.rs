@@ -164,6 +164,29 @@ impl Netlink {
             .ack("delete link", Msg::DelLink(message(index)), 0)
     }
 
+    /// Takes a link down, out of its bridge, and into link `group`, in one request (one rtnl round): how DEL
+    /// parks a veth for [`Netlink::delete_group`].
+    ///
+    /// Like `ip link set DEV down nomaster group GROUP`.
+    pub fn park(&mut self, index: u32, group: u32) -> Result<(), Error> {
+        let mut msg = message(index);
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::Controller(0));
+        msg.attributes.push(LinkAttribute::Group(group));
+        self.transport.ack("park link", Msg::SetLink(msg), 0)
+    }
+
+    /// Deletes every link of `group` with ONE unregistration, so the kernel's RCU waits are paid once for the
+    /// whole batch instead of once per link. [`Error::NotFound`] when the group is empty; group 0 (the default)
+    /// is refused by the kernel.
+    ///
+    /// Like `ip link delete group GROUP`.
+    pub fn delete_group(&mut self, group: u32) -> Result<(), Error> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::Group(group));
+        self.transport.ack("delete group", Msg::DelLink(msg), 0)
+    }
+
     /// Sends `RTM_NEWLINK` for an existing link (a "changelink").
     pub(crate) fn change_link(&mut self, op: &'static str, msg: LinkMessage) -> Result<(), Error> {
         self.transport.ack(op, Msg::NewLink(msg), 0)
@@ -269,6 +292,7 @@ impl Link {
             promisc: flags.contains(LinkFlags::Promisc),
             peer_index: None,
             link_netnsid: None,
+            group: 0,
         };
         for attribute in msg.attributes {
             link.apply(attribute);
@@ -284,6 +308,7 @@ impl Link {
             LinkAttribute::OperState(state) => self.oper_up = state == State::Up,
             LinkAttribute::Controller(master) if master != 0 => self.master = Some(master),
             LinkAttribute::Link(peer) if peer != 0 => self.peer_index = Some(peer),
+            LinkAttribute::Group(group) => self.group = group,
             LinkAttribute::LinkNetNsId(id) => self.link_netnsid = Some(id),
             LinkAttribute::LinkInfo(infos) => {
                 self.kind = infos.into_iter().find_map(|info| match info {
@@ -358,6 +383,7 @@ mod tests {
                 promisc: true,
                 peer_index: Some(9),
                 link_netnsid: Some(0),
+                group: 0,
             }
         );
     }

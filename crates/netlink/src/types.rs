@@ -32,6 +32,8 @@ pub struct Link {
     /// `IFLA_LINK_NETNSID`: the namespace id of the peer, when it lives in
     /// another namespace.
     pub link_netnsid: Option<i32>,
+    /// `IFLA_GROUP`: the link group (0 by default).
+    pub group: u32,
 }
 
 /// One end of a veth pair to create.

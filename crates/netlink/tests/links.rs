@@ -195,3 +195,30 @@ fn veth_in_one_namespace_and_master() {
         Err(Error::NotFound) | Err(Error::Kernel { .. })
     ));
 }
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn park_and_delete_group() {
+    let mut t = test_ns();
+    t.nl.create_bridge("brg", None, false).unwrap();
+    let br = link(&mut t.nl, "brg").index;
+    for (a, b) in [("pa", "pb"), ("qa", "qb"), ("ra", "rb")] {
+        t.nl.create_veth(&end(a), &end(b), t.ns.fd()).unwrap();
+        let i = link(&mut t.nl, a).index;
+        t.nl.set_master(i, Some(br)).unwrap();
+        t.nl.set_up(i, true).unwrap();
+    }
+    assert!(matches!(t.nl.delete_group(4242), Err(Error::NotFound)));
+    for a in ["pa", "qa"] {
+        let i = link(&mut t.nl, a).index;
+        t.nl.park(i, 4242).unwrap();
+        let l = link(&mut t.nl, a);
+        assert_eq!((l.up, l.master, l.group), (false, None, 4242));
+    }
+    t.nl.delete_group(4242).unwrap();
+    for gone in ["pa", "pb", "qa", "qb"] {
+        assert_eq!(t.nl.link_by_name(gone).unwrap(), None, "{gone}");
+    }
+    assert_eq!(link(&mut t.nl, "ra").master, Some(br));
+    assert!(link(&mut t.nl, "rb").index > 0);
+}

@@ -52,15 +52,17 @@ pub fn del(req: &Request) -> Result<(), CniError> {
     first_err.map_or(Ok(()), Err)
 }
 
-/// Hands the slow kernel work to a detached child: destroying the cut-off veth pair, which waits for RCU grace
-/// periods (tens of milliseconds). The child also reaps pairs a crashed DEL left.
+/// Hands the slow kernel work to a detached child: destroying the parked veth pairs, which waits for RCU grace
+/// periods (tens of milliseconds, holding the kernel's rtnl lock). The child waits a moment so that pairs parked
+/// by concurrent DELs go in the same batch: one unregistration, one wait, however many pairs. A pair whose child
+/// died is destroyed by the next batch or by GC.
 fn finish(doomed: Option<u32>) {
-    let Some(index) = doomed else {
+    if doomed.is_none() {
         return;
-    };
-    let spawned = cni_plugin::detach::detach(move || {
+    }
+    let spawned = cni_plugin::detach::detach(|| {
+        std::thread::sleep(BATCH_WINDOW);
         if let Ok(mut nl) = Netlink::open() {
-            let _ = nl.delete_link(index);
             reap_dead_links(&mut nl);
         }
     });
@@ -68,34 +70,34 @@ fn finish(doomed: Option<u32>) {
         // Without a child the work is done here: slower, never left undone.
         log::warn!("cannot detach cleanup: {e}");
         if let Ok(mut nl) = Netlink::open() {
-            let _ = nl.delete_link(index);
+            reap_dead_links(&mut nl);
         }
     }
 }
 
-/// Deletes every veth a DEL cut off but did not get to destroy (its child was killed, the node crashed).
-pub fn reap_dead_links(nl: &mut Netlink) -> usize {
-    let Ok(links) = nl.links() else {
-        return 0;
-    };
-    links
-        .iter()
-        .filter(|l| l.name.starts_with(DEAD_PREFIX))
-        .filter(|l| nl.delete_link(l.index).is_ok())
-        .count()
+/// How long a detached child gathers parked pairs before destroying them.
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Destroys every parked veth pair of this namespace in one batch. Returns whether there were any.
+pub fn reap_dead_links(nl: &mut Netlink) -> bool {
+    match nl.delete_group(DEAD_GROUP) {
+        Ok(()) => true,
+        Err(trestle_netlink::Error::NotFound) => false,
+        Err(e) => {
+            log::warn!("destroying parked veth pairs: {e}");
+            false
+        }
+    }
 }
 
-/// Name prefix of cut-off veth ends awaiting destruction.
-pub const DEAD_PREFIX: &str = "trdead";
+/// Link group of host veth ends that DEL has cut off and that await destruction ("tr" and 1).
+pub const DEAD_GROUP: u32 = 0x7472_0001;
 
-fn lenient_ipam_type(conf: &cni_proto::NetConf) -> Option<String> {
-    let ty = conf.ipam.as_ref()?.get("type")?.as_str()?;
-    (!ty.is_empty() && !ty.contains('/')).then(|| ty.to_owned())
-}
+/// Name the container end takes when it is cut off, freeing `CNI_IFNAME` at once.
+const DEAD_PREFIX: &str = "trdead";
 
 /// Cuts the pod off: its interface goes down and is renamed out of the way (so `CNI_IFNAME` is free for a new ADD
-/// at once), and the host end leaves the bridge and is renamed `trdead<index>`. Returns the host end's index for
-/// the detached destruction. Success with nothing to do when the netns or the link is gone.
+/// at once), and the host end goes down, leaves the bridge and joins [`DEAD_GROUP`]. Returns the host end's index. Success with nothing to do when the netns or the link is gone.
 fn cut_off(req: &Request) -> Result<Option<u32>, CniError> {
     if req.env.netns.is_empty() {
         return Ok(None);
@@ -137,9 +139,7 @@ fn cut_off(req: &Request) -> Result<Option<u32>, CniError> {
     // Down before renaming: older kernels refuse to rename an up device.
     tolerate(cont.set_up(link.index, false))?;
     tolerate(cont.set_name(link.index, &dead))?;
-    tolerate(host.set_master(peer.index, None))?;
-    tolerate(host.set_up(peer.index, false))?;
-    tolerate(host.set_name(peer.index, &dead))?;
+    tolerate(host.park(peer.index, DEAD_GROUP))?;
     Ok(Some(peer.index))
 }
 
@@ -151,9 +151,8 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
     let valid = req.conf.valid_attachments()?.unwrap_or_default();
     let mut first_err = None;
     if let Ok(mut nl) = Netlink::open() {
-        let reaped = reap_dead_links(&mut nl);
-        if reaped > 0 {
-            log::info!("gc: destroyed {reaped} cut-off veth pairs");
+        if reap_dead_links(&mut nl) {
+            log::info!("gc: destroyed parked veth pairs");
         }
     }
     // Masquerade is per network, not per pod: it goes when no attachment of the network is valid any more.
@@ -170,4 +169,9 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
         first_err.get_or_insert(e);
     }
     first_err.map_or(Ok(()), Err)
+}
+
+fn lenient_ipam_type(conf: &cni_proto::NetConf) -> Option<String> {
+    let ty = conf.ipam.as_ref()?.get("type")?.as_str()?;
+    (!ty.is_empty() && !ty.contains('/')).then(|| ty.to_owned())
 }

@@ -7,6 +7,9 @@ use serde_json::{json, Value};
 
 const PRIV: &str = "privileged: needs root";
 
+/// The link group DEL parks cut-off host veth ends in (README, "DEL").
+const DEAD_GROUP: u32 = 0x7472_0001;
+
 fn addr_of(result: &Value) -> String {
     if let Some(ip4) = result.get("ip4") {
         return ip4["ip"].as_str().unwrap().to_owned();
@@ -101,8 +104,10 @@ fn cut_off_pairs_never_stay() {
                 mtu: None,
                 mac: None,
             };
-            nl.create_veth(&end("trdead77"), &end("trdead77"), stray.ns().fd())
+            nl.create_veth(&end("stray77"), &end("stray77"), stray.ns().fd())
                 .unwrap();
+            let i = nl.link_by_name("stray77").unwrap().unwrap().index;
+            nl.park(i, DEAD_GROUP).unwrap();
         })
         .unwrap();
     let mut gc = conf.clone();
@@ -119,8 +124,10 @@ fn cut_off_pairs_never_stay() {
                 mtu: None,
                 mac: None,
             };
-            nl.create_veth(&end("trdead78"), &end("trdead78"), stray.ns().fd())
+            nl.create_veth(&end("stray78"), &end("stray78"), stray.ns().fd())
                 .unwrap();
+            let i = nl.link_by_name("stray78").unwrap().unwrap().index;
+            nl.park(i, DEAD_GROUP).unwrap();
         })
         .unwrap();
     w.add("b", &pod, &conf);
