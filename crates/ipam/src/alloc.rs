@@ -78,7 +78,8 @@ pub fn check(
 
 /// GC: frees every reservation whose owner is not in `valid` and returns what it freed.
 /// A legacy (ID-only) reservation stays if any valid attachment has its container ID.
-/// Continues past failures and then returns the first one.
+/// Afterwards the store prunes its index (see [`Store::prune_index`]); it reads every
+/// reservation regardless of any index. Continues past failures and then returns the first one.
 pub fn gc(
     cfg: &IpamConfig,
     store: &mut impl Store,
@@ -100,6 +101,10 @@ pub fn gc(
                     first_err.get_or_insert(e);
                 }
             }
+        }
+        if let Err(e) = s.prune_index() {
+            log::warn!("cannot prune index: {e}");
+            first_err.get_or_insert(e);
         }
         log::debug!("{}: gc freed {freed:?}", cfg.network);
         first_err.map_or(Ok(freed), Err)
@@ -167,11 +172,17 @@ fn allocate_locked<S: Store>(
             }
         }
     }
+    let ips: Vec<IpAddr> = done.iter().map(|a| a.address.addr()).collect();
+    if let Err(e) = store.record_attachment(att, &ips) {
+        // Only the index is incomplete: lookups fall back to reading the reservations.
+        log::warn!("cannot index {att}: {e}");
+    }
     Ok(done)
 }
 
 /// host-local refuses a second allocation for the same attachment in a set that has no
-/// requested address. Only files of addresses inside those sets are read.
+/// requested address. Only reservations inside those sets count (and a scanning store reads
+/// only their files).
 fn check_duplicate<S: Store>(
     cfg: &IpamConfig,
     store: &S,
@@ -189,13 +200,9 @@ fn check_duplicate<S: Store>(
         return Ok(());
     }
     let in_sets = |ip: IpAddr| sets.iter().any(|s| s.contains(ip));
-    match store
-        .list_matching(&in_sets)?
-        .into_iter()
-        .find(|r| r.belongs_to(att))
-    {
-        Some(r) => Err(IpamError::Duplicate {
-            ip: r.ip,
+    match store.find_attachment(att, &in_sets)?.first() {
+        Some(&ip) => Err(IpamError::Duplicate {
+            ip,
             container_id: att.container_id.clone(),
         }),
         None => Ok(()),

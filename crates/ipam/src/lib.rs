@@ -3,8 +3,10 @@
 //! (a node can switch between the two plugins without conflicting addresses), an in-memory
 //! store for tests, and garbage collection.
 //!
-//! Beyond host-local, the [`DiskStore`] drops reservations left over from before a reboot
-//! (see [`boot`]) and [`gc`] frees every reservation of an attachment that is no longer valid.
+//! Beyond host-local, the [`DiskStore`] keeps an attachment index that makes ADD, DEL and
+//! CHECK cost O(1) file reads while host-local may still share the directory (see [`index`]),
+//! drops reservations left over from before a reboot (see [`boot`]) and [`gc`] frees every
+//! reservation of an attachment that is no longer valid.
 //!
 //! This crate knows nothing about CNI's wire types: the plugin binary maps its input to
 //! [`ConfigInput`] and [`Allocation`] to a result, and picks error codes via
@@ -16,6 +18,7 @@ mod config;
 mod disk;
 mod dns;
 mod error;
+pub mod index;
 mod ipmath;
 mod mem;
 mod range;

@@ -105,36 +105,77 @@ pub trait Store {
         self.list_matching(&|_| true)
     }
 
+    /// Addresses held by `att` whose address satisfies `filter`, exactly or through a legacy
+    /// (ID-only) reservation, sorted. The default reads every matching reservation; a store
+    /// may answer from an index (see `DiskStore`).
+    fn find_attachment(
+        &self,
+        att: &Attachment,
+        filter: &dyn Fn(IpAddr) -> bool,
+    ) -> Result<Vec<IpAddr>, IpamError> {
+        find_by_scan(self, att, filter)
+    }
+
     /// Addresses held by `att`, exactly or through a legacy (ID-only) reservation, like
     /// host-local's `GetByID`.
     fn get_by_attachment(&self, att: &Attachment) -> Result<Vec<IpAddr>, IpamError> {
-        let all = self.list()?;
-        Ok(all
-            .iter()
-            .filter(|r| r.belongs_to(att))
-            .map(|r| r.ip)
-            .collect())
+        self.find_attachment(att, &|_| true)
     }
 
     /// Frees every address of `att` like host-local's `ReleaseByID`: the exact
     /// (ID, ifname) reservations, or if there are none, the legacy ID-only ones. Tries every
     /// address even after a failure; returns the freed addresses or the first error.
     fn release_by_attachment(&mut self, att: &Attachment) -> Result<Vec<IpAddr>, IpamError> {
-        let all = self.list()?;
-        let mut mine: Vec<IpAddr> = all
+        release_by_scan(self, att)
+    }
+
+    /// Records that `ips`, all just reserved through [`Store::reserve`] in this locked
+    /// operation, belong to `att`; called once per successful allocation. A store that keeps
+    /// no index does nothing (the default). The reservations stand even if this fails.
+    fn record_attachment(&mut self, _att: &Attachment, _ips: &[IpAddr]) -> Result<(), IpamError> {
+        Ok(())
+    }
+
+    /// Drops whatever derived state (an index) no longer matches the reservations; called by
+    /// GC under the lock after it freed what it had to. The default does nothing.
+    fn prune_index(&mut self) -> Result<(), IpamError> {
+        Ok(())
+    }
+}
+
+/// [`Store::find_attachment`] by reading every reservation that passes `filter`.
+pub(crate) fn find_by_scan<S: Store + ?Sized>(
+    store: &S,
+    att: &Attachment,
+    filter: &dyn Fn(IpAddr) -> bool,
+) -> Result<Vec<IpAddr>, IpamError> {
+    Ok(store
+        .list_matching(filter)?
+        .iter()
+        .filter(|r| r.belongs_to(att))
+        .map(|r| r.ip)
+        .collect())
+}
+
+/// [`Store::release_by_attachment`] by reading every reservation.
+pub(crate) fn release_by_scan<S: Store + ?Sized>(
+    store: &mut S,
+    att: &Attachment,
+) -> Result<Vec<IpAddr>, IpamError> {
+    let all = store.list()?;
+    let mut mine: Vec<IpAddr> = all
+        .iter()
+        .filter(|r| r.matches_exact(att))
+        .map(|r| r.ip)
+        .collect();
+    if mine.is_empty() {
+        mine = all
             .iter()
-            .filter(|r| r.matches_exact(att))
+            .filter(|r| r.matches_legacy(att))
             .map(|r| r.ip)
             .collect();
-        if mine.is_empty() {
-            mine = all
-                .iter()
-                .filter(|r| r.matches_legacy(att))
-                .map(|r| r.ip)
-                .collect();
-        }
-        release_all(self, &mine)
     }
+    release_all(store, &mine)
 }
 
 /// Releases each address, continuing past failures; returns those actually freed.

@@ -53,12 +53,26 @@ fn writes_host_local_layout() {
     assert_eq!(
         names(&dir),
         [
+            ".trestle-attachments",
             "10.0.0.2",
             "fd00::2",
             "last_reserved_ip.0",
             "last_reserved_ip.1",
             "lock"
         ]
+    );
+    // The index: the attachment's entry and a hard link ("pin") per reservation file.
+    let index = dir.join(".trestle-attachments");
+    assert_eq!(names(&index), ["cid-1@eth0", "pins"]);
+    assert_eq!(
+        fs::read_to_string(index.join("cid-1@eth0")).unwrap(),
+        "10.0.0.2\nfd00::2\n"
+    );
+    assert_eq!(names(&index.join("pins")), ["10.0.0.2.pin", "fd00::2.pin"]);
+    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+    assert_eq!(
+        ino(&index.join("pins/10.0.0.2.pin")),
+        ino(&dir.join("10.0.0.2"))
     );
     assert_eq!(
         fs::read_to_string(dir.join("10.0.0.2")).unwrap(),
@@ -331,9 +345,12 @@ fn concurrent_threads_get_distinct_addresses() {
     let dir = root.path().join("testnet");
     assert_eq!(
         names(&dir).len(),
-        2 * THREADS * EACH + 4,
+        2 * THREADS * EACH + 5,
         "no stray reservations"
     );
+    let index = dir.join(".trestle-attachments");
+    assert_eq!(names(&index).len(), THREADS * EACH + 1, "one entry each");
+    assert_eq!(names(&index.join("pins")).len(), 2 * THREADS * EACH);
 }
 
 #[test]
@@ -384,4 +401,25 @@ fn racing_adds_of_one_attachment_yield_one_allocation() {
     }
     let mut s = open(root.path());
     assert_eq!(check(&cfg, &mut s, &att("same")).unwrap().len(), 2);
+}
+
+/// The cursor is rewritten in place: a shorter address must not keep the old one's tail.
+#[test]
+fn cursor_rewritten_exactly() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("testnet");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("last_reserved_ip.0"), "10.0.0.254").unwrap();
+    let mut s = open(root.path());
+    let got = allocate(
+        &cfg(json!([[{"subnet": "10.0.0.0/24"}]])),
+        &mut s,
+        &att("a"),
+    )
+    .unwrap();
+    assert_eq!(addrs(&got), ["10.0.0.2/24"]);
+    assert_eq!(
+        fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(),
+        "10.0.0.2"
+    );
 }

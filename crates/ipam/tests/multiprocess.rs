@@ -81,9 +81,18 @@ fn parent() {
         (WORKERS + 1) * EACH * 2,
         "a shared attachment got two allocations"
     );
-    let files = std::fs::read_dir(root.path().join("mp")).unwrap().count();
-    // Every reservation, plus two cursors, the lock and the boot file.
-    assert_eq!(files, ips.len() + 4);
+    let dir = root.path().join("mp");
+    let files = std::fs::read_dir(&dir).unwrap().count();
+    // Every reservation, plus two cursors, the lock, the boot file and the index.
+    assert_eq!(files, ips.len() + 5);
+    // One index entry per allocation (plus the pins directory), one pin per reservation.
+    let index = dir.join(".trestle-attachments");
+    assert_eq!(
+        std::fs::read_dir(&index).unwrap().count(),
+        ips.len() / 2 + 1
+    );
+    let pins = std::fs::read_dir(index.join("pins")).unwrap().count();
+    assert_eq!(pins, ips.len(), "every reservation is pinned");
     println!(
         "multiprocess: {} processes allocated {} distinct addresses: ok",
         WORKERS,
