@@ -22,6 +22,9 @@ pub struct Link {
     pub up: bool,
     /// Operationally up (`IF_OPER_UP`).
     pub oper_up: bool,
+    /// Carrier (`IFF_LOWER_UP`), read from the device itself, so unlike the operational state (which the
+    /// kernel's linkwatch updates later) it is current. A bridge has carrier while any port forwards.
+    pub carrier: bool,
     /// Index of the master device (bridge), if enslaved.
     pub master: Option<u32>,
     /// Promiscuous mode requested by the user (`IFF_PROMISC`); a bridge's

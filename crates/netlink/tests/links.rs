@@ -222,3 +222,28 @@ fn park_and_delete_group() {
     assert_eq!(link(&mut t.nl, "ra").master, Some(br));
     assert!(link(&mut t.nl, "rb").index > 0);
 }
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn bridge_carrier_follows_its_ports() {
+    let mut t = test_ns();
+    t.nl.create_bridge("brc", None, false).unwrap();
+    let br = link(&mut t.nl, "brc").index;
+    t.nl.set_up(br, true).unwrap();
+    // (A bridge that never had a port reports carrier on this kernel; what matters is the transitions below.)
+    t.nl.create_veth(&end("ca"), &end("cb"), t.ns.fd()).unwrap();
+    let (a, b) = (link(&mut t.nl, "ca").index, link(&mut t.nl, "cb").index);
+    t.nl.set_master(a, Some(br)).unwrap();
+    t.nl.set_up(a, true).unwrap();
+    t.nl.set_up(b, true).unwrap();
+    assert!(link(&mut t.nl, "ca").carrier);
+    assert!(
+        link(&mut t.nl, "brc").carrier,
+        "a forwarding port gives the bridge carrier"
+    );
+    t.nl.set_master(a, None).unwrap();
+    assert!(
+        !link(&mut t.nl, "brc").carrier,
+        "carrier goes at once with the last port"
+    );
+}

@@ -146,15 +146,17 @@ pub fn firewall() -> Result<Firewall, CniError> {
     Firewall::open(std::path::Path::new(FIREWALL_LOCK)).map_err(error::firewall)
 }
 
-/// Whether `bridge` still has ports (a pod of some network still uses it), so its masquerade must stay.
+/// Whether a pod still uses `bridge`, so the network's masquerade must stay: the bridge has carrier exactly while
+/// one of its ports forwards. That is read from the bridge alone (one request, whatever the number of pods), and
+/// it is current: the kernel sets it synchronously as ports come and go. An ADD's port forwards before that ADD
+/// ensures the masquerade (both under the firewall lock), so a DEL seeing no carrier cannot strand a new pod.
 pub fn bridge_in_use(host: &mut Netlink, bridge: &str) -> bool {
-    let Ok(Some(br)) = host.link_by_name(bridge) else {
-        return false;
-    };
-    // When in doubt, keep the rules: a rule too many is harmless, a pod without masquerade is not.
-    host.links_with_master(br.index)
-        .map(|ports| !ports.is_empty())
-        .unwrap_or(true)
+    match host.link_by_name(bridge) {
+        Ok(Some(br)) => br.carrier,
+        Ok(None) => false,
+        // When in doubt, keep the rules: a rule too many is harmless, a pod without masquerade is not.
+        Err(_) => true,
+    }
 }
 
 /// Fills gateways (network+1 when IPAM gave none and the bridge is the gateway) and the default route.
