@@ -29,7 +29,9 @@ pub fn del(req: &Request) -> Result<(), CniError> {
             (true, lenient_ipam_type(&req.conf), bridge.to_owned())
         }
     };
+    let start = std::time::Instant::now();
     let doomed = cut_off(req)?;
+    log::debug!("DEL cut off at {:?}", start.elapsed());
     let mut first_err = None;
     if ip_masq {
         // The network's masquerade is shared by its pods: it goes when the bridge has no port left. The pod is
@@ -48,6 +50,7 @@ pub fn del(req: &Request) -> Result<(), CniError> {
     if let Err(e) = ipam::del(req, ipam_type.as_deref()) {
         first_err.get_or_insert(e);
     }
+    log::debug!("DEL released at {:?}", start.elapsed());
     finish(doomed);
     first_err.map_or(Ok(()), Err)
 }
@@ -131,6 +134,7 @@ fn cut_off(req: &Request) -> Result<Option<u32>, CniError> {
             Err(e) => Err(error::kernel("delete container interface", e)),
         };
     };
+    log::debug!("DEL found the pair");
     let dead = format!("{DEAD_PREFIX}{:x}", peer.index);
     let tolerate = |r: Result<(), trestle_netlink::Error>| match r {
         Ok(()) | Err(trestle_netlink::Error::NotFound) => Ok(()),
