@@ -5,8 +5,6 @@ mod common;
 use common::{pod_state, World, VERSIONS};
 use serde_json::{json, Value};
 
-const PRIV: &str = "privileged: needs root";
-
 /// The link group DEL parks cut-off host veth ends in (README, "DEL").
 const DEAD_GROUP: u32 = 0x7472_0001;
 
@@ -20,7 +18,6 @@ fn addr_of(result: &Value) -> String {
 #[test]
 #[ignore = "privileged: needs root"]
 fn classic_config_every_version() {
-    let _ = PRIV;
     for (n, version) in VERSIONS.iter().copied().enumerate() {
         let mut w = World::new();
         if n % 2 == 1 {
@@ -78,6 +75,23 @@ fn classic_config_every_version() {
     }
 }
 
+/// A veth pair parked for destruction whose destroyer never ran, as a killed DEL child leaves it.
+fn park_stray(w: &World, pod: &trestle_netns::NamedNetNs, name: &str) {
+    w.host
+        .run(|| {
+            let mut nl = trestle_netlink::Netlink::open().unwrap();
+            let end = trestle_netlink::VethEnd {
+                name: name.into(),
+                mtu: None,
+                mac: None,
+            };
+            nl.create_veth(&end, &end, pod.ns().fd()).unwrap();
+            let i = nl.link_by_name(name).unwrap().unwrap().index;
+            nl.park(i, DEAD_GROUP).unwrap();
+        })
+        .unwrap();
+}
+
 /// DEL answers once the pod is cut off; the pair is destroyed by a detached child. A pair whose destruction never
 /// happened (the child was killed, the node crashed) is destroyed by GC or by the next DEL.
 #[test]
@@ -96,40 +110,14 @@ fn cut_off_pairs_never_stay() {
     assert!(w.wait_no_veth().is_empty());
     // A left-over cut-off pair, as a killed DEL child would leave it.
     let stray = w.pod();
-    w.host
-        .run(|| {
-            let mut nl = trestle_netlink::Netlink::open().unwrap();
-            let end = |n: &str| trestle_netlink::VethEnd {
-                name: n.into(),
-                mtu: None,
-                mac: None,
-            };
-            nl.create_veth(&end("stray77"), &end("stray77"), stray.ns().fd())
-                .unwrap();
-            let i = nl.link_by_name("stray77").unwrap().unwrap().index;
-            nl.park(i, DEAD_GROUP).unwrap();
-        })
-        .unwrap();
+    park_stray(&w, &stray, "stray77");
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([]);
     let out = w.call("GC", "", "", "", &gc);
     assert!(out.success, "{}", out.stdout);
     assert!(w.wait_no_veth().is_empty());
     // The next DEL's child reaps one too.
-    w.host
-        .run(|| {
-            let mut nl = trestle_netlink::Netlink::open().unwrap();
-            let end = |n: &str| trestle_netlink::VethEnd {
-                name: n.into(),
-                mtu: None,
-                mac: None,
-            };
-            nl.create_veth(&end("stray78"), &end("stray78"), stray.ns().fd())
-                .unwrap();
-            let i = nl.link_by_name("stray78").unwrap().unwrap().index;
-            nl.park(i, DEAD_GROUP).unwrap();
-        })
-        .unwrap();
+    park_stray(&w, &stray, "stray78");
     w.add("b", &pod, &conf);
     w.del("b", &path, &conf);
     assert!(w.wait_no_veth().is_empty());

@@ -102,26 +102,12 @@ impl World {
         self.dir.0.join("ipam").display().to_string()
     }
 
-    /// The classic walkthrough config at `version`, with this world's state directory.
+    /// The classic walkthrough config the demo uses, at `version`, with this world's state directory.
     pub fn classic(&self, version: &str) -> Value {
-        json!({
-            "cniVersion": version,
-            "name": "mybridge",
-            "type": "trestle",
-            "bridge": "cni_bridge0",
-            "isGateway": true,
-            "ipMasq": true,
-            "hairpinMode": true,
-            "ipam": {
-                "type": "trestle-ipam",
-                "subnet": "10.15.20.0/24",
-                "dataDir": self.data_dir(),
-                "routes": [
-                    { "dst": "0.0.0.0/0" },
-                    { "dst": "1.1.1.1/32", "gw": "10.15.20.1" }
-                ]
-            }
-        })
+        let mut conf: Value = serde_json::from_str(trestlectl::demo::CLASSIC_CONFIG).unwrap();
+        conf["cniVersion"] = json!(version);
+        conf["ipam"]["dataDir"] = json!(self.data_dir());
+        conf
     }
 
     /// Calls `plugin` (a binary in `bins`) with `conf` on stdin, inside the host namespace.
