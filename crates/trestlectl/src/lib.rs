@@ -2,8 +2,10 @@
 //! share: invoking plugins exactly as a runtime does, pod sandboxes, reading a namespace's network state, and
 //! probing connectivity.
 
+pub mod attach;
 pub mod bench;
 pub mod demo;
+pub mod install;
 pub mod probe;
 pub mod runtime;
 pub mod sandbox;

@@ -59,6 +59,73 @@ enum Cmd {
         #[arg(long)]
         smoke: bool,
     },
+    /// ADD a container's netns to a network, as a runtime does (libcni/cnitool behaviour); prints the result.
+    Add(Attach),
+    /// DEL a container's netns from a network, with the cached result as prevResult (CNI_ARGS and CAP_ARGS default
+    /// to the ones the attachment was added with).
+    Del(Attach),
+    /// CHECK an attachment against its cached result.
+    Check(Attach),
+    /// GC a network: DEL every cached attachment not named valid, then the plugins' GC.
+    Gc {
+        /// The network name.
+        network: String,
+        /// A valid attachment, CONTAINER[/IFNAME] (default interface eth0); repeat for each.
+        #[arg(long = "valid", value_name = "CONTAINER[/IFNAME]")]
+        valid: Vec<String>,
+        /// No attachment is valid: release every attachment of the network.
+        #[arg(long, conflicts_with = "valid")]
+        all: bool,
+        #[command(flatten)]
+        loc: LocArgs,
+    },
+    /// STATUS of a network's plugins: exits 0 when an ADD could be served.
+    Status {
+        /// The network name.
+        network: String,
+        #[command(flatten)]
+        loc: LocArgs,
+    },
+    /// List cached attachments (written by trestlectl or by any libcni runtime).
+    Ls {
+        /// Only this network.
+        network: Option<String>,
+        /// Print the cache entries as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        loc: LocArgs,
+    },
+    /// Install the plugin binaries into a CNI bin dir and a conflist into a conf dir (atomic, idempotent).
+    Install {
+        /// The CNI bin dir.
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        /// The CNI conf dir.
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+        /// The conflist's file name.
+        #[arg(long, default_value = "10-trestle.conflist")]
+        file: String,
+        /// Install this conflist instead of the default one.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Default config: network name.
+        #[arg(long, default_value = "trestle")]
+        name: String,
+        /// Default config: bridge name.
+        #[arg(long, default_value = "trestle0")]
+        bridge: String,
+        /// Default config: pod subnet.
+        #[arg(long, default_value = "10.88.0.0/16")]
+        subnet: String,
+        /// Directory holding `trestle` and `trestle-ipam` (default: beside trestlectl).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Replace a config file that belongs to another plugin.
+        #[arg(long)]
+        force: bool,
+    },
     /// Sleep forever, like a pod's pause container (used by the demo and tests as a sandbox holder).
     #[command(hide = true)]
     Pause,
@@ -67,6 +134,53 @@ enum Cmd {
         /// Only this interface.
         name: Option<String>,
     },
+}
+
+/// Where configs, plugins and cached results are.
+#[derive(clap::Args, Clone)]
+struct LocArgs {
+    /// Network config directory.
+    #[arg(long, env = "NETCONFPATH", default_value = "/etc/cni/net.d")]
+    conf_dir: PathBuf,
+    /// Plugin directories, `:`-separated.
+    #[arg(long, env = "CNI_PATH", default_value = "/opt/cni/bin")]
+    cni_path: String,
+    /// Result cache directory.
+    #[arg(long, default_value = cni_runtime::DEFAULT_CACHE_DIR)]
+    cache_dir: PathBuf,
+}
+
+impl LocArgs {
+    fn locations(&self) -> trestlectl::attach::Locations {
+        trestlectl::attach::Locations {
+            conf_dir: self.conf_dir.clone(),
+            cni_path: trestlectl::attach::default_cni_path(Some(self.cni_path.clone())),
+            cache_dir: self.cache_dir.clone(),
+        }
+    }
+}
+
+/// One attachment of a network.
+#[derive(clap::Args, Clone)]
+struct Attach {
+    /// The network name (a config's `name` in the conf dir).
+    network: String,
+    /// The netns: a path, or a name under /var/run/netns.
+    netns: String,
+    /// Container ID (default: derived from the netns path, as cnitool does).
+    #[arg(long)]
+    container_id: Option<String>,
+    /// Interface name inside the netns.
+    #[arg(long, env = "CNI_IFNAME", default_value = "eth0")]
+    ifname: String,
+    /// CNI_ARGS, `K=V;K=V`.
+    #[arg(long, env = "CNI_ARGS", default_value = "")]
+    args: String,
+    /// Capability arguments as a JSON object, e.g. '{"portMappings":[...]}'.
+    #[arg(long, env = "CAP_ARGS")]
+    cap_args: Option<String>,
+    #[command(flatten)]
+    loc: LocArgs,
 }
 
 fn main() -> ExitCode {
@@ -144,6 +258,78 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Add(a) => attach_cmd("add", &a),
+        Cmd::Del(a) => attach_cmd("del", &a),
+        Cmd::Check(a) => attach_cmd("check", &a),
+        Cmd::Gc {
+            network,
+            valid,
+            all,
+            loc,
+        } => gc_cmd(&network, &valid, all, &loc),
+        Cmd::Status { network, loc } => {
+            let loc = loc.locations();
+            report(
+                "status",
+                loc.load(&network).and_then(|list| {
+                    loc.cni().status(&list)?;
+                    eprintln!("network {network}: ready");
+                    Ok(())
+                }),
+            )
+        }
+        Cmd::Ls { network, json, loc } => ls_cmd(network.as_deref(), json, &loc),
+        Cmd::Install {
+            bin_dir,
+            conf_dir,
+            file,
+            config,
+            name,
+            bridge,
+            subnet,
+            from,
+            force,
+        } => {
+            let config = match config {
+                Some(p) => match std::fs::read(&p) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        eprintln!("trestlectl install: {}: {e}", p.display());
+                        return ExitCode::FAILURE;
+                    }
+                },
+                None => trestlectl::install::default_config(&name, &bridge, &subnet),
+            };
+            let opts = trestlectl::install::Options {
+                from: from
+                    .or_else(trestlectl::runtime::own_bin_dir)
+                    .unwrap_or_else(|| PathBuf::from(".")),
+                bin_dir,
+                conf_dir,
+                file_name: file,
+                config,
+                force,
+            };
+            match trestlectl::install::run(&opts) {
+                Ok(changes) => {
+                    for c in changes {
+                        match c {
+                            trestlectl::install::Change::Written(p) => {
+                                eprintln!("wrote     {}", p.display())
+                            }
+                            trestlectl::install::Change::Unchanged(p) => {
+                                eprintln!("unchanged {}", p.display())
+                            }
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("trestlectl install: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Pause => trestlectl::sandbox::pause_forever(),
         Cmd::ShowNetns { name } => {
             let shown = trestle_netlink::Netlink::open()
@@ -159,6 +345,93 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn attach_cmd(op: &str, a: &Attach) -> ExitCode {
+    let loc = a.loc.locations();
+    let args = trestlectl::attach::AttachArgs {
+        netns: a.netns.clone(),
+        container_id: a.container_id.clone(),
+        ifname: a.ifname.clone(),
+        cni_args: a.args.clone(),
+        cap_args: a.cap_args.clone(),
+    };
+    let rt = match args.runtime_conf() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trestlectl {op}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let done = loc.load(&a.network).and_then(|list| {
+        let cni = loc.cni();
+        match op {
+            "add" => {
+                let result = cni.add(&list, &rt)?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&result).unwrap_or_default()
+                );
+                Ok(())
+            }
+            "del" => cni.del(&list, &cni.with_cached_args(&list, rt)),
+            _ => cni.check(&list, &cni.with_cached_args(&list, rt)),
+        }
+    });
+    report(op, done)
+}
+
+fn gc_cmd(network: &str, valid: &[String], all: bool, loc: &LocArgs) -> ExitCode {
+    if valid.is_empty() && !all {
+        eprintln!(
+            "trestlectl gc: name the attachments still in use with --valid CONTAINER[/IFNAME], or pass --all to \
+             release every attachment of {network}"
+        );
+        return ExitCode::FAILURE;
+    }
+    let valid: Vec<_> = valid
+        .iter()
+        .map(|v| trestlectl::attach::parse_valid(v))
+        .collect();
+    let loc = loc.locations();
+    report(
+        "gc",
+        loc.load(network)
+            .and_then(|list| loc.cni().gc(&list, Some(&valid))),
+    )
+}
+
+fn ls_cmd(network: Option<&str>, json: bool, loc: &LocArgs) -> ExitCode {
+    let loc = loc.locations();
+    if json {
+        let all = loc.cni().cache.attachments(None).map(|v| {
+            let v: Vec<_> = v
+                .into_iter()
+                .filter(|a| network.is_none_or(|n| a.network == n))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        });
+        return report("ls", all);
+    }
+    report(
+        "ls",
+        trestlectl::attach::list(&loc, network)
+            .map(|rows| print!("{}", trestlectl::attach::table(&rows))),
+    )
+}
+
+/// Exit status of a runtime command: 0, or the error on stderr and 1.
+fn report(op: &str, r: Result<(), cni_runtime::RuntimeError>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trestlectl {op}: {e}");
+            if let Some(code) = e.cni_error().map(|c| c.code) {
+                eprintln!("(CNI error code {code})");
+            }
+            ExitCode::FAILURE
         }
     }
 }
