@@ -30,6 +30,12 @@ pub fn del(req: &Request) -> Result<(), CniError> {
         }
     };
     let start = std::time::Instant::now();
+    log::debug!(
+        "DEL {} {}: prevResult {}",
+        req.env.container_id,
+        req.env.ifname,
+        prev_addresses(req)
+    );
     let doomed = cut_off(req)?;
     log::debug!("DEL cut off at {:?}", start.elapsed());
     let mut first_err = None;
@@ -53,6 +59,18 @@ pub fn del(req: &Request) -> Result<(), CniError> {
     log::debug!("DEL released at {:?}", start.elapsed());
     finish(doomed);
     first_err.map_or(Ok(()), Err)
+}
+
+/// The addresses of `prevResult`, for the log: shows which runtime state (the result cache) DEL was given.
+fn prev_addresses(req: &Request) -> String {
+    match req.conf.prev_result() {
+        Ok(Some(r)) => {
+            let ips: Vec<String> = r.ips.iter().map(|ip| ip.address.to_string()).collect();
+            format!("[{}]", ips.join(", "))
+        }
+        Ok(None) => "none".into(),
+        Err(e) => format!("unreadable ({})", e.msg),
+    }
 }
 
 /// Hands the slow kernel work to a detached child: destroying the parked veth pairs, which waits for RCU grace

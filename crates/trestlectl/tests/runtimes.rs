@@ -1,0 +1,235 @@
+//! trestle under real runtimes: podman's CNI backend, containerd's `ctr run --cni`, and the kubelet's path through
+//! containerd's CRI service driven by the CRI client in `cri/`. Each runtime runs under
+//! `unshare --mount --net --pid`: its "host" network namespace, its /run, /var/lib, /etc/cni and /opt are the
+//! test's own (tests/runtimes/lib.sh), and every process it leaves dies with the PID namespace.
+//! The runtimes come from Debian's packages (`.ci/run` installs them).
+
+mod common;
+mod cri;
+
+use common::{bin_dir, reference_dir, TempDir};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/runtimes")
+        .join(name)
+}
+
+/// `unshare` running `script` with the binaries, the reference plugins and a scratch dir.
+fn isolated(name: &str, work: &Path) -> Command {
+    for tool in ["podman", "containerd", "ctr", "runc", "busybox"] {
+        assert!(
+            which(tool),
+            "{tool} missing: apt-get install podman runc containerd busybox-static (.ci/run does)"
+        );
+    }
+    let reference = reference_dir()
+        .expect("reference plugins missing: apt-get install containernetworking-plugins");
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--net",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--propagation",
+        "private",
+        "bash",
+    ])
+    .arg(script(name))
+    .env("BINS", bin_dir())
+    .env("WORK", work)
+    .env("REF", reference)
+    .env_remove("CNI_PATH")
+    .env_remove("NETCONFPATH");
+    cmd
+}
+
+fn which(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+fn assert_ok(name: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{name} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+#[ignore = "privileged: needs root, podman"]
+fn podman_cni_backend() {
+    let work = TempDir::new("podman");
+    let out = isolated("podman.sh", &work.0).output().unwrap();
+    assert_ok("podman.sh", &out);
+}
+
+#[test]
+#[ignore = "privileged: needs root, containerd"]
+fn containerd_ctr_run_cni() {
+    let work = TempDir::new("ctr");
+    let out = isolated("containerd.sh", &work.0).output().unwrap();
+    assert_ok("containerd.sh", &out);
+}
+
+/// containerd with CRI, running until the test touches `done`.
+struct Containerd {
+    child: Child,
+    work: PathBuf,
+}
+
+impl Containerd {
+    fn start(work: &Path) -> Containerd {
+        let child = isolated("cri.sh", work)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(work.join("cri.sh.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut c = Containerd {
+            child,
+            work: work.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !work.join("ready").exists() {
+            if let Some(status) = c.child.try_wait().unwrap() {
+                panic!(
+                    "cri.sh exited ({status}) before containerd was ready:\n{}",
+                    c.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd not ready:\n{}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.work.join("cri.sh.log")).unwrap_or_default()
+    }
+
+    /// A process inside the runtime's namespaces (the script's shell), for `nsenter`.
+    fn ns_pid(&self) -> u32 {
+        let pid = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+        children
+            .split_whitespace()
+            .next()
+            .expect("unshare's child")
+            .parse()
+            .unwrap()
+    }
+
+    /// Runs `cmd` inside the runtime's mount, network and PID namespaces (its /proc belongs to the last).
+    fn nsenter(&self, cmd: &[&str]) -> Output {
+        Command::new("nsenter")
+            .args(["-t", &self.ns_pid().to_string(), "-m", "-n", "-p", "--"])
+            .args(cmd)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.work.join("done"), "");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root, containerd"]
+fn kubelet_path_through_containerd_cri() {
+    let work = TempDir::new("cri");
+    let containerd = Containerd::start(&work.0);
+    let ipam = work.0.join("ipam/trestlenet");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = cri::Client::connect(&work.0.join("containerd.sock")).await;
+        let version = c.version().await;
+        assert_eq!(version.runtime_name, "containerd", "{version:?}");
+
+        // RunPodSandbox: containerd starts pause in a fresh netns and calls CNI ADD.
+        let pod = cri::pod_config("trestle-pod", &work.0.join("logs"));
+        let sandbox = c.run_pod_sandbox(pod.clone()).await;
+        let ip = c.pod_ip(&sandbox).await;
+        assert!(ip.starts_with("10.79.0."), "pod IP {ip}");
+        assert_eq!(common::reservations(&ipam), std::slice::from_ref(&ip));
+
+        // A container of the pod shares pause's network: it sees the pod's eth0 and address.
+        let app = c
+            .create_container(&sandbox, pod.clone(), "app", &["sleep", "3600"])
+            .await;
+        c.start_container(&app).await;
+        let out = c.exec_sync(&app, &["ip", "addr", "show", "eth0"]).await;
+        assert!(out.contains(&format!("inet {ip}/24")), "{out}");
+
+        // trestlectl reads what containerd's CNI layer cached, and CHECKs it.
+        let ls = containerd.nsenter(&[
+            bin_dir().join("trestlectl").to_str().unwrap(),
+            "ls",
+            "trestlenet",
+        ]);
+        let ls_text = String::from_utf8_lossy(&ls.stdout);
+        assert!(
+            ls_text.contains(&sandbox) && ls_text.contains(&format!("{ip}/24")),
+            "{ls_text}"
+        );
+        let netns = pod_netns(&containerd);
+        let check = containerd.nsenter(&[
+            bin_dir().join("trestlectl").to_str().unwrap(),
+            "check",
+            "trestlenet",
+            &netns,
+            "--container-id",
+            &sandbox,
+        ]);
+        assert_ok("trestlectl check", &check);
+
+        // Stop and remove: CNI DEL releases the address.
+        c.stop_container(&app).await;
+        c.remove_container(&app).await;
+        c.stop_pod_sandbox(&sandbox).await;
+        assert!(
+            common::reservations(&ipam).is_empty(),
+            "address kept after StopPodSandbox"
+        );
+        c.remove_pod_sandbox(&sandbox).await;
+        let ls = containerd.nsenter(&[bin_dir().join("trestlectl").to_str().unwrap(), "ls"]);
+        assert_eq!(
+            String::from_utf8_lossy(&ls.stdout).lines().count(),
+            1,
+            "cache entries left"
+        );
+    });
+    drop(containerd);
+}
+
+/// The pod's netns: containerd 1.6 pins it under /var/run/netns (its cache entry holds no usable path: libcni
+/// before 1.2 does not record it), and this private runtime has just the one pod.
+fn pod_netns(c: &Containerd) -> String {
+    let ls = c.nsenter(&["ls", "/var/run/netns"]);
+    let names = String::from_utf8_lossy(&ls.stdout);
+    let names: Vec<&str> = names.split_whitespace().collect();
+    assert_eq!(names.len(), 1, "netns of the one pod: {names:?}");
+    format!("/var/run/netns/{}", names[0])
+}

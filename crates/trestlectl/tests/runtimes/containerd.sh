@@ -1,0 +1,45 @@
+#!/bin/bash
+# containerd's own client, `ctr run --cni` (go-cni over libcni, /etc/cni/net.d and /opt/cni/bin), on trestle.
+source "$(dirname "$0")/lib.sh"
+private_state
+busybox_rootfs
+
+step "install trestle; ctr also wants the loopback plugin beside it"
+cat >"$WORK/trestlenet.conflist" <<CONF
+{"cniVersion": "1.0.0", "name": "trestlenet", "plugins": [{"type": "trestle", "bridge": "trctr0", "isGateway": true,
+ "ipMasq": true, "ipam": {"type": "trestle-ipam", "ranges": [[{"subnet": "10.78.0.0/24"}]],
+ "routes": [{"dst": "0.0.0.0/0"}]}}]}
+CONF
+ctl install --from "$BINS" --bin-dir /opt/cni/bin --conf-dir /etc/cni/net.d --config "$WORK/trestlenet.conflist"
+cp "$REF/loopback" /opt/cni/bin/
+
+start_containerd
+import_image default
+C=(ctr -a "$CONTAINERD_SOCK" -n default)
+CRUN=(run --rm --cni --snapshotter native)
+
+step "a container on trestle serves a page; a second one fetches it"
+"${C[@]}" "${CRUN[@]}" localhost/trestle-bb:latest web httpd -f -p 8080 -h /www >"$WORK/web.log" 2>&1 &
+web_ctr=$!
+web_ip=
+for _ in $(seq 100); do
+    web_ip=$(ctl ls trestlenet | awk '$2=="default-web" {sub("/24", "", $4); print $4}')
+    [[ -n $web_ip ]] && break
+    sleep 0.1
+done
+[[ $web_ip == 10.78.0.* ]] || fail "web got no trestle address: $(cat "$WORK/web.log")"
+echo "web: $web_ip"
+page=$("${C[@]}" "${CRUN[@]}" localhost/trestle-bb:latest client sh -c "$(fetch "$web_ip")")
+[[ $page == *"served by trestle"* ]] || fail "client fetched: $page"
+[[ $(reserved trestlenet) == "$web_ip" ]] || fail "client's address not released: $(reserved trestlenet | xargs)"
+
+step "trestlectl checks the attachment go-cni cached"
+pid=$("${C[@]}" task ls | awk '$1=="web" {print $2}')
+ctl check trestlenet "/proc/$pid/ns/net" --container-id default-web
+
+step "stopping the task makes ctr DEL it"
+"${C[@]}" task kill -s SIGKILL web
+wait "$web_ctr" || true
+[[ -z $(reserved trestlenet) ]] || fail "addresses left: $(reserved trestlenet | xargs)"
+[[ -z $(ls /var/lib/cni/results 2>/dev/null) ]] || fail "cache entries left: $(ls /var/lib/cni/results)"
+step "containerd (ctr): ok"

@@ -1,0 +1,83 @@
+# Shared by the runtime scripts. They run under `unshare --mount --net --fork` (see ../runtimes.rs): the runtime's
+# "host" is a network namespace of the test's own, and /run, /var/lib, /etc/cni and /opt are private tmpfs mounts, so nothing of a run reaches the machine's namespace or disks.
+set -euo pipefail
+: "${BINS:?dir with trestle, trestle-ipam, trestlectl}" "${WORK:?scratch dir}" "${REF:?reference plugins dir}"
+
+step() { echo "== $*" >&2; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+private_state() {
+    # Mount points that exist on any machine with the runtimes installed: a run creates nothing on the real disk.
+    local d
+    for d in /run /var/lib /etc/cni /opt; do
+        [[ -d $d ]] || fail "$d missing (is podman installed?)"
+        mount -t tmpfs tmpfs "$d"
+    done
+    mkdir -p /run/netns /etc/cni/net.d /opt/cni/bin /var/lib/cni
+}
+
+# A busybox image built locally (no registry is reachable): /bin/busybox, its applets, and a page for httpd.
+busybox_rootfs() {
+    local root=$WORK/rootfs
+    mkdir -p "$root/bin" "$root/www" "$root/tmp" "$root/etc"
+    cp /bin/busybox "$root/bin/busybox"
+    for a in sh sleep ip nc printf httpd cat hostname ls netstat; do ln -sf busybox "$root/bin/$a"; done
+    echo "served by trestle" >"$root/www/index.html"
+    tar -C "$root" -cf "$WORK/rootfs.tar" .
+}
+
+# The reservation files of a trestle-ipam network under the default dataDir.
+reserved() { ls "/var/lib/cni/networks/$1" 2>/dev/null | grep -E '^[0-9a-f.:]+$' | sort || true; }
+
+ctl() { "$BINS/trestlectl" "$@"; }
+
+# The command a client container runs to fetch the page from $1 (busybox-static's wget crashes in its resolver).
+fetch() { echo "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 $1 8080"; }
+
+# containerd on a private root and state dir, its CRI plugin using /etc/cni/net.d and /opt/cni/bin, and a busybox
+# image whose command sleeps standing in as the pause image.
+CONTAINERD_SOCK=${CONTAINERD_SOCK:-/run/containerd/containerd.sock}
+start_containerd() {
+    cat >"$WORK/containerd.toml" <<CONF
+version = 2
+root = "/var/lib/containerd"
+state = "/run/containerd"
+[grpc]
+  address = "$CONTAINERD_SOCK"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "localhost/trestle-pause:latest"
+  # The sandbox's oom_score_adj (-998) needs CAP_SYS_RESOURCE, which these machines do not grant.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "native"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/opt/cni/bin"
+    conf_dir = "/etc/cni/net.d"
+    max_conf_num = 1
+CONF
+    containerd --config "$WORK/containerd.toml" >"$WORK/containerd.log" 2>&1 &
+    containerd_pid=$!
+    trap 'kill "$containerd_pid" 2>/dev/null || true' EXIT
+    for _ in $(seq 100); do
+        [[ -S $CONTAINERD_SOCK ]] && ctr -a "$CONTAINERD_SOCK" version >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    fail "containerd did not start: $(tail -5 "$WORK/containerd.log")"
+}
+
+# Imports the busybox image into a containerd namespace (through podman's docker-archive writer).
+import_image() {
+    local P=(podman --root /var/lib/containers/storage --runroot /run/containers --storage-driver vfs)
+    local img
+    if [[ ! -f $WORK/trestle-bb.tar ]]; then
+        "${P[@]}" import "$WORK/rootfs.tar" localhost/trestle-bb:latest >/dev/null
+        "${P[@]}" import --change 'CMD ["/bin/sleep", "86400"]' "$WORK/rootfs.tar" localhost/trestle-pause:latest >/dev/null
+        # One archive per image: ctr gives every image of a multi-image docker archive the first one's config.
+        for img in trestle-bb trestle-pause; do
+            "${P[@]}" save --format docker-archive -o "$WORK/$img.tar" "localhost/$img:latest"
+        done
+    fi
+    for img in trestle-bb trestle-pause; do
+        ctr -a "$CONTAINERD_SOCK" -n "$1" images import "$WORK/$img.tar" >/dev/null
+    done
+}
