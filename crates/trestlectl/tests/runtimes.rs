@@ -64,20 +64,23 @@ fn assert_ok(name: &str, out: &Output) {
     );
 }
 
+/// Runs a self-checking runtime script to the end.
+fn run_script(name: &str) {
+    let work = TempDir::new(name.trim_end_matches(".sh"));
+    let out = isolated(name, &work.0).output().unwrap();
+    assert_ok(name, &out);
+}
+
 #[test]
 #[ignore = "privileged: needs root, podman"]
 fn podman_cni_backend() {
-    let work = TempDir::new("podman");
-    let out = isolated("podman.sh", &work.0).output().unwrap();
-    assert_ok("podman.sh", &out);
+    run_script("podman.sh");
 }
 
 #[test]
 #[ignore = "privileged: needs root, containerd"]
 fn containerd_ctr_run_cni() {
-    let work = TempDir::new("ctr");
-    let out = isolated("containerd.sh", &work.0).output().unwrap();
-    assert_ok("containerd.sh", &out);
+    run_script("containerd.sh");
 }
 
 /// containerd with CRI, running until the test touches `done`.

@@ -5,12 +5,7 @@ private_state
 busybox_rootfs
 
 step "install trestle; ctr also wants the loopback plugin beside it"
-cat >"$WORK/trestlenet.conflist" <<CONF
-{"cniVersion": "1.0.0", "name": "trestlenet", "plugins": [{"type": "trestle", "bridge": "trctr0", "isGateway": true,
- "ipMasq": true, "ipam": {"type": "trestle-ipam", "ranges": [[{"subnet": "10.78.0.0/24"}]],
- "routes": [{"dst": "0.0.0.0/0"}]}}]}
-CONF
-ctl install --from "$BINS" --bin-dir /opt/cni/bin --conf-dir /etc/cni/net.d --config "$WORK/trestlenet.conflist"
+install_trestle trctr0 10.78.0.0/24
 cp "$REF/loopback" /opt/cni/bin/
 
 start_containerd

@@ -5,12 +5,7 @@
 source "$(dirname "$0")/lib.sh"
 private_state
 busybox_rootfs
-cat >"$WORK/trestlenet.conflist" <<CONF
-{"cniVersion": "1.0.0", "name": "trestlenet", "plugins": [{"type": "trestle", "bridge": "trcri0", "isGateway": true,
- "ipMasq": true, "ipam": {"type": "trestle-ipam", "ranges": [[{"subnet": "10.79.0.0/24"}]],
- "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$WORK/ipam"}}]}
-CONF
-ctl install --from "$BINS" --bin-dir /opt/cni/bin --conf-dir /etc/cni/net.d --config "$WORK/trestlenet.conflist"
+install_trestle trcri0 10.79.0.0/24 "$WORK/ipam"
 cp "$REF/loopback" /opt/cni/bin/
 CONTAINERD_SOCK=$WORK/containerd.sock
 start_containerd

@@ -31,6 +31,20 @@ reserved() { ls "/var/lib/cni/networks/$1" 2>/dev/null | grep -E '^[0-9a-f.:]+$'
 
 ctl() { "$BINS/trestlectl" "$@"; }
 
+# Installs trestle as a network add-on would: the binaries into /opt/cni/bin and network "trestlenet" on bridge $1
+# and subnet $2 (IPAM state under $3 when given). cniVersion 1.0.0 alone: podman 4 and containerd 1.6 embed
+# libcni 1.1, which reads cached results up to 1.0.0, and trestlectl (which would pick 1.1.0 from a cniVersions
+# list) must write results they can read.
+install_trestle() {
+    local data=${3:+, \"dataDir\": \"$3\"}
+    cat >"$WORK/trestlenet.conflist" <<CONF
+{"cniVersion": "1.0.0", "name": "trestlenet", "plugins": [{"type": "trestle", "bridge": "$1", "isGateway": true,
+ "ipMasq": true, "ipam": {"type": "trestle-ipam", "ranges": [[{"subnet": "$2"}]],
+ "routes": [{"dst": "0.0.0.0/0"}]$data}}]}
+CONF
+    ctl install --from "$BINS" --bin-dir /opt/cni/bin --conf-dir /etc/cni/net.d --config "$WORK/trestlenet.conflist"
+}
+
 # The command a client container runs to fetch the page from $1 (busybox-static's wget crashes in its resolver).
 fetch() { echo "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 $1 8080"; }
 

@@ -5,14 +5,7 @@ private_state
 busybox_rootfs
 
 step "install trestle as a network add-on would"
-# cniVersion 1.0.0 alone: podman 4 embeds libcni 1.1, which reads cached results up to 1.0.0, and trestlectl (which
-# would pick 1.1.0 from a cniVersions list) must write results podman can read.
-cat >"$WORK/trestlenet.conflist" <<CONF
-{"cniVersion": "1.0.0", "name": "trestlenet", "plugins": [{"type": "trestle", "bridge": "trpod0", "isGateway": true,
- "ipMasq": true, "ipam": {"type": "trestle-ipam", "ranges": [[{"subnet": "10.77.0.0/24"}]],
- "routes": [{"dst": "0.0.0.0/0"}]}}]}
-CONF
-ctl install --from "$BINS" --bin-dir /opt/cni/bin --conf-dir /etc/cni/net.d --config "$WORK/trestlenet.conflist"
+install_trestle trpod0 10.77.0.0/24
 
 cat >"$WORK/containers.conf" <<CONF
 [containers]
