@@ -54,14 +54,7 @@ impl Cni {
         cni_proto::validate_ifname(&rt.ifname).map_err(RuntimeError::Invalid)?;
         let mut result: Option<Value> = None;
         for plugin in &list.plugins {
-            let stdin = rtconf::request(
-                plugin,
-                &list.name,
-                &list.cni_version,
-                result.as_ref(),
-                Some(rt),
-            );
-            let out = self.call(plugin, "ADD", "add", &stdin, rt)?;
+            let out = self.attachment_call(list, plugin, result.as_ref(), rt, "ADD", "add")?;
             let parsed: Value = serde_json::from_slice(&out).map_err(|e| RuntimeError::Plugin {
                 plugin: type_of(plugin),
                 op: "add",
@@ -95,14 +88,7 @@ impl Cni {
         }
         let prev = self.cached_result(list, rt)?;
         for plugin in &list.plugins {
-            let stdin = rtconf::request(
-                plugin,
-                &list.name,
-                &list.cni_version,
-                prev.as_ref(),
-                Some(rt),
-            );
-            self.call(plugin, "CHECK", "check", &stdin, rt)?;
+            self.attachment_call(list, plugin, prev.as_ref(), rt, "CHECK", "check")?;
         }
         Ok(())
     }
@@ -118,14 +104,7 @@ impl Cni {
             }
         }
         for plugin in list.plugins.iter().rev() {
-            let stdin = rtconf::request(
-                plugin,
-                &list.name,
-                &list.cni_version,
-                prev.as_ref(),
-                Some(rt),
-            );
-            self.call(plugin, "DEL", "delete", &stdin, rt)?;
+            self.attachment_call(list, plugin, prev.as_ref(), rt, "DEL", "delete")?;
         }
         // libcni removes the entry only when it read one; removing it always also clears an entry left by an
         // older-version config, which nothing else would ever clean up.
@@ -270,6 +249,20 @@ impl Cni {
                 Err(RuntimeError::io(format!("running {}", path.display()), e))
             }
         }
+    }
+
+    /// One plugin's ADD, CHECK or DEL for an attachment: its request built from the list, then the call.
+    fn attachment_call(
+        &self,
+        list: &NetworkList,
+        plugin: &PluginConf,
+        prev: Option<&Value>,
+        rt: &RuntimeConf,
+        command: &'static str,
+        op: &'static str,
+    ) -> Result<Vec<u8>, RuntimeError> {
+        let stdin = rtconf::request(plugin, &list.name, &list.cni_version, prev, Some(rt));
+        self.call(plugin, command, op, &stdin, rt)
     }
 
     fn find(&self, plugin_type: &str) -> Result<PathBuf, RuntimeError> {
