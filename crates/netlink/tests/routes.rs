@@ -43,7 +43,19 @@ fn kernel_routes_are_listed() {
     );
     let local = find(&mut t.nl, "10.0.0.2/32", 255).expect("local route");
     assert_eq!(local.kind, 2, "local table entry has type local");
-    let v6 = t.nl.routes(Some(Family::V6)).unwrap();
+    // The kernel adds the link-local prefix route once the link has carrier, which the linkwatch worker reports
+    // asynchronously (up to a second later on a loaded machine): poll for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let v6 = loop {
+        let v6 = t.nl.routes(Some(Family::V6)).unwrap();
+        let found = v6
+            .iter()
+            .any(|r| r.dst == net("fe80::/64") && r.oif == Some(a));
+        if found || std::time::Instant::now() > deadline {
+            break v6;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert!(v6.iter().all(|r| r.family() == Family::V6));
     assert!(v6
         .iter()
