@@ -71,8 +71,9 @@ pub fn exec(
     CniResult::parse(&value, version).map(Some)
 }
 
-/// Turns a delegate's failure output into its error, keeping its code (libcni's behaviour).
-fn parse_failure(plugin: &Path, stdout: &[u8]) -> CniError {
+/// Turns a failed plugin's stdout into its error, keeping its code (libcni's behaviour); shared with the runtime
+/// side (`cni-runtime`), which reads plugin failures the same way.
+pub fn parse_failure(plugin: &Path, stdout: &[u8]) -> CniError {
     let parsed = serde_json::from_slice::<serde_json::Value>(stdout).ok();
     let field =
         |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);

@@ -1,9 +1,9 @@
 //! Finding a plugin on `CNI_PATH` and running it as libcni's `RawExec` does: the parent environment plus all six
 //! `CNI_*` variables (set even when empty), the config on stdin, stderr passed through, stdout read back.
 
-use cni_proto::{CniError, ErrorCode};
+use cni_proto::CniError;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -33,36 +33,16 @@ pub enum ExecError {
     Plugin(CniError),
 }
 
-/// The first regular file (symlinks followed) named `name` in `paths`.
-pub fn find_in_path(name: &str, paths: &[PathBuf]) -> Option<PathBuf> {
-    if name.is_empty() || name.contains('/') {
-        return None;
-    }
-    paths
-        .iter()
-        .map(|d| d.join(name))
-        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()))
-}
-
 /// Runs `plugin`, returning its stdout on success.
 pub fn run(plugin: &Path, stdin: &[u8], args: &Args) -> Result<Vec<u8>, ExecError> {
     let out = spawn_retrying(plugin, stdin, args).map_err(ExecError::Spawn)?;
     if out.status.success() {
         return Ok(out.stdout);
     }
-    Err(ExecError::Plugin(
-        CniError::from_json(&out.stdout).unwrap_or_else(|| {
-            CniError::new(
-                ErrorCode::Internal,
-                "netplugin failed with no error message",
-            )
-            .with_details(format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout).trim()
-            ))
-        }),
-    ))
+    Err(ExecError::Plugin(cni_plugin::delegate::parse_failure(
+        plugin,
+        &out.stdout,
+    )))
 }
 
 /// A freshly installed binary may still be open for writing ("text file busy"): libcni tries again, up to 5 times,

@@ -266,9 +266,12 @@ impl Cni {
     }
 
     fn find(&self, plugin_type: &str) -> Result<PathBuf, RuntimeError> {
-        exec::find_in_path(plugin_type, &self.paths).ok_or_else(|| RuntimeError::PluginNotFound {
-            name: plugin_type.into(),
-            paths: self.paths.clone(),
+        // The plugin side's lookup: libcni's rules, one implementation for delegation and for runtimes.
+        cni_plugin::delegate::find_plugin(plugin_type, &self.paths).map_err(|_| {
+            RuntimeError::PluginNotFound {
+                name: plugin_type.into(),
+                paths: self.paths.clone(),
+            }
         })
     }
 

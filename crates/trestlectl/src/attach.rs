@@ -114,13 +114,19 @@ pub struct Row {
 }
 
 /// The cached attachments, optionally of one network.
+pub fn cached(
+    loc: &Locations,
+    network: Option<&str>,
+) -> Result<Vec<cni_runtime::CachedAttachment>, RuntimeError> {
+    let mut all = loc.cni().cache.attachments(None)?;
+    all.retain(|a| network.is_none_or(|n| a.network == n));
+    Ok(all)
+}
+
+/// The cached attachments as `ls` rows.
 pub fn list(loc: &Locations, network: Option<&str>) -> Result<Vec<Row>, RuntimeError> {
-    Ok(loc
-        .cni()
-        .cache
-        .attachments(None)?
+    Ok(cached(loc, network)?
         .into_iter()
-        .filter(|a| network.is_none_or(|n| a.network == n))
         .map(|a| Row {
             addresses: a.result.as_ref().map(addresses).unwrap_or_default(),
             network: a.network,
@@ -194,12 +200,12 @@ fn addresses(result: &Value) -> Vec<String> {
     out
 }
 
-/// A default plugin path list: `CNI_PATH` split on `:`, or `/opt/cni/bin`.
-pub fn default_cni_path(env: Option<String>) -> Vec<PathBuf> {
-    match env {
-        Some(s) if !s.is_empty() => std::env::split_paths(&s).collect(),
-        _ => vec![PathBuf::from("/opt/cni/bin")],
+/// A `CNI_PATH`-style list (`:`-separated) as directories; an empty one means `/opt/cni/bin`.
+pub fn cni_path_dirs(s: &str) -> Vec<PathBuf> {
+    if s.is_empty() {
+        return vec![PathBuf::from("/opt/cni/bin")];
     }
+    std::env::split_paths(s).collect()
 }
 
 #[cfg(test)]

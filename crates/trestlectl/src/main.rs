@@ -154,7 +154,7 @@ impl LocArgs {
     fn locations(&self) -> trestlectl::attach::Locations {
         trestlectl::attach::Locations {
             conf_dir: self.conf_dir.clone(),
-            cni_path: trestlectl::attach::default_cni_path(Some(self.cni_path.clone())),
+            cni_path: trestlectl::attach::cni_path_dirs(&self.cni_path),
             cache_dir: self.cache_dir.clone(),
         }
     }
@@ -258,9 +258,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Add(a) => attach_cmd("add", &a),
-        Cmd::Del(a) => attach_cmd("del", &a),
-        Cmd::Check(a) => attach_cmd("check", &a),
+        Cmd::Add(a) => attach_cmd(Op::Add, &a),
+        Cmd::Del(a) => attach_cmd(Op::Del, &a),
+        Cmd::Check(a) => attach_cmd(Op::Check, &a),
         Cmd::Gc {
             network,
             valid,
@@ -349,7 +349,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn attach_cmd(op: &str, a: &Attach) -> ExitCode {
+/// The attachment commands.
+#[derive(Clone, Copy)]
+enum Op {
+    Add,
+    Del,
+    Check,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Add => "add",
+            Op::Del => "del",
+            Op::Check => "check",
+        }
+    }
+}
+
+fn attach_cmd(op: Op, a: &Attach) -> ExitCode {
     let loc = a.loc.locations();
     let args = trestlectl::attach::AttachArgs {
         netns: a.netns.clone(),
@@ -361,14 +379,14 @@ fn attach_cmd(op: &str, a: &Attach) -> ExitCode {
     let rt = match args.runtime_conf() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("trestlectl {op}: {e}");
+            eprintln!("trestlectl {}: {e}", op.name());
             return ExitCode::FAILURE;
         }
     };
     let done = loc.load(&a.network).and_then(|list| {
         let cni = loc.cni();
         match op {
-            "add" => {
+            Op::Add => {
                 let result = cni.add(&list, &rt)?;
                 println!(
                     "{}",
@@ -376,11 +394,11 @@ fn attach_cmd(op: &str, a: &Attach) -> ExitCode {
                 );
                 Ok(())
             }
-            "del" => cni.del(&list, &cni.with_cached_args(&list, rt)),
-            _ => cni.check(&list, &cni.with_cached_args(&list, rt)),
+            Op::Del => cni.del(&list, &cni.with_cached_args(&list, rt)),
+            Op::Check => cni.check(&list, &cni.with_cached_args(&list, rt)),
         }
     });
-    report(op, done)
+    report(op.name(), done)
 }
 
 fn gc_cmd(network: &str, valid: &[String], all: bool, loc: &LocArgs) -> ExitCode {
@@ -406,13 +424,8 @@ fn gc_cmd(network: &str, valid: &[String], all: bool, loc: &LocArgs) -> ExitCode
 fn ls_cmd(network: Option<&str>, json: bool, loc: &LocArgs) -> ExitCode {
     let loc = loc.locations();
     if json {
-        let all = loc.cni().cache.attachments(None).map(|v| {
-            let v: Vec<_> = v
-                .into_iter()
-                .filter(|a| network.is_none_or(|n| a.network == n))
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        });
+        let all = trestlectl::attach::cached(&loc, network)
+            .map(|v| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()));
         return report("ls", all);
     }
     report(
