@@ -21,6 +21,7 @@ pub mod sysctl;
 mod types;
 
 pub use error::Error;
+pub use link::IPV4_DEVCONF_ARP_NOTIFY;
 pub use mac::{format_mac, parse_mac};
 pub use types::{Address, BridgeVlan, Family, Link, PortOptions, Route, VethEnd};
 
@@ -29,11 +30,29 @@ pub struct Netlink {
     transport: socket::Transport,
 }
 
+/// A route socket created in some network namespace and not set up yet (see [`Netlink::socket`]).
+pub struct Unbound(netlink_sys::Socket);
+
 impl Netlink {
     /// Opens a socket bound to the calling thread's network namespace.
     pub fn open() -> Result<Netlink, Error> {
         Ok(Netlink {
             transport: socket::Transport::open().map_err(Error::Io)?,
+        })
+    }
+
+    /// Creates a socket in the calling thread's network namespace, and does nothing else: creation is the only
+    /// step that depends on the thread's namespace. A helper thread inside a container namespace does just
+    /// this (one system call, no allocation, so the thread never sets up a heap arena of its own), and the
+    /// caller finishes with [`Netlink::from_socket`].
+    pub fn socket() -> Result<Unbound, Error> {
+        socket::Transport::create().map(Unbound).map_err(Error::Io)
+    }
+
+    /// Sets up a socket made by [`Netlink::socket`]; it keeps acting on the namespace it was created in.
+    pub fn from_socket(socket: Unbound) -> Result<Netlink, Error> {
+        Ok(Netlink {
+            transport: socket::Transport::from_socket(socket.0).map_err(Error::Io)?,
         })
     }
 }

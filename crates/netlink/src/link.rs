@@ -2,7 +2,7 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::{
     link::{
         InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags,
@@ -135,6 +135,18 @@ impl Netlink {
         )
     }
 
+    /// Enslaves a link to `master` and brings it up, in one request (one rtnl round instead of two).
+    ///
+    /// Like `ip link set DEV master MASTER up`.
+    pub fn set_master_up(&mut self, index: u32, master: u32) -> Result<(), Error> {
+        let mut msg = message(index);
+        msg.header.change_mask = LinkFlags::Up;
+        msg.header.flags = LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::Controller(master));
+        self.transport
+            .ack("set master and up", Msg::SetLink(msg), 0)
+    }
+
     /// Sets the MTU.
     pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), Error> {
         self.set_attribute("set mtu", index, LinkAttribute::Mtu(mtu))
@@ -148,6 +160,19 @@ impl Netlink {
     /// Sets the hardware address.
     pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> Result<(), Error> {
         self.set_attribute("set mac", index, LinkAttribute::Address(mac.to_vec()))
+    }
+
+    /// Sets per-device IPv4 settings (`net.ipv4.conf.<dev>.*`, keys from `IPV4_DEVCONF_*`) through
+    /// `IFLA_AF_SPEC`, on this socket's namespace: no `/proc/sys` write, hence no thread inside the namespace.
+    pub fn set_ipv4_conf(&mut self, index: u32, settings: &[(u16, u32)]) -> Result<(), Error> {
+        let conf: Vec<u8> = settings
+            .iter()
+            .flat_map(|&(key, value)| nla(key, &value.to_ne_bytes()))
+            .collect();
+        let inet = nla(IFLA_INET_CONF, &conf);
+        let af_spec = nla(libc::AF_INET as u16, &inet);
+        let attr = LinkAttribute::Other(DefaultNla::new(IFLA_AF_SPEC, af_spec));
+        self.set_attribute("set ipv4 conf", index, attr)
     }
 
     /// Renames a link. Older kernels refuse ([`Error::Busy`]) while the
@@ -164,13 +189,14 @@ impl Netlink {
             .ack("delete link", Msg::DelLink(message(index)), 0)
     }
 
-    /// Takes a link down, out of its bridge, and into link `group`, in one request (one rtnl round): how DEL
-    /// parks a veth for [`Netlink::delete_group`].
+    /// Takes a link out of its bridge and into link `group`, in one request (one rtnl round): how DEL parks the
+    /// host end of a veth for [`Netlink::delete_group`]. It stays administratively up: DEL has already taken the
+    /// other end down, which takes this end's carrier with it, and taking a device down costs an RCU grace
+    /// period under rtnl (`dev_deactivate`) that would hold up every other link operation for nothing.
     ///
-    /// Like `ip link set DEV down nomaster group GROUP`.
+    /// Like `ip link set DEV nomaster group GROUP`.
     pub fn park(&mut self, index: u32, group: u32) -> Result<(), Error> {
         let mut msg = message(index);
-        msg.header.change_mask = LinkFlags::Up;
         msg.attributes.push(LinkAttribute::Controller(0));
         msg.attributes.push(LinkAttribute::Group(group));
         self.transport.ack("park link", Msg::SetLink(msg), 0)
@@ -242,6 +268,24 @@ pub(crate) fn message(index: u32) -> LinkMessage {
     msg
 }
 
+/// `IFLA_AF_SPEC` and, inside its `AF_INET` entry, `IFLA_INET_CONF` (`linux/if_link.h`).
+const IFLA_AF_SPEC: u16 = 26;
+const IFLA_INET_CONF: u16 = 1;
+
+/// `IPV4_DEVCONF_ARP_NOTIFY` (`linux/ip.h`): announce the address (gratuitous ARP) when the device comes up.
+pub const IPV4_DEVCONF_ARP_NOTIFY: u16 = 22;
+
+/// One netlink attribute: header, payload, padding to 4 bytes.
+fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
+    let len = 4 + payload.len();
+    let mut out = Vec::with_capacity((len + 3) & !3);
+    out.extend_from_slice(&(len as u16).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(payload);
+    out.resize((len + 3) & !3, 0);
+    out
+}
+
 /// Statistics are most of a link reply and nobody here reads them.
 fn skip_stats() -> LinkAttribute {
     LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats])
@@ -255,7 +299,15 @@ fn link_reply(msg: Msg) -> Option<LinkMessage> {
 }
 
 fn end_attributes(end: &VethEnd) -> Vec<LinkAttribute> {
-    let mut attributes = vec![LinkAttribute::IfName(end.name.clone())];
+    let mut attributes = vec![
+        LinkAttribute::IfName(end.name.clone()),
+        // Without explicit counts the kernel allocates one queue per possible CPU, registers the device, then
+        // cuts the real count to one (the veth default), and cutting queues of a registered device waits for an
+        // expedited RCU grace period while holding rtnl: every other link operation on the machine queues
+        // behind it. Asking for the one queue up front ends up with the same real queues and no wait.
+        LinkAttribute::NumTxQueues(1),
+        LinkAttribute::NumRxQueues(1),
+    ];
     attributes.extend(end.mtu.map(LinkAttribute::Mtu));
     attributes.extend(end.mac.map(|m| LinkAttribute::Address(m.to_vec())));
     attributes

@@ -38,7 +38,16 @@ struct Replies {
 impl Transport {
     /// Opens a route socket in the calling thread's network namespace.
     pub(crate) fn open() -> io::Result<Transport> {
-        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        Transport::from_socket(Socket::new(NETLINK_ROUTE)?)
+    }
+
+    /// Creates a route socket in the calling thread's network namespace and nothing else.
+    pub(crate) fn create() -> io::Result<Socket> {
+        Socket::new(NETLINK_ROUTE)
+    }
+
+    /// Sets up a socket made by [`Transport::create`], on any thread: its namespace was fixed at creation.
+    pub(crate) fn from_socket(mut socket: Socket) -> io::Result<Transport> {
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
         // Strict checking makes the kernel reject malformed requests and

@@ -213,7 +213,8 @@ fn park_and_delete_group() {
         let i = link(&mut t.nl, a).index;
         t.nl.park(i, 4242).unwrap();
         let l = link(&mut t.nl, a);
-        assert_eq!((l.up, l.master, l.group), (false, None, 4242));
+        // Off the bridge, in the group, and left up: DEL takes the other end down, which cuts the carrier.
+        assert_eq!((l.up, l.master, l.group), (true, None, 4242));
     }
     t.nl.delete_group(4242).unwrap();
     for gone in ["pa", "pb", "qa", "qb"] {
@@ -246,4 +247,58 @@ fn bridge_carrier_follows_its_ports() {
         !link(&mut t.nl, "brc").carrier,
         "carrier goes at once with the last port"
     );
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn veth_ends_get_one_queue_each_way() {
+    let t = test_ns();
+    let mut nl = t.nl;
+    nl.create_veth(&end("qa"), &end("qb"), t.ns.fd()).unwrap();
+    for name in ["qa", "qb"] {
+        let details = in_ns(&t.ns, "ip", &["-d", "link", "show", name]);
+        assert!(details.contains("numtxqueues 1 numrxqueues 1"), "{details}");
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn master_and_up_in_one_request() {
+    let mut t = test_ns();
+    t.nl.create_bridge("brm", None, false).unwrap();
+    let br = link(&mut t.nl, "brm").index;
+    t.nl.create_veth(&end("ma"), &end("mb"), t.ns.fd()).unwrap();
+    let i = link(&mut t.nl, "ma").index;
+    t.nl.set_master_up(i, br).unwrap();
+    let l = link(&mut t.nl, "ma");
+    assert_eq!((l.up, l.master), (true, Some(br)));
+    assert!(matches!(t.nl.set_master_up(9999, br), Err(Error::NotFound)));
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn ipv4_conf_over_netlink() {
+    let mut t = test_ns();
+    t.nl.create_veth(&end("ca"), &end("cb"), t.ns.fd()).unwrap();
+    let read = |ns: &trestle_netns::NetNs| {
+        ns.run(|| trestle_netlink::sysctl::get("net/ipv4/conf/ca/arp_notify"))
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(read(&t.ns), "0");
+    let i = link(&mut t.nl, "ca").index;
+    t.nl.set_ipv4_conf(i, &[(trestle_netlink::IPV4_DEVCONF_ARP_NOTIFY, 1)])
+        .unwrap();
+    assert_eq!(read(&t.ns), "1");
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn socket_created_in_a_namespace_acts_there() {
+    let mut t = test_ns();
+    let created = t.ns.run(trestle_netlink::Netlink::socket).unwrap().unwrap();
+    // Set up on this thread, which is not in the namespace: the socket still acts on it.
+    let mut nl = trestle_netlink::Netlink::from_socket(created).unwrap();
+    nl.create_bridge("brs", None, false).unwrap();
+    assert!(t.nl.link_by_name("brs").unwrap().is_some());
 }

@@ -122,6 +122,26 @@ impl NetNs {
         })
     }
 
+    /// Like [`NetNs::run`], but returns at once: the helper works while the caller goes on, and
+    /// [`Pending::join`] waits for its value. Dropping the [`Pending`] lets the helper finish on its own.
+    pub fn spawn<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<Pending<R>, Error> {
+        let file = self.file.try_clone().map_err(|e| {
+            Error::Enter(nix::Error::from_raw(
+                e.raw_os_error().unwrap_or(libc::EBADF),
+            ))
+        })?;
+        let handle = std::thread::Builder::new()
+            .spawn(move || {
+                setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(Error::Enter)?;
+                Ok(f())
+            })
+            .map_err(|_| Error::Thread)?;
+        Ok(Pending { handle })
+    }
+
     /// Whether this is the namespace of the calling thread.
     pub fn is_current(&self) -> Result<bool, Error> {
         Ok(self.same_as(&NetNs::current()?))
@@ -139,6 +159,19 @@ impl NetNs {
     /// that will never go back (for example a "container" process joining a pod sandbox).
     pub fn enter_current_thread(&self) -> Result<(), Error> {
         setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(Error::Enter)
+    }
+}
+
+/// A helper thread started by [`NetNs::spawn`].
+#[derive(Debug)]
+pub struct Pending<R> {
+    handle: std::thread::JoinHandle<Result<R, Error>>,
+}
+
+impl<R> Pending<R> {
+    /// Waits for the helper and returns its value.
+    pub fn join(self) -> Result<R, Error> {
+        self.handle.join().map_err(|_| Error::Thread)?
     }
 }
 
@@ -173,6 +206,18 @@ mod tests {
         let inside = ns.run(|| NetNs::current().unwrap()).unwrap();
         assert!(inside.same_as(&ns));
         assert!(NetNs::current().unwrap().same_as(&before));
+    }
+
+    #[test]
+    #[ignore = "privileged: needs root"]
+    fn spawn_enters_and_caller_stays() {
+        let ns = NetNs::new_anonymous().unwrap();
+        let before = NetNs::current().unwrap();
+        let pending = ns.spawn(|| NetNs::current().unwrap()).unwrap();
+        assert!(NetNs::current().unwrap().same_as(&before));
+        assert!(pending.join().unwrap().same_as(&ns));
+        let panicked = ns.spawn(|| panic!("boom")).unwrap();
+        assert!(matches!(panicked.join(), Err(Error::Thread)));
     }
 
     #[test]

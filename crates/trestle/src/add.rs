@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use std::net::IpAddr;
 use trestle_firewall::Firewall;
 use trestle_netlink::{format_mac, sysctl, Link, Netlink};
-use trestle_netns::NetNs;
+use trestle_netns::{NetNs, Pending};
 
 /// What ADD has changed so far, undone in reverse on failure.
 #[derive(Default)]
@@ -26,6 +26,10 @@ struct Ctx<'a> {
     ns: NetNs,
     host: Netlink,
     cont: Netlink,
+    /// The bridge as found before any change (`None`: ADD creates it).
+    bridge: Option<Link>,
+    /// The bridge's addresses as read by the conflict check (empty when not read).
+    bridge_addrs: Vec<IpNet>,
 }
 
 /// Opens `CNI_NETNS` and refuses the plugin's own namespace (wiring the host itself as a pod would cut it off).
@@ -42,8 +46,24 @@ pub fn open_netns(path: &str) -> Result<NetNs, CniError> {
 
 /// Opens a netlink socket bound to `ns` (the socket keeps the namespace after the helper thread exits).
 pub fn netlink_in(ns: &NetNs) -> Result<Netlink, CniError> {
-    ns.run(Netlink::open)
+    finish_netlink_in(ns.run(Netlink::socket))
+}
+
+/// Starts creating a netlink socket in `ns` on a helper thread; [`finish_netlink_in`] collects it. Starting a
+/// thread costs about as much as the host-side checks, so both happen at once.
+pub fn start_netlink_in(ns: &NetNs) -> Result<Pending<NetlinkSocket>, CniError> {
+    ns.spawn(Netlink::socket).map_err(error::netns)
+}
+
+type NetlinkSocket = Result<trestle_netlink::Unbound, trestle_netlink::Error>;
+
+/// Sets up the socket a helper created inside a namespace.
+pub fn finish_netlink_in(
+    created: Result<NetlinkSocket, trestle_netns::Error>,
+) -> Result<Netlink, CniError> {
+    created
         .map_err(error::netns)?
+        .and_then(Netlink::from_socket)
         .map_err(|e| error::kernel("open container netlink socket", e))
 }
 
@@ -51,14 +71,18 @@ pub fn netlink_in(ns: &NetNs) -> Result<Netlink, CniError> {
 pub fn add(req: &Request) -> Result<CniResult, CniError> {
     let cfg = BridgeConfig::parse(&req.conf, &req.env.args)?;
     let ns = open_netns(&req.env.netns)?;
-    let host = Netlink::open().map_err(|e| error::kernel("open netlink socket", e))?;
-    let cont = netlink_in(&ns)?;
+    let cont = start_netlink_in(&ns)?;
+    let mut host = Netlink::open().map_err(|e| error::kernel("open netlink socket", e))?;
+    let bridge = links::check_bridge_kind(&mut host, &cfg.bridge)?;
+    let cont = finish_netlink_in(cont.join())?;
     let mut ctx = Ctx {
         req,
         cfg,
         ns,
         host,
         cont,
+        bridge,
+        bridge_addrs: Vec::new(),
     };
     preflight(&mut ctx)?;
     let mut undo = Undo::default();
@@ -71,7 +95,8 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
     }
 }
 
-/// Checks that need no change: the container interface must not exist, the bridge name must be free or a bridge.
+/// Checks that need no change: the container interface must not exist (the bridge name, free or a bridge, is
+/// checked when the bridge is looked up).
 fn preflight(ctx: &mut Ctx) -> Result<(), CniError> {
     let ifname = &ctx.req.env.ifname;
     let existing = ctx
@@ -87,7 +112,7 @@ fn preflight(ctx: &mut Ctx) -> Result<(), CniError> {
             ),
         ));
     }
-    links::check_bridge_kind(&mut ctx.host, &ctx.cfg.bridge).map(|_| ())
+    Ok(())
 }
 
 fn build(ctx: &mut Ctx, undo: &mut Undo) -> Result<CniResult, CniError> {
@@ -111,7 +136,7 @@ fn build(ctx: &mut Ctx, undo: &mut Undo) -> Result<CniResult, CniError> {
     if ctx.cfg.is_gateway {
         check_bridge_addresses(ctx, &result)?;
     }
-    let bridge = links::ensure_bridge(&mut ctx.host, &ctx.cfg)?;
+    let bridge = links::ensure_bridge(&mut ctx.host, &ctx.cfg, ctx.bridge.take())?;
     phase("bridge");
     let veth = links::create_veth(
         &mut ctx.host,
@@ -218,11 +243,12 @@ fn check_bridge_addresses(ctx: &mut Ctx, result: &CniResult) -> Result<(), CniEr
     if ctx.cfg.force_address {
         return Ok(());
     }
-    let Some(bridge) = links::check_bridge_kind(&mut ctx.host, &ctx.cfg.bridge)? else {
+    let Some(bridge) = &ctx.bridge else {
         return Ok(());
     };
+    ctx.bridge_addrs = bridge_addresses(&mut ctx.host, bridge.index)?;
     for want in gateway_addrs(result) {
-        if let Some(conflict) = conflicting(&mut ctx.host, bridge.index, &want)?.first() {
+        if let Some(conflict) = conflicting(&ctx.bridge_addrs, &want).first() {
             return Err(CniError::plugin(
                 code::BRIDGE_CONFLICT,
                 format!(
@@ -235,13 +261,18 @@ fn check_bridge_addresses(ctx: &mut Ctx, result: &CniResult) -> Result<(), CniEr
     Ok(())
 }
 
-fn conflicting(host: &mut Netlink, index: u32, want: &IpNet) -> Result<Vec<IpNet>, CniError> {
+fn bridge_addresses(host: &mut Netlink, index: u32) -> Result<Vec<IpNet>, CniError> {
     let addrs = host
         .addresses(Some(index))
         .map_err(|e| error::kernel("list bridge addresses", e))?;
-    Ok(addrs
-        .into_iter()
-        .map(|a| a.address)
+    Ok(addrs.into_iter().map(|a| a.address).collect())
+}
+
+/// The addresses of `addrs` that stand in the way of gateway address `want`.
+fn conflicting(addrs: &[IpNet], want: &IpNet) -> Vec<IpNet> {
+    addrs
+        .iter()
+        .copied()
         .filter(|a| a != want && a.addr().is_ipv4() == want.addr().is_ipv4())
         .filter(|a| match a {
             IpNet::V4(_) => true,
@@ -251,7 +282,7 @@ fn conflicting(host: &mut Netlink, index: u32, want: &IpNet) -> Result<Vec<IpNet
                     && (a.contains(&want.addr()) || want.contains(&a.addr()))
             }
         })
-        .collect())
+        .collect()
 }
 
 /// Sysctls, addresses, link up and routes inside the container. Returns the container link.
@@ -262,11 +293,18 @@ fn configure_container(ctx: &mut Ctx, result: &CniResult) -> Result<Link, CniErr
         .link_by_name(&ifname)
         .map_err(|e| error::kernel("look up container interface", e))?
         .ok_or_else(|| CniError::plugin(code::KERNEL, format!("{ifname} vanished")))?;
+    // Announce the (possibly reused) address when the link comes up, so neighbours drop stale ARP entries of a
+    // previous pod. Set over netlink: a /proc/sys write would need a thread inside the pod's namespace.
+    ctx.cont
+        .set_ipv4_conf(link.index, &[(trestle_netlink::IPV4_DEVCONF_ARP_NOTIFY, 1)])
+        .map_err(|e| error::kernel("set arp_notify", e))?;
     let dad = ctx.cfg.enable_dad;
-    let has_v6 = result.ips.iter().any(|ip| ip.address.addr().is_ipv6());
-    ctx.ns
-        .run(|| container_sysctls(&ifname, dad, has_v6))
-        .map_err(error::netns)??;
+    if result.ips.iter().any(|ip| ip.address.addr().is_ipv6()) {
+        // IPv6 device settings cannot be set over netlink.
+        ctx.ns
+            .run(|| ipv6_sysctls(&ifname, dad))
+            .map_err(error::netns)??;
+    }
     for ip in &result.ips {
         ctx.cont
             .add_address(link.index, ip.address, !dad)
@@ -283,21 +321,14 @@ fn configure_container(ctx: &mut Ctx, result: &CniResult) -> Result<Link, CniErr
     Ok(link)
 }
 
-fn container_sysctls(ifname: &str, dad: bool, has_v6: bool) -> Result<(), CniError> {
-    let set =
-        |key: String, value: &str| sysctl::set(&key, value).map_err(|e| error::sysctl(&key, e));
-    if has_v6 {
-        set(
-            format!("net/ipv6/conf/{ifname}/accept_dad"),
-            if dad { "1" } else { "0" },
-        )?;
-        if dad {
-            // Older kernels lack enhanced DAD; it only makes DAD smarter, so its absence is fine.
-            let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
-        }
+fn ipv6_sysctls(ifname: &str, dad: bool) -> Result<(), CniError> {
+    let key = format!("net/ipv6/conf/{ifname}/accept_dad");
+    sysctl::set(&key, if dad { "1" } else { "0" }).map_err(|e| error::sysctl(&key, e))?;
+    if dad {
+        // Older kernels lack enhanced DAD; it only makes DAD smarter, so its absence is fine.
+        let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
     }
-    // Announce the (possibly reused) address so neighbours drop stale ARP entries of a previous pod.
-    set(format!("net/ipv4/conf/{ifname}/arp_notify"), "1")
+    Ok(())
 }
 
 fn add_container_route(
@@ -333,15 +364,19 @@ fn add_container_route(
 fn configure_gateway(ctx: &mut Ctx, bridge: &Link, result: &CniResult) -> Result<(), CniError> {
     for want in gateway_addrs(result) {
         if ctx.cfg.force_address {
-            for old in conflicting(&mut ctx.host, bridge.index, &want)? {
+            for old in conflicting(&bridge_addresses(&mut ctx.host, bridge.index)?, &want) {
                 ctx.host
                     .del_address(bridge.index, old)
                     .map_err(|e| error::kernel("remove old bridge address", e))?;
             }
         }
-        match ctx.host.add_address(bridge.index, want, true) {
-            Ok(()) | Err(trestle_netlink::Error::Exists) => {}
-            Err(e) => return Err(error::kernel("add gateway address to bridge", e)),
+        // After the first pod the bridge has its gateway address (as read by the conflict check): adding it
+        // again would only take the kernel's rtnl lock to answer EEXIST.
+        if !ctx.bridge_addrs.contains(&want) {
+            match ctx.host.add_address(bridge.index, want, true) {
+                Ok(()) | Err(trestle_netlink::Error::Exists) => {}
+                Err(e) => return Err(error::kernel("add gateway address to bridge", e)),
+            }
         }
         let key = if want.addr().is_ipv4() {
             "net/ipv4/ip_forward"

@@ -1,7 +1,7 @@
 //! DEL and GC: idempotent and tolerant (cni-spec.md §6). DEL cuts the pod off before it releases the address, so
 //! an address is never handed out while the old pod can still use it.
 
-use crate::add::{bridge_in_use, firewall, netlink_in};
+use crate::add::{bridge_in_use, finish_netlink_in, firewall, start_netlink_in};
 use crate::config::BridgeConfig;
 use crate::error;
 use crate::ipam;
@@ -74,24 +74,66 @@ fn prev_addresses(req: &Request) -> String {
 }
 
 /// Hands the slow kernel work to a detached child: destroying the parked veth pairs, which waits for RCU grace
-/// periods (tens of milliseconds, holding the kernel's rtnl lock). The child waits a moment so that pairs parked
-/// by concurrent DELs go in the same batch: one unregistration, one wait, however many pairs. A pair whose child
-/// died is destroyed by the next batch or by GC.
+/// periods (tens of milliseconds, holding the kernel's rtnl lock at times). One reaper per host namespace at a
+/// time: while one runs, a DEL leaves its pair to it, so pairs parked by concurrent DELs go in the same batches
+/// (one unregistration, one wait, however many pairs) and a DEL forks nothing. A pair whose reaper died is
+/// destroyed by the next reaper or by GC.
 fn finish(doomed: Option<u32>) {
     if doomed.is_none() {
         return;
     }
-    let spawned = cni_plugin::detach::detach(|| {
-        std::thread::sleep(BATCH_WINDOW);
-        if let Ok(mut nl) = Netlink::open() {
-            reap_dead_links(&mut nl);
-        }
-    });
+    let Some(claim) = ReaperClaim::take() else {
+        // Another reaper holds the claim, so it has not made its last pass yet: that pass sees this pair.
+        log::debug!("DEL: pair left to the running reaper");
+        return;
+    };
+    let spawned = cni_plugin::detach::detach(|| reap_until_idle(claim));
+    if spawned.is_ok() {
+        log::debug!("DEL: reaper started");
+    }
     if let Err(e) = spawned {
         // Without a child the work is done here: slower, never left undone.
         log::warn!("cannot detach cleanup: {e}");
         if let Ok(mut nl) = Netlink::open() {
             reap_dead_links(&mut nl);
+        }
+    }
+}
+
+/// The reaper's loop: destroys batches of parked pairs while DELs keep parking them, then lets the claim go and
+/// makes one last pass for pairs parked by DELs that saw the claim held.
+fn reap_until_idle(claim: ReaperClaim) {
+    let Ok(mut nl) = Netlink::open() else {
+        return;
+    };
+    loop {
+        std::thread::sleep(BATCH_WINDOW);
+        if !reap_dead_links(&mut nl) {
+            break;
+        }
+    }
+    drop(claim);
+    reap_dead_links(&mut nl);
+}
+
+/// The right to be this host namespace's reaper: an abstract unix socket name, which is scoped to the network
+/// namespace and released by the kernel when its holder exits, however it exits.
+struct ReaperClaim(#[allow(dead_code)] std::os::unix::net::UnixDatagram);
+
+impl ReaperClaim {
+    /// Takes the claim, or `None` when a reaper holds it. When the claim cannot be checked at all, take a
+    /// private one: a reaper too many only costs a fork.
+    fn take() -> Option<ReaperClaim> {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let addr = SocketAddr::from_abstract_name(b"trestle-reaper").ok()?;
+        match UnixDatagram::bind_addr(&addr) {
+            Ok(sock) => Some(ReaperClaim(sock)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => None,
+            Err(e) => {
+                log::warn!("reaper claim: {e}");
+                UnixDatagram::unbound().ok().map(ReaperClaim)
+            }
         }
     }
 }
@@ -117,8 +159,9 @@ pub const DEAD_GROUP: u32 = 0x7472_0001;
 /// Name the container end takes when it is cut off, freeing `CNI_IFNAME` at once.
 const DEAD_PREFIX: &str = "trdead";
 
-/// Cuts the pod off: its interface goes down and is renamed out of the way (so `CNI_IFNAME` is free for a new ADD
-/// at once), and the host end goes down, leaves the bridge and joins [`DEAD_GROUP`]. Returns the host end's index. Success with nothing to do when the netns or the link is gone.
+/// Cuts the pod off: its interface goes down (taking the host end's carrier with it) and is renamed out of the
+/// way (so `CNI_IFNAME` is free for a new ADD at once), and the host end leaves the bridge and joins
+/// [`DEAD_GROUP`]. Returns the host end's index. Success with nothing to do when the netns or the link is gone.
 fn cut_off(req: &Request) -> Result<Option<u32>, CniError> {
     if req.env.netns.is_empty() {
         return Ok(None);
@@ -131,14 +174,15 @@ fn cut_off(req: &Request) -> Result<Option<u32>, CniError> {
         }
         Err(e) => return Err(error::netns(e)),
     };
-    let mut cont = netlink_in(&ns)?;
+    let cont = start_netlink_in(&ns)?;
+    let mut host = Netlink::open().map_err(|e| error::kernel("open netlink socket", e))?;
+    let mut cont = finish_netlink_in(cont.join())?;
     let Some(link) = cont
         .link_by_name(&req.env.ifname)
         .map_err(|e| error::kernel("look up container interface", e))?
     else {
         return Ok(None);
     };
-    let mut host = Netlink::open().map_err(|e| error::kernel("open netlink socket", e))?;
     let peer = match link.peer_index {
         Some(p) if link.kind.as_deref() == Some("veth") => host
             .link_by_index(p)

@@ -20,10 +20,15 @@ pub fn check_bridge_kind(host: &mut Netlink, name: &str) -> Result<Option<Link>,
     }
 }
 
-/// Returns the bridge, creating it (up, MAC pinned, `accept_ra` off) when missing. Concurrent plugins may race to
-/// create it: EEXIST means another one won, which is fine.
-pub fn ensure_bridge(host: &mut Netlink, cfg: &BridgeConfig) -> Result<Link, CniError> {
-    if let Some(link) = check_bridge_kind(host, &cfg.bridge)? {
+/// Returns the bridge, creating it (up, MAC pinned, `accept_ra` off) when missing. `found` is the bridge as
+/// [`check_bridge_kind`] found it. Concurrent plugins may race to create it: EEXIST means another one won, which
+/// is fine.
+pub fn ensure_bridge(
+    host: &mut Netlink,
+    cfg: &BridgeConfig,
+    found: Option<Link>,
+) -> Result<Link, CniError> {
+    if let Some(link) = found {
         return finish_bridge(host, cfg, link);
     }
     match host.create_bridge(&cfg.bridge, cfg.mtu, cfg.vlan != 0) {
@@ -125,6 +130,12 @@ pub fn attach_port(
     bridge: &Link,
     veth: &Link,
 ) -> Result<(), CniError> {
+    if !cfg.hairpin_mode && !cfg.port_isolation && cfg.vlan == 0 {
+        // Nothing to set on the port before it forwards: one request.
+        return host
+            .set_master_up(veth.index, bridge.index)
+            .map_err(|e| error::kernel("attach veth to bridge", e));
+    }
     host.set_master(veth.index, Some(bridge.index))
         .map_err(|e| error::kernel("attach veth to bridge", e))?;
     if cfg.hairpin_mode || cfg.port_isolation {

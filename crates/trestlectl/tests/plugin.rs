@@ -123,6 +123,35 @@ fn cut_off_pairs_never_stay() {
     assert!(w.wait_no_veth().is_empty());
 }
 
+/// One reaper per host namespace: DELs that come while it works leave their pairs to it instead of forking
+/// another, and every pair still goes.
+#[test]
+#[ignore = "privileged: needs root"]
+fn back_to_back_dels_share_one_reaper() {
+    let w = World::new();
+    let logs = tempfile::tempdir().unwrap();
+    let mut conf = w.classic("1.1.0");
+    conf["logLevel"] = json!("debug");
+    conf["logFile"] = json!(logs.path().join("trestle.log").display().to_string());
+    let pods: Vec<_> = (0..10).map(|_| w.pod()).collect();
+    for (i, pod) in pods.iter().enumerate() {
+        w.add(&format!("r{i}"), pod, &conf);
+    }
+    for (i, pod) in pods.iter().enumerate() {
+        w.del(&format!("r{i}"), &pod.path().display().to_string(), &conf);
+    }
+    assert!(w.wait_no_veth().is_empty());
+    let mut log = String::new();
+    for entry in std::fs::read_dir(logs.path()).unwrap() {
+        log.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+    }
+    let started = log.matches("DEL: reaper started").count();
+    let left = log.matches("DEL: pair left to the running reaper").count();
+    assert_eq!(started + left, 10, "{log}");
+    // DELs start a few milliseconds apart; a reaper waits and works for tens of milliseconds.
+    assert!(left > 0, "every DEL started its own reaper:\n{log}");
+}
+
 #[test]
 #[ignore = "privileged: needs root"]
 fn check_status_and_version() {
