@@ -135,16 +135,29 @@ impl Netlink {
         )
     }
 
-    /// Enslaves a link to `master` and brings it up, in one request (one rtnl round instead of two).
+    /// Enslaves a link to bridge `master`, stops it from generating an IPv6 link-local address, and brings it
+    /// up, in one request (one rtnl round). A bridge port forwards frames and needs no address of its own;
+    /// without one the kernel also skips the port's DAD and MLD reports, and the host's IPv6 routing table does
+    /// not grow a `fe80::/64` route per port, which every later carrier change of any port walks. On a kernel
+    /// without IPv6 the port is simply enslaved and brought up.
     ///
-    /// Like `ip link set DEV master MASTER up`.
-    pub fn set_master_up(&mut self, index: u32, master: u32) -> Result<(), Error> {
+    /// Like `ip link set DEV master MASTER addrgenmode none up`.
+    pub fn set_port_up(&mut self, index: u32, master: u32) -> Result<(), Error> {
         let mut msg = message(index);
         msg.header.change_mask = LinkFlags::Up;
         msg.header.flags = LinkFlags::Up;
         msg.attributes.push(LinkAttribute::Controller(master));
-        self.transport
-            .ack("set master and up", Msg::SetLink(msg), 0)
+        let mut l2 = msg.clone();
+        let mode = nla(IFLA_INET6_ADDR_GEN_MODE, &[IN6_ADDR_GEN_MODE_NONE]);
+        let af_spec = nla(libc::AF_INET6 as u16, &mode);
+        l2.attributes
+            .push(LinkAttribute::Other(DefaultNla::new(IFLA_AF_SPEC, af_spec)));
+        match self.transport.ack("attach port", Msg::SetLink(l2), 0) {
+            Err(Error::Kernel { errno, .. }) if errno == libc::EAFNOSUPPORT => {
+                self.transport.ack("attach port", Msg::SetLink(msg), 0)
+            }
+            other => other,
+        }
     }
 
     /// Sets the MTU.
@@ -271,6 +284,10 @@ pub(crate) fn message(index: u32) -> LinkMessage {
 /// `IFLA_AF_SPEC` and, inside its `AF_INET` entry, `IFLA_INET_CONF` (`linux/if_link.h`).
 const IFLA_AF_SPEC: u16 = 26;
 const IFLA_INET_CONF: u16 = 1;
+
+/// `IFLA_INET6_ADDR_GEN_MODE` inside `AF_INET6`, and its "no address" value (`linux/if_link.h`).
+const IFLA_INET6_ADDR_GEN_MODE: u16 = 8;
+const IN6_ADDR_GEN_MODE_NONE: u8 = 1;
 
 /// `IPV4_DEVCONF_ARP_NOTIFY` (`linux/ip.h`): announce the address (gratuitous ARP) when the device comes up.
 pub const IPV4_DEVCONF_ARP_NOTIFY: u16 = 22;

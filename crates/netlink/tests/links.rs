@@ -263,16 +263,28 @@ fn veth_ends_get_one_queue_each_way() {
 
 #[test]
 #[ignore = "privileged: needs root"]
-fn master_and_up_in_one_request() {
+fn port_up_in_one_request_without_ipv6_address() {
     let mut t = test_ns();
     t.nl.create_bridge("brm", None, false).unwrap();
     let br = link(&mut t.nl, "brm").index;
     t.nl.create_veth(&end("ma"), &end("mb"), t.ns.fd()).unwrap();
     let i = link(&mut t.nl, "ma").index;
-    t.nl.set_master_up(i, br).unwrap();
+    t.nl.set_port_up(i, br).unwrap();
     let l = link(&mut t.nl, "ma");
     assert_eq!((l.up, l.master), (true, Some(br)));
-    assert!(matches!(t.nl.set_master_up(9999, br), Err(Error::NotFound)));
+    // No IPv6 address on the port, while its peer (up too) gets its link-local one.
+    let mb = link(&mut t.nl, "mb").index;
+    t.nl.set_up(mb, true).unwrap();
+    let details = in_ns(&t.ns, "ip", &["-d", "link", "show", "ma"]);
+    assert!(details.contains("addrgenmode none"), "{details}");
+    let v6 = |name: &str| in_ns(&t.ns, "ip", &["-6", "addr", "show", "dev", name]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !v6("mb").contains("fe80") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(v6("mb").contains("fe80"));
+    assert_eq!(v6("ma"), "");
+    assert!(matches!(t.nl.set_port_up(9999, br), Err(Error::NotFound)));
 }
 
 #[test]

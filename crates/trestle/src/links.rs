@@ -123,21 +123,19 @@ pub fn create_veth(
     ))
 }
 
-/// Attaches the host end to the bridge with the port settings, then brings it up.
+/// Attaches the host end to the bridge with the port settings, then brings it up (without an IPv6 link-local
+/// address: see [`Netlink::set_port_up`]).
 pub fn attach_port(
     host: &mut Netlink,
     cfg: &BridgeConfig,
     bridge: &Link,
     veth: &Link,
 ) -> Result<(), CniError> {
-    if !cfg.hairpin_mode && !cfg.port_isolation && cfg.vlan == 0 {
-        // Nothing to set on the port before it forwards: one request.
-        return host
-            .set_master_up(veth.index, bridge.index)
-            .map_err(|e| error::kernel("attach veth to bridge", e));
+    if cfg.hairpin_mode || cfg.port_isolation || cfg.vlan != 0 {
+        // Port options need the port on the bridge; it forwards only once it is up, below.
+        host.set_master(veth.index, Some(bridge.index))
+            .map_err(|e| error::kernel("attach veth to bridge", e))?;
     }
-    host.set_master(veth.index, Some(bridge.index))
-        .map_err(|e| error::kernel("attach veth to bridge", e))?;
     if cfg.hairpin_mode || cfg.port_isolation {
         let opts = PortOptions {
             hairpin: cfg.hairpin_mode.then_some(true),
@@ -154,8 +152,8 @@ pub fn attach_port(
                 .map_err(|e| error::kernel("remove default vlan", e))?;
         }
     }
-    host.set_up(veth.index, true)
-        .map_err(|e| error::kernel("set host veth up", e))
+    host.set_port_up(veth.index, bridge.index)
+        .map_err(|e| error::kernel("attach veth to bridge", e))
 }
 
 #[cfg(test)]
