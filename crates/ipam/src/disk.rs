@@ -7,14 +7,14 @@
 //! - `last_reserved_ip.<setIndex>` with the last address reserved in that range set;
 //! - `lock`, which every host-local and trestle process `flock`s around each operation;
 //! - `.trestle-boot`, trestle's boot ID record (see [`crate::boot`]);
-//! - `.trestle-attachments/`, trestle's attachment index (see [`crate::index`]).
+//! - `.trestle-index/`, trestle's attachment index (see [`crate::index`]).
 //!
 //! Cost of the hot path: reserving is one `O_EXCL` create per candidate address plus the
-//! `last_reserved_ip` write and the index update (an entry write, rename and one hard link
-//! per address), independent of how many addresses are taken. The duplicate-ADD check, DEL
-//! and CHECK read the attachment's index entry and the files it lists, plus two directory
-//! listings (names and inode numbers, no file opened) proving that the index covers every
-//! reservation. Only when it does not (host-local wrote reservations too) do they read every
+//! `last_reserved_ip` write and the index update (one hard link per address: no new inode),
+//! independent of how many addresses are taken. The duplicate-ADD check, DEL and CHECK read
+//! two directory listings (names and inode numbers, no file opened: the index's link names
+//! say which addresses the attachment holds, their inode numbers prove that the index covers
+//! every reservation) and the attachment's own reservation files. Only when it does not (host-local wrote reservations too) do they read every
 //! reservation file, as host-local does; the duplicate check then reads only files named by
 //! addresses inside the range sets it is about to allocate from.
 
@@ -208,7 +208,10 @@ impl Store for DiskStore {
     fn lock(&mut self) -> Result<(), IpamError> {
         self.lock_file
             .lock()
-            .map_err(|e| IpamError::io("lock", self.dir.join("lock"), e))
+            .map_err(|e| IpamError::io("lock", self.dir.join("lock"), e))?;
+        // Other processes may have changed the directory while it was not locked.
+        self.index.forget();
+        Ok(())
     }
 
     fn unlock(&mut self) -> Result<(), IpamError> {
@@ -285,14 +288,12 @@ impl Store for DiskStore {
     }
 
     fn record_attachment(&mut self, att: &Attachment, ips: &[IpAddr]) -> Result<(), IpamError> {
-        let mut all = match self.index.entry(att)? {
-            Some(old) => self.index.owned(att, &old)?,
-            None => Vec::new(),
-        };
-        all.extend_from_slice(ips);
-        all.sort();
-        all.dedup();
-        self.index.record(att, &all, ips)
+        // Links of addresses the attachment has lost since go first, so its links stay exactly
+        // what it holds.
+        if let Some(listed) = self.index.entry(att)? {
+            self.index.drop_entry(att, &listed)?;
+        }
+        self.index.record(att, ips)
     }
 
     fn prune_index(&mut self) -> Result<(), IpamError> {

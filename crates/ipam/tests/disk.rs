@@ -53,7 +53,7 @@ fn writes_host_local_layout() {
     assert_eq!(
         names(&dir),
         [
-            ".trestle-attachments",
+            ".trestle-index",
             "10.0.0.2",
             "fd00::2",
             "last_reserved_ip.0",
@@ -61,19 +61,16 @@ fn writes_host_local_layout() {
             "lock"
         ]
     );
-    // The index: the attachment's entry and a hard link ("pin") per reservation file.
-    let index = dir.join(".trestle-attachments");
-    assert_eq!(names(&index), ["cid-1@eth0", "pins"]);
-    assert_eq!(
-        fs::read_to_string(index.join("cid-1@eth0")).unwrap(),
-        "10.0.0.2\nfd00::2\n"
-    );
-    assert_eq!(names(&index.join("pins")), ["10.0.0.2.pin", "fd00::2.pin"]);
+    // The index: a hard link per reservation file, named by address and attachment.
+    let index = dir.join(".trestle-index");
+    assert_eq!(names(&index), ["10.0.0.2@cid-1@eth0", "fd00::2@cid-1@eth0"]);
     let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
-    assert_eq!(
-        ino(&index.join("pins/10.0.0.2.pin")),
-        ino(&dir.join("10.0.0.2"))
-    );
+    for addr in ["10.0.0.2", "fd00::2"] {
+        assert_eq!(
+            ino(&index.join(format!("{addr}@cid-1@eth0"))),
+            ino(&dir.join(addr))
+        );
+    }
     assert_eq!(
         fs::read_to_string(dir.join("10.0.0.2")).unwrap(),
         "cid-1\r\neth0"
@@ -348,9 +345,12 @@ fn concurrent_threads_get_distinct_addresses() {
         2 * THREADS * EACH + 5,
         "no stray reservations"
     );
-    let index = dir.join(".trestle-attachments");
-    assert_eq!(names(&index).len(), THREADS * EACH + 1, "one entry each");
-    assert_eq!(names(&index.join("pins")).len(), 2 * THREADS * EACH);
+    let index = dir.join(".trestle-index");
+    assert_eq!(
+        names(&index).len(),
+        2 * THREADS * EACH,
+        "one link per address"
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 mod common;
 
 use std::fs;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use common::{addrs, cfg, ip};
@@ -32,20 +33,36 @@ fn setup() -> (TempDir, DiskStore, PathBuf) {
 }
 
 fn index(dir: &Path) -> PathBuf {
-    dir.join(".trestle-attachments")
+    dir.join(".trestle-index")
 }
 
-fn entry(dir: &Path, key: &str) -> Option<String> {
-    fs::read_to_string(index(dir).join(key)).ok()
-}
-
-fn pins(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(index(dir).join("pins"))
+fn link_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(index(dir))
         .map(|rd| {
             rd.map(|e| e.unwrap().file_name().into_string().unwrap())
                 .collect()
         })
         .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The addresses the index links to attachment `key`, one per line, in address order.
+fn entry(dir: &Path, key: &str) -> Option<String> {
+    let mut ips: Vec<IpAddr> = link_names(dir)
+        .iter()
+        .filter_map(|n| n.strip_suffix(&format!("@{key}"))?.parse().ok())
+        .collect();
+    ips.sort();
+    (!ips.is_empty()).then(|| ips.iter().map(|ip| format!("{ip}\n")).collect())
+}
+
+/// The addresses with an index link, as `<ip>.pin`, sorted by name.
+fn pins(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = link_names(dir)
+        .iter()
+        .map(|n| format!("{}.pin", n.split_once('@').unwrap().0))
+        .collect();
     v.sort();
     v
 }
@@ -125,22 +142,18 @@ fn duplicate_add_detected_through_the_entry() {
     assert_eq!(entry(&dir, "a@eth0").unwrap(), "10.0.0.7\nfd00::2\n");
 }
 
-/// host-local released our attachment (files and pins) behind our back: the entry is stale
-/// and must not block a new ADD.
+/// host-local released our attachment (its files and, having the same content, our links)
+/// behind our back, or an operator removed the files: a new ADD is not blocked.
 #[test]
 fn stale_entry_does_not_block_add() {
     let (_root, mut s, dir) = setup();
     allocate(&dual(), &mut s, &att("a")).unwrap();
     host_local_release(&dir, &att("a"));
-    assert!(
-        entry(&dir, "a@eth0").is_some(),
-        "host-local keeps our entry"
-    );
-    assert!(pins(&dir).is_empty(), "host-local deleted the pins");
+    assert!(pins(&dir).is_empty(), "host-local deleted the links");
     let got = allocate(&dual(), &mut s, &att("a")).unwrap();
     assert_eq!(addrs(&got), ["10.0.0.3/24", "fd00::3/64"]);
     assert_eq!(entry(&dir, "a@eth0").unwrap(), "10.0.0.3\nfd00::3\n");
-    // Same when only the reservation files went (an operator's rm): the stale pins go too.
+    // Same when only the reservation files went (an operator's rm): the stale links go too.
     fs::remove_file(dir.join("10.0.0.3")).unwrap();
     fs::remove_file(dir.join("fd00::3")).unwrap();
     assert_eq!(pins(&dir), ["10.0.0.3.pin", "fd00::3.pin"]);
@@ -247,4 +260,21 @@ fn unindexable_attachment_works_by_scanning() {
     allocate(&v4(), &mut s, &att("a")).unwrap();
     assert_eq!(release(&v4(), &mut s, &odd).unwrap(), [ip("10.0.0.2")]);
     assert!(is_duplicate(allocate(&v4(), &mut s, &att("a"))));
+}
+
+/// The previous layout (an entry file per attachment and `pins/`): its reservations are found
+/// by scanning, and GC removes its directory.
+#[test]
+fn previous_layout_is_scanned_then_removed() {
+    let (_root, mut s, dir) = setup();
+    host_local_reserve(&dir, "10.0.0.2", &att("a"));
+    let legacy = dir.join(".trestle-attachments");
+    fs::create_dir_all(legacy.join("pins")).unwrap();
+    fs::write(legacy.join("a@eth0"), "10.0.0.2\n").unwrap();
+    fs::hard_link(dir.join("10.0.0.2"), legacy.join("pins/10.0.0.2.pin")).unwrap();
+    assert_eq!(check(&v4(), &mut s, &att("a")).unwrap(), [ip("10.0.0.2")]);
+    assert!(is_duplicate(allocate(&v4(), &mut s, &att("a"))));
+    gc(&v4(), &mut s, &[att("a")]).unwrap();
+    assert!(!legacy.exists());
+    assert_eq!(release(&v4(), &mut s, &att("a")).unwrap(), [ip("10.0.0.2")]);
 }

@@ -85,14 +85,11 @@ fn parent() {
     let files = std::fs::read_dir(&dir).unwrap().count();
     // Every reservation, plus two cursors, the lock, the boot file and the index.
     assert_eq!(files, ips.len() + 5);
-    // One index entry per allocation (plus the pins directory), one pin per reservation.
-    let index = dir.join(".trestle-attachments");
-    assert_eq!(
-        std::fs::read_dir(&index).unwrap().count(),
-        ips.len() / 2 + 1
-    );
-    let pins = std::fs::read_dir(index.join("pins")).unwrap().count();
-    assert_eq!(pins, ips.len(), "every reservation is pinned");
+    // One index link per reservation.
+    let links = std::fs::read_dir(dir.join(".trestle-index"))
+        .unwrap()
+        .count();
+    assert_eq!(links, ips.len(), "every reservation is linked");
     println!(
         "multiprocess: {} processes allocated {} distinct addresses: ok",
         WORKERS,

@@ -76,8 +76,8 @@ fn add_one(
     let host = nl
         .link_by_name(&host_name)?
         .ok_or(trestle_netlink::Error::NotFound)?;
-    nl.set_master(host.index, Some(bridge))?;
-    nl.set_up(host.index, true)?;
+    // As trestle attaches its ports: on the bridge, no IPv6 address, up, in one request.
+    nl.set_port_up(host.index, bridge)?;
     let eth0 = cont
         .link_by_name("eth0")?
         .ok_or(trestle_netlink::Error::NotFound)?;

@@ -112,6 +112,13 @@ fn run_in(opts: &Options, work: &std::path::Path) -> Result<Report, String> {
     Ok(report)
 }
 
+/// A pause before every measured batch, the same for both sides: the kernel finishes work queued by the batch
+/// before (RCU callbacks, the IPv6 cleanup of deleted links, writeback of the state directory) instead of doing it
+/// on the next side's time.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(300));
+}
+
 fn run_case(
     opts: &Options,
     sides: &[Side],
@@ -125,9 +132,11 @@ fn run_case(
         for (i, side) in sides.iter().enumerate() {
             let conf = side.config("benchnet", "10.128.0.0/16", masq);
             progress.label(&format!("{} ADD c={c} ipMasq={masq}", side.name));
+            settle();
             let a = side.batch("ADD", &conf, opts.pods, c, &|| progress.tick())?;
             add[i].record(&a.latencies, a.wall, None);
             progress.label(&format!("{} DEL c={c} ipMasq={masq}", side.name));
+            settle();
             let d = side.batch("DEL", &conf, opts.pods, c, &|| progress.tick())?;
             let gone = side.wait_links_gone(Duration::from_secs(60));
             del[i].record(&d.latencies, d.wall, Some(d.wall + gone));
@@ -170,9 +179,11 @@ fn density(opts: &Options, work: &std::path::Path) -> Result<Vec<DensityResult>,
     for side in &sides {
         let conf = side.config("densenet", "10.130.0.0/22", true);
         progress.label(&format!("{} density ADD", side.name));
+        settle();
         let a = side.batch("ADD", &conf, opts.density, 8, &|| progress.tick())?;
         let distinct = side.reserved("densenet");
         progress.label(&format!("{} density DEL", side.name));
+        settle();
         let d = side.batch("DEL", &conf, opts.density, 8, &|| progress.tick())?;
         let gone = side.wait_links_gone(Duration::from_secs(120));
         out.push(DensityResult {
