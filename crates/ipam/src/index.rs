@@ -71,7 +71,8 @@ const NAME_MAX: usize = 255;
 #[derive(Debug, Clone)]
 struct Link {
     ip: IpAddr,
-    att: Attachment,
+    /// The attachment's key (see [`key`]).
+    key: String,
     ino: u64,
     name: String,
 }
@@ -115,6 +116,11 @@ fn parse_link(name: &str) -> Option<(IpAddr, Attachment)> {
     Some((ip.parse().ok()?, parse_key(key)?))
 }
 
+/// The key part of a link name made by [`link_name`].
+fn link_key(name: &str) -> &str {
+    name.split_once('@').map_or("", |(_, key)| key)
+}
+
 fn link_name(ip: IpAddr, key: &str) -> String {
     format!("{ip}@{key}")
 }
@@ -155,10 +161,10 @@ impl Index {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            if let Some((ip, att)) = parse_link(&name) {
+            if let Some((ip, _)) = parse_link(&name) {
                 links.push(Link {
                     ip,
-                    att,
+                    key: link_key(&name).to_owned(),
                     ino: entry.ino(),
                     name,
                 });
@@ -169,13 +175,13 @@ impl Index {
 
     /// The addresses linked to `att`, or `None` if there are none.
     pub(crate) fn entry(&self, att: &Attachment) -> Result<Option<Vec<IpAddr>>, IpamError> {
-        if key(att).is_none() {
+        let Some(key) = key(att) else {
             return Ok(None);
-        }
+        };
         let mut ips: Vec<IpAddr> = self.with_links(|links| {
             links
                 .iter()
-                .filter(|l| l.att == *att)
+                .filter(|l| l.key == key)
                 .map(|l| l.ip)
                 .collect()
         })?;
@@ -220,7 +226,7 @@ impl Index {
             let ino = self.link(ip, &name)?;
             let link = Link {
                 ip,
-                att: att.clone(),
+                key: key.clone(),
                 ino,
                 name,
             };
@@ -283,10 +289,13 @@ impl Index {
 
     /// Removes those links of `att` for `listed` that no longer link the live reservation.
     pub(crate) fn drop_entry(&self, att: &Attachment, listed: &[IpAddr]) -> Result<(), IpamError> {
+        let Some(key) = key(att) else {
+            return Ok(());
+        };
         let stale: Vec<String> = self.with_links(|links| {
             links
                 .iter()
-                .filter(|l| l.att == *att && listed.contains(&l.ip))
+                .filter(|l| l.key == key && listed.contains(&l.ip))
                 .filter(|l| !self.is_current(l))
                 .map(|l| l.name.clone())
                 .collect()

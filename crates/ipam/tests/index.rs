@@ -278,3 +278,16 @@ fn previous_layout_is_scanned_then_removed() {
     assert!(!legacy.exists());
     assert_eq!(release(&v4(), &mut s, &att("a")).unwrap(), [ip("10.0.0.2")]);
 }
+
+/// host-local trims the container ID it stores; so does the index, for every lookup.
+#[test]
+fn padded_container_id_is_the_same_attachment() {
+    let (_root, mut s, dir) = setup();
+    let padded = Attachment::new("  a ", "eth0");
+    allocate(&v4(), &mut s, &padded).unwrap();
+    assert_eq!(entry(&dir, "a@eth0").unwrap(), "10.0.0.2\n");
+    assert!(is_duplicate(allocate(&v4(), &mut s, &att("a"))));
+    assert_eq!(check(&v4(), &mut s, &padded).unwrap(), [ip("10.0.0.2")]);
+    assert_eq!(release(&v4(), &mut s, &padded).unwrap(), [ip("10.0.0.2")]);
+    assert!(pins(&dir).is_empty());
+}
