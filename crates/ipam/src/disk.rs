@@ -14,9 +14,10 @@
 //! independent of how many addresses are taken. The duplicate-ADD check, DEL and CHECK read
 //! two directory listings (names and inode numbers, no file opened: the index's link names
 //! say which addresses the attachment holds, their inode numbers prove that the index covers
-//! every reservation) and the attachment's own reservation files. Only when it does not (host-local wrote reservations too) do they read every
-//! reservation file, as host-local does; the duplicate check then reads only files named by
-//! addresses inside the range sets it is about to allocate from.
+//! every reservation) and the attachment's own reservation files. Only when the index does
+//! not cover every reservation (host-local wrote some too) do they read every reservation
+//! file, as host-local does; the duplicate check then reads only files named by addresses
+//! inside the range sets it is about to allocate from.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};

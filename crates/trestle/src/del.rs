@@ -36,22 +36,19 @@ pub fn del(req: &Request) -> Result<(), CniError> {
         req.env.ifname,
         prev_addresses(req)
     );
-    let doomed = cut_off(req)?;
+    let (doomed, host) = match cut_off(req)? {
+        Some(parked) => (Some(parked.host_end), Some(parked.host)),
+        None => (None, None),
+    };
     log::debug!("DEL cut off at {:?}", start.elapsed());
     let mut first_err = None;
     if ip_masq {
-        // The network's masquerade is shared by its pods: it goes when the bridge has no port left. The pod is
-        // already off the bridge (cut_off), so its own port does not count.
-        let removed = Netlink::open()
-            .map_err(|e| error::kernel("open netlink socket", e))
-            .and_then(|mut host| {
-                firewall()?
-                    .remove_if_unused(&req.conf.name, || bridge_in_use(&mut host, &bridge))
-                    .map_err(error::firewall)
-            });
-        if let Err(e) = removed {
+        if let Err(e) = remove_masquerade(req, &bridge, host) {
             first_err.get_or_insert(e);
         }
+    } else {
+        // Not inherited by the reaper `finish` may fork.
+        drop(host);
     }
     if let Err(e) = ipam::del(req, ipam_type.as_deref()) {
         first_err.get_or_insert(e);
@@ -59,6 +56,18 @@ pub fn del(req: &Request) -> Result<(), CniError> {
     log::debug!("DEL released at {:?}", start.elapsed());
     finish(doomed);
     first_err.map_or(Ok(()), Err)
+}
+
+/// The network's masquerade is shared by its pods: it goes when the bridge has no port left. The pod is already off
+/// the bridge (cut_off), so its own port does not count. `host` is cut_off's socket, when it opened one.
+fn remove_masquerade(req: &Request, bridge: &str, host: Option<Netlink>) -> Result<(), CniError> {
+    let mut host = host
+        .map_or_else(Netlink::open, Ok)
+        .map_err(|e| error::kernel("open netlink socket", e))?;
+    firewall()?
+        .remove_if_unused(&req.conf.name, || bridge_in_use(&mut host, bridge))
+        .map(drop)
+        .map_err(error::firewall)
 }
 
 /// The addresses of `prevResult`, for the log: shows which runtime state (the result cache) DEL was given.
@@ -87,15 +96,14 @@ fn finish(doomed: Option<u32>) {
         log::debug!("DEL: pair left to the running reaper");
         return;
     };
-    let spawned = cni_plugin::detach::detach(|| reap_until_idle(claim));
-    if spawned.is_ok() {
-        log::debug!("DEL: reaper started");
-    }
-    if let Err(e) = spawned {
-        // Without a child the work is done here: slower, never left undone.
-        log::warn!("cannot detach cleanup: {e}");
-        if let Ok(mut nl) = Netlink::open() {
-            reap_dead_links(&mut nl);
+    match cni_plugin::detach::detach(|| reap_until_idle(claim)) {
+        Ok(()) => log::debug!("DEL: reaper started"),
+        Err(e) => {
+            // Without a child the work is done here: slower, never left undone.
+            log::warn!("cannot detach cleanup: {e}");
+            if let Ok(mut nl) = Netlink::open() {
+                reap_dead_links(&mut nl);
+            }
         }
     }
 }
@@ -161,8 +169,8 @@ const DEAD_PREFIX: &str = "trdead";
 
 /// Cuts the pod off: its interface goes down (taking the host end's carrier with it) and is renamed out of the
 /// way (so `CNI_IFNAME` is free for a new ADD at once), and the host end leaves the bridge and joins
-/// [`DEAD_GROUP`]. Returns the host end's index. Success with nothing to do when the netns or the link is gone.
-fn cut_off(req: &Request) -> Result<Option<u32>, CniError> {
+/// [`DEAD_GROUP`]. Success with nothing to do when the netns or the link is gone.
+fn cut_off(req: &Request) -> Result<Option<Parked>, CniError> {
     if req.env.netns.is_empty() {
         return Ok(None);
     }
@@ -206,7 +214,16 @@ fn cut_off(req: &Request) -> Result<Option<u32>, CniError> {
     tolerate(cont.set_up(link.index, false))?;
     tolerate(cont.set_name(link.index, &dead))?;
     tolerate(host.park(peer.index, DEAD_GROUP))?;
-    Ok(Some(peer.index))
+    Ok(Some(Parked {
+        host_end: peer.index,
+        host,
+    }))
+}
+
+/// A pair [`cut_off`] parked, and its host-namespace socket, which the masquerade check reuses.
+struct Parked {
+    host_end: u32,
+    host: Netlink,
 }
 
 /// The GC command: every attachment of this network not in `cni.dev/valid-attachments` loses (through IPAM GC) its

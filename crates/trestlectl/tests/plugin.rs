@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{pod_state, World, VERSIONS};
+use common::{pod_state, remove_pod_address, World, VERSIONS};
 use serde_json::{json, Value};
 
 /// The link group DEL parks cut-off host veth ends in (README, "DEL").
@@ -169,14 +169,7 @@ fn check_status_and_version() {
     let out = w.call("CHECK", "c1", &path, "eth0", &conf);
     assert!(!out.success);
     // Remove the pod's address behind the plugin's back: CHECK notices.
-    pod.ns()
-        .run(|| {
-            let mut nl = trestle_netlink::Netlink::open().unwrap();
-            let l = nl.link_by_name("eth0").unwrap().unwrap();
-            nl.del_address(l.index, "10.15.20.2/24".parse().unwrap())
-                .unwrap();
-        })
-        .unwrap();
+    remove_pod_address(pod.ns(), "10.15.20.2/24");
     let out = w.call("CHECK", "c1", &path, "eth0", &with_prev);
     assert!(!out.success);
     assert!(out.stdout.contains("10.15.20.2"), "{}", out.stdout);

@@ -4,7 +4,7 @@
 mod common;
 
 use base64::Engine;
-use common::{reference_dir, World};
+use common::{reference_dir, remove_pod_address, World};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -134,14 +134,7 @@ fn add_check_del_with_the_libcni_cache() {
     rt.ok(&["check", "rtnet", &ns, "--container-id", "c1"], &[]);
 
     // Take the pod's address away: CHECK must see it against the cached result.
-    pod.ns()
-        .run(|| {
-            let mut nl = trestle_netlink::Netlink::open().unwrap();
-            let eth0 = nl.link_by_name("eth0").unwrap().unwrap();
-            nl.del_address(eth0.index, "10.31.0.2/24".parse().unwrap())
-                .unwrap();
-        })
-        .unwrap();
+    remove_pod_address(pod.ns(), "10.31.0.2/24");
     let out = rt.ctl(&["check", "rtnet", &ns, "--container-id", "c1"], &[]);
     assert!(
         !out.status.success(),

@@ -229,6 +229,17 @@ pub fn reservations(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Removes `addr` from the pod's `eth0` behind the plugin's back (what CHECK must notice).
+pub fn remove_pod_address(ns: &NetNs, addr: &str) {
+    let addr = addr.parse().unwrap();
+    ns.run(|| {
+        let mut nl = Netlink::open().unwrap();
+        let eth0 = nl.link_by_name("eth0").unwrap().unwrap();
+        nl.del_address(eth0.index, addr).unwrap();
+    })
+    .unwrap();
+}
+
 /// Addresses and main-table routes of `ifname` inside a namespace, normalised for comparison.
 pub fn pod_state(ns: &NetNs, ifname: &str) -> (Vec<String>, Vec<String>) {
     ns.run(|| {
