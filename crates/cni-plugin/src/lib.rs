@@ -2,6 +2,7 @@
 //! result or the error object on stdout, log to stderr or a file, and delegate to other plugins (IPAM) found on
 //! `CNI_PATH`. All protocol rules live in `cni-proto`; this crate only does the I/O.
 
+pub mod arena;
 pub mod delegate;
 pub mod detach;
 pub mod logging;

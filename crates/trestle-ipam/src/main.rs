@@ -1,5 +1,9 @@
 //! The `trestle-ipam` binary; the plugin lives in the library.
 
+/// A plugin process lives milliseconds: see `cni_plugin::arena` for why it allocates from a bump region.
+#[global_allocator]
+static ALLOC: cni_plugin::arena::Arena = cni_plugin::arena::Arena::new();
+
 fn main() {
     cni_plugin::run(&trestle_ipam::Ipam)
 }

@@ -15,6 +15,10 @@ use cni_proto::{CniError, CniResult};
 /// Where concurrent plugin processes serialise their nftables updates.
 pub const FIREWALL_LOCK: &str = "/run/trestle/firewall.lock";
 
+/// A plugin process lives milliseconds: see `cni_plugin::arena` for why it allocates from a bump region.
+#[global_allocator]
+static ALLOC: cni_plugin::arena::Arena = cni_plugin::arena::Arena::new();
+
 struct Bridge;
 
 impl Plugin for Bridge {
