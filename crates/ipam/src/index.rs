@@ -71,10 +71,16 @@ const NAME_MAX: usize = 255;
 #[derive(Debug, Clone)]
 struct Link {
     ip: IpAddr,
-    /// The attachment's key (see [`key`]).
-    key: String,
     ino: u64,
+    /// `<ip>@<key>`.
     name: String,
+}
+
+impl Link {
+    /// The attachment's key (see [`key`]).
+    fn key(&self) -> &str {
+        link_key(&self.name)
+    }
 }
 
 /// The index of one network directory.
@@ -89,31 +95,44 @@ pub(crate) struct Index {
 /// The `<containerID>@<ifname>` part of `att`'s link names, or `None` if it is not indexed.
 pub(crate) fn key(att: &Attachment) -> Option<String> {
     let id = att.stored_id();
+    valid_parts(id, &att.ifname).then(|| format!("{id}@{}", att.ifname))
+}
+
+/// True for the keys [`key`] makes (the first `@` ends the ID, which holds none). Checked for every listed link, so
+/// it allocates nothing.
+fn valid_key(key: &str) -> bool {
+    key.split_once('@')
+        .is_some_and(|(id, ifname)| valid_parts(id, ifname))
+}
+
+/// True if `<id>@<ifname>` is an indexable key: it splits back into these two parts, and a link name made from it
+/// fits in a directory entry.
+fn valid_parts(id: &str, ifname: &str) -> bool {
+    // These characters exclude `@` and whitespace, so the ID splits off and reads back (trimmed) as itself.
     let id_ok = id.starts_with(|c: char| c.is_ascii_alphanumeric())
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    let ifname_ok = !att.ifname.is_empty()
-        && !att
-            .ifname
+    let ifname_ok = !ifname.is_empty()
+        && !ifname
             .chars()
             .any(|c| c == '/' || c == '\0' || c.is_whitespace());
-    let key = format!("{id}@{}", att.ifname);
     // The longest address ("ffff:...:ffff", 39 bytes) and its `@` must fit too.
-    (id_ok && ifname_ok && key.len() + 40 <= NAME_MAX).then_some(key)
+    id_ok && ifname_ok && id.len() + 1 + ifname.len() + 40 <= NAME_MAX
 }
 
 /// The attachment a key stands for; `None` for anything else.
+#[cfg(test)]
 fn parse_key(name: &str) -> Option<Attachment> {
     let (id, ifname) = name.split_once('@')?;
-    let att = Attachment::new(id, ifname);
-    (key(&att).as_deref() == Some(name)).then_some(att)
+    valid_key(name).then(|| Attachment::new(id, ifname))
 }
 
-/// The address and attachment a link name stands for; `None` for anything else.
-fn parse_link(name: &str) -> Option<(IpAddr, Attachment)> {
+/// The address a link name stands for, if the name is one [`link_name`] makes.
+fn parse_link(name: &str) -> Option<IpAddr> {
     let (ip, key) = name.split_once('@')?;
-    Some((ip.parse().ok()?, parse_key(key)?))
+    valid_key(key).then_some(())?;
+    ip.parse().ok()
 }
 
 /// The key part of a link name made by [`link_name`].
@@ -161,10 +180,9 @@ impl Index {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            if let Some((ip, _)) = parse_link(&name) {
+            if let Some(ip) = parse_link(&name) {
                 links.push(Link {
                     ip,
-                    key: link_key(&name).to_owned(),
                     ino: entry.ino(),
                     name,
                 });
@@ -181,7 +199,7 @@ impl Index {
         let mut ips: Vec<IpAddr> = self.with_links(|links| {
             links
                 .iter()
-                .filter(|l| l.key == key)
+                .filter(|l| l.key() == key)
                 .map(|l| l.ip)
                 .collect()
         })?;
@@ -224,12 +242,7 @@ impl Index {
         for &ip in new {
             let name = link_name(ip, &key);
             let ino = self.link(ip, &name)?;
-            let link = Link {
-                ip,
-                key: key.clone(),
-                ino,
-                name,
-            };
+            let link = Link { ip, ino, name };
             // Keep a listing read earlier in this operation current.
             if let Some(links) = self.links.borrow_mut().as_mut() {
                 links.retain(|l| l.name != link.name);
@@ -295,7 +308,7 @@ impl Index {
         let stale: Vec<String> = self.with_links(|links| {
             links
                 .iter()
-                .filter(|l| l.key == key && listed.contains(&l.ip))
+                .filter(|l| l.key() == key && listed.contains(&l.ip))
                 .filter(|l| !self.is_current(l))
                 .map(|l| l.name.clone())
                 .collect()
@@ -513,9 +526,10 @@ mod tests {
         for name in [".tmp", "pins", "abc@", "abc@a b"] {
             assert_eq!(parse_key(name), None, "{name}");
         }
+        assert_eq!(parse_link("fd00::2@abc@we@ird"), Some(ip("fd00::2")));
         assert_eq!(
-            parse_link("fd00::2@abc@we@ird"),
-            Some((ip("fd00::2"), Attachment::new("abc", "we@ird")))
+            parse_key(link_key("fd00::2@abc@we@ird")),
+            Some(Attachment::new("abc", "we@ird"))
         );
         for name in [
             "abc@eth0",
