@@ -14,8 +14,8 @@ pub struct Floor {
     pub del: Vec<Duration>,
 }
 
-/// Measures the floor for `pods` pods in a fresh host namespace.
-pub fn measure(pods: usize) -> Result<Floor, String> {
+/// Measures the floor for `pods` pods in a fresh host namespace; `tick` is called after every ADD and DEL.
+pub fn measure(pods: usize, tick: &dyn Fn()) -> Result<Floor, String> {
     let host = NetNs::new_anonymous().map_err(|e| e.to_string())?;
     let pod_ns: Vec<NetNs> = (0..pods)
         .map(|_| NetNs::new_anonymous().map_err(|e| e.to_string()))
@@ -50,11 +50,13 @@ pub fn measure(pods: usize) -> Result<Floor, String> {
         let index = add_one(&mut nl, cont, ns, br.index, i).map_err(|e| e.to_string())?;
         floor.add.push(start.elapsed());
         hosts.push(index);
+        tick();
     }
     for index in hosts {
         let start = Instant::now();
         nl.delete_link(index).map_err(|e| e.to_string())?;
         floor.del.push(start.elapsed());
+        tick();
     }
     Ok(floor)
 }

@@ -79,6 +79,10 @@ pub struct CaseResult {
     pub p50_ratio: Option<f64>,
     /// Median over rounds of trestle ops/s / reference ops/s.
     pub throughput_ratio: Option<f64>,
+    /// Concurrency 1 only: the kernel floor of this operation, measured in the same rounds.
+    pub floor: Option<SideCase>,
+    /// Median over rounds of trestle p50 / floor p50.
+    pub floor_multiple: Option<f64>,
 }
 
 impl CaseResult {
@@ -100,7 +104,27 @@ impl CaseResult {
             sides,
             p50_ratio,
             throughput_ratio,
+            floor: None,
+            floor_multiple: None,
         }
+    }
+
+    /// Adds the kernel floor measured in the same rounds, and trestle's multiple of it.
+    pub fn with_floor(mut self, floor: Option<SideCase>) -> CaseResult {
+        self.floor_multiple = match (self.sides.first(), &floor) {
+            (Some(t), Some(f)) if !f.round_p50_ms.is_empty() => {
+                let per_round: Vec<f64> = t
+                    .round_p50_ms
+                    .iter()
+                    .zip(&f.round_p50_ms)
+                    .map(|(t, f)| t / f.max(1e-9))
+                    .collect();
+                Some(median(&per_round))
+            }
+            _ => None,
+        };
+        self.floor = floor;
+        self
     }
 }
 
@@ -136,10 +160,6 @@ pub struct Report {
     pub rounds: usize,
     /// The cases.
     pub cases: Vec<CaseResult>,
-    /// Kernel floor ADD.
-    pub floor_add: Summary,
-    /// Kernel floor DEL.
-    pub floor_del: Summary,
     /// Peak RSS (KiB) of one ADD with its IPAM child, per side.
     pub memory: Vec<(String, i64)>,
     /// Binary sizes in bytes.
@@ -189,18 +209,10 @@ impl Report {
             pods: opts.pods,
             rounds: opts.rounds,
             cases: Vec::new(),
-            floor_add: Summary::default(),
-            floor_del: Summary::default(),
             memory: Vec::new(),
             binaries,
             density: Vec::new(),
         }
-    }
-
-    /// Records the kernel floor.
-    pub fn set_floor(&mut self, add: Summary, del: Summary) {
-        self.floor_add = add;
-        self.floor_del = del;
     }
 
     /// Writes `results.md`, `results.json` and `latency.svg` into `dir`.
@@ -246,27 +258,7 @@ impl Report {
                 );
             }
         }
-        let _ = writeln!(
-            s,
-            "\nKernel floor (one process, no exec, no IPAM): ADD p50 {:.3} ms, DEL p50 {:.3} ms.",
-            self.floor_add.p50_ms, self.floor_del.p50_ms
-        );
-        for c in self.cases.iter().filter(|c| c.concurrency == 1) {
-            if let Some(t) = c.sides.first() {
-                let floor = if c.op == "ADD" {
-                    self.floor_add.p50_ms
-                } else {
-                    self.floor_del.p50_ms
-                };
-                let _ = writeln!(
-                    s,
-                    "- trestle {} p50 at concurrency 1, ipMasq {}: {:.2}x the floor",
-                    c.op,
-                    c.ip_masq,
-                    t.latency.p50_ms / floor.max(1e-9)
-                );
-            }
-        }
+        self.floor_markdown(&mut s);
         s.push_str("\nPeak memory of one ADD (plugin and IPAM child, max RSS):\n");
         for (side, kib) in &self.memory {
             let _ = writeln!(s, "- {side}: {kib} KiB");
@@ -294,13 +286,43 @@ impl Report {
         s
     }
 
+    /// The kernel floor of every concurrency-1 case and trestle's multiple of it.
+    fn floor_markdown(&self, s: &mut String) {
+        let cases: Vec<(&CaseResult, &SideCase)> = self
+            .cases
+            .iter()
+            .filter_map(|c| Some((c, c.floor.as_ref()?)))
+            .collect();
+        if cases.is_empty() {
+            return;
+        }
+        s.push_str("\nKernel floor: the same netlink work for one pod in a loop in one process (no exec, no IPAM), ");
+        s.push_str("measured in every round of the case after the same pause as the sides.\n\n");
+        s.push_str("| op | ipMasq of the case | floor p50 ms | floor p99 ms | trestle p50 ms | trestle / floor (median of rounds) |\n");
+        s.push_str("|---|---|---|---|---|---|\n");
+        for (c, f) in cases {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.3} | {:.3} | {} | {} |",
+                c.op,
+                c.ip_masq,
+                f.latency.p50_ms,
+                f.latency.p99_ms,
+                c.sides
+                    .first()
+                    .map_or("".into(), |t| format!("{:.3}", t.latency.p50_ms)),
+                c.floor_multiple.map_or("".into(), |m| format!("{m:.2}x")),
+            );
+        }
+    }
+
     /// Latency distributions as horizontal strips on a log axis: min..max line, p25..p75 box, p50 tick, p99 dot.
     pub fn svg(&self) -> String {
         let rows: Vec<(String, &SideCase)> = self
             .cases
             .iter()
             .flat_map(|c| {
-                c.sides.iter().map(move |s| {
+                c.sides.iter().chain(&c.floor).map(move |s| {
                     (
                         format!("{} c={} masq={} {}", c.op, c.concurrency, c.ip_masq, s.side),
                         s,
@@ -323,10 +345,10 @@ impl Report {
             let y = 30.0 + row_h * i as f64;
             let v = side.sorted_ms();
             let q = |p| super::stats::quantile(&v, p);
-            let color = if side.side == "trestle" {
-                "#1f77b4"
-            } else {
-                "#d62728"
+            let color = match side.side.as_str() {
+                "trestle" => "#1f77b4",
+                "floor" => "#7f7f7f",
+                _ => "#d62728",
             };
             let _ = writeln!(s, "<text x=\"4\" y=\"{}\">{label}</text>", y + 12.0);
             let _ = writeln!(
@@ -349,5 +371,51 @@ impl Report {
         let _ = writeln!(s, "<text x=\"4\" y=\"{}\">box: p25-p75, bar: p50, dot: p99, line: min-max (log scale)</text>", height - 4.0);
         s.push_str("</svg>\n");
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn side(name: &str, rounds: &[&[u64]]) -> SideCase {
+        let mut s = SideCase::new(name);
+        for r in rounds {
+            let lat: Vec<Duration> = r.iter().map(|&us| Duration::from_micros(us)).collect();
+            s.record(&lat, lat.iter().sum(), None);
+        }
+        s
+    }
+
+    #[test]
+    fn ratios_are_medians_of_per_round_ratios() {
+        let trestle = side("trestle", &[&[1000, 2000, 3000], &[4000], &[1000]]);
+        let reference = side("reference", &[&[20_000], &[20_000], &[30_000]]);
+        let floor = side("floor", &[&[500], &[1000], &[250]]);
+        let c = CaseResult::new("ADD", 1, false, vec![trestle, reference]).with_floor(Some(floor));
+        // Per round: 20/2, 20/4, 30/1 → median 10; trestle/floor: 2/0.5, 4/1, 1/0.25 → 4.
+        assert_eq!(c.p50_ratio, Some(10.0));
+        assert_eq!(c.floor_multiple, Some(4.0));
+        let md = Report {
+            command: "bench".into(),
+            machine: "m".into(),
+            pods: 3,
+            rounds: 3,
+            cases: vec![c],
+            memory: Vec::new(),
+            binaries: Vec::new(),
+            density: Vec::new(),
+        }
+        .markdown();
+        assert!(
+            md.contains("| ADD | false | 0.500 | 1.000 | 2.000 | 4.00x |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn cases_without_a_floor_have_no_multiple() {
+        let c = CaseResult::new("DEL", 8, true, vec![side("trestle", &[&[1000]])]).with_floor(None);
+        assert_eq!((c.p50_ratio, c.floor_multiple), (None, None));
     }
 }
