@@ -42,9 +42,8 @@ impl Netlink {
     }
 
     /// Creates a socket in the calling thread's network namespace, and does nothing else: creation is the only
-    /// step that depends on the thread's namespace. A helper thread inside a container namespace does just
-    /// this (one system call, no allocation, so the thread never sets up a heap arena of its own), and the
-    /// caller finishes with [`Netlink::from_socket`].
+    /// step that depends on the thread's namespace, so a thread enters a container namespace for just this one
+    /// system call (no allocation, nothing that could block) and finishes with [`Netlink::from_socket`] at home.
     pub fn socket() -> Result<Unbound, Error> {
         socket::Transport::create().map(Unbound).map_err(Error::Io)
     }

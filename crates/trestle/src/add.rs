@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use std::net::IpAddr;
 use trestle_firewall::Firewall;
 use trestle_netlink::{format_mac, sysctl, Link, Netlink};
-use trestle_netns::{NetNs, Pending};
+use trestle_netns::NetNs;
 
 /// What ADD has changed so far, undone in reverse on failure.
 #[derive(Default)]
@@ -44,24 +44,10 @@ pub fn open_netns(path: &str) -> Result<NetNs, CniError> {
     Ok(ns)
 }
 
-/// Opens a netlink socket bound to `ns` (the socket keeps the namespace after the helper thread exits).
+/// Opens a netlink socket in `ns`: only its creation happens inside (the socket keeps the namespace for life), on
+/// this thread, which is back in the host namespace before anything else runs.
 pub fn netlink_in(ns: &NetNs) -> Result<Netlink, CniError> {
-    finish_netlink_in(ns.run(Netlink::socket))
-}
-
-/// Starts creating a netlink socket in `ns` on a helper thread; [`finish_netlink_in`] collects it. Starting a
-/// thread costs about as much as the host-side checks, so both happen at once.
-pub fn start_netlink_in(ns: &NetNs) -> Result<Pending<NetlinkSocket>, CniError> {
-    ns.spawn(Netlink::socket).map_err(error::netns)
-}
-
-type NetlinkSocket = Result<trestle_netlink::Unbound, trestle_netlink::Error>;
-
-/// Sets up the socket a helper created inside a namespace.
-pub fn finish_netlink_in(
-    created: Result<NetlinkSocket, trestle_netns::Error>,
-) -> Result<Netlink, CniError> {
-    created
+    ns.run_on_this_thread(Netlink::socket)
         .map_err(error::netns)?
         .and_then(Netlink::from_socket)
         .map_err(|e| error::kernel("open container netlink socket", e))
@@ -71,10 +57,9 @@ pub fn finish_netlink_in(
 pub fn add(req: &Request) -> Result<CniResult, CniError> {
     let cfg = BridgeConfig::parse(&req.conf, &req.env.args)?;
     let ns = open_netns(&req.env.netns)?;
-    let cont = start_netlink_in(&ns)?;
+    let cont = netlink_in(&ns)?;
     let mut host = Netlink::open().map_err(|e| error::kernel("open netlink socket", e))?;
     let bridge = links::check_bridge_kind(&mut host, &cfg.bridge)?;
-    let cont = finish_netlink_in(cont.join())?;
     let mut ctx = Ctx {
         req,
         cfg,

@@ -1,7 +1,7 @@
 //! DEL and GC: idempotent and tolerant (cni-spec.md §6). DEL cuts the pod off before it releases the address, so
 //! an address is never handed out while the old pod can still use it.
 
-use crate::add::{bridge_in_use, finish_netlink_in, firewall, start_netlink_in};
+use crate::add::{bridge_in_use, firewall, netlink_in};
 use crate::config::BridgeConfig;
 use crate::error;
 use crate::ipam;
@@ -182,9 +182,8 @@ fn cut_off(req: &Request) -> Result<Option<Parked>, CniError> {
         }
         Err(e) => return Err(error::netns(e)),
     };
-    let cont = start_netlink_in(&ns)?;
+    let mut cont = netlink_in(&ns)?;
     let mut host = Netlink::open().map_err(|e| error::kernel("open netlink socket", e))?;
-    let mut cont = finish_netlink_in(cont.join())?;
     let Some(link) = cont
         .link_by_name(&req.env.ifname)
         .map_err(|e| error::kernel("look up container interface", e))?
