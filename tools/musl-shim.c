@@ -1,5 +1,5 @@
 /*
- * The two glibc-only symbols that Rust's x86_64-unknown-linux-gnu standard library and Debian's libgcc_eh refer to,
+ * The three glibc-only symbols that Rust's x86_64-unknown-linux-gnu standard library and Debian's libgcc_eh refer to,
  * for executables linked against musl by tools/static-link (why: docs/benchmarks.md, "glibc's start-up").
  * No headers: the types below are the ELF and glibc ABI, spelled out, so the file builds the same against either
  * libc's headers or none.
