@@ -56,6 +56,9 @@ pub enum Error {
     Thread,
 }
 
+/// The calling thread's network namespace, as a path.
+const THREAD_NS: &str = "/proc/thread-self/ns/net";
+
 /// `NSFS_MAGIC` from `linux/magic.h`: the filesystem type of namespace files.
 const NSFS_MAGIC: i64 = 0x6e73_6673;
 
@@ -91,7 +94,7 @@ impl NetNs {
 
     /// The calling thread's network namespace.
     pub fn current() -> Result<NetNs, Error> {
-        NetNs::open("/proc/thread-self/ns/net")
+        NetNs::open(THREAD_NS)
     }
 
     /// Creates a fresh, unnamed network namespace that lives as long as the handle.
@@ -130,18 +133,23 @@ impl NetNs {
     /// `setns(2)` calls. Should the thread fail to go back, the process aborts rather than carry on in the wrong
     /// namespace.
     pub fn run_on_this_thread<R>(&self, f: impl FnOnce() -> R) -> Result<R, Error> {
-        let home = File::open("/proc/thread-self/ns/net").map_err(|source| Error::Open {
-            path: "/proc/thread-self/ns/net".into(),
-            source,
-        })?;
+        let home = NetNs::current()?;
         setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(Error::Enter)?;
-        let _back = GoBack(home);
+        let _back = GoBack(home.file);
         Ok(f())
     }
 
-    /// Whether this is the namespace of the calling thread.
+    /// Whether this is the namespace of the calling thread. A `stat` of the thread's namespace link is enough
+    /// (it names the nsfs inode), so ADD's check that it was not handed the host's namespace opens nothing.
     pub fn is_current(&self) -> Result<bool, Error> {
-        Ok(self.same_as(&NetNs::current()?))
+        let current = std::fs::metadata(THREAD_NS).map_err(|source| Error::Open {
+            path: THREAD_NS.into(),
+            source,
+        })?;
+        Ok(self
+            .file
+            .metadata()
+            .is_ok_and(|m| m.dev() == current.dev() && m.ino() == current.ino()))
     }
 
     /// Whether two handles name the same namespace (same nsfs inode).

@@ -88,15 +88,9 @@ pub struct CaseResult {
 impl CaseResult {
     /// Builds a case and its ratios.
     pub fn new(op: &str, concurrency: usize, ip_masq: bool, sides: Vec<SideCase>) -> CaseResult {
-        let ratio = |f: &dyn Fn(&SideCase, usize) -> f64| -> Option<f64> {
-            let (t, r) = (sides.first()?, sides.get(1)?);
-            let per_round: Vec<f64> = (0..t.round_p50_ms.len())
-                .map(|i| f(r, i) / f(t, i))
-                .collect();
-            Some(median(&per_round))
-        };
-        let p50_ratio = ratio(&|s, i| s.round_p50_ms[i]);
-        let throughput_ratio = ratio(&|s, i| 1.0 / s.round_ops[i]);
+        let pair = sides.first().zip(sides.get(1));
+        let p50_ratio = pair.map(|(t, r)| median_ratio(&r.round_p50_ms, &t.round_p50_ms));
+        let throughput_ratio = pair.map(|(t, r)| median_ratio(&t.round_ops, &r.round_ops));
         CaseResult {
             op: op.to_owned(),
             concurrency,
@@ -113,19 +107,20 @@ impl CaseResult {
     pub fn with_floor(mut self, floor: Option<SideCase>) -> CaseResult {
         self.floor_multiple = match (self.sides.first(), &floor) {
             (Some(t), Some(f)) if !f.round_p50_ms.is_empty() => {
-                let per_round: Vec<f64> = t
-                    .round_p50_ms
-                    .iter()
-                    .zip(&f.round_p50_ms)
-                    .map(|(t, f)| t / f.max(1e-9))
-                    .collect();
-                Some(median(&per_round))
+                Some(median_ratio(&t.round_p50_ms, &f.round_p50_ms))
             }
             _ => None,
         };
         self.floor = floor;
         self
     }
+}
+
+/// The median over rounds of `num[i] / den[i]`: every ratio of the report pairs numbers of the same round, so
+/// drift between rounds cancels.
+fn median_ratio(num: &[f64], den: &[f64]) -> f64 {
+    let per_round: Vec<f64> = num.iter().zip(den).map(|(n, d)| n / d).collect();
+    median(&per_round)
 }
 
 /// The density run of one side.
