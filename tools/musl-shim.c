@@ -1,9 +1,13 @@
 /*
- * The three glibc-only symbols that Rust's x86_64-unknown-linux-gnu standard library and Debian's libgcc_eh refer to,
- * for executables linked against musl by tools/static-link (why: docs/benchmarks.md, "glibc's start-up").
- * No headers: the types below are the ELF and glibc ABI, spelled out, so the file builds the same against either
- * libc's headers or none.
+ * What Rust's `*-linux-gnu` standard library and Debian's libgcc_eh refer to that musl lacks, for executables linked
+ * against musl by tools/static-link (why: docs/benchmarks.md, "glibc's start-up"): three glibc-only symbols, and the
+ * LFS64 names (`fstat64`, `open64`, ...) that musl 1.2.4 stopped exporting. Types are spelled out (the ELF and LP64
+ * ABI) rather than taken from a libc's structure headers, so the file builds the same against glibc's headers or
+ * musl's; only <fcntl.h> is used, for O_CREAT and O_TMPFILE, which are the kernel's values under either.
  */
+#define _GNU_SOURCE /* O_TMPFILE */
+#include <fcntl.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -86,4 +90,92 @@ int _dl_find_object(void *pc, struct dl_find_object *out)
 {
     struct lookup q = { (uintptr_t)pc, out };
     return dl_iterate_phdr(find_in, &q) ? 0 : -1;
+}
+
+/*
+ * The LFS64 names. On LP64 musl, off_t, struct stat, struct dirent, struct rlimit ... are already the 64-bit ones, and
+ * musl up to 1.2.3 exported these names as weak aliases of the plain functions; 1.2.4 removed them from the link
+ * (glibc-built code, like Rust's standard library, still calls them). Each is weak and forwards to the plain
+ * function, so with musl 1.2.3's own aliases present either one may be chosen: they are the same function.
+ */
+typedef off_t off64;
+typedef long ssize;
+#define LFS64 __attribute__((weak))
+
+int fstat(int, void *);
+int stat(const char *, void *);
+int lstat(const char *, void *);
+int fstatat(int, const char *, void *, int);
+int fstatfs(int, void *);
+int statfs(const char *, void *);
+int fstatvfs(int, void *);
+int statvfs(const char *, void *);
+int ftruncate(int, off64);
+int truncate(const char *, off64);
+off64 lseek(int, off64, int);
+void *mmap(void *, size_t, int, int, int, off64);
+void *readdir(void *);
+int readdir_r(void *, void *, void **);
+ssize pread(int, void *, size_t, off64);
+ssize pwrite(int, const void *, size_t, off64);
+ssize preadv(int, const void *, int, off64);
+ssize pwritev(int, const void *, int, off64);
+ssize sendfile(int, int, off64 *, size_t);
+int getrlimit(int, void *);
+int setrlimit(int, const void *);
+int prlimit(int, int, const void *, void *);
+
+LFS64 int fstat64(int fd, void *st) { return fstat(fd, st); }
+LFS64 int stat64(const char *p, void *st) { return stat(p, st); }
+LFS64 int lstat64(const char *p, void *st) { return lstat(p, st); }
+LFS64 int fstatat64(int dir, const char *p, void *st, int flags) { return fstatat(dir, p, st, flags); }
+LFS64 int fstatfs64(int fd, void *st) { return fstatfs(fd, st); }
+LFS64 int statfs64(const char *p, void *st) { return statfs(p, st); }
+LFS64 int fstatvfs64(int fd, void *st) { return fstatvfs(fd, st); }
+LFS64 int statvfs64(const char *p, void *st) { return statvfs(p, st); }
+LFS64 int ftruncate64(int fd, off64 len) { return ftruncate(fd, len); }
+LFS64 int truncate64(const char *p, off64 len) { return truncate(p, len); }
+LFS64 off64 lseek64(int fd, off64 off, int whence) { return lseek(fd, off, whence); }
+LFS64 void *mmap64(void *a, size_t n, int prot, int flags, int fd, off64 off)
+{
+    return mmap(a, n, prot, flags, fd, off);
+}
+LFS64 void *readdir64(void *dir) { return readdir(dir); }
+LFS64 int readdir64_r(void *dir, void *entry, void **out) { return readdir_r(dir, entry, out); }
+LFS64 ssize pread64(int fd, void *b, size_t n, off64 off) { return pread(fd, b, n, off); }
+LFS64 ssize pwrite64(int fd, const void *b, size_t n, off64 off) { return pwrite(fd, b, n, off); }
+LFS64 ssize preadv64(int fd, const void *iov, int n, off64 off) { return preadv(fd, iov, n, off); }
+LFS64 ssize pwritev64(int fd, const void *iov, int n, off64 off) { return pwritev(fd, iov, n, off); }
+LFS64 int posix_fallocate64(int fd, off64 off, off64 len) { return posix_fallocate(fd, off, len); }
+LFS64 int posix_fadvise64(int fd, off64 off, off64 len, int advice) { return posix_fadvise(fd, off, len, advice); }
+LFS64 int fallocate64(int fd, int mode, off64 off, off64 len) { return fallocate(fd, mode, off, len); }
+LFS64 ssize sendfile64(int out, int in, off64 *off, size_t n) { return sendfile(out, in, off, n); }
+LFS64 int getrlimit64(int res, void *lim) { return getrlimit(res, lim); }
+LFS64 int setrlimit64(int res, const void *lim) { return setrlimit(res, lim); }
+LFS64 int prlimit64(int pid, int res, const void *lim, void *old) { return prlimit(pid, res, lim, old); }
+LFS64 int lockf64(int fd, int cmd, off64 len) { return lockf(fd, cmd, len); }
+LFS64 int creat64(const char *p, mode_t mode) { return open(p, O_CREAT | O_WRONLY | O_TRUNC, mode); }
+
+/* The mode argument exists only with O_CREAT or O_TMPFILE, as open(2) says; it is read only then. */
+static unsigned mode_arg(int flags, va_list ap)
+{
+    return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE ? va_arg(ap, unsigned) : 0;
+}
+
+LFS64 int open64(const char *p, int flags, ...)
+{
+    va_list ap;
+    va_start(ap, flags);
+    unsigned mode = mode_arg(flags, ap);
+    va_end(ap);
+    return open(p, flags, mode);
+}
+
+LFS64 int openat64(int dir, const char *p, int flags, ...)
+{
+    va_list ap;
+    va_start(ap, flags);
+    unsigned mode = mode_arg(flags, ap);
+    va_end(ap);
+    return openat(dir, p, flags, mode);
 }

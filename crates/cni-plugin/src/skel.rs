@@ -82,8 +82,13 @@ fn dispatch(plugin: &impl Plugin, stdin: &mut Vec<u8>) -> Result<Option<String>,
         return Ok(Some(version_reply(&requested)));
     }
     let conf = parse_request(env.command, stdin).map_err(|e| (e, None))?;
-    crate::logging::configure_from_config(&conf.raw);
     let version = conf.cni_version;
+    crate::logging::configure_from_config(&conf.raw).map_err(|e| {
+        (
+            CniError::new(ErrorCode::InvalidConfig, e.to_string()),
+            Some(version),
+        )
+    })?;
     let req = Request {
         env,
         conf,

@@ -5,6 +5,7 @@
 pub mod attach;
 pub mod bench;
 pub mod demo;
+pub mod elevate;
 pub mod install;
 pub mod probe;
 pub mod runtime;

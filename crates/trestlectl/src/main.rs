@@ -191,6 +191,10 @@ fn main() -> ExitCode {
             bin_dir,
             no_color,
         } => {
+            if let Err(e) = trestlectl::elevate::as_root("the demo") {
+                eprintln!("trestlectl demo: {e}");
+                return ExitCode::FAILURE;
+            }
             let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("trestlectl"));
             let opts = trestlectl::demo::Options {
                 machine_netns,
@@ -220,6 +224,10 @@ fn main() -> ExitCode {
             out,
             smoke,
         } => {
+            if let Err(e) = trestlectl::elevate::as_root("the bench") {
+                eprintln!("trestlectl bench: {e}");
+                return ExitCode::FAILURE;
+            }
             let mut opts = trestlectl::bench::Options {
                 pods,
                 rounds,

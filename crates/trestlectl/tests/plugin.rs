@@ -237,6 +237,14 @@ fn malformed_inputs_get_spec_codes_and_consume_nothing() {
             with("name", json!("")),
             7,
         ),
+        (
+            "negative log age",
+            "ADD",
+            "c",
+            "eth0",
+            with("logMaxAge", json!(-1)),
+            7,
+        ),
         ("bad interface name", "ADD", "c", "eth0/x", good.clone(), 4),
         (
             "long interface name",
@@ -499,7 +507,8 @@ fn pods_talk_through_the_bridge() {
     assert!(rtt.is_ok(), "{rtt:?}");
 }
 
-/// Logs go to stderr and to the configured file (rotated daily by name), never to stdout.
+/// Logs go to stderr and to the configured file (rotated daily by name, files past `logMaxAge` days removed), never
+/// to stdout.
 #[test]
 #[ignore = "privileged: needs root"]
 fn logging_goes_to_file_and_stderr_only() {
@@ -508,6 +517,9 @@ fn logging_goes_to_file_and_stderr_only() {
     let log = w.dir.0.join("trestle.log");
     conf["logLevel"] = json!("debug");
     conf["logFile"] = json!(log.display().to_string());
+    conf["logMaxAge"] = json!(30);
+    let expired = w.dir.0.join("trestle.log.2001-02-03");
+    std::fs::write(&expired, "old\n").unwrap();
     let pod = w.pod();
     let out = w.call(
         "ADD",
@@ -530,9 +542,14 @@ fn logging_goes_to_file_and_stderr_only() {
     let files: Vec<_> = std::fs::read_dir(&w.dir.0)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with("trestle.log."))
+        .filter(|n| n.starts_with("trestle.log.2"))
         .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(
+        files.len(),
+        1,
+        "the expired file is gone, today's is there: {files:?}"
+    );
+    assert!(!expired.exists());
     let text = std::fs::read_to_string(w.dir.0.join(&files[0])).unwrap();
     assert!(text.contains("ADD container=logged"), "{text}");
     // The environment wins over the config.

@@ -1,8 +1,9 @@
 //! trestle under real runtimes: podman's CNI backend, containerd's `ctr run --cni`, and the kubelet's path through
 //! containerd's CRI service driven by the CRI client in `cri/`. Each runtime runs under
-//! `unshare --mount --net --pid`: its "host" network namespace, its /run, /var/lib, /etc/cni and /opt are the
-//! test's own (tests/runtimes/lib.sh), and every process it leaves dies with the PID namespace.
-//! The runtimes come from Debian's packages (`.ci/run` installs them).
+//! `unshare --mount --net --pid`: its "host" network namespace, its /run, /var/lib, /etc/cni, /opt, /dev/shm and
+//! /var/tmp are the test's own (tests/runtimes/lib.sh), so the scripts, which run at the same time, share nothing,
+//! and every process one leaves dies with the PID namespace. The runtimes come from Debian's packages
+//! (`tools/install-test-deps` installs them).
 
 mod common;
 mod cri;
@@ -23,11 +24,11 @@ fn isolated(name: &str, work: &Path) -> Command {
     for tool in ["podman", "containerd", "ctr", "runc", "busybox"] {
         assert!(
             which(tool),
-            "{tool} missing: apt-get install podman runc containerd busybox-static (.ci/run does)"
+            "{tool} missing: tools/install-test-deps installs it"
         );
     }
-    let reference = reference_dir()
-        .expect("reference plugins missing: apt-get install containernetworking-plugins");
+    let reference =
+        reference_dir().expect("reference plugins missing: tools/install-test-deps installs them");
     let mut cmd = Command::new("unshare");
     cmd.args([
         "--mount",

@@ -2,6 +2,7 @@
 //! the reference plugins in the same run. Every side gets its own private host namespace and pod namespaces made up
 //! front; runs alternate between the sides (A B A B ...) so drift on a noisy machine cancels out.
 
+pub mod binary;
 mod floor;
 mod progress;
 mod report;

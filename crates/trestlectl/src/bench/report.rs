@@ -1,5 +1,6 @@
 //! The bench report: a Markdown table, a JSON file and an SVG plot of the latency distributions.
 
+use super::binary;
 use super::stats::{median, summarise, Summary};
 use super::Options;
 use serde::Serialize;
@@ -157,8 +158,8 @@ pub struct Report {
     pub cases: Vec<CaseResult>,
     /// Peak RSS (KiB) of one ADD with its IPAM child, per side.
     pub memory: Vec<(String, i64)>,
-    /// Binary sizes in bytes.
-    pub binaries: Vec<(String, u64)>,
+    /// The measured executables: size, link mode, exec cost.
+    pub binaries: Vec<Binary>,
     /// Density runs.
     pub density: Vec<DensityResult>,
 }
@@ -179,23 +180,49 @@ fn machine() -> String {
     format!("Linux {}, {cpus} CPUs ({model})", kernel.trim())
 }
 
+/// One measured executable.
+#[derive(Debug, Clone, Serialize)]
+pub struct Binary {
+    /// `trestle`, `reference bridge`, ...
+    pub name: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// C library and link mode (`musl static-pie`, `glibc dynamic`, ...).
+    pub link: String,
+    /// Median wall time of one exec answering `VERSION`, for the main plugin of each side.
+    pub exec_ms: Option<f64>,
+}
+
+/// Execs per binary for the exec cost.
+const EXEC_RUNS: usize = 100;
+
+impl Binary {
+    fn measure(name: String, path: &Path, exec: bool) -> Option<Binary> {
+        Some(Binary {
+            bytes: std::fs::metadata(path).ok()?.len(),
+            link: binary::link_mode(path),
+            exec_ms: exec
+                .then(|| binary::exec_cost_ms(path, EXEC_RUNS))
+                .flatten(),
+            name,
+        })
+    }
+}
+
 impl Report {
-    /// An empty report for `opts`.
+    /// An empty report for `opts`, with what it says about the binaries (measured here: ~0.5 s).
     pub fn new(opts: &Options) -> Report {
-        let mut binaries: Vec<(String, u64)> = ["trestle", "trestle-ipam"]
+        let mut binaries: Vec<Binary> = ["trestle", "trestle-ipam"]
             .iter()
-            .filter_map(|b| {
-                Some((
-                    b.to_string(),
-                    std::fs::metadata(opts.bin_dir.join(b)).ok()?.len(),
-                ))
-            })
+            .filter_map(|b| Binary::measure(b.to_string(), &opts.bin_dir.join(b), *b == "trestle"))
             .collect();
         if let Some(r) = &opts.reference {
             for b in ["bridge", "host-local"] {
-                if let Ok(m) = std::fs::metadata(r.join(b)) {
-                    binaries.push((format!("reference {b}"), m.len()));
-                }
+                binaries.extend(Binary::measure(
+                    format!("reference {b}"),
+                    &r.join(b),
+                    b == "bridge",
+                ));
             }
         }
         Report {
@@ -258,9 +285,18 @@ impl Report {
         for (side, kib) in &self.memory {
             let _ = writeln!(s, "- {side}: {kib} KiB");
         }
-        s.push_str("\nBinary sizes:\n");
-        for (b, bytes) in &self.binaries {
-            let _ = writeln!(s, "- {b}: {:.1} MiB", *bytes as f64 / 1048576.0);
+        s.push_str("\nBinaries (size, how linked, one `VERSION` exec: median of 100):\n");
+        for b in &self.binaries {
+            let exec = b
+                .exec_ms
+                .map_or(String::new(), |ms| format!(", exec {ms:.2} ms"));
+            let _ = writeln!(
+                s,
+                "- {}: {:.1} MiB, {}{exec}",
+                b.name,
+                b.bytes as f64 / 1048576.0,
+                b.link
+            );
         }
         if !self.density.is_empty() {
             s.push_str("\n| density | pods | all ADDs s | all DELs s | links gone s | distinct addresses | ADD p50 ms |\n|---|---|---|---|---|---|---|\n");

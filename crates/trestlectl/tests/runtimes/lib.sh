@@ -1,5 +1,6 @@
 # Shared by the runtime scripts. They run under `unshare --mount --net --fork` (see ../runtimes.rs): the runtime's
-# "host" is a network namespace of the test's own, and /run, /var/lib, /etc/cni and /opt are private tmpfs mounts, so nothing of a run reaches the machine's namespace or disks.
+# "host" is a network namespace of the test's own, and /run, /var/lib, /etc/cni, /opt, /dev/shm and /var/tmp are
+# private tmpfs mounts, so nothing of a run reaches the machine's namespace or disks, or another script's run.
 set -euo pipefail
 : "${BINS:?dir with trestle, trestle-ipam, trestlectl}" "${WORK:?scratch dir}" "${REF:?reference plugins dir}"
 
@@ -8,8 +9,10 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 
 private_state() {
     # Mount points that exist on any machine with the runtimes installed: a run creates nothing on the real disk.
+    # /dev/shm and /var/tmp too: podman keeps its lock file in /dev/shm (libpod_lock) and image copies in /var/tmp,
+    # and two scripts that share them race on creating the lock file on a machine's first run.
     local d
-    for d in /run /var/lib /etc/cni /opt; do
+    for d in /run /var/lib /etc/cni /opt /dev/shm /var/tmp; do
         [[ -d $d ]] || fail "$d missing (is podman installed?)"
         mount -t tmpfs tmpfs "$d"
     done
