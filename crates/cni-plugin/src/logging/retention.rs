@@ -19,7 +19,7 @@ pub fn sweep_once_a_day(base: &Path, today: i64, max_age: u32) {
         return;
     }
     let marker = marker_of(base);
-    let Ok(mut claim) = OpenOptions::new()
+    let Ok(claim) = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -31,16 +31,27 @@ pub fn sweep_once_a_day(base: &Path, today: i64, max_age: u32) {
     if !try_lock(&claim) {
         return; // another process is sweeping now
     }
+    let _unlock = Unlock(&claim);
     let mut last = String::new();
-    let _ = claim.read_to_string(&mut last);
+    let _ = (&claim).read_to_string(&mut last);
     if last.trim().parse::<i64>().ok() == Some(today) {
         return;
     }
     remove_expired(base, today - i64::from(max_age) + 1);
     let _ = claim.set_len(0);
-    let _ = claim.rewind();
-    let _ = claim.write_all(format!("{today}\n").as_bytes());
-    // The lock goes with the descriptor.
+    let _ = (&claim).rewind();
+    let _ = (&claim).write_all(format!("{today}\n").as_bytes());
+}
+
+/// Releases the claim explicitly: closing the descriptor would not while a child forked by another thread still
+/// shares the open file description (until its exec closes it), and the next sweeper would find the claim taken.
+struct Unlock<'a>(&'a File);
+
+impl Drop for Unlock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: flock(2) on a descriptor the borrowed File keeps open.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
 }
 
 fn marker_of(base: &Path) -> PathBuf {
@@ -231,6 +242,23 @@ mod tests {
         drop(other);
         sweep_once_a_day(&base, DAY_2026_12_02, 1);
         assert!(!old.exists());
+    }
+
+    #[test]
+    fn the_claim_is_released_while_a_copy_of_its_descriptor_lives_on() {
+        // A child forked by another thread holds a copy of the descriptor until its exec: a dup stands for it.
+        let dir = Dir::new();
+        let path = dir.0.join("m");
+        let claim = File::create(&path).unwrap();
+        assert!(try_lock(&claim));
+        let copy = claim.try_clone().unwrap();
+        drop(Unlock(&claim));
+        drop(claim);
+        assert!(
+            try_lock(&File::open(&path).unwrap()),
+            "the copy kept the claim"
+        );
+        drop(copy);
     }
 
     #[test]
