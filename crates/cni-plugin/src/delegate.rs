@@ -43,17 +43,19 @@ pub fn exec(
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| {
-            CniError::new(
+            CniError::from_error(
                 ErrorCode::Io,
-                format!("cannot run {}: {e}", plugin.display()),
+                &format!("cannot run {}", plugin.display()),
+                &e,
             )
         })?;
     // A child that exits without reading stdin closes the pipe: that is its business, its exit status tells.
     let _ = child.stdin.take().map(|mut s| s.write_all(stdin));
     let out = child.wait_with_output().map_err(|e| {
-        CniError::new(
+        CniError::from_error(
             ErrorCode::Io,
-            format!("waiting for {}: {e}", plugin.display()),
+            &format!("waiting for {}", plugin.display()),
+            &e,
         )
     })?;
     if !out.status.success() {
@@ -63,9 +65,10 @@ pub fn exec(
         return Ok(None);
     }
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-        CniError::new(
+        CniError::from_error(
             ErrorCode::Decoding,
-            format!("cannot parse result of {}: {e}", plugin.display()),
+            &format!("cannot parse result of {}", plugin.display()),
+            &e,
         )
     })?;
     CniResult::parse(&value, version).map(Some)
@@ -147,5 +150,29 @@ mod tests {
         assert!(exec(sh, Command::Del, b"exit 0", Version::V1_0_0)
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn exec_failures_name_the_plugin_and_the_os_error_once() {
+        let missing = Path::new("/nonexistent/trestle-delegate");
+        let err = exec(missing, Command::Add, b"{}", Version::V1_0_0).unwrap_err();
+        let os = std::io::Error::from_raw_os_error(libc::ENOENT).to_string();
+        assert_eq!(err.code, 5);
+        assert_eq!(err.msg, format!("cannot run {}: {os}", missing.display()));
+        assert_eq!(err.details, None, "an io::Error has no further cause");
+        // `sh` prints something that is not JSON and succeeds: an ADD result that does not decode.
+        let err = exec(
+            Path::new("/bin/sh"),
+            Command::Add,
+            b"echo nope",
+            Version::V1_0_0,
+        )
+        .unwrap_err();
+        assert_eq!(err.code, 6);
+        assert!(
+            err.msg.starts_with("cannot parse result of /bin/sh: "),
+            "{}",
+            err.msg
+        );
     }
 }

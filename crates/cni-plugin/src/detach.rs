@@ -9,9 +9,16 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Forks a child that lets go of the standard streams, runs `work`, waits until this process has exited, and
 /// exits. Every descriptor open at the fork stays open in the child until then, so its last close (and whatever
-/// kernel wait that implies) happens in the child, after the runtime has its answer. Call it only while the
-/// process is single-threaded, and holding no `flock` (the child's copy of the descriptor would keep it).
-pub fn detach(work: impl FnOnce()) -> std::io::Result<()> {
+/// kernel wait that implies) happens in the child, after the runtime has its answer. In this process `work` is
+/// neither run nor dropped once the child exists: what it owns belongs to the child (dropping it here could, for
+/// one, unlock a `flock` the child inherited, since both share the open file).
+///
+/// # Safety
+/// The process must be single-threaded: the child starts with a copy of the heap and of every lock as the
+/// forking thread saw them, and a lock held by another thread at that instant would never be released in the
+/// child. Any `flock` the process holds stays held by the child's copy of the descriptor too; hold none unless
+/// the child is meant to inherit it.
+pub unsafe fn detach(work: impl FnOnce()) -> std::io::Result<()> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -20,8 +27,8 @@ pub fn detach(work: impl FnOnce()) -> std::io::Result<()> {
     // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
     let (read_end, write_end) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: the plugin is single-threaded here (namespace helper threads have been joined), so the child
-    // starts with a consistent heap and no lock held by a vanished thread.
+    // SAFETY: the caller guarantees a single-threaded process (this function's contract), so the child starts
+    // with a consistent heap and no lock held by a vanished thread.
     match unsafe { libc::fork() } {
         -1 => Err(std::io::Error::last_os_error()),
         0 => {
@@ -36,6 +43,7 @@ pub fn detach(work: impl FnOnce()) -> std::io::Result<()> {
             // The write end stays open until this process exits; that EOF is the child's signal. Leaking it is
             // deliberate: it must outlive every other descriptor of the parent.
             std::mem::forget(write_end);
+            std::mem::forget(work);
             Ok(())
         }
     }

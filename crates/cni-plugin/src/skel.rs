@@ -70,7 +70,7 @@ fn dispatch(plugin: &impl Plugin, stdin: &mut Vec<u8>) -> Result<Option<String>,
     };
     std::io::stdin().read_to_end(stdin).map_err(|e| {
         (
-            CniError::new(ErrorCode::Io, format!("cannot read stdin: {e}")),
+            CniError::from_error(ErrorCode::Io, "cannot read stdin", &e),
             None,
         )
     })?;

@@ -155,7 +155,8 @@ fn check_command_version(command: Command, version: &str) -> Result<(), CniError
         Command::Gc | Command::Status => Version::V1_1_0,
         _ => return Ok(()),
     };
-    let semver = |s: &str| parse_semver(s).map_err(|e| CniError::new(ErrorCode::Decoding, e));
+    let semver =
+        |s: &str| parse_semver(s).map_err(|e| CniError::new(ErrorCode::Decoding, e.to_string()));
     let config = semver(version)?;
     if config < semver(min.as_str())? {
         return Err(incompatible(format!(

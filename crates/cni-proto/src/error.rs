@@ -105,6 +105,26 @@ impl CniError {
         }
     }
 
+    /// An error mapped at the edge from a typed error `err` raised while doing `what`, keeping its cause chain.
+    ///
+    /// `msg` is `"{what}: {err}"` (`err` alone when `what` is empty), with `err`'s own message only; `details`
+    /// is the chain of `err`'s sources joined by `": "`, each once, and absent when `err` has none. So
+    /// [`Display`](fmt::Display) (`msg; details`) prints every error of the chain exactly once.
+    ///
+    /// `code` is any code: a well-known [`ErrorCode`] or a plugin-specific one (≥ 100).
+    pub fn from_error(code: impl Into<u32>, what: &str, err: &dyn std::error::Error) -> Self {
+        let msg = if what.is_empty() {
+            err.to_string()
+        } else {
+            format!("{what}: {err}")
+        };
+        CniError {
+            code: code.into(),
+            msg,
+            details: err.source().map(error_chain),
+        }
+    }
+
     /// Sets `details`; an empty string clears it (Go omits empty details).
     pub fn with_details(mut self, d: impl Into<String>) -> Self {
         let d = d.into();
@@ -158,6 +178,18 @@ impl fmt::Display for CniError {
 }
 
 impl std::error::Error for CniError {}
+
+/// `err` and its sources, each printed once, joined by `": "` (e.g. `"open netlink socket: Permission denied"`).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
 
 #[cfg(test)]
 mod tests {
@@ -220,6 +252,52 @@ mod tests {
         assert_eq!(CniError::from_json(b"not json"), None);
         assert_eq!(CniError::from_json(br#"{"msg":"no code"}"#), None);
         assert_eq!(CniError::from_json(br#"{"code":-1,"msg":"x"}"#), None);
+    }
+
+    /// A two-level chain shaped like the crates' errors: a context error over an OS error.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot lock /run/x")]
+    struct Lock(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("store failed")]
+    struct Store(#[source] Lock);
+
+    fn denied() -> std::io::Error {
+        std::io::Error::from_raw_os_error(13)
+    }
+
+    #[test]
+    fn from_error_prints_each_error_of_the_chain_once() {
+        let os = denied().to_string();
+        let e = CniError::from_error(ErrorCode::Io, "add", &Store(Lock(denied())));
+        assert_eq!(e.code, 5);
+        assert_eq!(e.msg, "add: store failed");
+        assert_eq!(
+            e.details.as_deref(),
+            Some(format!("cannot lock /run/x: {os}").as_str())
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("add: store failed; cannot lock /run/x: {os}")
+        );
+        let e = CniError::from_error(110u32, "", &Lock(denied()));
+        assert_eq!((e.code, e.msg.as_str()), (110, "cannot lock /run/x"));
+        assert_eq!(e.details, Some(os.clone()));
+        // No source: everything is in msg, and details stay absent.
+        let e = CniError::from_error(ErrorCode::Io, "sysctl x", &denied());
+        assert_eq!(e.msg, format!("sysctl x: {os}"));
+        assert_eq!(e.details, None);
+    }
+
+    #[test]
+    fn error_chain_joins_every_source_once() {
+        let os = denied().to_string();
+        assert_eq!(
+            error_chain(&Store(Lock(denied()))),
+            format!("store failed: cannot lock /run/x: {os}")
+        );
+        assert_eq!(error_chain(&denied()), os);
     }
 
     #[test]

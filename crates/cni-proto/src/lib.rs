@@ -16,7 +16,7 @@ pub use args::{CniArgs, K8S_KEYS};
 pub use command::Command;
 pub use config::{parse_request, Attachment, NetConf, RuntimeConfig, RuntimeDns};
 pub use env::Env;
-pub use error::{CniError, ErrorCode};
+pub use error::{error_chain, CniError, ErrorCode};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
 pub use validate::{validate_container_id, validate_ifname, validate_network_name, MAX_IFNAME_LEN};
 pub use version::Version;

@@ -111,22 +111,39 @@ impl<'de> Deserialize<'de> for Version {
     }
 }
 
+/// A version string that Go's `version.ParseVersion` refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SemverError {
+    /// More than three dotted parts.
+    #[error("invalid version {0:?}: too many parts")]
+    TooManyParts(String),
+    /// A part that is not a number.
+    #[error("failed to convert {name} version part {part:?}")]
+    NotANumber {
+        /// `major`, `minor` or `micro`.
+        name: &'static str,
+        /// The part as written.
+        part: String,
+    },
+}
+
 /// Parses a version the way Go's `version.ParseVersion` does, for ordering
 /// versions this crate does not support (`""` is 0.1.0, missing parts are 0,
 /// at most three numeric parts).
-pub(crate) fn parse_semver(s: &str) -> Result<(i64, i64, i64), String> {
+pub(crate) fn parse_semver(s: &str) -> Result<(i64, i64, i64), SemverError> {
     if s.is_empty() {
         return Ok((0, 1, 0));
     }
     let parts: Vec<&str> = s.split('.').collect();
     if parts.len() >= 4 {
-        return Err(format!("invalid version {s:?}: too many parts"));
+        return Err(SemverError::TooManyParts(s.to_owned()));
     }
     let mut nums = [0i64; 3];
     for (i, (part, name)) in parts.iter().zip(["major", "minor", "micro"]).enumerate() {
-        nums[i] = part
-            .parse()
-            .map_err(|_| format!("failed to convert {name} version part {part:?}"))?;
+        nums[i] = part.parse().map_err(|_| SemverError::NotANumber {
+            name,
+            part: (*part).to_owned(),
+        })?;
     }
     Ok((nums[0], nums[1], nums[2]))
 }
@@ -200,11 +217,24 @@ mod tests {
         assert_eq!(parse_semver("1"), Ok((1, 0, 0)));
         assert_eq!(parse_semver("1.1"), Ok((1, 1, 0)));
         assert_eq!(parse_semver("9.9.9"), Ok((9, 9, 9)));
-        assert!(parse_semver("1.2.3.4")
+        assert_eq!(
+            parse_semver("1.2.3.4").unwrap_err().to_string(),
+            "invalid version \"1.2.3.4\": too many parts"
+        );
+        assert_eq!(
+            parse_semver("x.1.0").unwrap_err(),
+            SemverError::NotANumber {
+                name: "major",
+                part: "x".into()
+            }
+        );
+        assert_eq!(
+            parse_semver("1.y").unwrap_err().to_string(),
+            "failed to convert minor version part \"y\""
+        );
+        assert!(parse_semver("1.1.z")
             .unwrap_err()
-            .contains("too many parts"));
-        assert!(parse_semver("x.1.0").unwrap_err().contains("major"));
-        assert!(parse_semver("1.y").unwrap_err().contains("minor"));
-        assert!(parse_semver("1.1.z").unwrap_err().contains("micro"));
+            .to_string()
+            .contains("micro"));
     }
 }

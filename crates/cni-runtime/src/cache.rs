@@ -147,7 +147,10 @@ impl Cache {
         };
         parse_entry(&bytes)
             .map(Some)
-            .map_err(|msg| RuntimeError::Cache { path, msg })
+            .map_err(|e| RuntimeError::Cache {
+                path,
+                msg: format!("failed to unmarshal: {e}"),
+            })
     }
 
     /// Removes an attachment's file; a missing one is fine.
@@ -190,15 +193,13 @@ fn is_temp(p: &Path) -> bool {
         .is_some_and(|n| n.starts_with('.'))
 }
 
-fn parse_entry(bytes: &[u8]) -> Result<Entry, String> {
-    let v: Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("failed to unmarshal: {e}"))?;
+/// A cache file's entry; the error is the JSON decoder's (the file is not JSON, or not a `cniCacheV1` entry).
+fn parse_entry(bytes: &[u8]) -> Result<Entry, serde_json::Error> {
+    let v: Value = serde_json::from_slice(bytes)?;
     if v.get("kind").and_then(Value::as_str) != Some(CACHE_KIND) {
         return Ok(Entry::Legacy(v));
     }
-    serde_json::from_value(v)
-        .map(|a| Entry::Current(Box::new(a)))
-        .map_err(|e| format!("failed to unmarshal: {e}"))
+    serde_json::from_value(v).map(|a| Entry::Current(Box::new(a)))
 }
 
 mod b64 {

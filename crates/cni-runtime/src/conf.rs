@@ -48,8 +48,8 @@ impl NetworkList {
                 ))
             }
         };
-        let cni_version = select_version(raw).map_err(bad)?;
-        let flag = |key: &str| read_bool(raw, key).map_err(bad);
+        let cni_version = select_version(raw).map_err(|e| bad(e.to_string()))?;
+        let flag = |key: &str| read_bool(raw, key).map_err(|e| bad(e.to_string()));
         let mut list = NetworkList {
             name,
             cni_version,
@@ -70,7 +70,7 @@ impl NetworkList {
             Some(Value::Array(ps)) => {
                 for (i, p) in ps.iter().enumerate() {
                     list.plugins
-                        .push(plugin_conf(p).map_err(|m| bad(format!("plugin {i}: {m}")))?);
+                        .push(plugin_conf(p).map_err(|e| bad(format!("plugin {i}: {e}")))?);
                 }
                 Ok(list)
             }
@@ -85,7 +85,7 @@ impl NetworkList {
         let raw: Value = serde_json::from_slice(bytes).map_err(|e| {
             RuntimeError::config(origin, format!("error parsing configuration: {e}"))
         })?;
-        let plugin = plugin_conf(&raw).map_err(|m| RuntimeError::config(origin, m))?;
+        let plugin = plugin_conf(&raw).map_err(|e| RuntimeError::config(origin, e.to_string()))?;
         let text = |k: &str| {
             plugin
                 .get(k)
@@ -116,7 +116,7 @@ impl NetworkList {
                     )
                 })?;
                 let p = plugin_conf(&raw)
-                    .map_err(|m| RuntimeError::config(file.display().to_string(), m))?;
+                    .map_err(|e| RuntimeError::config(file.display().to_string(), e.to_string()))?;
                 list.plugins.push(p);
             }
         }
@@ -176,43 +176,80 @@ fn read(path: &Path) -> Result<Vec<u8>, RuntimeError> {
         .map_err(|e| RuntimeError::io(format!("error reading {}", path.display()), e))
 }
 
-fn plugin_conf(v: &Value) -> Result<PluginConf, String> {
-    let obj = v
-        .as_object()
-        .ok_or("error parsing configuration: not an object")?;
+/// Why a plugin object or a list's version or flag is refused; the messages are libcni's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum ConfError {
+    /// A plugin config that is not a JSON object.
+    #[error("error parsing configuration: not an object")]
+    PluginNotObject,
+    /// A plugin config without a non-empty string `type`.
+    #[error("error parsing configuration: missing 'type'")]
+    MissingType,
+    /// `cniVersion` is not a string.
+    #[error("error parsing configuration list: invalid cniVersion type")]
+    VersionType,
+    /// `cniVersion` is not a version.
+    #[error("error parsing configuration list: invalid cniVersion {0}")]
+    BadVersion(String),
+    /// `cniVersions` is not an array.
+    #[error("error parsing configuration list: invalid type for cniVersions")]
+    VersionsType,
+    /// An entry of `cniVersions` is not a string.
+    #[error("error parsing configuration list: invalid type for cniVersions index {0}")]
+    VersionsEntryType(usize),
+    /// An entry of `cniVersions` is not a version.
+    #[error(
+        "error parsing configuration list: invalid cniVersions entry {entry} at index {index}"
+    )]
+    BadVersionsEntry {
+        /// The entry as written.
+        entry: String,
+        /// Its index.
+        index: usize,
+    },
+    /// A boolean key holds a string that is not `true` or `false`.
+    #[error("error parsing configuration list: invalid value {value:?} for {key}")]
+    BoolValue {
+        /// The key.
+        key: String,
+        /// The string found.
+        value: String,
+    },
+    /// A boolean key holds neither a boolean nor a string.
+    #[error("error parsing configuration list: invalid type for {0}")]
+    BoolType(String),
+}
+
+fn plugin_conf(v: &Value) -> Result<PluginConf, ConfError> {
+    let obj = v.as_object().ok_or(ConfError::PluginNotObject)?;
     match obj.get("type") {
         Some(Value::String(t)) if !t.is_empty() => Ok(obj.clone()),
-        _ => Err("error parsing configuration: missing 'type'".into()),
+        _ => Err(ConfError::MissingType),
     }
 }
 
 /// The highest of `cniVersion` and `cniVersions`, ignoring versions newer than this runtime's (1.1.0).
-fn select_version(raw: &Map<String, Value>) -> Result<String, String> {
+fn select_version(raw: &Map<String, Value>) -> Result<String, ConfError> {
     let base = match raw.get("cniVersion") {
         None => String::new(),
         Some(Value::String(s)) => s.clone(),
-        Some(_) => return Err("error parsing configuration list: invalid cniVersion type".into()),
+        Some(_) => return Err(ConfError::VersionType),
     };
     let Some(list) = raw.get("cniVersions") else {
         return Ok(base);
     };
-    let list = list
-        .as_array()
-        .ok_or("error parsing configuration list: invalid type for cniVersions")?;
+    let list = list.as_array().ok_or(ConfError::VersionsType)?;
     let mut candidates = Vec::new();
-    for (i, v) in list.iter().enumerate() {
-        let s = v.as_str().ok_or(format!(
-            "error parsing configuration list: invalid type for cniVersions index {i}"
-        ))?;
-        let parsed = semver::parse(s).ok_or(format!(
-            "error parsing configuration list: invalid cniVersions entry {s} at index {i}"
-        ))?;
+    for (index, v) in list.iter().enumerate() {
+        let s = v.as_str().ok_or(ConfError::VersionsEntryType(index))?;
+        let parsed = semver::parse(s).ok_or_else(|| ConfError::BadVersionsEntry {
+            entry: s.to_owned(),
+            index,
+        })?;
         candidates.push((parsed, s.to_owned()));
     }
     if !base.is_empty() {
-        let parsed = semver::parse(&base).ok_or(format!(
-            "error parsing configuration list: invalid cniVersion {base}"
-        ))?;
+        let parsed = semver::parse(&base).ok_or_else(|| ConfError::BadVersion(base.clone()))?;
         candidates.push((parsed, base.clone()));
     }
     Ok(candidates
@@ -223,20 +260,19 @@ fn select_version(raw: &Map<String, Value>) -> Result<String, String> {
         .unwrap_or(base))
 }
 
-fn read_bool(raw: &Map<String, Value>, key: &str) -> Result<bool, String> {
+fn read_bool(raw: &Map<String, Value>, key: &str) -> Result<bool, ConfError> {
     match raw.get(key) {
         None => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
         Some(Value::String(s)) => match s.to_lowercase().as_str() {
             "true" => Ok(true),
             "false" => Ok(false),
-            _ => Err(format!(
-                "error parsing configuration list: invalid value {s:?} for {key}"
-            )),
+            _ => Err(ConfError::BoolValue {
+                key: key.to_owned(),
+                value: s.clone(),
+            }),
         },
-        Some(_) => Err(format!(
-            "error parsing configuration list: invalid type for {key}"
-        )),
+        Some(_) => Err(ConfError::BoolType(key.to_owned())),
     }
 }
 

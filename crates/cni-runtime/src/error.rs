@@ -54,22 +54,25 @@ pub enum RuntimeError {
         /// What went wrong.
         msg: String,
     },
-    /// Running a plugin or touching a file failed.
-    #[error("{what}: {source}")]
+    /// Running a plugin or touching a file failed; the OS error is the source (print the chain, e.g. with
+    /// [`cni_proto::error_chain`], to show it).
+    #[error("{what}")]
     Io {
-        /// What was being done.
+        /// What was being done, e.g. `running /opt/cni/bin/bridge`.
         what: String,
         /// The OS error.
+        #[source]
         source: std::io::Error,
     },
-    /// Several failures, as GC collects them.
+    /// Several failures, as GC collects them: one line each, with its whole cause chain (this error has no
+    /// source of its own).
     #[error("{}", join(.0))]
     Many(Vec<RuntimeError>),
 }
 
 fn join(errs: &[RuntimeError]) -> String {
     errs.iter()
-        .map(ToString::to_string)
+        .map(|e| cni_proto::error_chain(e))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -97,5 +100,43 @@ impl RuntimeError {
             path: path.into(),
             msg: msg.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    fn denied() -> std::io::Error {
+        std::io::Error::from_raw_os_error(libc::EACCES)
+    }
+
+    #[test]
+    fn io_chain_prints_the_os_error_once() {
+        let os = denied().to_string();
+        let e = RuntimeError::io("running /opt/cni/bin/x", denied());
+        assert_eq!(e.to_string(), "running /opt/cni/bin/x");
+        assert_eq!(e.source().map(ToString::to_string), Some(os.clone()));
+        let chain = cni_proto::error_chain(&e);
+        assert_eq!(chain, format!("running /opt/cni/bin/x: {os}"));
+        assert_eq!(chain.matches(&os).count(), 1, "{chain}");
+    }
+
+    #[test]
+    fn many_shows_each_failure_with_its_cause_once() {
+        let os = denied().to_string();
+        let e = RuntimeError::Many(vec![
+            RuntimeError::io("running /a", denied()),
+            RuntimeError::CheckNotSupported("0.3.1".into()),
+        ]);
+        assert!(e.source().is_none());
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "running /a: {os}\nconfiguration version \"0.3.1\" does not support the CHECK command"
+            )
+        );
+        assert_eq!(cni_proto::error_chain(&e), e.to_string());
     }
 }

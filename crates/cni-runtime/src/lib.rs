@@ -12,7 +12,7 @@ pub mod semver;
 pub use cache::{Cache, CachedAttachment, Entry, CACHE_KIND, DEFAULT_CACHE_DIR};
 pub use conf::{NetworkList, PluginConf};
 pub use error::RuntimeError;
-pub use rtconf::RuntimeConf;
+pub use rtconf::{InvalidArgsPair, RuntimeConf};
 
 use cni_proto::{CniError, CniResult, ErrorCode, Version};
 use serde_json::Value;

@@ -3,6 +3,11 @@
 use crate::conf::PluginConf;
 use serde_json::{Map, Value};
 
+/// A `CNI_ARGS` pair that is not `KEY=VALUE` with a non-empty key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid CNI_ARGS pair {0:?}: want KEY=VALUE")]
+pub struct InvalidArgsPair(pub String);
+
 /// The arguments of one attachment (libcni's `RuntimeConf`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RuntimeConf {
@@ -29,12 +34,12 @@ impl RuntimeConf {
     }
 
     /// Parses `CNI_ARGS`-style text (`k=v;k=v`) into pairs; an empty string is none.
-    pub fn parse_args(s: &str) -> Result<Vec<(String, String)>, String> {
+    pub fn parse_args(s: &str) -> Result<Vec<(String, String)>, InvalidArgsPair> {
         s.split(';')
             .filter(|p| !p.is_empty())
             .map(|p| match p.split_once('=') {
                 Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-                _ => Err(format!("invalid CNI_ARGS pair {p:?}: want KEY=VALUE")),
+                _ => Err(InvalidArgsPair(p.to_owned())),
             })
             .collect()
     }
@@ -130,8 +135,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(rt.cni_args(), "IgnoreUnknown=1;K8S_POD_NAME=a");
-        assert!(RuntimeConf::parse_args("novalue").is_err());
-        assert!(RuntimeConf::parse_args("=x").is_err());
+        assert_eq!(
+            RuntimeConf::parse_args("a=1;novalue").unwrap_err(),
+            InvalidArgsPair("novalue".into())
+        );
+        assert_eq!(
+            RuntimeConf::parse_args("=x").unwrap_err().to_string(),
+            "invalid CNI_ARGS pair \"=x\": want KEY=VALUE"
+        );
         assert!(RuntimeConf::parse_args("").unwrap().is_empty());
     }
 }

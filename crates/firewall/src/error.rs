@@ -38,3 +38,8 @@ pub enum Error {
         subnet: IpNet,
     },
 }
+
+/// A masquerade backend name that is not `"nftables"`, `"iptables"` or `"none"` (the value as given).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown masquerade backend {0:?}: expected \"nftables\", \"iptables\" or \"none\"")]
+pub struct UnknownBackend(pub String);

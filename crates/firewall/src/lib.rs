@@ -26,18 +26,39 @@
 //! - [`Firewall::remove`] (GC of a network without valid attachments) and [`Firewall::list`].
 //!
 //! `ensure`, `remove_if_unused` and `remove` of all processes are serialised by an exclusive `flock` on a lock
-//! file. A DEL decides "unused" (its `in_use` callback, typically looking at the bridge's ports) and deletes the
-//! table under that lock, so an ADD that attached its pod before calling `ensure` either sees the table deleted
-//! and recreates it, or is seen as a user and keeps it.
+//! file, normally [`LOCK_PATH`]. A DEL decides "unused" (its `in_use` callback, typically looking at the bridge's
+//! ports) and deletes the table under that lock, so an ADD that attached its pod before calling `ensure` either
+//! sees the table deleted and recreates it, or is seen as a user and keeps it.
+//!
+//! # Backends
+//! The bridge plugin reaches these operations through the object-safe [`Backend`] trait, so a config's
+//! `ipMasqBackend` can select another implementation: [`open_backend`] opens the one a [`BackendKind`] names.
+//! `"nftables"` and `"iptables"` select [`Firewall`] (on every supported kernel iptables is nf_tables
+//! underneath); `"none"` selects [`NoneBackend`], which installs nothing, for hosts whose firewall is managed by
+//! someone else. [`Firewall`] keeps its inherent methods (with a generic `in_use`) and [`Firewall::list`].
+//!
+//! # Wire format
+//! The netlink messages are built by pure functions, separate from the socket, and `tests/golden/*.hex` holds
+//! the exact bytes of every request kind (`ensure`'s batch for an IPv4, an IPv6 and two subnets, `remove`'s
+//! batch, the get and dump requests); `src/golden.rs` compares, decodes them back to the nft text above, and says
+//! how they were validated against the kernel. `TRESTLE_BLESS=1 cargo test -p trestle-firewall golden`
+//! rewrites them after an intended change.
 
 mod attr;
+mod backend;
 mod error;
+// The fixtures hold netlink headers in host byte order, as they were written on a little-endian host.
+#[cfg(all(test, target_endian = "little"))]
+mod golden;
 mod names;
 mod nft;
+mod none;
 mod sock;
 
-pub use error::Error;
+pub use backend::{open_backend, Backend, BackendKind};
+pub use error::{Error, UnknownBackend};
 pub use names::network_id;
+pub use none::NoneBackend;
 
 use ipnet::IpNet;
 use names::{chain_name, distinct_subnets, parse_chain_name, table_name, TABLE_PREFIX};
@@ -45,6 +66,17 @@ use sock::NfSocket;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+
+/// The lock file serialising [`Firewall::ensure`], [`Firewall::remove_if_unused`] and [`Firewall::remove`] of
+/// every plugin process on the host; pass it to [`Firewall::open`] or [`open_backend`].
+///
+/// A file lock because the plugin is a short-lived process per ADD/DEL with no daemon to arbitrate: an `flock`
+/// needs no cooperation beyond opening the same path, and the kernel releases it when its holder exits, so a
+/// killed plugin cannot leave the lock stuck. Under `/run` because it is a tmpfs emptied at boot, like the
+/// nf_tables ruleset it guards, so nothing stale survives a reboot, and it is the host-wide runtime directory
+/// that every runtime's plugin invocation sees (a private mount namespace over `/run`, as the demo uses, gets a
+/// private lock with it).
+pub const LOCK_PATH: &str = "/run/trestle/firewall.lock";
 
 /// One masqueraded subnet, as [`Firewall::list`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,13 +148,7 @@ impl Firewall {
                 return Ok(());
             }
             log::debug!("{table}: creating masquerade for {missing:?}");
-            let mut msgs = vec![nft::new_table(&table, network)];
-            for subnet in missing {
-                let chain = chain_name(subnet);
-                msgs.push(nft::new_masq_chain(&table, &chain));
-                msgs.push(nft::new_masq_rule(&table, &chain, subnet, network));
-            }
-            sock.batch(&msgs)
+            sock.batch(&nft::ensure_msgs(&table, network, &missing))
         })
     }
 

@@ -2,7 +2,7 @@
 //! parsing of what the kernel returns for them.
 
 use crate::attr::{AttrWriter, Attrs};
-use crate::names::{addr_bytes, Family};
+use crate::names::{addr_bytes, chain_name, Family};
 use crate::sock::Msg;
 use ipnet::IpNet;
 
@@ -256,6 +256,18 @@ pub(crate) fn new_masq_rule(table: &str, chain: &str, subnet: IpNet, network: &s
     let udata = comment_udata(&rule_comment(network, subnet)).expect("rule_comment fits");
     a.bytes(NFTA_RULE_USERDATA, &udata);
     msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, "add rule", a)
+}
+
+/// The one transaction of [`crate::Firewall::ensure`] when chains are missing: the table (an existing one is
+/// kept), then for each of `missing` (already distinct and truncated) its chain and the chain's rule.
+pub(crate) fn ensure_msgs(table: &str, network: &str, missing: &[IpNet]) -> Vec<Msg> {
+    let mut msgs = vec![new_table(table, network)];
+    for &subnet in missing {
+        let chain = chain_name(subnet);
+        msgs.push(new_masq_chain(table, &chain));
+        msgs.push(new_masq_rule(table, &chain, subnet, network));
+    }
+    msgs
 }
 
 fn expr(e: &mut AttrWriter, name: &str, data: impl FnOnce(&mut AttrWriter)) {

@@ -17,6 +17,10 @@ const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 /// How often a dump that the kernel flagged as interrupted (the ruleset changed meanwhile) is retried.
 const DUMP_ATTEMPTS: usize = 5;
+/// Flags of a [`NfSocket::get`] request: one object, or an error acknowledgement when there is none.
+pub(crate) const GET_FLAGS: u16 = NLM_F_REQUEST | NLM_F_ACK;
+/// Flags of a [`NfSocket::dump`] request: every matching object, then `NLMSG_DONE`.
+pub(crate) const DUMP_FLAGS: u16 = NLM_F_REQUEST | NLM_F_DUMP;
 /// Safety net against a kernel that never answers; nf_tables replies within milliseconds.
 const RECV_TIMEOUT_SECS: libc::time_t = 30;
 
@@ -70,18 +74,12 @@ impl NfSocket {
         if msgs.is_empty() {
             return Ok(());
         }
-        let begin_seq = self.next_seq();
-        let mut buf = Vec::new();
-        push_batch_marker(&mut buf, NFNL_MSG_BATCH_BEGIN, begin_seq);
-        let mut pending = Vec::with_capacity(msgs.len());
-        for msg in msgs {
-            let seq = self.next_seq();
-            push_msg(&mut buf, msg, NLM_F_REQUEST | NLM_F_ACK | msg.flags, seq);
-            pending.push((seq, msg.op));
-        }
-        let end_seq = self.next_seq();
-        push_batch_marker(&mut buf, NFNL_MSG_BATCH_END, end_seq);
-        self.send(&buf)?;
+        let EncodedBatch {
+            bytes,
+            begin_seq,
+            mut pending,
+        } = encode_batch(msgs, || self.next_seq());
+        self.send(&bytes)?;
         while !pending.is_empty() {
             for reply in self.recv()? {
                 let Reply::Error { seq, errno } = reply else {
@@ -111,7 +109,7 @@ impl NfSocket {
     /// flags as interrupted by a concurrent change is retried.
     pub(crate) fn dump(&mut self, msg: &Msg) -> Result<Vec<Vec<u8>>, Error> {
         for _ in 0..DUMP_ATTEMPTS {
-            let (objects, interrupted) = self.request(msg, NLM_F_REQUEST | NLM_F_DUMP)?;
+            let (objects, interrupted) = self.request(msg, DUMP_FLAGS)?;
             if !interrupted {
                 return Ok(objects);
             }
@@ -124,7 +122,7 @@ impl NfSocket {
 
     /// Fetches a single object; `None` if it does not exist.
     pub(crate) fn get(&mut self, msg: &Msg) -> Result<Option<Vec<u8>>, Error> {
-        match self.request(msg, NLM_F_REQUEST | NLM_F_ACK) {
+        match self.request(msg, GET_FLAGS) {
             Ok((mut objects, _)) => Ok(objects.pop()),
             Err(Error::Kernel { errno, .. }) if errno == libc::ENOENT => Ok(None),
             Err(e) => Err(e),
@@ -134,9 +132,7 @@ impl NfSocket {
     /// Sends one request and collects the objects of its reply until `NLMSG_DONE` or its acknowledgement.
     fn request(&mut self, msg: &Msg, flags: u16) -> Result<(Vec<Vec<u8>>, bool), Error> {
         let seq = self.next_seq();
-        let mut buf = Vec::new();
-        push_msg(&mut buf, msg, flags, seq);
-        self.send(&buf)?;
+        self.send(&encode_request(msg, flags, seq))?;
         let (mut objects, mut interrupted) = (Vec::new(), false);
         loop {
             for reply in self.recv()? {
@@ -175,6 +171,45 @@ impl NfSocket {
         let (data, _) = self.sock.recv_from_full().map_err(Error::Io)?;
         parse_replies(&data)
     }
+}
+
+/// A batch as it goes on the wire, with the sequence numbers its acknowledgements are matched by.
+#[derive(Debug)]
+pub(crate) struct EncodedBatch {
+    /// `NFNL_MSG_BATCH_BEGIN`, the messages, `NFNL_MSG_BATCH_END`: one datagram.
+    pub(crate) bytes: Vec<u8>,
+    /// Sequence number of the begin marker, which the kernel answers when it rejects the batch as a whole.
+    begin_seq: u32,
+    /// Sequence number and operation name of each message, in order.
+    pending: Vec<(u32, &'static str)>,
+}
+
+/// Encodes `msgs` as one batch, numbering the begin marker, each message and the end marker with successive
+/// calls of `next_seq`. Pure, so that the golden tests see exactly the bytes [`NfSocket::batch`] sends.
+pub(crate) fn encode_batch(msgs: &[Msg], mut next_seq: impl FnMut() -> u32) -> EncodedBatch {
+    let mut bytes = Vec::new();
+    let begin_seq = next_seq();
+    push_batch_marker(&mut bytes, NFNL_MSG_BATCH_BEGIN, begin_seq);
+    let mut pending = Vec::with_capacity(msgs.len());
+    for msg in msgs {
+        let seq = next_seq();
+        push_msg(&mut bytes, msg, NLM_F_REQUEST | NLM_F_ACK | msg.flags, seq);
+        pending.push((seq, msg.op));
+    }
+    push_batch_marker(&mut bytes, NFNL_MSG_BATCH_END, next_seq());
+    EncodedBatch {
+        bytes,
+        begin_seq,
+        pending,
+    }
+}
+
+/// Encodes a single (non-batched) request with `flags` ([`GET_FLAGS`] or [`DUMP_FLAGS`]) and `seq`, as
+/// [`NfSocket::get`] and [`NfSocket::dump`] send it.
+pub(crate) fn encode_request(msg: &Msg, flags: u16, seq: u32) -> Vec<u8> {
+    let mut buf = Vec::new();
+    push_msg(&mut buf, msg, flags, seq);
+    buf
 }
 
 fn set_recv_timeout(sock: &Socket) -> Result<(), Error> {

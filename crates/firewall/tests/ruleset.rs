@@ -4,7 +4,7 @@ mod common;
 
 use common::TestNs;
 use ipnet::IpNet;
-use trestle_firewall::{network_id, Error, MasqEntry};
+use trestle_firewall::{network_id, BackendKind, Error, MasqEntry};
 
 fn nets(list: &[&str]) -> Vec<IpNet> {
     list.iter().map(|s| s.parse().unwrap()).collect()
@@ -284,4 +284,58 @@ fn very_long_network_name_still_round_trips() {
     assert_eq!(listed[0].network_id, network_id(&name));
     assert_eq!(listed[0].network, None);
     assert!(fw.remove(&name).unwrap());
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn nftables_backend_through_the_trait_is_the_firewall() {
+    let t = TestNs::new("dyn");
+    let mut b = t.backend("iptables".parse().unwrap());
+    let subnets = nets(&["10.11.0.2/24", "fd11::2/64"]);
+    b.ensure("n", &subnets).unwrap();
+    b.check("n", &subnets).unwrap();
+    assert_eq!(t.chains().len(), 2);
+    // The same rules as the inherent methods write, and they see them.
+    t.firewall().check("n", &subnets).unwrap();
+
+    let mut asked = 0;
+    let mut in_use = || {
+        asked += 1;
+        true
+    };
+    assert!(!b.remove_if_unused("n", &mut in_use).unwrap());
+    assert_eq!(asked, 1);
+    assert!(b.remove_if_unused("n", &mut || false).unwrap());
+    assert!(matches!(b.check("n", &subnets), Err(Error::Missing { .. })));
+    assert!(!b
+        .remove_if_unused("n", &mut || panic!("in_use called without a table"))
+        .unwrap());
+    b.ensure("n", &subnets).unwrap();
+    assert!(b.remove("n").unwrap());
+    assert!(!b.remove("n").unwrap());
+    assert!(t.ruleset_json().is_empty(), "{}", t.ruleset());
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn none_backend_leaves_the_ruleset_alone() {
+    let t = TestNs::new("none");
+    let mut fw = t.firewall();
+    fw.ensure("other", &nets(&["10.12.0.0/24"])).unwrap();
+    let before = t.ruleset();
+    let gen = fw.generation().unwrap();
+
+    let mut b = t.backend(BackendKind::None);
+    let subnets = nets(&["10.13.0.2/24"]);
+    b.ensure("n", &subnets).unwrap();
+    b.check("n", &subnets).unwrap();
+    // Not even another network's table is touched, whatever the name.
+    assert!(!b.remove("other").unwrap());
+    assert!(!b
+        .remove_if_unused("other", &mut || panic!(
+            "in_use called with nothing installed"
+        ))
+        .unwrap());
+    assert_eq!(t.ruleset(), before);
+    assert_eq!(fw.generation().unwrap(), gen, "nothing committed");
 }

@@ -1,15 +1,16 @@
 //! The on-disk store, compatible with host-local's `dataDir` layout.
 //!
 //! Layout of `<data_dir>/<network>/` (directory mode 0755):
-//! - one file per reserved address, named by the address, created with `O_EXCL` and mode
-//!   0600, holding `<containerID>\r\n<ifname>` (older host-local: `<containerID>\n<ifname>`,
+//! - one file per reserved address, named by the address, mode 0600, holding
+//!   `<containerID>\r\n<ifname>` (written before it gets its name: `O_TMPFILE` and `linkat`, whose
+//!   `EEXIST` is the `O_EXCL` of host-local's create) (older host-local: `<containerID>\n<ifname>`,
 //!   oldest: `<containerID>`; all are read);
 //! - `last_reserved_ip.<setIndex>` with the last address reserved in that range set;
 //! - `lock`, which every host-local and trestle process `flock`s around each operation;
 //! - `.trestle-boot`, trestle's boot ID record (see [`crate::boot`]);
 //! - `.trestle-index/`, trestle's attachment index (see [`crate::index`]).
 //!
-//! Cost of the hot path: reserving is one `O_EXCL` create per candidate address plus the
+//! Cost of the hot path: reserving is one exclusive link per candidate address plus the
 //! `last_reserved_ip` write and the index update (one hard link per address: no new inode),
 //! independent of how many addresses are taken. The duplicate-ADD check, DEL and CHECK read
 //! two directory listings (names and inode numbers, no file opened: the index's link names
@@ -22,6 +23,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -146,7 +149,56 @@ impl DiskStore {
         self.dir.join(format!("{LAST_RESERVED_PREFIX}{set_index}"))
     }
 
+    /// Creates the reservation file `path` holding `att`, or returns `false` if the address is taken. The file
+    /// appears under its name with its owner already written (an unnamed `O_TMPFILE`, written, then linked in),
+    /// so a process killed at any instant leaves either no reservation or one its owner's DEL releases; never an
+    /// empty one that no DEL can match. Filesystems without `O_TMPFILE` get the classic create-then-write.
     fn create_reservation(&self, path: &Path, att: &Attachment) -> Result<bool, IpamError> {
+        let content = format!("{}{LINE_BREAK}{}", att.stored_id(), att.ifname);
+        match self.link_reservation(path, content.as_bytes()) {
+            Ok(taken) => Ok(taken),
+            Err(e) if tmpfile_unsupported(&e) => self.create_then_write(path, content.as_bytes()),
+            Err(e) => Err(IpamError::io("create", path, e)),
+        }
+    }
+
+    /// The `O_TMPFILE` path of [`DiskStore::create_reservation`].
+    fn link_reservation(&self, path: &Path, content: &[u8]) -> std::io::Result<bool> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(&self.dir)?;
+        file.write_all(content)?;
+        let name = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
+        // SAFETY: `file` is an open descriptor and `name` a NUL-terminated path; linkat copies both.
+        let rc = unsafe {
+            libc::linkat(
+                file.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                name.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        };
+        if rc == 0 {
+            return Ok(true);
+        }
+        match std::io::Error::last_os_error() {
+            e if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc link of the descriptor does not.
+            e if e.raw_os_error() == Some(libc::ENOENT)
+                || e.raw_os_error() == Some(libc::EPERM) =>
+            {
+                link_via_proc(&file, &name)
+            }
+            e => Err(e),
+        }
+    }
+
+    /// The classic reservation: `O_EXCL` create, then write (an empty file is visible in between).
+    fn create_then_write(&self, path: &Path, content: &[u8]) -> Result<bool, IpamError> {
         let mut file = match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -157,13 +209,43 @@ impl DiskStore {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => return Err(IpamError::io("create", path, e)),
         };
-        let content = format!("{}{LINE_BREAK}{}", att.stored_id(), att.ifname);
-        if let Err(e) = file.write_all(content.as_bytes()) {
+        if let Err(e) = file.write_all(content) {
             // An empty file would leak the address, so undo the half-written reservation.
             let _ = fs::remove_file(path);
             return Err(IpamError::io("write", path, e));
         }
         Ok(true)
+    }
+}
+
+/// Whether `open(O_TMPFILE)` failed because the filesystem (or kernel) has no unnamed files.
+fn tmpfile_unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)
+    )
+}
+
+/// Links an unnamed file in through its `/proc/self/fd` name.
+fn link_via_proc(file: &File, name: &std::ffi::CStr) -> std::io::Result<bool> {
+    let proc_path = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
+    // SAFETY: both paths are NUL-terminated and live across the call.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            proc_path.as_ptr(),
+            libc::AT_FDCWD,
+            name.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    match std::io::Error::last_os_error() {
+        e if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        e => Err(e),
     }
 }
 
@@ -347,5 +429,36 @@ mod tests {
         );
         assert_eq!(parse_owner("abc"), Attachment::new("abc", ""));
         assert_eq!(parse_owner(""), Attachment::new("", ""));
+    }
+
+    fn store(tag: &str) -> (PathBuf, DiskStore) {
+        let dir = std::env::temp_dir().join(format!("trestle-disk-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = DiskStore::open(&dir, "net").unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn reservations_appear_with_their_owner_written() {
+        let (dir, store) = store("tmpfile");
+        let att = Attachment::new("c1", "eth0");
+        let path = store.ip_path("10.0.0.2".parse().unwrap());
+        // The unnamed-file path itself, where the filesystem has it (tmpfs and ext4 do).
+        match store.link_reservation(&path, b"c1\r\neth0") {
+            Ok(taken) => assert!(taken),
+            Err(e) => assert!(tmpfile_unsupported(&e), "{e}"),
+        }
+        assert!(
+            !store.create_reservation(&path, &att).unwrap(),
+            "taken twice"
+        );
+        assert_eq!(parse_owner(&fs::read_to_string(&path).unwrap()), att);
+        // The fallback for filesystems without O_TMPFILE.
+        let other = store.ip_path("10.0.0.3".parse().unwrap());
+        assert!(store.create_then_write(&other, b"c2\r\neth0").unwrap());
+        assert!(!store.create_then_write(&other, b"c3\r\neth0").unwrap());
+        assert!(!store.create_reservation(&other, &att).unwrap());
+        assert_eq!(fs::read_to_string(&other).unwrap(), "c2\r\neth0");
+        let _ = fs::remove_dir_all(dir);
     }
 }

@@ -1,4 +1,4 @@
-//! The crate's error type and its mapping to CNI error codes.
+//! The crate's error type and its mapping to CNI error codes: the one table `trestle-ipam` answers with.
 
 use std::io;
 use std::net::IpAddr;
@@ -92,6 +92,19 @@ fn join_ips(ips: &[IpAddr]) -> String {
     parts.join(" ")
 }
 
+/// trestle-ipam's own CNI error codes (the spec reserves 0-99; the bridge plugin's are 100-104, and it passes IPAM
+/// errors through unchanged, so these must not collide with them).
+pub mod code {
+    /// The state directory could not be read or written.
+    pub const STORE_IO: u32 = 110;
+    /// A requested address is taken, or the attachment already holds one.
+    pub const CONFLICT: u32 = 111;
+    /// A requested address cannot be served by this configuration.
+    pub const BAD_REQUEST: u32 = 112;
+    /// CHECK found no reservation for the attachment.
+    pub const NOT_FOUND: u32 = 113;
+}
+
 /// Coarse classification of an [`IpamError`], for the plugin edge to pick a CNI error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -101,27 +114,28 @@ pub enum ErrorKind {
     Unsupported,
     /// May succeed later (a full pool frees up after DEL/GC, an interrupted lock): CNI code 11.
     Transient,
-    /// A requested address conflicts with an existing reservation, or a duplicate ADD.
+    /// A requested address conflicts with an existing reservation, or a duplicate ADD: [`code::CONFLICT`].
     Conflict,
-    /// A requested address cannot be honoured by this configuration.
+    /// A requested address cannot be honoured by this configuration: [`code::BAD_REQUEST`].
     BadRequest,
-    /// CHECK found nothing.
+    /// CHECK found nothing: [`code::NOT_FOUND`].
     NotFound,
-    /// The state directory could not be accessed.
+    /// The state directory could not be accessed: [`code::STORE_IO`].
     Io,
 }
 
 impl ErrorKind {
-    /// The CNI error code for this kind; codes of 100 and above are trestle-ipam specific.
+    /// The CNI error code trestle-ipam answers with for this kind: a spec code (7, 2, 11) or one of [`code`].
     pub fn cni_code(self) -> u32 {
         match self {
             ErrorKind::InvalidConfig => 7,
             ErrorKind::Unsupported => 2,
+            // An exhausted pool frees up after DEL or GC: the runtime may retry later.
             ErrorKind::Transient => 11,
-            ErrorKind::Io => 100,
-            ErrorKind::Conflict => 101,
-            ErrorKind::BadRequest => 102,
-            ErrorKind::NotFound => 103,
+            ErrorKind::Io => code::STORE_IO,
+            ErrorKind::Conflict => code::CONFLICT,
+            ErrorKind::BadRequest => code::BAD_REQUEST,
+            ErrorKind::NotFound => code::NOT_FOUND,
         }
     }
 }
@@ -177,4 +191,40 @@ fn is_transient_io(err: &io::Error) -> bool {
             | io::ErrorKind::TimedOut
             | io::ErrorKind::ResourceBusy
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_code_table_spec_codes_then_trestle_ipams_own() {
+        let table = [
+            (ErrorKind::InvalidConfig, 7),
+            (ErrorKind::Unsupported, 2),
+            (ErrorKind::Transient, 11),
+            (ErrorKind::Io, 110),
+            (ErrorKind::Conflict, 111),
+            (ErrorKind::BadRequest, 112),
+            (ErrorKind::NotFound, 113),
+        ];
+        for (kind, code) in table {
+            assert_eq!(kind.cni_code(), code, "{kind:?}");
+        }
+        let busy = IpamError::io("lock", "/x", io::Error::from(io::ErrorKind::WouldBlock));
+        assert_eq!(busy.cni_code(), 11, "a busy lock may succeed later");
+        let denied = IpamError::io("create", "/x", io::Error::from_raw_os_error(13));
+        assert_eq!(denied.cni_code(), code::STORE_IO);
+    }
+
+    #[test]
+    fn io_error_prints_its_source_only_as_source() {
+        use std::error::Error as _;
+        let e = IpamError::io("create", "/var/lib/x", io::Error::from_raw_os_error(13));
+        assert_eq!(e.to_string(), "cannot create /var/lib/x");
+        assert_eq!(
+            e.source().unwrap().to_string(),
+            io::Error::from_raw_os_error(13).to_string()
+        );
+    }
 }

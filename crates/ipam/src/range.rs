@@ -8,6 +8,65 @@ use ipnet::IpNet;
 use crate::error::IpamError;
 use crate::ipmath::{canonical, from_u128, next, same_family, to_u128};
 
+/// Why a range or a range set is refused; the messages are host-local's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RangeError {
+    /// The subnet has fewer than four addresses (IPv4 /31, IPv6 /127 and longer).
+    #[error("Network {0} too small to allocate from")]
+    TooSmall(IpNet),
+    /// The subnet is written with host bits set, e.g. `10.1.2.3/24`.
+    #[error(
+        "Network has host bits set. For a subnet mask of length {} the network address is {}",
+        .0.prefix_len(),
+        .0.network()
+    )]
+    HostBits(IpNet),
+    /// The gateway lies outside the subnet or is of the other family.
+    #[error("gateway {gateway} not in network {subnet}")]
+    GatewayOutside {
+        /// The gateway given.
+        gateway: IpAddr,
+        /// The range's subnet.
+        subnet: IpNet,
+    },
+    /// `rangeStart` or `rangeEnd` is of the other address family.
+    #[error("IP {ip} is not the same protocol as subnet {subnet}")]
+    WrongFamily {
+        /// The address given.
+        ip: IpAddr,
+        /// The range's subnet.
+        subnet: IpNet,
+    },
+    /// `rangeStart` or `rangeEnd` lies outside the subnet.
+    #[error("{ip} not in network {subnet}")]
+    Outside {
+        /// The address given.
+        ip: IpAddr,
+        /// The range's subnet.
+        subnet: IpNet,
+    },
+    /// `rangeEnd` comes before `rangeStart`.
+    #[error("{end} is in network {subnet} but before start {start}")]
+    EndBeforeStart {
+        /// The range's start.
+        start: IpAddr,
+        /// The end given.
+        end: IpAddr,
+        /// The range's subnet.
+        subnet: IpNet,
+    },
+    /// A range set without ranges.
+    #[error("empty range set")]
+    EmptySet,
+    /// A range set with IPv4 and IPv6 ranges.
+    #[error("mixed address families")]
+    MixedFamilies,
+    /// Two ranges of a set share addresses.
+    #[error("subnets {} and {} overlap", .0.0, .0.1)]
+    Overlap(Box<(Range, Range)>),
+}
+
 /// One pool of addresses: `range_start..=range_end` inside `subnet`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Range {
@@ -24,18 +83,18 @@ pub struct Range {
 impl Range {
     /// Builds a range the way host-local's `Range.Canonicalize` does: fills in the defaults
     /// (start network+1, end broadcast-1 for IPv4 or the last address for IPv6, gateway
-    /// network+1) and validates. The error reason is host-local's message.
+    /// network+1) and validates; an error's message is host-local's.
     pub fn new(
         subnet: IpNet,
         range_start: Option<IpAddr>,
         range_end: Option<IpAddr>,
         gateway: Option<IpAddr>,
-    ) -> Result<Range, String> {
+    ) -> Result<Range, RangeError> {
         let subnet = check_subnet(subnet)?;
         let gateway = match gateway.map(canonical) {
             None => next(subnet.network()),
             Some(gw) if same_family(gw, subnet.addr()) && subnet.contains(&gw) => gw,
-            Some(gw) => return Err(format!("gateway {gw} not in network {subnet}")),
+            Some(gateway) => return Err(RangeError::GatewayOutside { gateway, subnet }),
         };
         let mut range = Range {
             subnet,
@@ -50,10 +109,11 @@ impl Range {
         if let Some(end) = range_end.map(canonical) {
             range.check_in_subnet(end)?;
             if to_u128(end) < to_u128(range.range_start) {
-                return Err(format!(
-                    "{end} is in network {subnet} but before start {}",
-                    range.range_start
-                ));
+                return Err(RangeError::EndBeforeStart {
+                    start: range.range_start,
+                    end,
+                    subnet,
+                });
             }
             range.range_end = end;
         }
@@ -80,15 +140,13 @@ impl Range {
                 <= to_u128(self.range_end).min(to_u128(other.range_end))
     }
 
-    fn check_in_subnet(&self, ip: IpAddr) -> Result<(), String> {
-        if !same_family(ip, self.subnet.addr()) {
-            return Err(format!(
-                "IP {ip} is not the same protocol as subnet {}",
-                self.subnet
-            ));
+    fn check_in_subnet(&self, ip: IpAddr) -> Result<(), RangeError> {
+        let subnet = self.subnet;
+        if !same_family(ip, subnet.addr()) {
+            return Err(RangeError::WrongFamily { ip, subnet });
         }
-        if !self.subnet.contains(&ip) {
-            return Err(format!("{ip} not in network {}", self.subnet));
+        if !subnet.contains(&ip) {
+            return Err(RangeError::Outside { ip, subnet });
         }
         Ok(())
     }
@@ -101,26 +159,21 @@ impl fmt::Display for Range {
     }
 }
 
-fn check_subnet(subnet: IpNet) -> Result<IpNet, String> {
+fn check_subnet(subnet: IpNet) -> Result<IpNet, RangeError> {
     let subnet = match subnet {
         IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
             // Go canonicalises a mapped address to IPv4, keeping the IPv4 part of the mask.
-            Some(v4) if v6.prefix_len() >= 96 => {
-                IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).map_err(|e| e.to_string())?
-            }
+            Some(v4) if v6.prefix_len() >= 96 => IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96)
+                .expect("a prefix of 96..=128 leaves an IPv4 prefix of 0..=32"),
             _ => subnet,
         },
         IpNet::V4(_) => subnet,
     };
     if subnet.prefix_len() > subnet.max_prefix_len() - 2 {
-        return Err(format!("Network {subnet} too small to allocate from"));
+        return Err(RangeError::TooSmall(subnet));
     }
     if subnet.addr() != subnet.network() {
-        return Err(format!(
-            "Network has host bits set. For a subnet mask of length {} the network address is {}",
-            subnet.prefix_len(),
-            subnet.network()
-        ));
+        return Err(RangeError::HostBits(subnet));
     }
     Ok(subnet)
 }
@@ -141,16 +194,16 @@ pub struct RangeSet(pub Vec<Range>);
 impl RangeSet {
     /// Validates a set as host-local's `RangeSet.Canonicalize` does: not empty, one family,
     /// no two ranges overlapping. The ranges themselves are already canonical.
-    pub fn new(ranges: Vec<Range>) -> Result<RangeSet, String> {
+    pub fn new(ranges: Vec<Range>) -> Result<RangeSet, RangeError> {
         let Some(first) = ranges.first() else {
-            return Err("empty range set".to_string());
+            return Err(RangeError::EmptySet);
         };
         if ranges.iter().any(|r| r.is_ipv4() != first.is_ipv4()) {
-            return Err("mixed address families".to_string());
+            return Err(RangeError::MixedFamilies);
         }
         for (i, r1) in ranges.iter().enumerate() {
             if let Some(r2) = ranges[i + 1..].iter().find(|r2| r1.overlaps(r2)) {
-                return Err(format!("subnets {r1} and {r2} overlap"));
+                return Err(RangeError::Overlap(Box::new((r1.clone(), r2.clone()))));
             }
         }
         Ok(RangeSet(ranges))
@@ -190,9 +243,9 @@ impl fmt::Display for RangeSet {
     }
 }
 
-/// Converts a range-level reason into a config error at `field`.
-pub(crate) fn invalid_at(field: &str) -> impl Fn(String) -> IpamError + '_ {
-    move |reason| IpamError::invalid(field, reason)
+/// Converts a range-level error into a config error at `field`, its message the reason.
+pub(crate) fn invalid_at(field: &str) -> impl Fn(RangeError) -> IpamError + '_ {
+    move |e| IpamError::invalid(field, e.to_string())
 }
 
 #[cfg(test)]
@@ -228,8 +281,15 @@ mod tests {
     fn too_small_subnets_rejected() {
         for s in ["10.0.0.0/31", "10.0.0.0/32", "fd00::/127", "fd00::/128"] {
             let err = Range::new(net(s), None, None, None).unwrap_err();
-            assert!(err.contains("too small to allocate from"), "{s}: {err}");
+            assert_eq!(err, RangeError::TooSmall(net(s)));
+            assert_eq!(
+                err.to_string(),
+                format!("Network {s} too small to allocate from")
+            );
         }
+        // A mapped IPv6 subnet is checked as the IPv4 subnet it stands for.
+        let err = Range::new(net("::ffff:10.0.0.0/127"), None, None, None).unwrap_err();
+        assert_eq!(err, RangeError::TooSmall(net("10.0.0.0/31")));
         Range::new(net("10.0.0.0/30"), None, None, None).unwrap();
         Range::new(net("fd00::/126"), None, None, None).unwrap();
     }
@@ -237,8 +297,9 @@ mod tests {
     #[test]
     fn host_bits_rejected() {
         let err = Range::new(net("10.1.2.3/24"), None, None, None).unwrap_err();
+        assert_eq!(err, RangeError::HostBits(net("10.1.2.3/24")));
         assert_eq!(
-            err,
+            err.to_string(),
             "Network has host bits set. For a subnet mask of length 24 the network address is 10.1.2.0"
         );
     }
@@ -247,13 +308,39 @@ mod tests {
     fn start_end_gateway_validated() {
         let n = net("10.1.2.0/24");
         let err = Range::new(n, Some(ip("10.1.3.5")), None, None).unwrap_err();
-        assert_eq!(err, "10.1.3.5 not in network 10.1.2.0/24");
+        assert_eq!(
+            err,
+            RangeError::Outside {
+                ip: ip("10.1.3.5"),
+                subnet: n
+            }
+        );
+        assert_eq!(err.to_string(), "10.1.3.5 not in network 10.1.2.0/24");
         let err = Range::new(n, None, Some(ip("fd00::5")), None).unwrap_err();
-        assert!(err.contains("not the same protocol"), "{err}");
+        assert!(matches!(err, RangeError::WrongFamily { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "IP fd00::5 is not the same protocol as subnet 10.1.2.0/24"
+        );
         let err = Range::new(n, Some(ip("10.1.2.50")), Some(ip("10.1.2.40")), None).unwrap_err();
-        assert!(err.contains("before start 10.1.2.50"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "10.1.2.40 is in network 10.1.2.0/24 but before start 10.1.2.50"
+        );
         let err = Range::new(n, None, None, Some(ip("10.9.9.9"))).unwrap_err();
-        assert_eq!(err, "gateway 10.9.9.9 not in network 10.1.2.0/24");
+        assert_eq!(
+            err,
+            RangeError::GatewayOutside {
+                gateway: ip("10.9.9.9"),
+                subnet: n
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "gateway 10.9.9.9 not in network 10.1.2.0/24"
+        );
+        let err = Range::new(n, None, None, Some(ip("fd00::1"))).unwrap_err();
+        assert!(matches!(err, RangeError::GatewayOutside { .. }), "{err:?}");
         let r = Range::new(
             n,
             Some(ip("10.1.2.10")),
@@ -276,13 +363,17 @@ mod tests {
         let b = Range::new(net("10.1.3.0/24"), None, None, None).unwrap();
         let c = Range::new(net("fd00::/64"), None, None, None).unwrap();
         let half = Range::new(net("10.1.2.0/24"), Some(ip("10.1.2.200")), None, None).unwrap();
-        assert_eq!(RangeSet::new(vec![]).unwrap_err(), "empty range set");
+        assert_eq!(RangeSet::new(vec![]).unwrap_err(), RangeError::EmptySet);
+        assert_eq!(RangeError::EmptySet.to_string(), "empty range set");
+        let err = RangeSet::new(vec![a.clone(), c.clone()]).unwrap_err();
+        assert_eq!(err, RangeError::MixedFamilies);
+        assert_eq!(err.to_string(), "mixed address families");
+        let err = RangeSet::new(vec![a.clone(), half.clone()]).unwrap_err();
+        assert_eq!(err, RangeError::Overlap(Box::new((a.clone(), half))));
         assert_eq!(
-            RangeSet::new(vec![a.clone(), c.clone()]).unwrap_err(),
-            "mixed address families"
+            err.to_string(),
+            "subnets 10.1.2.1-10.1.2.254 and 10.1.2.200-10.1.2.254 overlap"
         );
-        let err = RangeSet::new(vec![a.clone(), half]).unwrap_err();
-        assert!(err.starts_with("subnets 10.1.2.1-10.1.2.254 and"), "{err}");
         let set = RangeSet::new(vec![a.clone(), b.clone()]).unwrap();
         assert_eq!(set.to_string(), "10.1.2.1-10.1.2.254,10.1.3.1-10.1.3.254");
         assert!(set.overlaps(&RangeSet(vec![b])));

@@ -23,10 +23,10 @@ pub enum Error {
         /// The positive errno the kernel answered with.
         errno: i32,
     },
-    /// Reading from or writing to the netlink socket failed.
-    #[error("netlink socket")]
+    /// Opening, reading from or writing to the netlink socket failed; the OS error is the source.
+    #[error("netlink socket I/O")]
     Io(#[source] std::io::Error),
-    /// A reply could not be decoded.
+    /// A reply could not be decoded; the decoder's error is the source.
     #[error("cannot decode netlink reply")]
     Decode(#[source] DecodeError),
     /// A reply did not fit the receive buffer.
@@ -105,9 +105,26 @@ mod tests {
                 std::io::Error::from_raw_os_error(libc::ENETUNREACH)
             )
         );
+        assert!(std::error::Error::source(&e).is_none());
         let e = Error::from_errno("del route", libc::ESRCH).not_found_on(libc::ESRCH);
         assert!(matches!(e, Error::NotFound));
         let e = Error::from_errno("del route", libc::EPERM).not_found_on(libc::ESRCH);
         assert_eq!(e.errno(), Some(libc::EPERM));
+    }
+
+    #[test]
+    fn socket_and_decode_errors_keep_their_cause_as_source() {
+        use std::error::Error as _;
+        let e = Error::Io(std::io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(e.to_string(), "netlink socket I/O");
+        let cause = e.source().expect("the OS error is the source");
+        assert_eq!(
+            cause.to_string(),
+            std::io::Error::from_raw_os_error(libc::EACCES).to_string()
+        );
+        assert_eq!(e.errno(), Some(libc::EACCES));
+        let e = Error::Decode(DecodeError::from("short buffer"));
+        assert_eq!(e.to_string(), "cannot decode netlink reply");
+        assert_eq!(e.source().unwrap().to_string(), "short buffer");
     }
 }

@@ -15,6 +15,7 @@ mod bridge;
 mod error;
 mod link;
 mod mac;
+mod nsid;
 mod route;
 mod socket;
 pub mod sysctl;

@@ -327,6 +327,7 @@ fn end_attributes(end: &VethEnd) -> Vec<LinkAttribute> {
     ];
     attributes.extend(end.mtu.map(LinkAttribute::Mtu));
     attributes.extend(end.mac.map(|m| LinkAttribute::Address(m.to_vec())));
+    attributes.extend(end.group.map(LinkAttribute::Group));
     attributes
 }
 

@@ -48,6 +48,8 @@ pub struct VethEnd {
     pub mtu: Option<u32>,
     /// Hardware address; random when `None`.
     pub mac: Option<[u8; 6]>,
+    /// Link group (`IFLA_GROUP`), set as the device is created; the default group 0 when `None`.
+    pub group: Option<u32>,
 }
 
 /// Bridge port flags. `None` leaves a flag unchanged when setting and means

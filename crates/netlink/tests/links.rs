@@ -112,11 +112,13 @@ fn veth_peer_is_born_in_the_other_namespace() {
         name: "veth-h".into(),
         mtu: Some(1450),
         mac: Some(host_mac),
+        group: Some(0x7473_1234),
     };
     let p = VethEnd {
         name: "eth0".into(),
         mtu: Some(1450),
         mac: Some(peer_mac),
+        group: None,
     };
     host.nl.create_veth(&h, &p, cont.ns.fd()).unwrap();
 
@@ -140,6 +142,14 @@ fn veth_peer_is_born_in_the_other_namespace() {
     assert_eq!(pl.peer_index, Some(hl.index));
     assert_eq!(hl.peer_index, Some(pl.index));
     assert!(pl.link_netnsid.is_some() && hl.link_netnsid.is_some());
+    // Each side's IFLA_LINK_NETNSID is the id that side gives the other namespace.
+    assert_eq!(cont.nl.netns_id(host.ns.fd()).unwrap(), pl.link_netnsid);
+    assert_eq!(host.nl.netns_id(cont.ns.fd()).unwrap(), hl.link_netnsid);
+    assert_eq!(
+        (hl.group, pl.group),
+        (0x7473_1234, 0),
+        "group set at creation"
+    );
 
     // Names are checked in each end's own namespace.
     let err = host

@@ -4,7 +4,7 @@
 
 use cni_plugin::{Plugin, Request};
 use cni_proto::{CniArgs, CniError, CniResult, Command, ErrorCode, IpConfig, Route, Version};
-use trestle_ipam_core::{Attachment, ConfigInput, DiskStore, ErrorKind, IpamConfig, IpamError};
+use trestle_ipam_core::{Attachment, ConfigInput, DiskStore, IpamConfig, IpamError};
 
 /// CNI_ARGS keys: `IP` is ours; `MAC` belongs to the main plugin that shares this environment.
 const CNI_ARGS_KEYS: [&str; 2] = ["IP", "MAC"];
@@ -12,43 +12,13 @@ const CNI_ARGS_KEYS: [&str; 2] = ["IP", "MAC"];
 /// The IPAM plugin.
 pub struct Ipam;
 
-/// trestle-ipam's own error codes (distinct from the bridge plugin's 100-104, since the bridge passes IPAM
-/// errors through unchanged).
-pub mod code {
-    /// The state directory could not be read or written.
-    pub const STORE_IO: u32 = 110;
-    /// A requested address is taken, or the attachment already holds one.
-    pub const CONFLICT: u32 = 111;
-    /// A requested address cannot be served by this configuration.
-    pub const BAD_REQUEST: u32 = 112;
-    /// CHECK found no reservation for the attachment.
-    pub const NOT_FOUND: u32 = 113;
-}
+/// trestle-ipam's own error codes (110-113; the table lives with the errors in `trestle-ipam-core`).
+pub use trestle_ipam_core::code;
 
-/// The one place IPAM errors become CNI codes.
+/// The one place IPAM errors become CNI errors: the code from [`IpamError::cni_code`], the error's message in `msg`
+/// and its causes (an I/O error under a state file, say) in `details`.
 fn cni_error(e: IpamError) -> CniError {
-    let msg = chain(&e);
-    match e.kind() {
-        ErrorKind::InvalidConfig => CniError::new(ErrorCode::InvalidConfig, msg),
-        ErrorKind::Unsupported => CniError::new(ErrorCode::UnsupportedField, msg),
-        // An exhausted pool frees up after DEL or GC: the runtime may retry later.
-        ErrorKind::Transient => CniError::new(ErrorCode::TryAgainLater, msg),
-        ErrorKind::Io => CniError::plugin(code::STORE_IO, msg),
-        ErrorKind::Conflict => CniError::plugin(code::CONFLICT, msg),
-        ErrorKind::BadRequest => CniError::plugin(code::BAD_REQUEST, msg),
-        ErrorKind::NotFound => CniError::plugin(code::NOT_FOUND, msg),
-    }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
+    CniError::from_error(e.cni_code(), "", &e)
 }
 
 fn load(req: &Request) -> Result<(IpamConfig, DiskStore, Attachment), CniError> {
@@ -157,5 +127,82 @@ impl Plugin for Ipam {
             },
             ..e
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    #[test]
+    fn ipam_errors_get_the_core_codes_and_their_causes_in_details() {
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let denied = std::io::Error::from_raw_os_error(13);
+        let e = cni_error(IpamError::Io {
+            op: "create",
+            path: "/var/lib/cni/networks/n".into(),
+            source: std::io::Error::from_raw_os_error(13),
+        });
+        assert_eq!(e.code, code::STORE_IO);
+        assert_eq!(e.msg, "cannot create /var/lib/cni/networks/n");
+        assert_eq!(e.details, Some(denied.to_string()));
+        let cases = [
+            (
+                IpamError::InvalidConfig {
+                    field: "ipam.ranges".into(),
+                    reason: "no IP ranges specified".into(),
+                },
+                7,
+            ),
+            (
+                IpamError::Unsupported {
+                    field: "ipam.ranges".into(),
+                    reason: "CNI version 0.2.0 does not support more than 1 address per family"
+                        .into(),
+                },
+                2,
+            ),
+            (
+                IpamError::Unavailable {
+                    ip,
+                    range: "10.1.2.1-10.1.2.254".into(),
+                },
+                code::CONFLICT,
+            ),
+            (IpamError::RequestedGateway { ip }, code::BAD_REQUEST),
+            (IpamError::OutsideRanges(ip), code::BAD_REQUEST),
+            (
+                IpamError::NotFound {
+                    container_id: "c".into(),
+                },
+                code::NOT_FOUND,
+            ),
+            (
+                IpamError::Exhausted {
+                    network: "n".into(),
+                    set_index: 0,
+                    range: "10.1.2.1-10.1.2.2".into(),
+                },
+                11,
+            ),
+        ];
+        for (err, want) in cases {
+            let text = err.to_string();
+            let e = cni_error(err);
+            assert_eq!(
+                (e.code, e.msg.as_str(), e.details),
+                (want, text.as_str(), None)
+            );
+        }
+        assert_eq!(
+            (
+                code::STORE_IO,
+                code::CONFLICT,
+                code::BAD_REQUEST,
+                code::NOT_FOUND
+            ),
+            (110, 111, 112, 113)
+        );
     }
 }

@@ -1,15 +1,15 @@
-//! ADD: validate everything, reserve the address, then build the links; on any failure undo what was done.
+//! ADD: validate everything, reserve the address, validate the IPAM result, then build the links; on any failure
+//! undo what was done.
 
 use crate::config::BridgeConfig;
 use crate::error::{self, code};
-use crate::{ipam, links, FIREWALL_LOCK};
+use crate::ns::Sides;
+use crate::result::{conflicting, gateway_addrs};
+use crate::{ipam, links, masq, ns, result};
 use cni_plugin::Request;
-use cni_proto::{CniError, CniResult, ErrorCode, Interface, Route};
+use cni_proto::{CniError, CniResult, Interface, Route};
 use ipnet::IpNet;
-use std::net::IpAddr;
-use trestle_firewall::Firewall;
 use trestle_netlink::{format_mac, sysctl, Link, Netlink};
-use trestle_netns::NetNs;
 
 /// What ADD has changed so far, undone in reverse on failure.
 #[derive(Default)]
@@ -23,49 +23,22 @@ struct Undo {
 struct Ctx<'a> {
     req: &'a Request,
     cfg: BridgeConfig,
-    ns: NetNs,
-    host: Netlink,
-    cont: Netlink,
+    sides: Sides,
     /// The bridge as found before any change (`None`: ADD creates it).
     bridge: Option<Link>,
     /// The bridge's addresses as read by the conflict check (empty when not read).
     bridge_addrs: Vec<IpNet>,
 }
 
-/// Opens `CNI_NETNS` and refuses the plugin's own namespace (wiring the host itself as a pod would cut it off).
-pub fn open_netns(path: &str) -> Result<NetNs, CniError> {
-    let ns = NetNs::open(path).map_err(error::netns)?;
-    if ns.is_current().map_err(error::netns)? {
-        return Err(CniError::new(
-            ErrorCode::InvalidEnvironment,
-            format!("CNI_NETNS {path} is the plugin's own network namespace"),
-        ));
-    }
-    Ok(ns)
-}
-
-/// Opens a netlink socket in `ns`: only its creation happens inside (the socket keeps the namespace for life), on
-/// this thread, which is back in the host namespace before anything else runs.
-pub fn netlink_in(ns: &NetNs) -> Result<Netlink, CniError> {
-    ns.run_on_this_thread(Netlink::socket)
-        .map_err(error::netns)?
-        .and_then(Netlink::from_socket)
-        .map_err(|e| error::kernel("open container netlink socket", e))
-}
-
 /// The ADD command.
 pub fn add(req: &Request) -> Result<CniResult, CniError> {
     let cfg = BridgeConfig::parse(&req.conf, &req.env.args)?;
-    let ns = open_netns(&req.env.netns)?;
-    let cont = netlink_in(&ns)?;
-    let mut host = Netlink::open().map_err(|e| error::kernel("open netlink socket", e))?;
-    let bridge = links::check_bridge_kind(&mut host, &cfg.bridge)?;
+    let mut sides = Sides::open(ns::open_pod_netns(&req.env.netns)?)?;
+    let bridge = links::check_bridge_kind(&mut sides.host, &cfg.bridge)?;
     let mut ctx = Ctx {
         req,
         cfg,
-        ns,
-        host,
-        cont,
+        sides,
         bridge,
         bridge_addrs: Vec::new(),
     };
@@ -85,7 +58,8 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
 fn preflight(ctx: &mut Ctx) -> Result<(), CniError> {
     let ifname = &ctx.req.env.ifname;
     let existing = ctx
-        .cont
+        .sides
+        .pod
         .link_by_name(ifname)
         .map_err(|e| error::kernel("look up container interface", e))?;
     if existing.is_some() {
@@ -117,31 +91,35 @@ fn build(ctx: &mut Ctx, undo: &mut Undo) -> Result<CniResult, CniError> {
         ));
     }
     phase("ipam");
-    prepare_result(&ctx.cfg, &mut result);
+    result::prepare(&ctx.cfg, &mut result);
+    // Everything the kernel could refuse is refused here, before the first link changes.
+    result::validate(&ctx.cfg, &result)?;
     if ctx.cfg.is_gateway {
         check_bridge_addresses(ctx, &result)?;
     }
-    let bridge = links::ensure_bridge(&mut ctx.host, &ctx.cfg, ctx.bridge.take())?;
+    let host = &mut ctx.sides.host;
+    let bridge = links::ensure_bridge(host, &ctx.cfg, ctx.bridge.take())?;
     phase("bridge");
-    let veth = links::create_veth(
-        &mut ctx.host,
-        &ctx.ns,
-        &ctx.cfg,
-        &ctx.req.env.container_id,
-        &ctx.req.env.ifname,
-    )?;
+    let masquerade = ctx.cfg.ip_masq && !result.ips.is_empty();
+    let group = masq::group_for(&ctx.req.conf.name, masquerade);
+    let attachment = (
+        ctx.req.env.container_id.as_str(),
+        ctx.req.env.ifname.as_str(),
+    );
+    let veth = links::create_veth(host, &ctx.sides.pod_ns, &ctx.cfg, attachment, group)?;
     undo.host_veth = Some(veth.index);
     phase("veth");
-    links::attach_port(&mut ctx.host, &ctx.cfg, &bridge, &veth)?;
+    links::attach_port(host, &ctx.cfg, &bridge, &veth)?;
     let container = configure_container(ctx, &result)?;
     if ctx.cfg.is_gateway {
         configure_gateway(ctx, &bridge, &result)?;
     }
     phase("container and gateway");
-    if ctx.cfg.ip_masq && !result.ips.is_empty() {
+    if masquerade {
         let subnets: Vec<IpNet> = result.ips.iter().map(|ip| ip.address.trunc()).collect();
-        // Shared by every pod of the subnet: after the first pod this is a lookup, not a transaction.
-        firewall()?
+        // Shared by every pod of the subnet: after the first pod this is a lookup, not a transaction. The port
+        // is on the bridge, in its masquerade group, so a concurrent DEL sees it as a user (see `masq`).
+        masq::firewall(ctx.cfg.masq_backend)?
             .ensure(&ctx.req.conf.name, &subnets)
             .map_err(error::firewall)?;
         undo.masquerade = true;
@@ -149,77 +127,6 @@ fn build(ctx: &mut Ctx, undo: &mut Undo) -> Result<CniResult, CniError> {
     }
     finish_result(ctx, &mut result, &bridge, &veth, &container);
     Ok(result)
-}
-
-/// Opens the nftables socket in the plugin's (host) namespace.
-pub fn firewall() -> Result<Firewall, CniError> {
-    Firewall::open(std::path::Path::new(FIREWALL_LOCK)).map_err(error::firewall)
-}
-
-/// Whether a pod still uses `bridge`, so the network's masquerade must stay: the bridge has carrier exactly while
-/// one of its ports forwards. That is read from the bridge alone (one request, whatever the number of pods), and
-/// it is current: the kernel sets it synchronously as ports come and go. An ADD's port forwards before that ADD
-/// ensures the masquerade (both under the firewall lock), so a DEL seeing no carrier cannot strand a new pod.
-pub fn bridge_in_use(host: &mut Netlink, bridge: &str) -> bool {
-    match host.link_by_name(bridge) {
-        Ok(Some(br)) => br.carrier,
-        Ok(None) => false,
-        // When in doubt, keep the rules: a rule too many is harmless, a pod without masquerade is not.
-        Err(_) => true,
-    }
-}
-
-/// Fills gateways (network+1 when IPAM gave none and the bridge is the gateway) and the default route.
-fn prepare_result(cfg: &BridgeConfig, result: &mut CniResult) {
-    if !cfg.is_gateway {
-        return;
-    }
-    for ip in &mut result.ips {
-        if ip.gateway.is_none() {
-            ip.gateway = nth_host(&ip.address, 1);
-        }
-    }
-    if !cfg.is_default_gateway {
-        return;
-    }
-    for ip in result.ips.clone() {
-        let default: IpNet = match ip.address {
-            IpNet::V4(_) => "0.0.0.0/0".parse().expect("literal"),
-            IpNet::V6(_) => "::/0".parse().expect("literal"),
-        };
-        let has_default = result
-            .routes
-            .iter()
-            .any(|r| r.dst == default && r.gw.is_some());
-        if !has_default {
-            result.routes.push(Route {
-                dst: default,
-                gw: ip.gateway,
-                mtu: None,
-                advmss: None,
-                priority: None,
-                table: None,
-                scope: None,
-            });
-        }
-    }
-}
-
-/// The `n`th address of the network containing `addr`.
-fn nth_host(addr: &IpNet, n: u8) -> Option<IpAddr> {
-    match addr.network() {
-        IpAddr::V4(a) => Some(IpAddr::V4((u32::from(a) + u32::from(n)).into())),
-        IpAddr::V6(a) => Some(IpAddr::V6((u128::from(a) + u128::from(n)).into())),
-    }
-}
-
-/// The gateway addresses the bridge needs, with the pod subnet's prefix.
-fn gateway_addrs(result: &CniResult) -> Vec<IpNet> {
-    result
-        .ips
-        .iter()
-        .filter_map(|ip| IpNet::new(ip.gateway?, ip.address.prefix_len()).ok())
-        .collect()
 }
 
 /// Refuses (before any change) a bridge that carries a different address, unless `forceAddress` (the reference's
@@ -231,7 +138,7 @@ fn check_bridge_addresses(ctx: &mut Ctx, result: &CniResult) -> Result<(), CniEr
     let Some(bridge) = &ctx.bridge else {
         return Ok(());
     };
-    ctx.bridge_addrs = bridge_addresses(&mut ctx.host, bridge.index)?;
+    ctx.bridge_addrs = bridge_addresses(&mut ctx.sides.host, bridge.index)?;
     for want in gateway_addrs(result) {
         if let Some(conflict) = conflicting(&ctx.bridge_addrs, &want).first() {
             return Err(CniError::plugin(
@@ -253,50 +160,38 @@ fn bridge_addresses(host: &mut Netlink, index: u32) -> Result<Vec<IpNet>, CniErr
     Ok(addrs.into_iter().map(|a| a.address).collect())
 }
 
-/// The addresses of `addrs` that stand in the way of gateway address `want`.
-fn conflicting(addrs: &[IpNet], want: &IpNet) -> Vec<IpNet> {
-    addrs
-        .iter()
-        .copied()
-        .filter(|a| a != want && a.addr().is_ipv4() == want.addr().is_ipv4())
-        .filter(|a| match a {
-            IpNet::V4(_) => true,
-            IpNet::V6(v6) => {
-                // Link-local addresses are the kernel's, never a conflict.
-                (v6.addr().segments()[0] & 0xffc0) != 0xfe80
-                    && (a.contains(&want.addr()) || want.contains(&a.addr()))
-            }
-        })
-        .collect()
-}
-
 /// Sysctls, addresses, link up and routes inside the container. Returns the container link.
 fn configure_container(ctx: &mut Ctx, result: &CniResult) -> Result<Link, CniError> {
     let ifname = ctx.req.env.ifname.clone();
     let link = ctx
-        .cont
+        .sides
+        .pod
         .link_by_name(&ifname)
         .map_err(|e| error::kernel("look up container interface", e))?
         .ok_or_else(|| CniError::plugin(code::KERNEL, format!("{ifname} vanished")))?;
     // Announce the (possibly reused) address when the link comes up, so neighbours drop stale ARP entries of a
     // previous pod. Set over netlink: a /proc/sys write would need a thread inside the pod's namespace.
-    ctx.cont
+    ctx.sides
+        .pod
         .set_ipv4_conf(link.index, &[(trestle_netlink::IPV4_DEVCONF_ARP_NOTIFY, 1)])
         .map_err(|e| error::kernel("set arp_notify", e))?;
     let dad = ctx.cfg.enable_dad;
     if result.ips.iter().any(|ip| ip.address.addr().is_ipv6()) {
         // IPv6 device settings cannot be set over netlink.
-        ctx.ns
+        ctx.sides
+            .pod_ns
             .run(|| ipv6_sysctls(&ifname, dad))
             .map_err(error::netns)??;
     }
     for ip in &result.ips {
-        ctx.cont
+        ctx.sides
+            .pod
             .add_address(link.index, ip.address, !dad)
             .map_err(|e| error::kernel(&format!("add address {}", ip.address), e))?;
     }
     if !ctx.cfg.disable_container_interface {
-        ctx.cont
+        ctx.sides
+            .pod
             .set_up(link.index, true)
             .map_err(|e| error::kernel("set container interface up", e))?;
     }
@@ -322,14 +217,7 @@ fn add_container_route(
     route: &Route,
     result: &CniResult,
 ) -> Result<(), CniError> {
-    let v4 = route.dst.addr().is_ipv4();
-    let gw = route.gw.or_else(|| {
-        result
-            .ips
-            .iter()
-            .find(|ip| ip.address.addr().is_ipv4() == v4)
-            .and_then(|ip| ip.gateway)
-    });
+    let gw = result::effective_gateway(result, route);
     let mut r = trestle_netlink::Route::new(route.dst);
     r.gateway = gw;
     r.oif = Some(oif);
@@ -340,7 +228,8 @@ fn add_container_route(
         r.table = t;
     }
     r.scope = route.scope.unwrap_or(if gw.is_some() { 0 } else { 253 });
-    ctx.cont
+    ctx.sides
+        .pod
         .add_route(&r)
         .map_err(|e| error::kernel(&format!("add route {}", route.dst), e))
 }
@@ -349,8 +238,9 @@ fn add_container_route(
 fn configure_gateway(ctx: &mut Ctx, bridge: &Link, result: &CniResult) -> Result<(), CniError> {
     for want in gateway_addrs(result) {
         if ctx.cfg.force_address {
-            for old in conflicting(&bridge_addresses(&mut ctx.host, bridge.index)?, &want) {
-                ctx.host
+            for old in conflicting(&bridge_addresses(&mut ctx.sides.host, bridge.index)?, &want) {
+                ctx.sides
+                    .host
                     .del_address(bridge.index, old)
                     .map_err(|e| error::kernel("remove old bridge address", e))?;
             }
@@ -358,7 +248,7 @@ fn configure_gateway(ctx: &mut Ctx, bridge: &Link, result: &CniResult) -> Result
         // After the first pod the bridge has its gateway address (as read by the conflict check): adding it
         // again would only take the kernel's rtnl lock to answer EEXIST.
         if !ctx.bridge_addrs.contains(&want) {
-            match ctx.host.add_address(bridge.index, want, true) {
+            match ctx.sides.host.add_address(bridge.index, want, true) {
                 Ok(()) | Err(trestle_netlink::Error::Exists) => {}
                 Err(e) => return Err(error::kernel("add gateway address to bridge", e)),
             }
@@ -374,7 +264,8 @@ fn configure_gateway(ctx: &mut Ctx, bridge: &Link, result: &CniResult) -> Result
     }
     if ctx.cfg.vlan != 0 {
         // The gateway lives on the bridge device itself, so it must be a member of the pods' VLAN.
-        ctx.host
+        ctx.sides
+            .host
             .bridge_vlan_add(bridge.index, ctx.cfg.vlan, true, true, true)
             .map_err(|e| error::kernel("add vlan to bridge", e))?;
     }
@@ -410,18 +301,16 @@ fn finish_result(ctx: &Ctx, result: &mut CniResult, bridge: &Link, veth: &Link, 
 /// Best-effort undo, in reverse order; failures are logged because the ADD error is what the runtime must see.
 fn rollback(ctx: &mut Ctx, undo: Undo) {
     if let Some(index) = undo.host_veth {
-        match ctx.host.delete_link(index) {
+        match ctx.sides.host.delete_link(index) {
             Ok(()) | Err(trestle_netlink::Error::NotFound) => {}
             Err(e) => log::warn!("rollback: delete veth: {e}"),
         }
     }
     if undo.masquerade {
         let (name, bridge) = (&ctx.req.conf.name, &ctx.cfg.bridge);
-        let host = &mut ctx.host;
-        if let Err(e) = firewall().and_then(|mut f| {
-            f.remove_if_unused(name, || bridge_in_use(host, bridge))
-                .map_err(error::firewall)
-        }) {
+        if let Err(e) =
+            masq::remove_if_unused(ctx.cfg.masq_backend, &mut ctx.sides.host, name, bridge)
+        {
             log::warn!("rollback: {}", e.msg);
         }
     }

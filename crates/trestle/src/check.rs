@@ -1,9 +1,10 @@
 //! CHECK: compare the live state with the ADD result in `prevResult` (cni-spec.md §6).
 
-use crate::add::{firewall, netlink_in, open_netns};
 use crate::config::BridgeConfig;
 use crate::error::{self, code};
-use crate::ipam;
+use crate::ns::Sides;
+use crate::pair::{self, Candidate, Port};
+use crate::{ipam, masq, ns};
 use cni_plugin::Request;
 use cni_proto::{CniError, CniResult, ErrorCode};
 use trestle_netlink::{format_mac, Link, Netlink};
@@ -22,17 +23,15 @@ pub fn check(req: &Request) -> Result<(), CniError> {
         )
     })?;
     ipam::check(req, &cfg)?;
-    let mut host = Netlink::open().map_err(|e| error::kernel("open netlink socket", e))?;
-    let bridge = check_bridge(&mut host, &cfg)?;
-    let ns = open_netns(&req.env.netns)?;
-    let mut cont = netlink_in(&ns)?;
-    let link = check_container_link(&mut cont, req, &prev)?;
-    check_host_port(&mut host, &link, &bridge)?;
-    check_addresses(&mut cont, &link, &prev)?;
-    check_routes(&mut cont, &link, &prev)?;
+    let mut sides = Sides::open(ns::open_pod_netns(&req.env.netns)?)?;
+    let bridge = check_bridge(&mut sides.host, &cfg)?;
+    let link = check_container_link(&mut sides.pod, req, &prev)?;
+    check_pair(&mut sides, req, &link, &bridge)?;
+    check_addresses(&mut sides.pod, &link, &prev)?;
+    check_routes(&mut sides.pod, &link, &prev)?;
     if cfg.ip_masq {
         let subnets: Vec<ipnet::IpNet> = prev.ips.iter().map(|ip| ip.address.trunc()).collect();
-        firewall()?
+        masq::firewall(cfg.masq_backend)?
             .check(&req.conf.name, &subnets)
             .map_err(error::firewall)?;
     }
@@ -84,21 +83,37 @@ fn check_container_link(
     Ok(link)
 }
 
-fn check_host_port(host: &mut Netlink, link: &Link, bridge: &Link) -> Result<(), CniError> {
-    let peer = link
-        .peer_index
-        .ok_or_else(|| failed(format!("{} has no peer", link.name)))?;
-    let port = host
-        .link_by_index(peer)
-        .map_err(|e| error::kernel("look up host veth", e))?
-        .ok_or_else(|| failed(format!("host end of {} not found", link.name)))?;
-    if port.master != Some(bridge.index) {
-        return Err(failed(format!(
-            "{} is not a port of {}",
-            port.name, bridge.name
-        )));
+/// The interface must be this attachment's veth, its host end a port of the bridge (see [`crate::pair`]).
+fn check_pair(
+    sides: &mut Sides,
+    req: &Request,
+    link: &Link,
+    bridge: &Link,
+) -> Result<(), CniError> {
+    let ids = sides.ids()?;
+    let host_end = match link.peer_index {
+        Some(p) if link.link_netnsid.is_some() => sides
+            .host
+            .link_by_index(p)
+            .map_err(|e| error::kernel("look up host veth", e))?,
+        _ => None,
+    };
+    let names = pair::host_names(&req.env.container_id, &req.env.ifname);
+    let candidate = Candidate {
+        pod: link,
+        host: host_end.as_ref(),
+    };
+    match pair::prove(&candidate, &ids, &names, Some(bridge.index)) {
+        Ok(Port::Of(_)) => Ok(()),
+        Ok(Port::Detached) => Err(failed(format!(
+            "the host end of {} is not a port of {}",
+            link.name, bridge.name
+        ))),
+        Err(why) => Err(failed(format!(
+            "{} is not this attachment's veth: {why}",
+            link.name
+        ))),
     }
-    Ok(())
 }
 
 fn check_addresses(cont: &mut Netlink, link: &Link, prev: &CniResult) -> Result<(), CniError> {

@@ -3,6 +3,7 @@
 
 use cni_proto::{CniArgs, CniError, ErrorCode, NetConf};
 use serde_json::{Map, Value};
+use trestle_firewall::BackendKind;
 
 /// Keys trestle's CNI_ARGS accept: `MAC` is ours, `IP` is the IPAM plugin's (it reads the same environment).
 /// Anything else needs `IgnoreUnknown=1`, as the Go library requires (Kubernetes always sends it).
@@ -42,6 +43,8 @@ pub struct BridgeConfig {
     pub port_isolation: bool,
     /// The IPAM plugin type, when L3 is wanted.
     pub ipam_type: Option<String>,
+    /// Who installs the masquerade rules (`ipMasqBackend`).
+    pub masq_backend: BackendKind,
     /// MAC for the container interface (CNI_ARGS < args.cni.mac < runtimeConfig.mac).
     pub mac: Option<[u8; 6]>,
 }
@@ -86,6 +89,15 @@ impl BridgeConfig {
         };
         let is_default_gateway = get_bool(raw, "isDefaultGateway")?;
         let mtu = get_uint(raw, "mtu", 65_535)? as u32;
+        if mtu != 0 && mtu < crate::result::MIN_MTU {
+            return Err(invalid(
+                "mtu",
+                format!(
+                    "{mtu} is below the kernel's minimum of {}",
+                    crate::result::MIN_MTU
+                ),
+            ));
+        }
         let cfg = BridgeConfig {
             bridge,
             is_gateway: get_bool(raw, "isGateway")? || is_default_gateway,
@@ -101,9 +113,9 @@ impl BridgeConfig {
             disable_container_interface: get_bool(raw, "disableContainerInterface")?,
             port_isolation: get_bool(raw, "portIsolation")?,
             ipam_type: ipam_type(conf)?,
+            masq_backend: masq_backend(raw)?,
             mac: mac(conf, cni_args)?,
         };
-        check_backend(raw)?;
         cfg.check_combinations()?;
         Ok(cfg)
     }
@@ -146,15 +158,21 @@ fn reject_unimplemented(raw: &Map<String, Value>) -> Result<(), CniError> {
     Ok(())
 }
 
-/// trestle always masquerades through nftables; `iptables` is accepted because, on every kernel trestle supports,
-/// iptables itself is nf_tables underneath, and a config written for the reference plugin must keep working.
-fn check_backend(raw: &Map<String, Value>) -> Result<(), CniError> {
+/// `ipMasqBackend`: trestle masquerades through nftables; `iptables` is accepted as nftables because, on every
+/// kernel trestle supports, iptables itself is nf_tables underneath, and a config written for the reference plugin
+/// must keep working. `none` (trestle's own value) installs no rules: the host's firewall does it.
+fn masq_backend(raw: &Map<String, Value>) -> Result<BackendKind, CniError> {
     match raw.get("ipMasqBackend") {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::String(s)) if s == "nftables" || s == "iptables" => Ok(()),
+        None | Some(Value::Null) => Ok(BackendKind::default()),
+        Some(Value::String(s)) => s.parse().map_err(|_| {
+            invalid(
+                "ipMasqBackend",
+                format!("{s:?} is not \"nftables\", \"iptables\" or \"none\""),
+            )
+        }),
         Some(v) => Err(invalid(
             "ipMasqBackend",
-            format!("{v} is not \"nftables\" or \"iptables\""),
+            format!("expected a string, got {v}"),
         )),
     }
 }
@@ -185,8 +203,117 @@ fn mac(conf: &NetConf, cni_args: &str) -> Result<Option<[u8; 6]>, CniError> {
         if let Some(s) = value {
             let mac = trestle_netlink::parse_mac(&s)
                 .ok_or_else(|| invalid(field, format!("{s:?} is not a MAC address")))?;
-            return Ok(Some(mac));
+            return check_unicast(mac)
+                .map(Some)
+                .map_err(|why| invalid(field, format!("{s:?} {why}")));
         }
     }
     Ok(None)
+}
+
+/// The kernel gives a device only a unicast, non-zero hardware address (`EADDRNOTAVAIL` otherwise, after the
+/// bridge was made).
+fn check_unicast(mac: [u8; 6]) -> Result<[u8; 6], &'static str> {
+    if mac[0] & 1 == 1 {
+        Err("is a multicast address")
+    } else if mac == [0; 6] {
+        Err("is all zeros")
+    } else {
+        Ok(mac)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The config of `{"type":"trestle"}`: every default.
+    pub(crate) fn minimal() -> BridgeConfig {
+        parse(r#"{"cniVersion":"1.0.0","name":"n","type":"trestle"}"#, "").unwrap()
+    }
+
+    fn parse(json: &str, args: &str) -> Result<BridgeConfig, CniError> {
+        let conf = cni_proto::parse_request(cni_proto::Command::Add, json.as_bytes())?;
+        BridgeConfig::parse(&conf, args)
+    }
+
+    fn with(extra: &str) -> String {
+        format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"trestle",{extra}}}"#)
+    }
+
+    #[test]
+    fn defaults_are_the_reference_bridge_s() {
+        let c = minimal();
+        assert_eq!(c.bridge, DEFAULT_BRIDGE);
+        assert!(
+            !c.is_gateway && !c.ip_masq && !c.hairpin_mode && c.mtu.is_none() && c.mac.is_none()
+        );
+        assert_eq!(c.vlan, 0);
+        let c = parse(&with(r#""isDefaultGateway":true"#), "").unwrap();
+        assert!(c.is_gateway, "isDefaultGateway implies isGateway");
+    }
+
+    #[test]
+    fn mac_sources_in_order_and_unicast_only() {
+        let c = parse(
+            &with(r#""args":{"cni":{"mac":"02:00:00:00:00:02"}}"#),
+            "MAC=02:00:00:00:00:03",
+        )
+        .unwrap();
+        assert_eq!(c.mac, Some([2, 0, 0, 0, 0, 2]));
+        let c = parse(
+            &with(r#""ipam":{}"#),
+            "IgnoreUnknown=1;MAC=02:00:00:00:00:03",
+        )
+        .unwrap();
+        assert_eq!(c.mac, Some([2, 0, 0, 0, 0, 3]));
+        for (args, why) in [
+            ("MAC=01:00:5e:00:00:01", "multicast"),
+            ("MAC=ff:ff:ff:ff:ff:ff", "multicast"),
+            ("MAC=00:00:00:00:00:00", "all zeros"),
+            ("MAC=02:00:00:00:00", "not a MAC"),
+        ] {
+            let err = parse(&with(r#""ipam":{}"#), args).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidConfig as u32, "{args}");
+            assert!(
+                err.msg.contains("CNI_ARGS MAC") && err.msg.contains(why),
+                "{args}: {}",
+                err.msg
+            );
+        }
+    }
+
+    #[test]
+    fn masquerade_backends() {
+        for (v, kind) in [
+            ("nftables", BackendKind::Nftables),
+            ("iptables", BackendKind::Nftables),
+            ("none", BackendKind::None),
+        ] {
+            let c = parse(&with(&format!(r#""ipMasqBackend":"{v}""#)), "").unwrap();
+            assert_eq!(c.masq_backend, kind, "{v}");
+        }
+        assert_eq!(minimal().masq_backend, BackendKind::Nftables);
+        let err = parse(&with(r#""ipMasqBackend":"firewalld""#), "").unwrap_err();
+        assert!(
+            err.msg.contains("ipMasqBackend") && err.msg.contains("firewalld"),
+            "{}",
+            err.msg
+        );
+    }
+
+    #[test]
+    fn out_of_range_numbers_name_their_key() {
+        for (extra, key) in [
+            (r#""mtu":67"#, "mtu"),
+            (r#""mtu":65536"#, "mtu"),
+            (r#""vlan":4095"#, "vlan"),
+            (r#""hairpinMode":"yes""#, "hairpinMode"),
+            (r#""bridge":"a/b""#, "bridge"),
+        ] {
+            let err = parse(&with(extra), "").unwrap_err();
+            assert!(err.msg.contains(key), "{extra}: {}", err.msg);
+        }
+        assert_eq!(parse(&with(r#""mtu":68"#), "").unwrap().mtu, Some(68));
+    }
 }

@@ -2,6 +2,7 @@
 
 use crate::config::BridgeConfig;
 use crate::error::{self, code};
+use crate::pair;
 use cni_proto::CniError;
 use trestle_netlink::{Link, Netlink, PortOptions, VethEnd};
 use trestle_netns::NetNs;
@@ -68,41 +69,28 @@ fn finish_bridge(host: &mut Netlink, cfg: &BridgeConfig, link: Link) -> Result<L
     Ok(link)
 }
 
-/// The host end's name: stable for an attachment (so a retried ADD after a crash finds its leftover), 15 bytes.
-pub fn host_veth_name(container_id: &str, ifname: &str, attempt: u32) -> String {
-    // FNV-1a: no crypto needed, only spread; `attempt` moves to another name on a (rare) collision.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id
-        .bytes()
-        .chain([0])
-        .chain(ifname.bytes())
-        .chain(attempt.to_le_bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("veth{:08x}", h as u32)
-}
-
-/// Creates the veth pair, its container end born as `ifname` inside `ns`. Returns the host end.
+/// Creates the veth pair, its pod end born as `ifname` inside `ns`, its host end in link `group`. Returns the
+/// host end.
 pub fn create_veth(
     host: &mut Netlink,
     ns: &NetNs,
     cfg: &BridgeConfig,
-    container_id: &str,
-    ifname: &str,
+    (container_id, ifname): (&str, &str),
+    group: u32,
 ) -> Result<Link, CniError> {
     let peer = VethEnd {
         name: ifname.to_owned(),
         mtu: cfg.mtu,
         mac: cfg.mac,
+        group: None,
     };
-    for attempt in 0..8 {
-        let name = host_veth_name(container_id, ifname, attempt);
+    for attempt in 0..pair::NAME_ATTEMPTS {
+        let name = pair::host_name(container_id, ifname, attempt);
         let end = VethEnd {
             name: name.clone(),
             mtu: cfg.mtu,
             mac: None,
+            group: Some(group),
         };
         match host.create_veth(&end, &peer, ns.fd()) {
             Ok(()) => {
@@ -119,8 +107,29 @@ pub fn create_veth(
     }
     Err(CniError::plugin(
         code::KERNEL,
-        "no free host veth name after 8 attempts".to_owned(),
+        format!(
+            "no free host veth name after {} attempts",
+            pair::NAME_ATTEMPTS
+        ),
     ))
+}
+
+/// The kernel's limit of ports per bridge (`BR_MAX_PORTS`); one more fails with `EXFULL`.
+pub const BR_MAX_PORTS: u32 = 1024;
+
+/// Maps a failure to enslave a port; `EXFULL` is the bridge's port limit, which a user can act on.
+fn attach_error(bridge: &Link, e: trestle_netlink::Error) -> CniError {
+    if e.errno() == Some(libc::EXFULL) {
+        return CniError::plugin(
+            code::BRIDGE_FULL,
+            format!(
+                "bridge {:?} has the kernel's maximum of {BR_MAX_PORTS} ports: spread the pods over more \
+                 networks, each with its own bridge",
+                bridge.name
+            ),
+        );
+    }
+    error::kernel("attach veth to bridge", e)
 }
 
 /// Attaches the host end to the bridge with the port settings, then brings it up (without an IPv6 link-local
@@ -134,7 +143,7 @@ pub fn attach_port(
     if cfg.hairpin_mode || cfg.port_isolation || cfg.vlan != 0 {
         // Port options need the port on the bridge; it forwards only once it is up, below.
         host.set_master(veth.index, Some(bridge.index))
-            .map_err(|e| error::kernel("attach veth to bridge", e))?;
+            .map_err(|e| attach_error(bridge, e))?;
     }
     if cfg.hairpin_mode || cfg.port_isolation {
         let opts = PortOptions {
@@ -153,21 +162,5 @@ pub fn attach_port(
         }
     }
     host.set_port_up(veth.index, bridge.index)
-        .map_err(|e| error::kernel("attach veth to bridge", e))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_names_are_stable_valid_and_distinct() {
-        let a = host_veth_name("abc", "eth0", 0);
-        assert_eq!(a, host_veth_name("abc", "eth0", 0));
-        assert_ne!(a, host_veth_name("abc", "eth1", 0));
-        assert_ne!(a, host_veth_name("abc", "eth0", 1));
-        assert_ne!(a, host_veth_name("abd", "eth0", 0));
-        assert_eq!(a.len(), 12);
-        cni_proto::validate_ifname(&a).unwrap();
-    }
+        .map_err(|e| attach_error(bridge, e))
 }

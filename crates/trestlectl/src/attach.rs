@@ -64,7 +64,7 @@ impl AttachArgs {
                 .unwrap_or_else(|| cnitool_container_id(&netns)),
             netns,
             ifname: self.ifname.clone(),
-            args: RuntimeConf::parse_args(&self.cni_args)?,
+            args: RuntimeConf::parse_args(&self.cni_args).map_err(|e| e.to_string())?,
             capability_args,
         })
     }

@@ -50,12 +50,13 @@ pub enum InstallError {
         /// Its first plugin's type.
         plugin: String,
     },
-    /// A file operation failed.
-    #[error("{path}: {source}")]
+    /// A file operation failed; the OS error is the source.
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The OS error.
+        #[source]
         source: std::io::Error,
     },
 }

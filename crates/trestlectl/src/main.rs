@@ -192,7 +192,7 @@ fn main() -> ExitCode {
             no_color,
         } => {
             if let Err(e) = trestlectl::elevate::as_root("the demo") {
-                eprintln!("trestlectl demo: {e}");
+                eprintln!("trestlectl demo: {}", cni_proto::error_chain(&e));
                 return ExitCode::FAILURE;
             }
             let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("trestlectl"));
@@ -207,7 +207,7 @@ fn main() -> ExitCode {
             match trestlectl::demo::run(&opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("trestlectl demo: {e}");
+                    eprintln!("trestlectl demo: {}", cni_proto::error_chain(&e));
                     ExitCode::FAILURE
                 }
             }
@@ -225,7 +225,7 @@ fn main() -> ExitCode {
             smoke,
         } => {
             if let Err(e) = trestlectl::elevate::as_root("the bench") {
-                eprintln!("trestlectl bench: {e}");
+                eprintln!("trestlectl bench: {}", cni_proto::error_chain(&e));
                 return ExitCode::FAILURE;
             }
             let mut opts = trestlectl::bench::Options {
@@ -333,7 +333,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("trestlectl install: {e}");
+                    eprintln!("trestlectl install: {}", cni_proto::error_chain(&e));
                     ExitCode::FAILURE
                 }
             }
@@ -349,7 +349,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("trestlectl show-netns: {e}");
+                    eprintln!("trestlectl show-netns: {}", cni_proto::error_chain(&e));
                     ExitCode::FAILURE
                 }
             }
@@ -443,12 +443,12 @@ fn ls_cmd(network: Option<&str>, json: bool, loc: &LocArgs) -> ExitCode {
     )
 }
 
-/// Exit status of a runtime command: 0, or the error on stderr and 1.
+/// Exit status of a runtime command: 0, or the error with its causes on stderr and 1.
 fn report(op: &str, r: Result<(), cni_runtime::RuntimeError>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("trestlectl {op}: {e}");
+            eprintln!("trestlectl {op}: {}", cni_proto::error_chain(&e));
             if let Some(code) = e.cni_error().map(|c| c.code) {
                 eprintln!("(CNI error code {code})");
             }

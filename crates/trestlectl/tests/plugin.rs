@@ -84,6 +84,7 @@ fn park_stray(w: &World, pod: &trestle_netns::NamedNetNs, name: &str) {
                 name: name.into(),
                 mtu: None,
                 mac: None,
+                group: None,
             };
             nl.create_veth(&end, &end, pod.ns().fd()).unwrap();
             let i = nl.link_by_name(name).unwrap().unwrap().index;
@@ -333,27 +334,51 @@ fn malformed_inputs_get_spec_codes_and_consume_nothing() {
     w.del("c", &path, &good);
 }
 
-/// A failure after the address was reserved (here: an MTU the kernel refuses) rolls everything back.
+/// A failure after the address was reserved and the bridge made (here: every host name the attachment may take
+/// is in use) rolls everything back.
 #[test]
 #[ignore = "privileged: needs root"]
 fn failed_add_rolls_back() {
     let w = World::new();
     let pod = w.pod();
-    let mut conf = w.classic("1.0.0");
-    conf["mtu"] = json!(40);
+    let conf = w.classic("1.0.0");
+    w.host
+        .run(|| {
+            let mut nl = trestle_netlink::Netlink::open().unwrap();
+            let home = trestle_netns::NetNs::current().unwrap();
+            for (i, name) in trestle::pair::host_names("c", "eth0")
+                .into_iter()
+                .enumerate()
+            {
+                let end = |name: String| trestle_netlink::VethEnd {
+                    name,
+                    ..Default::default()
+                };
+                nl.create_veth(&end(name), &end(format!("taken{i}")), home.fd())
+                    .unwrap();
+            }
+        })
+        .unwrap();
     let out = w.call("ADD", "c", &pod.path().display().to_string(), "eth0", &conf);
     assert!(!out.success, "{}", out.stdout);
-    assert!(out.error_code().unwrap() >= 100, "{}", out.stdout);
+    assert_eq!(out.error_code(), Some(100), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("no free host veth name"),
+        "{}",
+        out.stdout
+    );
     assert!(w.reservations("mybridge").is_empty());
     assert!(w.masqueraded().is_empty());
-    assert!(w
-        .host_links()
-        .iter()
-        .all(|l| l.kind.as_deref() != Some("veth")));
+    assert!(w.ports("cni_bridge0").is_empty());
     assert!(pod_state(pod.ns(), "eth0").0.is_empty());
+    let veths = w
+        .host_links()
+        .into_iter()
+        .filter(|l| l.kind.as_deref() == Some("veth"));
+    assert_eq!(veths.count(), 16, "only the 8 pairs holding the names");
     // An existing interface of the same name is refused before anything changes.
     let conf = w.classic("1.0.0");
-    w.add("c", &pod, &conf);
+    w.add("c2", &pod, &conf);
     let out = w.call(
         "ADD",
         "other",

@@ -209,23 +209,67 @@ impl WireRoute {
     }
 }
 
+/// A value that Go's decoder would refuse because it is not an object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{at}expected an object, got {got}")]
+pub(crate) struct NotAnObject {
+    /// The keys leading to the value, each followed by `": "` (empty at the top).
+    at: String,
+    /// The value found, as JSON.
+    got: String,
+}
+
+impl NotAnObject {
+    fn new(got: &serde_json::Value) -> Self {
+        NotAnObject {
+            at: String::new(),
+            got: got.to_string(),
+        }
+    }
+
+    fn under(mut self, key: &str) -> Self {
+        self.at.insert_str(0, &format!("{key}: "));
+        self
+    }
+}
+
 /// Checks that the value at `path` (`"*"` = every element of an array) is an object
 /// wherever present. Serde's derived structs also accept arrays (as tuples), which Go's
 /// decoder rejects; we reject them too rather than read `["eth0"]` as an interface.
-pub(crate) fn require_objects(v: &serde_json::Value, path: &[&str]) -> Result<(), String> {
+pub(crate) fn require_objects(v: &serde_json::Value, path: &[&str]) -> Result<(), NotAnObject> {
     use serde_json::Value;
     match (path.split_first(), v) {
         (_, Value::Null) => Ok(()),
         (None, Value::Object(_)) => Ok(()),
-        (None, other) => Err(format!("expected an object, got {other}")),
+        (None, other) => Err(NotAnObject::new(other)),
         (Some((&"*", rest)), Value::Array(items)) => items
             .iter()
             .try_for_each(|item| require_objects(item, rest)),
         (Some((&"*", _)), _) => Ok(()), // a non-array fails in serde with a better message
         (Some((key, rest)), Value::Object(m)) => match m.get(*key) {
-            Some(inner) => require_objects(inner, rest).map_err(|e| format!("{key}: {e}")),
+            Some(inner) => require_objects(inner, rest).map_err(|e| e.under(key)),
             None => Ok(()),
         },
-        (Some(_), other) => Err(format!("expected an object, got {other}")),
+        (Some(_), other) => Err(NotAnObject::new(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn not_an_object_names_the_keys() {
+        let v = json!({"a": {"b": [1]}});
+        let e = require_objects(&v, &["a", "b"]).unwrap_err();
+        assert_eq!(e.to_string(), "a: b: expected an object, got [1]");
+        let e = require_objects(&json!({"l": [{}, 2]}), &["l", "*"]).unwrap_err();
+        assert_eq!(e.to_string(), "l: expected an object, got 2");
+        assert_eq!(
+            require_objects(&json!([]), &[]).unwrap_err().to_string(),
+            "expected an object, got []"
+        );
+        require_objects(&json!({"a": null}), &["a", "b"]).unwrap();
     }
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use trestle_firewall::Firewall;
+use trestle_firewall::{open_backend, Backend, BackendKind, Firewall};
 use trestle_netns::NamedNetNs;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -33,6 +33,16 @@ impl TestNs {
             .run(|| Firewall::open(&self.lock))
             .expect("enter namespace")
             .expect("open firewall")
+    }
+
+    /// The backend `kind` selects, opened in this namespace (on a helper thread, as `NetNs::run` does: the box
+    /// has to be `Send`).
+    pub fn backend(&self, kind: BackendKind) -> Box<dyn Backend> {
+        self.ns
+            .ns()
+            .run(|| open_backend(kind, &self.lock))
+            .expect("enter namespace")
+            .expect("open backend")
     }
 
     /// Runs a command inside the namespace and returns its stdout.

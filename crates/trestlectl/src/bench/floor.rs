@@ -73,6 +73,7 @@ fn add_one(
         name: name.to_owned(),
         mtu: None,
         mac: None,
+        group: None,
     };
     nl.create_veth(&end(&host_name), &end("eth0"), ns.fd())?;
     let host = nl

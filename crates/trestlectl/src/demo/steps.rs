@@ -493,7 +493,7 @@ fn wait_no_veth() -> Vec<String> {
 
 /// The masquerade state of the current namespace, one line per covered subnet.
 fn masquerade_listing() -> Result<String, String> {
-    let mut fw = trestle_firewall::Firewall::open(Path::new("/run/trestle/firewall.lock"))
+    let mut fw = trestle_firewall::Firewall::open(Path::new(trestle_firewall::LOCK_PATH))
         .map_err(|e| e.to_string())?;
     let entries = fw.list().map_err(|e| e.to_string())?;
     if entries.is_empty() {

@@ -204,7 +204,7 @@ impl World {
         self.host
             .run(|| {
                 let mut fw =
-                    trestle_firewall::Firewall::open(Path::new("/run/trestle/firewall.lock"))
+                    trestle_firewall::Firewall::open(Path::new(trestle_firewall::LOCK_PATH))
                         .unwrap();
                 fw.list()
                     .unwrap()
