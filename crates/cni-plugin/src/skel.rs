@@ -61,7 +61,7 @@ type Failure = (CniError, Option<Version>);
 
 fn dispatch(plugin: &impl Plugin, stdin: &mut Vec<u8>) -> Result<Option<String>, Failure> {
     crate::logging::init_from_env();
-    let env = Env::from_lookup(|k| std::env::var(k).ok()).map_err(|e| (e, None))?;
+    let env = Env::from_os_lookup(|k| std::env::var_os(k)).map_err(|e| (e, None))?;
     let Some(env) = env else {
         eprintln!("{}", plugin.about());
         let all: Vec<&str> = Version::ALL.iter().map(|v| v.as_str()).collect();

@@ -68,6 +68,24 @@ const VARS: [Var; 5] = [
 ];
 
 impl Env {
+    /// Like [`Env::from_lookup`], for an environment of raw OS strings (`std::env::var_os`): a variable that is
+    /// not UTF-8 is refused with code 4 naming it, rather than taken as missing. Interface names, container IDs
+    /// and paths in CNI are text; the kernel would take the bytes, but nothing else in the chain could print,
+    /// compare or store them.
+    pub fn from_os_lookup(
+        get: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Option<Env>, CniError> {
+        for name in std::iter::once("CNI_COMMAND").chain(VARS.iter().map(|v| v.name)) {
+            if get(name).is_some_and(|v| v.to_str().is_none()) {
+                return Err(CniError::new(
+                    ErrorCode::InvalidEnvironment,
+                    format!("{name} is not valid UTF-8"),
+                ));
+            }
+        }
+        Self::from_lookup(|k| get(k).and_then(|v| v.into_string().ok()))
+    }
+
     /// Reads and validates the environment through `get` (e.g. `|k| std::env::var(k).ok()`).
     ///
     /// - `Ok(None)`: `CNI_COMMAND` is unset or empty (the skel then prints its "about"

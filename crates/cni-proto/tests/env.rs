@@ -185,3 +185,31 @@ fn netns_override_values() {
     }
     assert!(!netns_override(|_| None));
 }
+
+#[test]
+fn non_utf8_variables_are_named_not_missing() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    let env = full("ADD");
+    for bad in [
+        "CNI_IFNAME",
+        "CNI_CONTAINERID",
+        "CNI_NETNS",
+        "CNI_ARGS",
+        "CNI_PATH",
+        "CNI_COMMAND",
+    ] {
+        let get = |k: &str| -> Option<OsString> {
+            if k == bad {
+                return Some(OsString::from_vec(vec![b'e', b't', 0xff]));
+            }
+            env.get(k).map(OsString::from)
+        };
+        let err = Env::from_os_lookup(get).unwrap_err();
+        assert_eq!(err.code, 4, "{bad}");
+        assert_eq!(err.msg, format!("{bad} is not valid UTF-8"));
+    }
+    // Valid UTF-8 reads as from_lookup does.
+    let got = Env::from_os_lookup(|k| env.get(k).map(OsString::from)).unwrap();
+    assert_eq!(got, read(&env).unwrap());
+}

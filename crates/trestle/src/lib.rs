@@ -14,7 +14,7 @@ mod del;
 pub mod error;
 mod gc;
 mod ipam;
-mod links;
+pub mod links;
 pub mod masq;
 mod ns;
 pub mod pair;

@@ -114,8 +114,9 @@ pub fn create_veth(
     ))
 }
 
-/// The kernel's limit of ports per bridge (`BR_MAX_PORTS`); one more fails with `EXFULL`.
-pub const BR_MAX_PORTS: u32 = 1024;
+/// The kernel's limit of ports per bridge: port numbers have 10 bits (`BR_MAX_PORTS`) and 0 is reserved, so the
+/// 1024th port fails with `EXFULL`.
+pub const MAX_PORTS: u32 = 1023;
 
 /// Maps a failure to enslave a port; `EXFULL` is the bridge's port limit, which a user can act on.
 fn attach_error(bridge: &Link, e: trestle_netlink::Error) -> CniError {
@@ -123,7 +124,7 @@ fn attach_error(bridge: &Link, e: trestle_netlink::Error) -> CniError {
         return CniError::plugin(
             code::BRIDGE_FULL,
             format!(
-                "bridge {:?} has the kernel's maximum of {BR_MAX_PORTS} ports: spread the pods over more \
+                "bridge {:?} has the kernel's maximum of {MAX_PORTS} ports: spread the pods over more \
                  networks, each with its own bridge",
                 bridge.name
             ),

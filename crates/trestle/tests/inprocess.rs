@@ -387,3 +387,132 @@ fn del_leaves_host_links_alone_whatever_the_pod_holds() {
         );
     }
 }
+
+/// Sets the pod's `eth0` down (as its user may, for a moment).
+fn set_eth0_down(pod: &NetNs) {
+    pod.run(|| {
+        let mut nl = Netlink::open().unwrap();
+        let eth0 = nl.link_by_name("eth0").unwrap().unwrap();
+        nl.set_up(eth0.index, false).unwrap();
+    })
+    .unwrap();
+}
+
+/// Masquerade stays exactly while an attachment that needs it is on the bridge, whatever its link's state: a pod
+/// whose `eth0` is down (its port has no carrier, so neither may the bridge) keeps it.
+#[test]
+#[ignore = "privileged: needs root"]
+fn masquerade_follows_attachments_not_carrier() {
+    let w = World::new("masq-down");
+    let conf = w.conf("1.0.0");
+    let (p1, p2) = (w.pod(), w.pod());
+    let (path1, path2) = (
+        p1.path().display().to_string(),
+        p2.path().display().to_string(),
+    );
+    w.call("ADD", "p1", &path1, &conf).unwrap();
+    w.call("ADD", "p2", &path2, &conf).unwrap();
+    set_eth0_down(p1.ns());
+    set_eth0_down(p2.ns());
+    let carrier = w
+        .links()
+        .into_iter()
+        .find(|l| l.name == BRIDGE)
+        .unwrap()
+        .carrier;
+    assert!(
+        !carrier,
+        "the bridge still has carrier: the test would prove nothing"
+    );
+    w.call("DEL", "p2", &path2, &conf).unwrap();
+    assert_eq!(
+        w.masqueraded(),
+        1,
+        "p1 (eth0 down) lost its masquerade to p2's DEL"
+    );
+    w.call("DEL", "p1", &path1, &conf).unwrap();
+    assert_eq!(w.masqueraded(), 0, "the last user's DEL keeps the rules");
+}
+
+/// A `disableContainerInterface` attachment of the same network (layer 2 only, no address) neither needs the
+/// masquerade nor takes it away from a pod that does.
+#[test]
+#[ignore = "privileged: needs root"]
+fn masquerade_ignores_attachments_without_addresses() {
+    let w = World::new("masq-l2");
+    let conf = w.conf("1.0.0");
+    let mut l2 = conf.clone();
+    l2["disableContainerInterface"] = json!(true);
+    l2.as_object_mut().unwrap().remove("ipam");
+    let (pod, quiet) = (w.pod(), w.pod());
+    let (path, quiet_path) = (
+        pod.path().display().to_string(),
+        quiet.path().display().to_string(),
+    );
+    w.call("ADD", "quiet", &quiet_path, &l2).unwrap();
+    assert_eq!(
+        w.masqueraded(),
+        0,
+        "an attachment without addresses needs no masquerade"
+    );
+    w.call("ADD", "pod", &path, &conf).unwrap();
+    w.call("DEL", "quiet", &quiet_path, &l2).unwrap();
+    assert_eq!(
+        w.masqueraded(),
+        1,
+        "the L2 attachment's DEL took the pod's masquerade"
+    );
+    w.call("ADD", "quiet", &quiet_path, &l2).unwrap();
+    w.call("DEL", "pod", &path, &conf).unwrap();
+    assert_eq!(
+        w.masqueraded(),
+        0,
+        "kept for an attachment that has no address to masquerade"
+    );
+    w.call("DEL", "quiet", &quiet_path, &l2).unwrap();
+}
+
+/// The 1024th port of a bridge is refused by the kernel (port numbers have 10 bits and 0 is reserved); ADD says
+/// so, naming the bridge, and rolls back.
+#[test]
+#[ignore = "privileged: needs root"]
+fn a_full_bridge_is_named() {
+    let w = World::new("full");
+    w.in_host(|| {
+        let mut nl = Netlink::open().unwrap();
+        let home = NetNs::current().unwrap();
+        nl.create_bridge(BRIDGE, None, false).unwrap();
+        let br = nl.link_by_name(BRIDGE).unwrap().unwrap();
+        for i in 0..trestle::links::MAX_PORTS {
+            let end = |name: String| VethEnd {
+                name,
+                ..VethEnd::default()
+            };
+            nl.create_veth(
+                &end(format!("fill{i}")),
+                &end(format!("fillp{i}")),
+                home.fd(),
+            )
+            .unwrap();
+            let l = nl.link_by_name(&format!("fill{i}")).unwrap().unwrap();
+            nl.set_master(l.index, Some(br.index)).unwrap();
+        }
+    });
+    let pod = w.pod();
+    let err = w
+        .call(
+            "ADD",
+            "one-too-many",
+            &pod.path().display().to_string(),
+            &w.conf("1.0.0"),
+        )
+        .unwrap_err();
+    assert_eq!(err.code, trestle::error::code::BRIDGE_FULL, "{}", err.msg);
+    assert!(
+        err.msg.contains(BRIDGE) && err.msg.contains("1023"),
+        "{}",
+        err.msg
+    );
+    assert!(w.reservations().is_empty());
+    assert!(pod_links(pod.ns()).iter().all(|l| l.name == "lo"));
+}

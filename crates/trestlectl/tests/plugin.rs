@@ -597,3 +597,79 @@ fn logging_goes_to_file_and_stderr_only() {
         out.stderr
     );
 }
+
+/// An unprivileged process that holds what used to be the reaper's claim (the abstract unix socket name
+/// `trestle-reaper` in the host namespace), and tries to make the new one, cannot make DELs leave their pairs to
+/// a reaper that does not exist.
+#[test]
+#[ignore = "privileged: needs root"]
+fn an_unprivileged_squatter_cannot_starve_the_reaper() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let w = World::new();
+    let logs = tempfile::tempdir().unwrap();
+    let mut conf = w.classic("1.1.0");
+    conf["logLevel"] = json!("debug");
+    conf["logFile"] = json!(logs.path().join("trestle.log").display().to_string());
+    // One DEL first, so the claim directory exists for the squatter to try.
+    let pod = w.pod();
+    w.add("first", &pod, &conf);
+    w.del("first", &pod.path().display().to_string(), &conf);
+    assert!(w.wait_no_veth().is_empty());
+    let fd = w.host.fd().as_raw_fd();
+    let mut squatter = std::process::Command::new("sleep");
+    squatter.arg("60");
+    // SAFETY: runs in the forked child before exec and makes only async-signal-safe system calls; `fd` is open
+    // in the parent (so in the child) until spawn returns. The bound socket has no CLOEXEC, so `sleep` holds it.
+    unsafe {
+        squatter.pre_exec(move || {
+            let fail = || Err(std::io::Error::last_os_error());
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0
+                || libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return fail();
+            }
+            // The new claim is out of reach: the directory is root's alone.
+            let claim = c"/run/trestle/reaper/squat";
+            let f = libc::open(claim.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o600);
+            if f >= 0 {
+                return Err(std::io::Error::other("nobody could create a reaper claim"));
+            }
+            // The old one is anyone's: bind it.
+            let s = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0);
+            let mut addr: libc::sockaddr_un = std::mem::zeroed();
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            let name = b"\0trestle-reaper";
+            for (d, b) in addr.sun_path.iter_mut().zip(name) {
+                *d = *b as libc::c_char;
+            }
+            let len = (std::mem::size_of::<libc::sa_family_t>() + name.len()) as libc::socklen_t;
+            if s < 0 || libc::bind(s, (&raw const addr).cast(), len) != 0 {
+                return fail();
+            }
+            Ok(())
+        });
+    }
+    let mut squatter = squatter.spawn().expect("start the squatter");
+    let pods: Vec<_> = (0..10).map(|_| w.pod()).collect();
+    for (i, pod) in pods.iter().enumerate() {
+        w.add(&format!("s{i}"), pod, &conf);
+    }
+    for (i, pod) in pods.iter().enumerate() {
+        w.del(&format!("s{i}"), &pod.path().display().to_string(), &conf);
+    }
+    let left = w.wait_no_veth();
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    assert!(
+        left.is_empty(),
+        "pairs left behind while the old claim was squatted: {left:?}"
+    );
+    let mut log = String::new();
+    for entry in std::fs::read_dir(logs.path()).unwrap() {
+        log.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+    }
+    assert!(log.matches("DEL: reaper started").count() >= 2, "{log}");
+}
