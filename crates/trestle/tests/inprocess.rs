@@ -516,3 +516,22 @@ fn a_full_bridge_is_named() {
     assert!(w.reservations().is_empty());
     assert!(pod_links(pod.ns()).iter().all(|l| l.name == "lo"));
 }
+
+/// `ipMasqBackend: "none"`: the host's firewall masquerades, so ADD, CHECK and DEL install and look for nothing.
+#[test]
+#[ignore = "privileged: needs root"]
+fn the_none_backend_leaves_the_ruleset_alone() {
+    let w = World::new("nomasq");
+    let mut conf = w.conf("1.1.0");
+    conf["ipMasqBackend"] = json!("none");
+    let pod = w.pod();
+    let path = pod.path().display().to_string();
+    let result = w.call("ADD", "n", &path, &conf).unwrap().unwrap();
+    assert_eq!(w.masqueraded(), 0);
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] =
+        serde_json::from_str(&result.to_json(Version::V1_1_0).unwrap()).unwrap();
+    w.call("CHECK", "n", &path, &with_prev).unwrap();
+    w.call("DEL", "n", &path, &with_prev).unwrap();
+    assert!(w.reservations().is_empty());
+}
