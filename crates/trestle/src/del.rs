@@ -121,7 +121,7 @@ struct CutOff {
     parked: bool,
 }
 
-/// Cuts the pod off. Every pod link of this attachment (`CNI_IFNAME`, and a `trdead` link a killed DEL left) that
+/// Cuts the pod off. The pod link of this attachment (`CNI_IFNAME`, or else a `trdead` link a killed DEL left) that
 /// is proved to be its pair is cut off: the pod's end goes down (taking the host end's carrier with it) and is
 /// renamed out of the way (so `CNI_IFNAME` is free for a new ADD at once), and the host end leaves the bridge for
 /// [`DEAD_GROUP`]. Any other such link is deleted inside the pod's namespace, which cannot touch a host link.
@@ -140,14 +140,7 @@ fn cut_off(req: &Request, bridge: &str) -> Result<Option<CutOff>, CniError> {
     };
     let mut sides = Sides::open(pod_ns)?;
     let names = pair::host_names(&req.env.container_id, &req.env.ifname);
-    let dead: Vec<String> = names.iter().map(|n| pair::dead_name(n)).collect();
-    let mine: Vec<Link> = sides
-        .pod
-        .links()
-        .map_err(|e| error::kernel("list pod interfaces", e))?
-        .into_iter()
-        .filter(|l| l.name == req.env.ifname || dead.contains(&l.name))
-        .collect();
+    let mine = pod_links(&mut sides, &req.env.ifname, &names)?;
     let mut parked = false;
     if !mine.is_empty() {
         let ids = sides.ids()?;
@@ -163,6 +156,26 @@ fn cut_off(req: &Request, bridge: &str) -> Result<Option<CutOff>, CniError> {
         host: sides.host,
         parked,
     }))
+}
+
+/// The pod's links of this attachment: `CNI_IFNAME` (one lookup, the usual case) or, when it is gone, the
+/// `trdead` links a killed DEL left (one listing of the pod's few links).
+fn pod_links(sides: &mut Sides, ifname: &str, names: &[String]) -> Result<Vec<Link>, CniError> {
+    let found = sides
+        .pod
+        .link_by_name(ifname)
+        .map_err(|e| error::kernel("look up pod interface", e))?;
+    if let Some(link) = found {
+        return Ok(vec![link]);
+    }
+    let dead: Vec<String> = names.iter().map(|n| pair::dead_name(n)).collect();
+    Ok(sides
+        .pod
+        .links()
+        .map_err(|e| error::kernel("list pod interfaces", e))?
+        .into_iter()
+        .filter(|l| dead.contains(&l.name))
+        .collect())
 }
 
 /// Cuts off one pod link (see [`cut_off`]); returns whether a pair was parked.

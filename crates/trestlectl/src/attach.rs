@@ -1,7 +1,7 @@
 //! `trestlectl add|del|check|gc|status|ls`: the runtime side, as `cnitool` and libcni-based runtimes do it, reading
 //! and writing the same conf dir, plugin path and result cache.
 
-use cni_runtime::{Cni, GcAttachment, NetworkList, RuntimeConf, RuntimeError};
+use cni_runtime::{Cni, GcAttachment, InvalidArgsPair, NetworkList, RuntimeConf, RuntimeError};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha512};
 use std::path::PathBuf;
@@ -29,6 +29,20 @@ impl Locations {
     }
 }
 
+/// Why the command-line arguments of an attachment do not describe a runtime conf.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `CAP_ARGS` is JSON, but not an object.
+    #[error("CAP_ARGS must be a JSON object")]
+    CapArgsNotObject,
+    /// `CAP_ARGS` is not JSON.
+    #[error("CAP_ARGS is not JSON")]
+    CapArgsNotJson(#[source] serde_json::Error),
+    /// `CNI_ARGS` holds a pair that is not `KEY=VALUE`.
+    #[error("bad CNI_ARGS")]
+    CniArgs(#[source] InvalidArgsPair),
+}
+
 /// The arguments of one attachment, as given on the command line.
 #[derive(Debug, Clone, Default)]
 pub struct AttachArgs {
@@ -46,15 +60,15 @@ pub struct AttachArgs {
 
 impl AttachArgs {
     /// The runtime conf these arguments describe.
-    pub fn runtime_conf(&self) -> Result<RuntimeConf, String> {
+    pub fn runtime_conf(&self) -> Result<RuntimeConf, Error> {
         let netns = netns_path(&self.netns);
         let capability_args = match &self.cap_args {
             None => Map::new(),
             Some(s) if s.trim().is_empty() => Map::new(),
             Some(s) => match serde_json::from_str::<Value>(s) {
                 Ok(Value::Object(m)) => m,
-                Ok(_) => return Err("CAP_ARGS must be a JSON object".into()),
-                Err(e) => return Err(format!("CAP_ARGS is not JSON: {e}")),
+                Ok(_) => return Err(Error::CapArgsNotObject),
+                Err(e) => return Err(Error::CapArgsNotJson(e)),
             },
         };
         Ok(RuntimeConf {
@@ -64,7 +78,7 @@ impl AttachArgs {
                 .unwrap_or_else(|| cnitool_container_id(&netns)),
             netns,
             ifname: self.ifname.clone(),
-            args: RuntimeConf::parse_args(&self.cni_args).map_err(|e| e.to_string())?,
+            args: RuntimeConf::parse_args(&self.cni_args).map_err(Error::CniArgs)?,
             capability_args,
         })
     }
@@ -253,9 +267,16 @@ mod tests {
             .capability_args
             .contains_key("portMappings"));
         a.cap_args = Some("[1]".into());
-        assert!(a.runtime_conf().is_err());
+        assert!(matches!(a.runtime_conf(), Err(Error::CapArgsNotObject)));
         a.cap_args = Some("{".into());
-        assert!(a.runtime_conf().is_err());
+        assert!(matches!(a.runtime_conf(), Err(Error::CapArgsNotJson(_))));
+        a.cap_args = None;
+        a.cni_args = "novalue".into();
+        let e = a.runtime_conf().unwrap_err();
+        assert_eq!(
+            cni_proto::error_chain(&e),
+            "bad CNI_ARGS: invalid CNI_ARGS pair \"novalue\": want KEY=VALUE"
+        );
     }
 
     #[test]

@@ -10,8 +10,10 @@ mod isolation;
 mod narrate;
 mod steps;
 
+pub use isolation::Error as IsolationError;
 pub use isolation::Isolation;
 pub use narrate::Narrator;
+pub use steps::Error as StepError;
 
 use std::path::PathBuf;
 
@@ -57,15 +59,16 @@ pub enum Error {
     #[error("{0} not found: build with `cargo build --release` or pass --bin-dir")]
     MissingBinary(PathBuf),
     /// Setting up the private namespaces failed.
-    #[error("cannot isolate the demo: {0}")]
-    Isolation(String),
+    #[error("cannot isolate the demo")]
+    Isolation(#[source] IsolationError),
     /// A step failed.
-    #[error("step {step} failed: {msg}")]
+    #[error("step {step} failed")]
     Step {
         /// The step number.
         step: u32,
         /// What went wrong.
-        msg: String,
+        #[source]
+        source: StepError,
     },
 }
 
@@ -81,8 +84,7 @@ pub fn run(opts: &Options) -> Result<(), Error> {
             return Err(Error::MissingBinary(path));
         }
     }
-    let isolation =
-        Isolation::set_up(opts.machine_netns).map_err(|e| Error::Isolation(e.to_string()))?;
+    let isolation = Isolation::set_up(opts.machine_netns).map_err(Error::Isolation)?;
     let mut narrator = Narrator::new(opts.color);
     let result = steps::Demo::new(opts, &isolation, &mut narrator).and_then(|mut d| d.run_all());
     isolation.tear_down();

@@ -40,8 +40,11 @@ pub enum Change {
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     /// The config is not a usable conflist.
-    #[error("config: {0}")]
-    Config(String),
+    #[error("config")]
+    Config(#[source] cni_runtime::RuntimeError),
+    /// The config's plugin list is empty.
+    #[error("config: no plugins")]
+    NoPlugins,
     /// The target config belongs to another plugin.
     #[error("refusing to overwrite {path}: it configures plugin {plugin:?}, not trestle (pass --force to replace it)")]
     Foreign {
@@ -87,10 +90,9 @@ pub fn default_config(name: &str, bridge: &str, subnet: &str) -> Vec<u8> {
 
 /// Installs the binaries and the config.
 pub fn run(opts: &Options) -> Result<Vec<Change>, InstallError> {
-    let list = NetworkList::from_bytes(&opts.config, "config")
-        .map_err(|e| InstallError::Config(e.to_string()))?;
+    let list = NetworkList::from_bytes(&opts.config, "config").map_err(InstallError::Config)?;
     if list.plugins.is_empty() {
-        return Err(InstallError::Config("no plugins".into()));
+        return Err(InstallError::NoPlugins);
     }
     let conf_path = opts.conf_dir.join(&opts.file_name);
     if !opts.force {
@@ -231,7 +233,10 @@ mod tests {
     fn rejects_a_config_that_is_not_a_conflist() {
         let (_d, mut opts) = setup();
         opts.config = br#"{"name":"x","plugins":[]}"#.to_vec();
-        assert!(matches!(run(&opts), Err(InstallError::Config(_))));
+        assert!(matches!(
+            run(&opts),
+            Err(InstallError::Config(_) | InstallError::NoPlugins)
+        ));
         assert!(
             !opts.bin_dir.exists(),
             "nothing installed from a bad config"

@@ -261,7 +261,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("trestlectl bench: {e}");
+                    eprintln!("trestlectl bench: {}", cni_proto::error_chain(&e));
                     ExitCode::FAILURE
                 }
             }
@@ -387,7 +387,7 @@ fn attach_cmd(op: Op, a: &Attach) -> ExitCode {
     let rt = match args.runtime_conf() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("trestlectl {}: {e}", op.name());
+            eprintln!("trestlectl {}: {}", op.name(), cni_proto::error_chain(&e));
             return ExitCode::FAILURE;
         }
     };

@@ -1,6 +1,7 @@
 //! The kernel floor: the netlink work of one pod's ADD and DEL done in a loop inside this process, with no process
 //! start and no IPAM, so trestle's latency can be read as a multiple of what the kernel itself costs.
 
+use super::Error;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 use trestle_netlink::{Netlink, Route, VethEnd};
@@ -15,31 +16,34 @@ pub struct Floor {
 }
 
 /// Measures the floor for `pods` pods in a fresh host namespace; `tick` is called after every ADD and DEL.
-pub fn measure(pods: usize, tick: &dyn Fn()) -> Result<Floor, String> {
-    let host = NetNs::new_anonymous().map_err(|e| e.to_string())?;
+pub fn measure(pods: usize, tick: &dyn Fn()) -> Result<Floor, Error> {
+    let netns = |what| move |source| Error::FloorNetns { what, source };
+    let netlink = |what| move |source| Error::FloorNetlink { what, source };
+    let host = NetNs::new_anonymous().map_err(netns("creating the host namespace"))?;
     let pod_ns: Vec<NetNs> = (0..pods)
-        .map(|_| NetNs::new_anonymous().map_err(|e| e.to_string()))
+        .map(|_| NetNs::new_anonymous().map_err(netns("creating a pod namespace")))
         .collect::<Result<_, _>>()?;
     // Sockets are opened up front: the floor is the kernel's work, not socket setup.
     let mut conts: Vec<Netlink> = pod_ns
         .iter()
         .map(|ns| {
             ns.run(Netlink::open)
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())
+                .map_err(netns("entering a pod namespace"))?
+                .map_err(netlink("opening netlink in a pod namespace"))
         })
         .collect::<Result<_, _>>()?;
     let mut nl = host
         .run(Netlink::open)
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(netns("entering the host namespace"))?
+        .map_err(netlink("opening netlink in the host namespace"))?;
     nl.create_bridge("floor0", None, false)
-        .map_err(|e| e.to_string())?;
+        .map_err(netlink("creating bridge floor0"))?;
     let br = nl
         .link_by_name("floor0")
-        .map_err(|e| e.to_string())?
-        .ok_or("no bridge")?;
-    nl.set_up(br.index, true).map_err(|e| e.to_string())?;
+        .map_err(netlink("looking up bridge floor0"))?
+        .ok_or(Error::FloorNoBridge)?;
+    nl.set_up(br.index, true)
+        .map_err(netlink("setting bridge floor0 up"))?;
     let mut floor = Floor {
         add: Vec::with_capacity(pods),
         del: Vec::with_capacity(pods),
@@ -47,14 +51,15 @@ pub fn measure(pods: usize, tick: &dyn Fn()) -> Result<Floor, String> {
     let mut hosts = Vec::with_capacity(pods);
     for (i, (ns, cont)) in pod_ns.iter().zip(conts.iter_mut()).enumerate() {
         let start = Instant::now();
-        let index = add_one(&mut nl, cont, ns, br.index, i).map_err(|e| e.to_string())?;
+        let index = add_one(&mut nl, cont, ns, br.index, i).map_err(netlink("ADD of a pod"))?;
         floor.add.push(start.elapsed());
         hosts.push(index);
         tick();
     }
     for index in hosts {
         let start = Instant::now();
-        nl.delete_link(index).map_err(|e| e.to_string())?;
+        nl.delete_link(index)
+            .map_err(netlink("DEL of a pod (deleting its veth pair)"))?;
         floor.del.push(start.elapsed());
         tick();
     }

@@ -18,6 +18,126 @@ use stats::summarise;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Why the bench stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Not running as root.
+    #[error("the bench creates network namespaces: run it as root")]
+    NotRoot,
+    /// The scratch directory could not be created.
+    #[error("cannot create the work directory {}", .path.display())]
+    WorkDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The report files could not be written.
+    #[error("writing {}", .path.display())]
+    WriteReport {
+        /// The output folder.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A side's namespaces or directories could not be set up.
+    #[error("cannot set up the {side} side")]
+    Side {
+        /// The side.
+        side: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A batch worker could not enter the side's host namespace.
+    #[error("{side}: cannot enter its host namespace")]
+    EnterHost {
+        /// The side.
+        side: &'static str,
+        /// The cause.
+        #[source]
+        source: trestle_netns::Error,
+    },
+    /// A plugin could not be run.
+    #[error("{side} {command} pod {pod}: cannot run the plugin")]
+    Spawn {
+        /// The side.
+        side: &'static str,
+        /// `ADD` or `DEL`.
+        command: String,
+        /// The pod's number.
+        pod: usize,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A plugin answered with an error.
+    #[error("{side} {command} pod {pod}: {stdout} {stderr}")]
+    PluginFailed {
+        /// The side.
+        side: &'static str,
+        /// `ADD` or `DEL`.
+        command: String,
+        /// The pod's number.
+        pod: usize,
+        /// The plugin's stdout (its CNI error).
+        stdout: String,
+        /// The plugin's stderr, trimmed.
+        stderr: String,
+    },
+    /// The peak memory of an ADD could not be measured.
+    #[error("{side}: measuring the peak memory of one ADD")]
+    Memory {
+        /// The side.
+        side: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The DEL after the memory measurement could not be run.
+    #[error("{side}: DEL after the memory measurement")]
+    MemoryDel {
+        /// The side.
+        side: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The density run reserved fewer (or more) addresses than pods.
+    #[error("{side}: {reserved} addresses reserved for {pods} pods")]
+    Density {
+        /// The side.
+        side: &'static str,
+        /// Addresses reserved.
+        reserved: usize,
+        /// Pods added.
+        pods: usize,
+    },
+    /// A namespace of the kernel floor could not be made or entered.
+    #[error("kernel floor: {what}")]
+    FloorNetns {
+        /// What failed.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: trestle_netns::Error,
+    },
+    /// A netlink request of the kernel floor failed.
+    #[error("kernel floor: {what}")]
+    FloorNetlink {
+        /// What failed.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: trestle_netlink::Error,
+    },
+    /// The kernel floor's bridge was not there after creating it.
+    #[error("kernel floor: no bridge floor0 after creating it")]
+    FloorNoBridge,
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -52,23 +172,29 @@ impl Options {
 }
 
 /// Runs the bench and writes the report files. Returns the report.
-pub fn run(opts: &Options) -> Result<Report, String> {
+pub fn run(opts: &Options) -> Result<Report, Error> {
     // SAFETY: geteuid(2) has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err("the bench creates network namespaces: run it as root".into());
+        return Err(Error::NotRoot);
     }
     let work = std::env::temp_dir().join(format!("trestle-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&work).map_err(|source| Error::WorkDir {
+        path: work.clone(),
+        source,
+    })?;
     let result = run_in(opts, &work);
     let _ = std::fs::remove_dir_all(&work);
     let report = result?;
     report
         .write(&opts.out)
-        .map_err(|e| format!("writing {}: {e}", opts.out.display()))?;
+        .map_err(|source| Error::WriteReport {
+            path: opts.out.clone(),
+            source,
+        })?;
     Ok(report)
 }
 
-fn sides(opts: &Options, work: &std::path::Path, pods: usize) -> Result<Vec<Side>, String> {
+fn sides(opts: &Options, work: &std::path::Path, pods: usize) -> Result<Vec<Side>, Error> {
     let mut v = vec![Side::new(
         "trestle",
         opts.bin_dir.join("trestle"),
@@ -76,17 +202,24 @@ fn sides(opts: &Options, work: &std::path::Path, pods: usize) -> Result<Vec<Side
         work,
         pods,
     )
-    .map_err(|e| e.to_string())?];
+    .map_err(|source| Error::Side {
+        side: "trestle",
+        source,
+    })?];
     if let Some(r) = &opts.reference {
         v.push(
-            Side::new("reference", r.join("bridge"), "host-local", work, pods)
-                .map_err(|e| e.to_string())?,
+            Side::new("reference", r.join("bridge"), "host-local", work, pods).map_err(
+                |source| Error::Side {
+                    side: "reference",
+                    source,
+                },
+            )?,
         );
     }
     Ok(v)
 }
 
-fn run_in(opts: &Options, work: &std::path::Path) -> Result<Report, String> {
+fn run_in(opts: &Options, work: &std::path::Path) -> Result<Report, Error> {
     let mut report = Report::new(opts);
     let sides = sides(opts, &work.join("cases"), opts.pods)?;
     let cases: Vec<(usize, bool)> = opts
@@ -125,7 +258,7 @@ fn run_case(
     c: usize,
     masq: bool,
     progress: &Progress,
-) -> Result<(CaseResult, CaseResult), String> {
+) -> Result<(CaseResult, CaseResult), Error> {
     let mut add: Vec<SideCase> = sides.iter().map(|s| SideCase::new(s.name)).collect();
     let mut del = add.clone();
     // At concurrency 1 the kernel floor is measured in every round too, after the same pause, so it drifts with
@@ -160,7 +293,7 @@ fn run_case(
 }
 
 /// Peak memory of one ADD (plugin and IPAM child) per side, with masquerade on.
-fn memory(sides: &[Side]) -> Result<Vec<(String, i64)>, String> {
+fn memory(sides: &[Side]) -> Result<Vec<(String, i64)>, Error> {
     let mut out = Vec::new();
     for side in sides {
         let conf = side.config("benchnet", "10.128.0.0/16", true);
@@ -171,19 +304,26 @@ fn memory(sides: &[Side]) -> Result<Vec<(String, i64)>, String> {
             &side.pods[0].path().display().to_string(),
             "eth0",
         );
-        let kib = side::peak_memory_kib(&inv, conf.to_string().as_bytes(), &side.host)
-            .map_err(|e| e.to_string())?;
+        let kib = side::peak_memory_kib(&inv, conf.to_string().as_bytes(), &side.host).map_err(
+            |source| Error::Memory {
+                side: side.name,
+                source,
+            },
+        )?;
         let mut del = inv.clone();
         del.command = "DEL".into();
         del.run(conf.to_string().as_bytes(), Some(&side.host))
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| Error::MemoryDel {
+                side: side.name,
+                source,
+            })?;
         out.push((side.name.to_owned(), kib));
     }
     Ok(out)
 }
 
 /// Many pods on one /22: total ADD and DEL time, and all addresses distinct.
-fn density(opts: &Options, work: &std::path::Path) -> Result<Vec<DensityResult>, String> {
+fn density(opts: &Options, work: &std::path::Path) -> Result<Vec<DensityResult>, Error> {
     let sides = sides(opts, work, opts.density)?;
     let progress = Progress::new((opts.density * 2 * sides.len()) as u64);
     let mut out = Vec::new();
@@ -207,10 +347,11 @@ fn density(opts: &Options, work: &std::path::Path) -> Result<Vec<DensityResult>,
             add_p50_ms: summarise(&a.latencies).p50_ms,
         });
         if distinct != opts.density {
-            return Err(format!(
-                "{}: {distinct} addresses reserved for {} pods",
-                side.name, opts.density
-            ));
+            return Err(Error::Density {
+                side: side.name,
+                reserved: distinct,
+                pods: opts.density,
+            });
         }
     }
     progress.finish();

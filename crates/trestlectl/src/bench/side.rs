@@ -1,6 +1,7 @@
 //! One implementation under test ("side"): its plugin, its own host namespace, its pods and state directory, and
 //! batches of ADD/DEL run against it at a given concurrency.
 
+use super::Error;
 use crate::runtime::Invocation;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -108,11 +109,11 @@ impl Side {
         count: usize,
         concurrency: usize,
         tick: &(dyn Fn() + Sync),
-    ) -> Result<Batch, String> {
+    ) -> Result<Batch, Error> {
         let stdin = conf.to_string();
         let next = AtomicUsize::new(0);
         let latencies = Mutex::new(Vec::with_capacity(count));
-        let failure = Mutex::new(None::<String>);
+        let failure = Mutex::new(None::<Error>);
         let start = Instant::now();
         std::thread::scope(|s| {
             for _ in 0..concurrency.max(1) {
@@ -120,11 +121,11 @@ impl Side {
                 // runtime does (a plain fork/exec from a process in the host namespace), without a per-spawn
                 // setns hook that forces a slower fork path. The thread ends with the batch.
                 s.spawn(|| {
-                    if let Err(e) = self.host.enter_current_thread() {
-                        failure
-                            .lock()
-                            .unwrap()
-                            .get_or_insert(format!("{}: {e}", self.name));
+                    if let Err(source) = self.host.enter_current_thread() {
+                        failure.lock().unwrap().get_or_insert(Error::EnterHost {
+                            side: self.name,
+                            source,
+                        });
                         return;
                     }
                     loop {
@@ -135,18 +136,21 @@ impl Side {
                         match self.invocation(cmd, i).run(stdin.as_bytes(), None) {
                             Ok(out) if out.success => latencies.lock().unwrap().push(out.elapsed),
                             Ok(out) => {
-                                failure.lock().unwrap().get_or_insert(format!(
-                                    "{} {cmd} pod {i}: {} {}",
-                                    self.name,
-                                    out.stdout,
-                                    out.stderr.trim()
-                                ));
+                                failure.lock().unwrap().get_or_insert(Error::PluginFailed {
+                                    side: self.name,
+                                    command: cmd.to_owned(),
+                                    pod: i,
+                                    stdout: out.stdout,
+                                    stderr: out.stderr.trim().to_owned(),
+                                });
                             }
-                            Err(e) => {
-                                failure
-                                    .lock()
-                                    .unwrap()
-                                    .get_or_insert(format!("{} {cmd}: {e}", self.name));
+                            Err(source) => {
+                                failure.lock().unwrap().get_or_insert(Error::Spawn {
+                                    side: self.name,
+                                    command: cmd.to_owned(),
+                                    pod: i,
+                                    source,
+                                });
                             }
                         }
                         tick();

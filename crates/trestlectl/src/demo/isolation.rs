@@ -14,6 +14,55 @@ pub const STATE_DIR: &str = "/var/lib/cni/networks/mybridge";
 /// Where the demo writes its config.
 pub const RUN_DIR: &str = "/run/trestle-demo";
 
+/// Why the demo's surroundings could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Machine mode: the classic bridge already exists, and the demo would delete it.
+    #[error("{BRIDGE} already exists in this namespace; remove it or run without --machine-netns")]
+    BridgeExists,
+    /// Machine mode: the classic network's state directory holds reservations.
+    #[error("{STATE_DIR} holds reservations; the demo will not touch them")]
+    Reservations,
+    /// A netlink request failed.
+    #[error("{what}")]
+    Netlink {
+        /// What failed.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: trestle_netlink::Error,
+    },
+    /// The private host namespace could not be made or entered.
+    #[error("{what}")]
+    Netns {
+        /// What failed.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: trestle_netns::Error,
+    },
+    /// `net.ipv4.ip_forward` could not be read.
+    #[error("cannot read net.ipv4.ip_forward")]
+    IpForward(#[source] std::io::Error),
+    /// The private mount namespace could not be made.
+    #[error("cannot unshare the mount namespace")]
+    Unshare(#[source] nix::Error),
+    /// A mount of the private mount namespace failed.
+    #[error("{what} {}", .target.display())]
+    Mount {
+        /// What was mounted.
+        what: &'static str,
+        /// Where.
+        target: PathBuf,
+        /// The cause.
+        #[source]
+        source: nix::Error,
+    },
+    /// The demo's run directory could not be created.
+    #[error("cannot create {RUN_DIR}")]
+    RunDir(#[source] std::io::Error),
+}
+
 /// The demo's surroundings.
 #[derive(Debug)]
 pub struct Isolation {
@@ -31,7 +80,7 @@ struct MachineState {
 
 impl Isolation {
     /// Prepares the surroundings. Isolated mode unshares the mount namespace, so call this single-threaded.
-    pub fn set_up(machine_netns: bool) -> Result<Isolation, Box<dyn std::error::Error>> {
+    pub fn set_up(machine_netns: bool) -> Result<Isolation, Error> {
         let iso = if machine_netns {
             Isolation {
                 host: None,
@@ -39,20 +88,31 @@ impl Isolation {
             }
         } else {
             private_mounts()?;
-            let host = NetNs::new_anonymous()?;
+            let host = NetNs::new_anonymous().map_err(|source| Error::Netns {
+                what: "cannot create the private host namespace",
+                source,
+            })?;
             host.run(|| -> Result<(), trestle_netlink::Error> {
                 let mut nl = Netlink::open()?;
                 if let Some(lo) = nl.link_by_name("lo")? {
                     nl.set_up(lo.index, true)?;
                 }
                 Ok(())
-            })??;
+            })
+            .map_err(|source| Error::Netns {
+                what: "cannot enter the private host namespace",
+                source,
+            })?
+            .map_err(|source| Error::Netlink {
+                what: "cannot set lo up in the private host namespace",
+                source,
+            })?;
             Isolation {
                 host: Some(host),
                 machine: None,
             }
         };
-        std::fs::create_dir_all(RUN_DIR)?;
+        std::fs::create_dir_all(RUN_DIR).map_err(Error::RunDir)?;
         Ok(iso)
     }
 
@@ -88,20 +148,27 @@ impl Isolation {
 }
 
 /// Refuses to run over an existing `cni_bridge0` or `mybridge` state: the demo would otherwise delete them.
-fn machine_preflight() -> Result<MachineState, Box<dyn std::error::Error>> {
-    let mut nl = Netlink::open()?;
-    if nl.link_by_name(BRIDGE)?.is_some() {
-        return Err(format!(
-            "{BRIDGE} already exists in this namespace; remove it or run without --machine-netns"
-        )
-        .into());
+fn machine_preflight() -> Result<MachineState, Error> {
+    let mut nl = Netlink::open().map_err(|source| Error::Netlink {
+        what: "cannot open netlink",
+        source,
+    })?;
+    let existing = nl.link_by_name(BRIDGE).map_err(|source| Error::Netlink {
+        what: "cannot look up the bridge",
+        source,
+    })?;
+    if existing.is_some() {
+        return Err(Error::BridgeExists);
     }
     let state_dir_existed = Path::new(STATE_DIR).exists();
     if state_dir_existed && has_reservations(Path::new(STATE_DIR)) {
-        return Err(format!("{STATE_DIR} holds reservations; the demo will not touch them").into());
+        return Err(Error::Reservations);
     }
     Ok(MachineState {
-        ip_forward: sysctl::get("net/ipv4/ip_forward")?.trim().to_owned(),
+        ip_forward: sysctl::get("net/ipv4/ip_forward")
+            .map_err(Error::IpForward)?
+            .trim()
+            .to_owned(),
         state_dir_existed,
     })
 }
@@ -124,15 +191,20 @@ pub fn reservations(dir: &Path) -> Option<Vec<String>> {
 
 /// A private mount namespace with tmpfs over `/run` and the IPAM state root, so nothing the demo writes
 /// (namespace mounts, lock files, reservations) reaches the machine.
-fn private_mounts() -> Result<(), Box<dyn std::error::Error>> {
-    unshare(CloneFlags::CLONE_NEWNS)?;
+fn private_mounts() -> Result<(), Error> {
+    unshare(CloneFlags::CLONE_NEWNS).map_err(Error::Unshare)?;
     mount(
         None::<&str>,
         "/",
         None::<&str>,
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
-    )?;
+    )
+    .map_err(|source| Error::Mount {
+        what: "cannot make private (recursively) the mounts under",
+        target: "/".into(),
+        source,
+    })?;
     let state_root: PathBuf = if Path::new("/var/lib/cni").is_dir() {
         "/var/lib/cni".into()
     } else {
@@ -145,7 +217,12 @@ fn private_mounts() -> Result<(), Box<dyn std::error::Error>> {
             Some("tmpfs"),
             MsFlags::empty(),
             Some("mode=0755"),
-        )?;
+        )
+        .map_err(|source| Error::Mount {
+            what: "cannot mount a tmpfs over",
+            target: target.to_owned(),
+            source,
+        })?;
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The walkthrough's steps.
 
 use super::isolation::{reservations, Isolation, BRIDGE, RUN_DIR, STATE_DIR};
-use super::{Error, Narrator, Options, CLASSIC_CONFIG};
+use super::{Narrator, Options, CLASSIC_CONFIG};
 use crate::runtime::Invocation;
 use crate::sandbox::{run_in_pod, Pause};
 use crate::{probe, show};
@@ -10,6 +10,105 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use trestle_netlink::Netlink;
 use trestle_netns::NetNs;
+
+/// What went wrong in a step of the demo (the step's number is in [`super::Error::Step`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An expectation of the demo did not hold.
+    #[error("expected {wanted}, got:\n{got}")]
+    Expectation {
+        /// What the step expected.
+        wanted: String,
+        /// What it found.
+        got: String,
+    },
+    /// The plugin answered with an error.
+    #[error("plugin {command} failed: {stdout} {stderr}")]
+    Plugin {
+        /// `ADD` or `DEL`.
+        command: String,
+        /// The plugin's stdout (its CNI error).
+        stdout: String,
+        /// The plugin's stderr, trimmed.
+        stderr: String,
+    },
+    /// The classic bridge is missing from the host namespace.
+    #[error("no bridge {BRIDGE} in the host namespace")]
+    NoBridge,
+    /// A thread of the step panicked.
+    #[error("{0} panicked")]
+    Panicked(&'static str),
+    /// A file, process or socket operation failed.
+    #[error("{what}")]
+    Io {
+        /// What failed.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A namespace could not be opened or entered.
+    #[error("{what}")]
+    Netns {
+        /// What failed.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: trestle_netns::Error,
+    },
+    /// A netlink request failed.
+    #[error("{what}")]
+    Netlink {
+        /// What failed.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: trestle_netlink::Error,
+    },
+    /// The masquerade state could not be read.
+    #[error("{what}")]
+    Firewall {
+        /// What failed.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: trestle_firewall::Error,
+    },
+}
+
+/// A cause of a step's failure, turned into an [`Error`] that says what failed.
+trait Cause {
+    fn because(self, what: &'static str) -> Error;
+}
+
+impl Cause for std::io::Error {
+    fn because(self, what: &'static str) -> Error {
+        Error::Io { what, source: self }
+    }
+}
+
+impl Cause for trestle_netns::Error {
+    fn because(self, what: &'static str) -> Error {
+        Error::Netns { what, source: self }
+    }
+}
+
+impl Cause for trestle_netlink::Error {
+    fn because(self, what: &'static str) -> Error {
+        Error::Netlink { what, source: self }
+    }
+}
+
+impl Cause for trestle_firewall::Error {
+    fn because(self, what: &'static str) -> Error {
+        Error::Firewall { what, source: self }
+    }
+}
+
+/// `map_err` for a cause: [`Error`] saying `what` failed.
+fn failed<E: Cause>(what: &'static str) -> impl FnOnce(E) -> Error {
+    move |e| e.because(what)
+}
 
 const POD_A: &str = "1234567890";
 const POD_B: &str = "abcdef0123";
@@ -31,7 +130,7 @@ pub struct Demo<'a> {
     pods: Vec<Pod>,
 }
 
-type StepResult<T = ()> = Result<T, Error>;
+type StepResult<T = ()> = Result<T, super::Error>;
 
 impl<'a> Demo<'a> {
     /// Prepares the demo.
@@ -45,11 +144,17 @@ impl<'a> Demo<'a> {
         })
     }
 
-    fn fail(&self, msg: impl std::fmt::Display) -> Error {
-        Error::Step {
+    /// The demo's error for `source` in the current step.
+    fn fail(&self, source: Error) -> super::Error {
+        super::Error::Step {
             step: self.n.current(),
-            msg: msg.to_string(),
+            source,
         }
+    }
+
+    /// `map_err` for a cause in the current step: the step failed because `what` failed.
+    fn failed<E: Cause>(&self, what: &'static str) -> impl FnOnce(E) -> super::Error + '_ {
+        move |e| self.fail(e.because(what))
     }
 
     /// Runs every step; on failure still DELs what was added.
@@ -103,15 +208,17 @@ impl<'a> Demo<'a> {
             "The runtime starts the pause container: a process that only sleeps, in a new network namespace.\n\
              Kubernetes keeps the pod's network alive exactly as long as this process (classic: `ip netns add myns`).",
         );
-        let pause =
-            Pause::start(&self.opts.exe, self.iso.host.as_ref()).map_err(|e| self.fail(e))?;
+        let pause = Pause::start(&self.opts.exe, self.iso.host.as_ref())
+            .map_err(self.failed("cannot start the pause sandbox"))?;
         self.n
             .cmd(&format!("trestlectl pause &   # pid {}", pause.pid()));
-        let ns = pause.netns().map_err(|e| self.fail(e))?;
+        let ns = pause
+            .netns()
+            .map_err(self.failed("cannot open the sandbox's network namespace"))?;
         let links = ns
             .run(|| Netlink::open().and_then(|mut nl| nl.links()))
-            .map_err(|e| self.fail(e))?
-            .map_err(|e| self.fail(e))?;
+            .map_err(self.failed("cannot enter the sandbox's network namespace"))?
+            .map_err(self.failed("cannot list the sandbox's links"))?;
         let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
         self.n.ok(&format!(
             "sandbox namespace {} holds only: {}",
@@ -136,8 +243,9 @@ impl<'a> Demo<'a> {
             .conf_path
             .parent()
             .expect("config path has a directory");
-        std::fs::create_dir_all(dir).map_err(|e| self.fail(e))?;
-        std::fs::write(&self.conf_path, CLASSIC_CONFIG).map_err(|e| self.fail(e))?;
+        std::fs::create_dir_all(dir).map_err(self.failed("cannot create the config directory"))?;
+        std::fs::write(&self.conf_path, CLASSIC_CONFIG)
+            .map_err(self.failed("cannot write the network config"))?;
         self.n.cmd(&format!("cat {}", self.conf_path.display()));
         self.n.out(CLASSIC_CONFIG);
         Ok(())
@@ -164,13 +272,13 @@ impl<'a> Demo<'a> {
         ));
         let out = inv
             .run(CLASSIC_CONFIG.as_bytes(), self.iso.host.as_ref())
-            .map_err(|e| self.fail(e))?;
+            .map_err(self.failed("cannot run the plugin"))?;
         if !out.success {
-            return Err(self.fail(format!(
-                "plugin failed: {} {}",
-                out.stdout,
-                out.stderr.trim()
-            )));
+            return Err(self.fail(Error::Plugin {
+                command: inv.command.clone(),
+                stdout: out.stdout,
+                stderr: out.stderr.trim().to_owned(),
+            }));
         }
         self.n.say(&format!(
             "  (the plugin answered in {:.1} ms)",
@@ -198,7 +306,10 @@ impl<'a> Demo<'a> {
     }
 
     fn pod_ns(&self, pod: usize) -> StepResult<NetNs> {
-        self.pods[pod].pause.netns().map_err(|e| self.fail(e))
+        self.pods[pod]
+            .pause
+            .netns()
+            .map_err(self.failed("cannot open the pod's network namespace"))
     }
 
     fn inspect_pod(&mut self, pod: usize) -> StepResult {
@@ -215,8 +326,8 @@ impl<'a> Demo<'a> {
                     show::route_n(&mut nl)?,
                 ))
             })
-            .map_err(|e| self.fail(e))?
-            .map_err(|e| self.fail(e))?;
+            .map_err(self.failed("cannot enter the pod's network namespace"))?
+            .map_err(self.failed("cannot read the pod's addresses and routes"))?;
         self.n.cmd("ip netns exec myns ip addr show eth0");
         self.n.out(&addr);
         self.n.cmd("ip netns exec myns route -n");
@@ -256,16 +367,17 @@ impl<'a> Demo<'a> {
         self.n.say("\nOn the host side, the bridge carries the gateway and the pod's veth is one of its ports:");
         let (text, masq) = self
             .iso
-            .in_host(|| -> Result<(String, String), String> {
-                let mut nl = Netlink::open().map_err(|e| e.to_string())?;
+            .in_host(|| -> Result<(String, String), Error> {
+                let mut nl = Netlink::open().map_err(failed("cannot open netlink in the host"))?;
                 let br = nl
                     .link_by_name(BRIDGE)
-                    .map_err(|e| e.to_string())?
-                    .ok_or("no bridge")?;
-                let mut text = show::ip_addr(&mut nl, Some(BRIDGE)).map_err(|e| e.to_string())?;
+                    .map_err(failed("cannot look up the bridge"))?
+                    .ok_or(Error::NoBridge)?;
+                let mut text = show::ip_addr(&mut nl, Some(BRIDGE))
+                    .map_err(failed("cannot read the bridge's addresses"))?;
                 for port in nl
                     .links()
-                    .map_err(|e| e.to_string())?
+                    .map_err(failed("cannot list the host's links"))?
                     .iter()
                     .filter(|l| l.master == Some(br.index))
                 {
@@ -282,7 +394,10 @@ impl<'a> Demo<'a> {
             .cmd("nft list ruleset   # table inet trestle-<network id>, read here through netlink");
         self.n.out(&masq);
         if !masq.contains("10.15.20.0/24") {
-            return Err(self.fail("the pod's subnet is not covered by masquerade"));
+            return Err(self.fail(Error::Expectation {
+                wanted: "masquerade to cover the pod's subnet 10.15.20.0/24".into(),
+                got: masq,
+            }));
         }
         self.n
             .ok("masquerade covers 10.15.20.2 (its subnet 10.15.20.0/24)");
@@ -296,8 +411,8 @@ impl<'a> Demo<'a> {
              --net=container:pause`), so it sees the very same eth0. Here a new process joins the namespace.",
         );
         let ns = self.pod_ns(0)?;
-        let seen =
-            run_in_pod(&self.opts.exe, &ns, &["show-netns", "eth0"]).map_err(|e| self.fail(e))?;
+        let seen = run_in_pod(&self.opts.exe, &ns, &["show-netns", "eth0"])
+            .map_err(self.failed("cannot run a second container in the pod"))?;
         self.n.cmd(&format!(
             "nsenter --net={} trestlectl show-netns eth0",
             self.pods[0].pause.netns_path().display()
@@ -305,10 +420,16 @@ impl<'a> Demo<'a> {
         self.n.out(&seen);
         let own = ns
             .run(|| Netlink::open().and_then(|mut nl| show::ip_addr(&mut nl, Some("eth0"))))
-            .map_err(|e| self.fail(e))?
-            .map_err(|e| self.fail(e))?;
+            .map_err(self.failed("cannot enter the pod's network namespace"))?
+            .map_err(self.failed("cannot read the pod's eth0"))?;
         if !seen.contains(own.trim()) {
-            return Err(self.fail("the second container sees a different eth0"));
+            return Err(self.fail(Error::Expectation {
+                wanted: format!(
+                    "the second container to see the pause sandbox's eth0:\n{}",
+                    own.trim()
+                ),
+                got: seen,
+            }));
         }
         self.n
             .ok("the second container sees the pause sandbox's eth0 (same index, MAC and address)");
@@ -321,8 +442,8 @@ impl<'a> Demo<'a> {
             "Another sandbox and another ADD on the same network; trestle-ipam hands out the next address.\n\
              Then ICMP echo and a TCP exchange, done in-process, from pod to pod and from the host to a pod.",
         );
-        let pause =
-            Pause::start(&self.opts.exe, self.iso.host.as_ref()).map_err(|e| self.fail(e))?;
+        let pause = Pause::start(&self.opts.exe, self.iso.host.as_ref())
+            .map_err(self.failed("cannot start the second pod's pause sandbox"))?;
         self.pods.push(Pod {
             id: POD_B,
             pause,
@@ -333,7 +454,10 @@ impl<'a> Demo<'a> {
         self.pods[1].attached = true;
         self.n.out(&stdout);
         if !stdout.contains("10.15.20.3/24") {
-            return Err(self.fail("the second pod did not get 10.15.20.3/24"));
+            return Err(self.fail(Error::Expectation {
+                wanted: "the second pod to get 10.15.20.3/24".into(),
+                got: stdout,
+            }));
         }
         self.n.ok("pod B got 10.15.20.3/24");
         self.traffic()
@@ -346,14 +470,14 @@ impl<'a> Demo<'a> {
         let pod_b = Ipv4Addr::new(10, 15, 20, 3);
         let rtt = a
             .run(|| probe::ping(pod_b, 1, TIMEOUT))
-            .map_err(|e| self.fail(e))?;
-        let rtt = rtt.map_err(|e| self.fail(format!("pod A -> pod B: {e}")))?;
+            .map_err(self.failed("cannot enter pod A's network namespace"))?;
+        let rtt = rtt.map_err(self.failed("ICMP echo pod A -> pod B"))?;
         self.n.ok(&format!(
             "ICMP echo pod A (10.15.20.2) -> pod B (10.15.20.3): reply in {:.3} ms",
             rtt.as_secs_f64() * 1e3
         ));
         let rtt = self.iso.in_host(|| probe::ping(pod_a, 2, TIMEOUT));
-        let rtt = rtt.map_err(|e| self.fail(format!("host -> pod A: {e}")))?;
+        let rtt = rtt.map_err(self.failed("ICMP echo host -> pod A"))?;
         self.n.ok(&format!(
             "ICMP echo host (10.15.20.1) -> pod A (10.15.20.2): reply in {:.3} ms",
             rtt.as_secs_f64() * 1e3
@@ -361,26 +485,29 @@ impl<'a> Demo<'a> {
         let addr = SocketAddr::from((pod_b, 8080));
         let listener = b
             .run(|| probe::listen(addr))
-            .map_err(|e| self.fail(e))?
-            .map_err(|e| self.fail(e))?;
+            .map_err(self.failed("cannot enter pod B's network namespace"))?
+            .map_err(self.failed("cannot listen in pod B"))?;
         let (peer, answer) = std::thread::scope(|s| {
             let server = s.spawn(|| probe::serve_once(&listener, TIMEOUT));
             let answer = a.run(|| probe::exchange(addr, "hello from pod A", TIMEOUT));
             (server.join(), answer)
         });
         let answer = answer
-            .map_err(|e| self.fail(e))?
-            .map_err(|e| self.fail(format!("TCP pod A -> pod B: {e}")))?;
+            .map_err(self.failed("cannot enter pod A's network namespace"))?
+            .map_err(self.failed("TCP pod A -> pod B"))?;
         let peer = peer
-            .map_err(|_| self.fail("TCP server thread panicked"))?
-            .map_err(|e| self.fail(format!("TCP server in pod B: {e}")))?;
+            .map_err(|_| self.fail(Error::Panicked("the TCP server thread")))?
+            .map_err(self.failed("TCP server in pod B"))?;
         self.n.ok(&format!(
             "TCP pod A -> {addr}: answered {answer:?}, the server saw the client as {peer}"
         ));
         if peer.ip() != std::net::IpAddr::V4(pod_a) {
-            return Err(
-                self.fail("pod-to-pod traffic was translated; it must keep the pod's address")
-            );
+            return Err(self.fail(Error::Expectation {
+                wanted: format!(
+                    "pod-to-pod traffic to keep the pod's address {pod_a} (it was translated)"
+                ),
+                got: peer.to_string(),
+            }));
         }
         self.n.ok("pod-to-pod traffic keeps its source address (masquerade applies only outside the subnet)");
         Ok(())
@@ -395,7 +522,7 @@ impl<'a> Demo<'a> {
             self.call(&inv)?;
         } else {
             inv.run(CLASSIC_CONFIG.as_bytes(), self.iso.host.as_ref())
-                .map_err(|e| self.fail(e))?;
+                .map_err(self.failed("cannot run the plugin"))?;
         }
         self.pods[pod].attached = false;
         Ok(())
@@ -412,10 +539,11 @@ impl<'a> Demo<'a> {
         for pod in 0..self.pods.len() {
             self.del_pod(pod, true)?;
         }
+        let step = self.n.current();
         for pod in self.pods.drain(..) {
-            pod.pause.stop().map_err(|e| Error::Step {
-                step: 7,
-                msg: e.to_string(),
+            pod.pause.stop().map_err(|e| super::Error::Step {
+                step,
+                source: e.because("cannot stop a pause sandbox"),
             })?;
         }
         self.n.cmd("kill <pause pids>");
@@ -425,15 +553,15 @@ impl<'a> Demo<'a> {
     fn verify_clean(&mut self) -> StepResult {
         let state = self
             .iso
-            .in_host(|| -> Result<(usize, String), String> {
-                let mut nl = Netlink::open().map_err(|e| e.to_string())?;
+            .in_host(|| -> Result<(usize, String), Error> {
+                let mut nl = Netlink::open().map_err(failed("cannot open netlink in the host"))?;
                 let br = nl
                     .link_by_name(BRIDGE)
-                    .map_err(|e| e.to_string())?
-                    .ok_or("no bridge")?;
+                    .map_err(failed("cannot look up the bridge"))?
+                    .ok_or(Error::NoBridge)?;
                 let ports = nl
                     .links()
-                    .map_err(|e| e.to_string())?
+                    .map_err(failed("cannot list the host's links"))?
                     .iter()
                     .filter(|l| l.master == Some(br.index))
                     .count();
@@ -441,22 +569,34 @@ impl<'a> Demo<'a> {
             })
             .map_err(|e| self.fail(e))?;
         if state.0 != 0 {
-            return Err(self.fail(format!("{BRIDGE} still has {} ports", state.0)));
+            return Err(self.fail(Error::Expectation {
+                wanted: format!("no port left on {BRIDGE}"),
+                got: format!("{} ports", state.0),
+            }));
         }
         self.n.ok(&format!("{BRIDGE} has no ports left"));
         let veths = self.iso.in_host(wait_no_veth);
         if !veths.is_empty() {
-            return Err(self.fail(format!("veth pairs left behind: {}", veths.join(", "))));
+            return Err(self.fail(Error::Expectation {
+                wanted: "no veth pair left behind".into(),
+                got: veths.join(", "),
+            }));
         }
         self.n.ok("both veth pairs are destroyed");
         if state.1.contains("10.15.20.") {
-            return Err(self.fail(format!("masquerade left behind:\n{}", state.1)));
+            return Err(self.fail(Error::Expectation {
+                wanted: "no masquerade left for 10.15.20.0/24".into(),
+                got: state.1,
+            }));
         }
         self.n
             .ok("no masquerade rule is left (the network's table went with its last pod)");
         let left = reservations(Path::new(STATE_DIR)).unwrap_or_default();
         if !left.is_empty() {
-            return Err(self.fail(format!("addresses still reserved: {}", left.join(", "))));
+            return Err(self.fail(Error::Expectation {
+                wanted: format!("no address reserved in {STATE_DIR}"),
+                got: left.join(", "),
+            }));
         }
         self.n.ok(&format!("no address is reserved in {STATE_DIR}"));
         if self.iso.isolated() {
@@ -492,10 +632,12 @@ fn wait_no_veth() -> Vec<String> {
 }
 
 /// The masquerade state of the current namespace, one line per covered subnet.
-fn masquerade_listing() -> Result<String, String> {
+fn masquerade_listing() -> Result<String, Error> {
     let mut fw = trestle_firewall::Firewall::open(Path::new(trestle_firewall::LOCK_PATH))
-        .map_err(|e| e.to_string())?;
-    let entries = fw.list().map_err(|e| e.to_string())?;
+        .map_err(failed("cannot open the firewall"))?;
+    let entries = fw
+        .list()
+        .map_err(failed("cannot list the masquerade rules"))?;
     if entries.is_empty() {
         return Ok("(nothing)".into());
     }
@@ -513,15 +655,20 @@ fn masquerade_listing() -> Result<String, String> {
         .join("\n"))
 }
 
-fn expect(text: &str, needle: &str) -> Result<(), String> {
+/// Whether `text` holds `needle`.
+fn expect(text: &str, needle: &str) -> Result<(), Error> {
     if text.contains(needle) {
         Ok(())
     } else {
-        Err(format!("expected {needle:?} in:\n{text}"))
+        Err(Error::Expectation {
+            wanted: format!("{needle:?}"),
+            got: text.to_owned(),
+        })
     }
 }
 
-fn expect_route(table: &str, dst: &str, gw: &str, mask: &str, flags: &str) -> Result<(), String> {
+/// Whether `route -n` text `table` holds the route `dst` via `gw` (netmask `mask`, flags `flags`) on eth0.
+fn expect_route(table: &str, dst: &str, gw: &str, mask: &str, flags: &str) -> Result<(), Error> {
     let found = table.lines().any(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         f.len() >= 8 && f[0] == dst && f[1] == gw && f[2] == mask && f[3] == flags && f[7] == "eth0"
@@ -529,8 +676,40 @@ fn expect_route(table: &str, dst: &str, gw: &str, mask: &str, flags: &str) -> Re
     if found {
         Ok(())
     } else {
-        Err(format!(
-            "expected route {dst} via {gw} mask {mask} flags {flags} on eth0 in:\n{table}"
-        ))
+        Err(Error::Expectation {
+            wanted: format!("route {dst} via {gw} mask {mask} flags {flags} on eth0"),
+            got: table.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expectations_name_what_was_wanted_and_what_was_found() {
+        assert!(expect("inet 10.0.0.2/24", "10.0.0.2").is_ok());
+        let e = super::super::Error::Step {
+            step: 4,
+            source: expect("inet 10.0.0.3/24", "10.0.0.2").unwrap_err(),
+        };
+        assert_eq!(
+            cni_proto::error_chain(&e),
+            "step 4 failed: expected \"10.0.0.2\", got:\ninet 10.0.0.3/24"
+        );
+        let table = "0.0.0.0 10.15.20.1 0.0.0.0 UG 0 0 0 eth0\n";
+        assert!(expect_route(table, "0.0.0.0", "10.15.20.1", "0.0.0.0", "UG").is_ok());
+        assert!(matches!(
+            expect_route(table, "1.1.1.1", "10.15.20.1", "255.255.255.255", "UGH"),
+            Err(Error::Expectation { .. })
+        ));
+    }
+
+    #[test]
+    fn a_cause_is_the_source_not_part_of_the_message() {
+        let e = failed::<std::io::Error>("cannot run the plugin")(std::io::Error::other("boom"));
+        assert_eq!(e.to_string(), "cannot run the plugin");
+        assert_eq!(cni_proto::error_chain(&e), "cannot run the plugin: boom");
     }
 }
