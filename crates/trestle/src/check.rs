@@ -91,13 +91,7 @@ fn check_pair(
     bridge: &Link,
 ) -> Result<(), CniError> {
     let ids = sides.ids()?;
-    let host_end = match link.peer_index {
-        Some(p) if link.link_netnsid.is_some() => sides
-            .host
-            .link_by_index(p)
-            .map_err(|e| error::kernel("look up host veth", e))?,
-        _ => None,
-    };
+    let host_end = sides.host_peer(link)?;
     let names = pair::host_names(&req.env.container_id, &req.env.ifname);
     let candidate = Candidate {
         pod: link,

@@ -186,13 +186,7 @@ fn cut_one(
     names: &[String],
     bridge: Option<u32>,
 ) -> Result<bool, CniError> {
-    let host_end = match link.peer_index {
-        Some(p) if link.link_netnsid.is_some() => sides
-            .host
-            .link_by_index(p)
-            .map_err(|e| error::kernel("look up host veth", e))?,
-        _ => None,
-    };
+    let host_end = sides.host_peer(link)?;
     let candidate = Candidate {
         pod: link,
         host: host_end.as_ref(),

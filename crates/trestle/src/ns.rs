@@ -3,7 +3,7 @@
 
 use crate::error;
 use cni_proto::{CniError, ErrorCode};
-use trestle_netlink::Netlink;
+use trestle_netlink::{Link, Netlink};
 use trestle_netns::NetNs;
 
 /// Opens `CNI_NETNS` and refuses the plugin's own namespace (wiring the host itself as a pod would cut it off).
@@ -48,6 +48,18 @@ impl Sides {
         let pod = netlink_in(&pod_ns)?;
         let host = host_netlink()?;
         Ok(Sides { pod_ns, pod, host })
+    }
+
+    /// The host link that `pod`'s `IFLA_LINK` names, when its peer is in another namespace at all (whether that
+    /// is the plugin's is for [`crate::pair::prove`] to say).
+    pub fn host_peer(&mut self, pod: &Link) -> Result<Option<Link>, CniError> {
+        match pod.peer_index {
+            Some(p) if pod.link_netnsid.is_some() => self
+                .host
+                .link_by_index(p)
+                .map_err(|e| error::kernel("look up host veth", e)),
+            _ => Ok(None),
+        }
     }
 
     /// The ids by which each namespace knows the other; see [`crate::pair`].
