@@ -305,24 +305,21 @@ fn remove_and_request_fixtures_decode() {
 mod replay {
     use super::{read_fixture, split_messages};
     use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
     use std::process::Command;
-    use trestle_netns::NamedNetNs;
+    use trestle_netns::NetNs;
 
     const NLMSG_ERROR: u16 = 2;
     const NLMSG_DONE: u16 = 3;
     const NLM_F_ACK: u16 = 0x4;
 
-    /// A fresh named namespace, so `ip netns exec` can run nft in it.
-    pub(super) struct Ns {
-        named: NamedNetNs,
-        name: String,
-    }
+    /// A fresh namespace of the test's own.
+    pub(super) struct Ns(NetNs);
 
     impl Ns {
         pub(super) fn new() -> Ns {
-            let name = format!("tfw-{}-golden", std::process::id());
-            let named = NamedNetNs::create(format!("/run/netns/{name}")).expect("create namespace");
-            Ns { named, name }
+            Ns(NetNs::new_anonymous().expect("create namespace"))
         }
 
         /// Sends every message of `file`, each message in its own datagram except that a batch goes whole, and
@@ -330,18 +327,27 @@ mod replay {
         /// back for each datagram.
         pub(super) fn replay(&self, file: &str) -> Vec<usize> {
             let bytes = read_fixture(file);
-            self.named
-                .ns()
+            self.0
                 .run(move || send_all(&bytes))
                 .expect("enter namespace")
         }
 
-        /// `nft list ruleset` in the namespace.
+        /// `nft list ruleset` in the namespace: nft enters it between fork and exec.
         pub(super) fn ruleset(&self) -> String {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &self.name, "nft", "list", "ruleset"])
-                .output()
-                .expect("run nft");
+            let fd = self.0.fd().as_raw_fd();
+            let mut nft = Command::new("nft");
+            nft.args(["list", "ruleset"]);
+            // SAFETY: runs in the forked child before exec and calls only setns(2), which is async-signal-safe;
+            // `fd` is open in the parent (so in the child) until `output` has spawned the child.
+            unsafe {
+                nft.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let out = nft.output().expect("run nft");
             assert!(
                 out.status.success(),
                 "{}",

@@ -307,10 +307,12 @@ fn rollback(ctx: &mut Ctx, undo: Undo) {
         }
     }
     if undo.masquerade {
-        let (name, bridge) = (&ctx.req.conf.name, &ctx.cfg.bridge);
-        if let Err(e) =
-            masq::remove_if_unused(ctx.cfg.masq_backend, &mut ctx.sides.host, name, bridge)
-        {
+        let bridge = masq::Bridge {
+            name: &ctx.cfg.bridge,
+            index: None,
+        };
+        let (kind, name) = (ctx.cfg.masq_backend, &ctx.req.conf.name);
+        if let Err(e) = masq::remove_if_unused(kind, &mut ctx.sides.host, name, &bridge) {
             log::warn!("rollback: {}", e.msg);
         }
     }

@@ -71,7 +71,7 @@ pub fn del(req: &Request, reaping: Reaping) -> Result<(), CniError> {
     let parked = cut.as_ref().is_some_and(|c| c.parked);
     let mut first_err = None;
     if target.ip_masq {
-        if let Err(e) = remove_masquerade(req, &target, cut.map(|c| c.host)) {
+        if let Err(e) = remove_masquerade(req, &target, cut) {
             first_err.get_or_insert(e);
         }
     } else {
@@ -89,17 +89,18 @@ pub fn del(req: &Request, reaping: Reaping) -> Result<(), CniError> {
 }
 
 /// The network's masquerade is shared by its attachments: it goes when none that needs it is left. The pod is
-/// already off the bridge (cut_off), so its own port does not count. `host` is cut_off's socket, if it has one.
-fn remove_masquerade(
-    req: &Request,
-    target: &Target,
-    host: Option<Netlink>,
-) -> Result<(), CniError> {
-    let mut host = match host {
-        Some(h) => h,
-        None => ns::host_netlink()?,
+/// already off the bridge (cut_off), so its own port does not count. `cut` brings cut_off's socket and the bridge
+/// index it found, when it has them.
+fn remove_masquerade(req: &Request, target: &Target, cut: Option<CutOff>) -> Result<(), CniError> {
+    let (mut host, index) = match cut {
+        Some(c) => (c.host, c.bridge),
+        None => (ns::host_netlink()?, None),
     };
-    masq::remove_if_unused(target.backend, &mut host, &req.conf.name, &target.bridge).map(drop)
+    let bridge = masq::Bridge {
+        name: &target.bridge,
+        index,
+    };
+    masq::remove_if_unused(target.backend, &mut host, &req.conf.name, &bridge).map(drop)
 }
 
 /// The addresses of `prevResult`, for the log: shows which runtime state (the result cache) DEL was given.
@@ -117,6 +118,8 @@ fn prev_addresses(req: &Request) -> String {
 /// What [`cut_off`] did, and its plugin-namespace socket, which the masquerade check reuses.
 struct CutOff {
     host: Netlink,
+    /// The network bridge's index, when cut_off looked it up.
+    bridge: Option<u32>,
     /// A pair went to [`DEAD_GROUP`] and awaits the reaper.
     parked: bool,
 }
@@ -142,18 +145,20 @@ fn cut_off(req: &Request, bridge: &str) -> Result<Option<CutOff>, CniError> {
     let names = pair::host_names(&req.env.container_id, &req.env.ifname);
     let mine = pod_links(&mut sides, &req.env.ifname, &names)?;
     let mut parked = false;
+    let mut bridge_index = None;
     if !mine.is_empty() {
         let ids = sides.ids()?;
-        let bridge = crate::links::check_bridge_kind(&mut sides.host, bridge)
+        bridge_index = crate::links::check_bridge_kind(&mut sides.host, bridge)
             .ok()
             .flatten()
             .map(|b| b.index);
         for link in &mine {
-            parked |= cut_one(&mut sides, link, &ids, &names, bridge)?;
+            parked |= cut_one(&mut sides, link, &ids, &names, bridge_index)?;
         }
     }
     Ok(Some(CutOff {
         host: sides.host,
+        bridge: bridge_index,
         parked,
     }))
 }

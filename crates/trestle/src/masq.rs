@@ -46,20 +46,35 @@ fn keeps(port: &Link, group: u32) -> bool {
     port.group == group || (port.group == 0 && crate::pair::is_host_name(&port.name))
 }
 
+/// The network's bridge: its name, and its index when the caller has already looked it up (saving DEL a request).
+pub struct Bridge<'a> {
+    /// The bridge's name.
+    pub name: &'a str,
+    /// Its index, if known.
+    pub index: Option<u32>,
+}
+
 /// Whether `network` still has an attachment on `bridge` that needs masquerade. Called under the firewall lock
 /// (see `Firewall::remove_if_unused`): an ADD's port is on the bridge, in its group, before that ADD ensures the
 /// rules under the same lock, so a DEL seeing no user cannot strand a new pod.
-pub fn in_use(host: &mut Netlink, bridge: &str, network: &str) -> bool {
+pub fn in_use(host: &mut Netlink, bridge: &Bridge, network: &str) -> bool {
     let group = masq_group(network);
-    let ports = host.link_by_name(bridge).and_then(|br| match br {
-        Some(br) => host.links_with_master(br.index),
+    let index = match bridge.index {
+        Some(index) => Ok(Some(index)),
+        None => host.link_by_name(bridge.name).map(|br| br.map(|b| b.index)),
+    };
+    let ports = index.and_then(|index| match index {
+        Some(index) => host.links_with_master(index),
         None => Ok(Vec::new()),
     });
     match ports {
         Ok(ports) => ports.iter().any(|p| keeps(p, group)),
         // When in doubt, keep the rules.
         Err(e) => {
-            log::warn!("cannot list the ports of {bridge}, keeping masquerade: {e}");
+            log::warn!(
+                "cannot list the ports of {}, keeping masquerade: {e}",
+                bridge.name
+            );
             true
         }
     }
@@ -76,7 +91,7 @@ pub fn remove_if_unused(
     kind: BackendKind,
     host: &mut Netlink,
     network: &str,
-    bridge: &str,
+    bridge: &Bridge,
 ) -> Result<bool, CniError> {
     firewall(kind)?
         .remove_if_unused(network, &mut || in_use(host, bridge, network))

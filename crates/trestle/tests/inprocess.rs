@@ -280,29 +280,37 @@ fn invalid_adds_change_nothing() {
     }
 }
 
+/// Creates `n` veth pairs, both ends in the calling thread's namespace, named `names(i)`; returns the indexes of
+/// the first ends.
+fn host_pairs(nl: &mut Netlink, n: u32, names: impl Fn(u32) -> (String, String)) -> Vec<u32> {
+    let home = NetNs::current().unwrap();
+    let end = |name: String| VethEnd {
+        name,
+        ..VethEnd::default()
+    };
+    (0..n)
+        .map(|i| {
+            let (first, second) = names(i);
+            nl.create_veth(&end(first.clone()), &end(second), home.fd())
+                .unwrap();
+            nl.link_by_name(&first).unwrap().unwrap().index
+        })
+        .collect()
+}
+
 /// The host links a hostile layout offers DEL: eight veth pairs of the host, each a port of the network's bridge
 /// with a trestle-style name, so that any small index a foreign namespace uses names one of them.
 fn host_victims(w: &World) -> Vec<Link> {
     w.in_host(|| {
         let mut nl = Netlink::open().unwrap();
-        let home = NetNs::current().unwrap();
-        for i in 0..8 {
-            let end = |name: String| VethEnd {
-                name,
-                ..VethEnd::default()
-            };
-            nl.create_veth(
-                &end(format!("veth{i:08x}")),
-                &end(format!("victim{i}")),
-                home.fd(),
-            )
-            .unwrap();
-        }
+        // The pairs first, so that they hold the namespace's smallest indexes.
+        let ports = host_pairs(&mut nl, 8, |i| {
+            (format!("veth{i:08x}"), format!("victim{i}"))
+        });
         nl.create_bridge(BRIDGE, None, false).unwrap();
         let br = nl.link_by_name(BRIDGE).unwrap().unwrap();
-        for i in 0..8 {
-            let l = nl.link_by_name(&format!("veth{i:08x}")).unwrap().unwrap();
-            nl.set_master(l.index, Some(br.index)).unwrap();
+        for port in ports {
+            nl.set_master(port, Some(br.index)).unwrap();
         }
         nl.links().unwrap()
     })
@@ -480,22 +488,13 @@ fn a_full_bridge_is_named() {
     let w = World::new("full");
     w.in_host(|| {
         let mut nl = Netlink::open().unwrap();
-        let home = NetNs::current().unwrap();
         nl.create_bridge(BRIDGE, None, false).unwrap();
         let br = nl.link_by_name(BRIDGE).unwrap().unwrap();
-        for i in 0..trestle::links::MAX_PORTS {
-            let end = |name: String| VethEnd {
-                name,
-                ..VethEnd::default()
-            };
-            nl.create_veth(
-                &end(format!("fill{i}")),
-                &end(format!("fillp{i}")),
-                home.fd(),
-            )
-            .unwrap();
-            let l = nl.link_by_name(&format!("fill{i}")).unwrap().unwrap();
-            nl.set_master(l.index, Some(br.index)).unwrap();
+        let ports = host_pairs(&mut nl, trestle::links::MAX_PORTS, |i| {
+            (format!("fill{i}"), format!("fillp{i}"))
+        });
+        for port in ports {
+            nl.set_master(port, Some(br.index)).unwrap();
         }
     });
     let pod = w.pod();

@@ -223,6 +223,44 @@ fn assert_nothing_left(w: &World, pods: &[NamedNetNs], seed_note: &str) {
     }
 }
 
+/// Runs `cmd` for every pod (attachment `<prefix><i>`), eight at a time, each SIGKILLed at its instant of
+/// [`kill_instants`] within `window`; returns how many were killed.
+fn kill_round(
+    w: &World,
+    rng: &mut Rng,
+    (cmd, prefix): (&str, &str),
+    pods: &[NamedNetNs],
+    conf: &Value,
+    window: Duration,
+) -> usize {
+    let delays = kill_instants(rng, pods.len(), window);
+    let killed = AtomicUsize::new(0);
+    parallel(pods.len(), 8, |i| {
+        let path = pods[i].path().display().to_string();
+        if run_killed_after(w, cmd, &format!("{prefix}{i}"), &path, conf, delays[i]) {
+            killed.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let killed = killed.into_inner();
+    eprintln!(
+        "{killed} of {} {cmd}s killed (window {window:?})",
+        pods.len()
+    );
+    killed
+}
+
+/// DELs every pod's attachment `<prefix><i>`, eight at a time, each retried until it succeeds.
+fn del_all(w: &World, prefix: &str, pods: &[NamedNetNs], conf: &Value) {
+    parallel(pods.len(), 8, |i| {
+        del_until_done(
+            w,
+            &format!("{prefix}{i}"),
+            &pods[i].path().display().to_string(),
+            conf,
+        );
+    });
+}
+
 /// ADDs killed at random instants (from before the plugin reads stdin to after it answered), eight at a time;
 /// then a DEL of every container, as a runtime sends after a failed or timed-out ADD.
 #[test]
@@ -237,25 +275,9 @@ fn killed_adds_are_undone_by_their_dels() {
     let pods: Vec<NamedNetNs> = (0..N).map(|_| w.pod()).collect();
     // From exec to a little after a typical ADD has answered.
     let window = add * 6 / 5;
-    let delays = kill_instants(&mut rng, N, window);
-    let killed = Mutex::new(0);
-    parallel(N, 8, |i| {
-        let path = pods[i].path().display().to_string();
-        if run_killed_after(&w, "ADD", &format!("k{i}"), &path, &conf, delays[i]) {
-            *killed.lock().unwrap() += 1;
-        }
-    });
-    let killed = *killed.lock().unwrap();
-    eprintln!("{killed} of {N} ADDs killed (window {window:?})");
+    let killed = kill_round(&w, &mut rng, ("ADD", "k"), &pods, &conf, window);
     assert!(killed >= N / 10, "the kills must hit ADDs {seed_note}");
-    parallel(N, 8, |i| {
-        del_until_done(
-            &w,
-            &format!("k{i}"),
-            &pods[i].path().display().to_string(),
-            &conf,
-        );
-    });
+    del_all(&w, "k", &pods, &conf);
     assert_nothing_left(&w, &pods, &seed_note);
 }
 
@@ -275,25 +297,9 @@ fn killed_dels_are_finished_by_their_retries() {
         w.add(&format!("d{i}"), &pods[i], &conf);
     });
     let window = del * 6 / 5;
-    let delays = kill_instants(&mut rng, N, window);
-    let killed = Mutex::new(0);
-    parallel(N, 8, |i| {
-        let path = pods[i].path().display().to_string();
-        if run_killed_after(&w, "DEL", &format!("d{i}"), &path, &conf, delays[i]) {
-            *killed.lock().unwrap() += 1;
-        }
-    });
-    let killed = *killed.lock().unwrap();
-    eprintln!("{killed} of {N} DELs killed (window {window:?})");
+    let killed = kill_round(&w, &mut rng, ("DEL", "d"), &pods, &conf, window);
     assert!(killed >= N / 10, "the kills must hit DELs {seed_note}");
-    parallel(N, 8, |i| {
-        del_until_done(
-            &w,
-            &format!("d{i}"),
-            &pods[i].path().display().to_string(),
-            &conf,
-        );
-    });
+    del_all(&w, "d", &pods, &conf);
     // The retries have answered: no pod may still be on the bridge, whatever the reaper is doing.
     assert_eq!(
         w.ports("cni_bridge0").len(),

@@ -75,7 +75,8 @@ fn classic_config_every_version() {
     }
 }
 
-/// A veth pair parked for destruction whose destroyer never ran, as a killed DEL child leaves it.
+/// A veth pair parked for destruction whose destroyer never ran, as a killed DEL child leaves it (`name` is a
+/// trestle host end's: GC destroys only those).
 fn park_stray(w: &World, pod: &trestle_netns::NamedNetNs, name: &str) {
     w.host
         .run(|| {
@@ -111,17 +112,26 @@ fn cut_off_pairs_never_stay() {
     assert!(w.wait_no_veth().is_empty());
     // A left-over cut-off pair, as a killed DEL child would leave it.
     let stray = w.pod();
-    park_stray(&w, &stray, "stray77");
+    park_stray(&w, &stray, "veth00000077");
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([]);
     let out = w.call("GC", "", "", "", &gc);
     assert!(out.success, "{}", out.stdout);
     assert!(w.wait_no_veth().is_empty());
     // The next DEL's child reaps one too.
-    park_stray(&w, &stray, "stray78");
+    park_stray(&w, &stray, "veth00000078");
     w.add("b", &pod, &conf);
     w.del("b", &path, &conf);
     assert!(w.wait_no_veth().is_empty());
+}
+
+/// Every log file the plugins wrote into `dir` (one per day), concatenated.
+fn read_logs(dir: &std::path::Path) -> String {
+    let mut log = String::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        log.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+    }
+    log
 }
 
 /// One reaper per host namespace: DELs that come while it works leave their pairs to it instead of forking
@@ -142,10 +152,7 @@ fn back_to_back_dels_share_one_reaper() {
         w.del(&format!("r{i}"), &pod.path().display().to_string(), &conf);
     }
     assert!(w.wait_no_veth().is_empty());
-    let mut log = String::new();
-    for entry in std::fs::read_dir(logs.path()).unwrap() {
-        log.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
-    }
+    let log = read_logs(logs.path());
     let started = log.matches("DEL: reaper started").count();
     let left = log.matches("DEL: pair left to the running reaper").count();
     assert_eq!(started + left, 10, "{log}");
@@ -667,9 +674,6 @@ fn an_unprivileged_squatter_cannot_starve_the_reaper() {
         left.is_empty(),
         "pairs left behind while the old claim was squatted: {left:?}"
     );
-    let mut log = String::new();
-    for entry in std::fs::read_dir(logs.path()).unwrap() {
-        log.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
-    }
+    let log = read_logs(logs.path());
     assert!(log.matches("DEL: reaper started").count() >= 2, "{log}");
 }
