@@ -422,12 +422,21 @@ fn masquerade_follows_attachments_not_carrier() {
     w.call("ADD", "p2", &path2, &conf).unwrap();
     set_eth0_down(p1.ns());
     set_eth0_down(p2.ns());
-    let carrier = w
-        .links()
-        .into_iter()
-        .find(|l| l.name == BRIDGE)
-        .unwrap()
-        .carrier;
+    // The bridge learns that its ports lost carrier from the kernel's linkwatch worker, which runs later (up to a
+    // second on a busy machine): wait for it.
+    let bridge_carrier = || {
+        w.links()
+            .into_iter()
+            .find(|l| l.name == BRIDGE)
+            .unwrap()
+            .carrier
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut carrier = bridge_carrier();
+    while carrier && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        carrier = bridge_carrier();
+    }
     assert!(
         !carrier,
         "the bridge still has carrier: the test would prove nothing"
