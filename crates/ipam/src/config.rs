@@ -60,6 +60,82 @@ pub struct IpamConfig {
     pub dns: DnsConfig,
     /// Requested addresses in order: `CNI_ARGS`, `args.cni.ips`, `runtimeConfig.ips`; no repeats.
     pub requested: Vec<IpAddr>,
+    /// `ipam.daemon`: ask `trestled` instead of allocating from `dataDir` (daemon mode).
+    pub daemon: Option<DaemonSettings>,
+}
+
+/// The default socket of `trestled`.
+pub const DEFAULT_SOCKET: &str = "/run/trestle/ipam.sock";
+
+/// `ipam.daemon`: how the plugin reaches `trestled`. `true` or `{}` takes every default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonSettings {
+    /// `socket`: the daemon's unix socket (default [`DEFAULT_SOCKET`]).
+    pub socket: PathBuf,
+    /// `deleteQueue`: where a DEL is queued while the daemon cannot take it (default
+    /// [`crate::DEFAULT_QUEUE_DIR`]); the daemon's `--delete-queue` must name the same.
+    pub delete_queue: PathBuf,
+    /// `connectTimeoutMs`: how long a call keeps retrying to connect (default 1000): an ADD
+    /// with the daemon down answers code 11 after about this long.
+    pub connect_timeout_ms: u64,
+    /// `timeoutMs`: the deadline of one operation once connected (default 10000).
+    pub timeout_ms: u64,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> DaemonSettings {
+        DaemonSettings {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            delete_queue: PathBuf::from(crate::queue::DEFAULT_QUEUE_DIR),
+            connect_timeout_ms: 1000,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawDaemon {
+    Flag(bool),
+    Settings(RawDaemonSettings),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawDaemonSettings {
+    socket: Option<String>,
+    delete_queue: Option<String>,
+    connect_timeout_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+fn parse_daemon(raw: Option<&Value>) -> Result<Option<DaemonSettings>, IpamError> {
+    let Some(v) = raw.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let raw: RawDaemon = from_value(v, "ipam.daemon")?;
+    let s = match raw {
+        RawDaemon::Flag(false) => return Ok(None),
+        RawDaemon::Flag(true) => RawDaemonSettings::default(),
+        RawDaemon::Settings(s) => s,
+    };
+    let d = DaemonSettings::default();
+    let path = |v: Option<String>, field: &str, default: PathBuf| match v {
+        None => Ok(default),
+        Some(p) if p.starts_with('/') => Ok(PathBuf::from(p)),
+        Some(p) => Err(IpamError::invalid(field, format!("{p:?} is not an absolute path"))),
+    };
+    let ms = |v: Option<u64>, field: &str, default: u64| match v {
+        None => Ok(default),
+        Some(ms) if (1..=600_000).contains(&ms) => Ok(ms),
+        Some(ms) => Err(IpamError::invalid(field, format!("{ms} is not within 1-600000"))),
+    };
+    Ok(Some(DaemonSettings {
+        socket: path(s.socket, "ipam.daemon.socket", d.socket)?,
+        delete_queue: path(s.delete_queue, "ipam.daemon.deleteQueue", d.delete_queue)?,
+        connect_timeout_ms: ms(s.connect_timeout_ms, "ipam.daemon.connectTimeoutMs", d.connect_timeout_ms)?,
+        timeout_ms: ms(s.timeout_ms, "ipam.daemon.timeoutMs", d.timeout_ms)?,
+    }))
 }
 
 #[derive(Deserialize, Default)]
@@ -82,6 +158,7 @@ struct RawIpam {
     routes: Vec<RawRoute>,
     data_dir: Option<String>,
     resolv_conf: Option<String>,
+    daemon: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +198,7 @@ impl IpamConfig {
             data_dir: PathBuf::from(data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR)),
             dns,
             requested,
+            daemon: parse_daemon(raw.daemon.as_ref())?,
         })
     }
 

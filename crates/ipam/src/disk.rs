@@ -24,7 +24,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -36,6 +36,10 @@ use crate::store::{self, Attachment, Reservation, Store};
 
 /// Prefix of the per-set round-robin cursor files.
 pub const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
+
+/// Name of the file, inside a network's state directory, that hands the directory over to
+/// `trestled` (see [`DiskStore::hand_over`]); a dot-file, which host-local ignores.
+pub const HANDOVER_FILE: &str = ".trestle-daemon";
 
 /// The separator current host-local writes between container ID and ifname.
 const LINE_BREAK: &str = "\r\n";
@@ -102,6 +106,49 @@ impl DiskStore {
     /// The network's state directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Hands the directory over to `trestled`: under the lock, reads every reservation and
+    /// writes [`HANDOVER_FILE`] naming the daemon's `socket`. From then on every locked
+    /// operation of trestle-ipam in embedded mode fails with [`IpamError::ManagedByDaemon`]
+    /// (and the plugin asks the daemon instead), so embedded and daemon mode never allocate
+    /// from the same range at the same time. The reservation files stay, so the daemon's
+    /// import can be repeated and an operator can still read them.
+    pub fn hand_over(&mut self, socket: &Path) -> Result<Vec<Reservation>, IpamError> {
+        self.flock()?;
+        let done = self
+            .list()
+            .and_then(|all| write_file(&self.dir.join(HANDOVER_FILE), socket.as_os_str().as_bytes()).map(|_| all));
+        let unlocked = self.unlock();
+        let all = done?;
+        unlocked?;
+        Ok(all)
+    }
+
+    /// The daemon socket recorded by [`DiskStore::hand_over`], if the directory was handed over.
+    pub fn handover(&self) -> Result<Option<PathBuf>, IpamError> {
+        let path = self.dir.join(HANDOVER_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(IpamError::io("read", path, e)),
+        }
+    }
+
+    fn network(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    fn flock(&mut self) -> Result<(), IpamError> {
+        self.lock_file
+            .lock()
+            .map_err(|e| IpamError::io("lock", self.dir.join("lock"), e))?;
+        // Other processes may have changed the directory while it was not locked.
+        self.index.forget();
+        Ok(())
     }
 
     fn apply_boot_check(&mut self, source: &BootIdSource) -> Result<(), IpamError> {
@@ -289,11 +336,16 @@ pub(crate) fn parse_owner(content: &str) -> Attachment {
 
 impl Store for DiskStore {
     fn lock(&mut self) -> Result<(), IpamError> {
-        self.lock_file
-            .lock()
-            .map_err(|e| IpamError::io("lock", self.dir.join("lock"), e))?;
-        // Other processes may have changed the directory while it was not locked.
-        self.index.forget();
+        self.flock()?;
+        // Checked under the lock: `hand_over` writes the file under it, so no allocation of
+        // this process can slip in after the daemon imported the directory.
+        if let Some(socket) = self.handover()? {
+            self.unlock()?;
+            return Err(IpamError::ManagedByDaemon {
+                network: self.network(),
+                socket,
+            });
+        }
         Ok(())
     }
 

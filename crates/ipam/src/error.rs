@@ -74,6 +74,15 @@ pub enum IpamError {
         /// The container that was checked.
         container_id: String,
     },
+    /// The network's `dataDir` was handed over to `trestled` (see [`crate::HANDOVER_FILE`]):
+    /// the embedded plugin must ask the daemon instead of allocating from the directory.
+    #[error("network {network} is managed by trestled at {}", socket.display())]
+    ManagedByDaemon {
+        /// Network name.
+        network: String,
+        /// The daemon's socket, as the handover file records it.
+        socket: PathBuf,
+    },
     /// A state file or directory could not be accessed.
     #[error("cannot {op} {}", path.display())]
     Io {
@@ -103,6 +112,10 @@ pub mod code {
     pub const BAD_REQUEST: u32 = 112;
     /// CHECK found no reservation for the attachment.
     pub const NOT_FOUND: u32 = 113;
+    /// The plugin and `trestled` speak incompatible API versions.
+    pub const INCOMPATIBLE: u32 = 114;
+    /// `trestled` refused the caller (peer credentials).
+    pub const DENIED: u32 = 115;
 }
 
 /// Coarse classification of an [`IpamError`], for the plugin edge to pick a CNI error code.
@@ -157,6 +170,8 @@ impl IpamError {
             | IpamError::OutsideRanges(_)
             | IpamError::UnusedRequests(_) => ErrorKind::BadRequest,
             IpamError::NotFound { .. } => ErrorKind::NotFound,
+            // Only seen if the daemon it names cannot be asked either.
+            IpamError::ManagedByDaemon { .. } => ErrorKind::Transient,
             IpamError::Io { source, .. } if is_transient_io(source) => ErrorKind::Transient,
             IpamError::Io { .. } => ErrorKind::Io,
         }
@@ -167,7 +182,8 @@ impl IpamError {
         self.kind().cni_code()
     }
 
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    /// An I/O error on `path` during `op`.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         IpamError::Io {
             op,
             path: path.into(),

@@ -1,10 +1,19 @@
 //! `trestle-ipam`: the IPAM plugin, config- and disk-compatible with `host-local` (see the README). The library
 //! is the whole plugin, so that `trestle` can run it in-process instead of executing the binary (same code, same
 //! config, same state on disk: only the process start is saved).
+//!
+//! Two modes: embedded (the default) allocates from `dataDir` like host-local; daemon mode (`ipam.daemon`) asks
+//! `trestled` over its socket ([`daemon`], [`remote`]). A `dataDir` network handed over to the daemon switches an
+//! embedded configuration to daemon mode by itself.
+
+pub mod daemon;
+mod remote;
 
 use cni_plugin::{Plugin, Request};
 use cni_proto::{CniArgs, CniError, CniResult, Command, ErrorCode, IpConfig, Route, Version};
-use trestle_ipam_core::{Attachment, ConfigInput, DiskStore, IpamConfig, IpamError};
+use trestle_ipam_core::{
+    Allocation, Attachment, ConfigInput, DaemonSettings, DiskStore, IpamConfig, IpamError,
+};
 
 /// CNI_ARGS keys: `IP` is ours; `MAC` belongs to the main plugin that shares this environment.
 const CNI_ARGS_KEYS: [&str; 2] = ["IP", "MAC"];
@@ -21,7 +30,15 @@ fn cni_error(e: IpamError) -> CniError {
     CniError::from_error(e.cni_code(), "", &e)
 }
 
-fn load(req: &Request) -> Result<(IpamConfig, DiskStore, Attachment), CniError> {
+/// Where the addresses live for this request.
+enum Backend {
+    /// `dataDir`, embedded mode.
+    Disk(DiskStore),
+    /// `trestled`.
+    Daemon(DaemonSettings),
+}
+
+fn parse(req: &Request) -> Result<(IpamConfig, Attachment), CniError> {
     // GC and STATUS carry no CNI_ARGS meaning; ADD/DEL/CHECK parse them strictly.
     let cni_args_ips = match req.env.command {
         Command::Add | Command::Del | Command::Check => {
@@ -36,12 +53,68 @@ fn load(req: &Request) -> Result<(IpamConfig, DiskStore, Attachment), CniError> 
         multiple_sets_per_family: req.conf.cni_version >= Version::V0_3_0,
     };
     let cfg = IpamConfig::parse(input).map_err(cni_error)?;
-    let store = DiskStore::open(&cfg.data_dir, &cfg.network).map_err(cni_error)?;
     let att = Attachment {
         container_id: req.env.container_id.clone(),
         ifname: req.env.ifname.clone(),
     };
-    Ok((cfg, store, att))
+    Ok((cfg, att))
+}
+
+fn load(req: &Request) -> Result<(IpamConfig, Backend, Attachment), CniError> {
+    let (cfg, att) = parse(req)?;
+    let backend = match &cfg.daemon {
+        Some(d) => Backend::Daemon(d.clone()),
+        None => match DiskStore::open(&cfg.data_dir, &cfg.network) {
+            Ok(store) => Backend::Disk(store),
+            Err(e) => Backend::Daemon(handed_over(e)?),
+        },
+    };
+    Ok((cfg, backend, att))
+}
+
+/// The daemon a handed-over `dataDir` names, or the error as a CNI error.
+fn handed_over(e: IpamError) -> Result<DaemonSettings, CniError> {
+    match e {
+        IpamError::ManagedByDaemon { socket, .. } => Ok(DaemonSettings {
+            socket,
+            ..DaemonSettings::default()
+        }),
+        e => Err(cni_error(e)),
+    }
+}
+
+/// The result of an allocation.
+fn result_of(alloc: Allocation) -> CniResult {
+    let mut result = CniResult {
+        ips: alloc
+            .ips
+            .iter()
+            .map(|ip| IpConfig {
+                address: ip.address,
+                gateway: ip.gateway,
+                interface: None,
+            })
+            .collect(),
+        routes: alloc
+            .routes
+            .iter()
+            .map(|r| Route {
+                dst: r.dst,
+                gw: r.gw,
+                mtu: r.mtu,
+                advmss: r.advmss,
+                priority: r.priority,
+                table: r.table,
+                scope: r.scope.and_then(|s| u8::try_from(s).ok()),
+            })
+            .collect(),
+        ..CniResult::default()
+    };
+    result.dns.nameservers = alloc.dns.nameservers;
+    result.dns.domain = alloc.dns.domain;
+    result.dns.search = alloc.dns.search;
+    result.dns.options = alloc.dns.options;
+    result
 }
 
 impl Plugin for Ipam {
@@ -50,56 +123,41 @@ impl Plugin for Ipam {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        let (cfg, mut store, att) = load(req)?;
-        let alloc = trestle_ipam_core::allocate(&cfg, &mut store, &att).map_err(cni_error)?;
-        let mut result = CniResult {
-            ips: alloc
-                .ips
-                .iter()
-                .map(|ip| IpConfig {
-                    address: ip.address,
-                    gateway: ip.gateway,
-                    interface: None,
-                })
-                .collect(),
-            routes: alloc
-                .routes
-                .iter()
-                .map(|r| Route {
-                    dst: r.dst,
-                    gw: r.gw,
-                    mtu: r.mtu,
-                    advmss: r.advmss,
-                    priority: r.priority,
-                    table: r.table,
-                    scope: r.scope.and_then(|s| u8::try_from(s).ok()),
-                })
-                .collect(),
-            ..CniResult::default()
+        let (cfg, backend, att) = load(req)?;
+        let alloc = match backend {
+            Backend::Disk(mut store) => match trestle_ipam_core::allocate(&cfg, &mut store, &att) {
+                Ok(alloc) => alloc,
+                Err(e) => remote::add(req, &cfg, &att, &handed_over(e)?)?,
+            },
+            Backend::Daemon(d) => remote::add(req, &cfg, &att, &d)?,
         };
-        result.dns.nameservers = alloc.dns.nameservers;
-        result.dns.domain = alloc.dns.domain;
-        result.dns.search = alloc.dns.search;
-        result.dns.options = alloc.dns.options;
-        Ok(result)
+        Ok(result_of(alloc))
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        let (cfg, mut store, att) = load(req)?;
-        trestle_ipam_core::release(&cfg, &mut store, &att)
-            .map(|_| ())
-            .map_err(cni_error)
+        let (cfg, backend, att) = load(req)?;
+        match backend {
+            Backend::Disk(mut store) => match trestle_ipam_core::release(&cfg, &mut store, &att) {
+                Ok(_) => Ok(()),
+                Err(e) => remote::del(&cfg, &att, &handed_over(e)?),
+            },
+            Backend::Daemon(d) => remote::del(&cfg, &att, &d),
+        }
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        let (cfg, mut store, att) = load(req)?;
-        trestle_ipam_core::check(&cfg, &mut store, &att)
-            .map(|_| ())
-            .map_err(cni_error)
+        let (cfg, backend, att) = load(req)?;
+        match backend {
+            Backend::Disk(mut store) => match trestle_ipam_core::check(&cfg, &mut store, &att) {
+                Ok(_) => Ok(()),
+                Err(e) => remote::check(&cfg, &att, &handed_over(e)?),
+            },
+            Backend::Daemon(d) => remote::check(&cfg, &att, &d),
+        }
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        let (cfg, mut store, _) = load(req)?;
+        let (cfg, backend, _) = load(req)?;
         let valid: Vec<Attachment> = req
             .conf
             .valid_attachments()?
@@ -110,23 +168,37 @@ impl Plugin for Ipam {
                 ifname: a.ifname,
             })
             .collect();
-        let freed = trestle_ipam_core::gc(&cfg, &mut store, &valid).map_err(cni_error)?;
-        for (att, ip) in freed {
-            log::info!("gc: released {ip} of {}/{}", att.container_id, att.ifname);
+        let mut store = match backend {
+            Backend::Disk(store) => store,
+            Backend::Daemon(d) => return remote::gc(&cfg, &valid, &d),
+        };
+        match trestle_ipam_core::gc(&cfg, &mut store, &valid) {
+            Ok(freed) => {
+                for (att, ip) in freed {
+                    log::info!("gc: released {ip} of {}/{}", att.container_id, att.ifname);
+                }
+                Ok(())
+            }
+            Err(e) => remote::gc(&cfg, &valid, &handed_over(e)?),
         }
-        Ok(())
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {
-        // Serviceable when the config is valid and the store can be opened (and so locked and written).
-        load(req).map(|_| ()).map_err(|e| CniError {
+        // Serviceable when the config is valid and the store can be opened (and so locked and written), or the
+        // daemon says it is ready.
+        let not_available = |e: CniError| CniError {
             code: if e.code == ErrorCode::InvalidConfig as u32 {
                 e.code
             } else {
                 ErrorCode::NotAvailable as u32
             },
             ..e
-        })
+        };
+        let (cfg, backend, _) = load(req).map_err(not_available)?;
+        match backend {
+            Backend::Disk(_) => Ok(()),
+            Backend::Daemon(d) => remote::status(&cfg, &d),
+        }
     }
 }
 

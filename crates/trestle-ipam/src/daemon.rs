@@ -1,0 +1,166 @@
+//! Daemon mode: the plugin asks `trestled` over its unix socket.
+//!
+//! Each call connects (retrying for `connectTimeoutMs` while the socket is missing or refuses,
+//! which is how a daemon restart without socket activation looks), then sends the request with
+//! the operation's deadline (`timeoutMs`), reconnecting and resending while the daemon answers
+//! UNAVAILABLE (it is starting or draining). Every request is safe to resend: Allocate returns
+//! what the attachment already holds, Release of nothing is success.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Code, Status};
+use trestle_ipam_api::v1::ipam_client::IpamClient;
+use trestle_ipam_core::DaemonSettings;
+
+/// Why a call got no answer from the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Nothing accepted a connection on the socket within the connect timeout.
+    #[error("trestled is not running at {}: {reason}", socket.display())]
+    Down {
+        /// The socket.
+        socket: PathBuf,
+        /// The last connect error.
+        reason: String,
+    },
+    /// The daemon (or the transport) answered with an error status.
+    #[error("trestled at {}: {}", socket.display(), status.message())]
+    Status {
+        /// The socket.
+        socket: PathBuf,
+        /// The status (boxed: it is large, and errors travel far).
+        status: Box<Status>,
+    },
+}
+
+impl CallError {
+    /// The gRPC code, `Unavailable` when the daemon is down.
+    pub fn code(&self) -> Code {
+        match self {
+            CallError::Down { .. } => Code::Unavailable,
+            CallError::Status { status, .. } => status.code(),
+        }
+    }
+}
+
+/// A connection to the daemon, with the runtime that drives it.
+pub struct Daemon {
+    rt: tokio::runtime::Runtime,
+    settings: DaemonSettings,
+    client: Option<IpamClient<Channel>>,
+}
+
+impl Daemon {
+    /// Prepares calls to the daemon of `settings` (connects on the first call).
+    pub fn new(settings: DaemonSettings) -> Daemon {
+        // One thread: a plugin process makes one call at a time.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime only needs a timer and an epoll descriptor");
+        Daemon {
+            rt,
+            settings,
+            client: None,
+        }
+    }
+
+    /// The daemon's socket.
+    pub fn socket(&self) -> &Path {
+        &self.settings.socket
+    }
+
+    /// The queue DELs go to while the daemon cannot take them.
+    pub fn delete_queue(&self) -> &Path {
+        &self.settings.delete_queue
+    }
+
+    /// Runs one request, resending it while the daemon is unavailable and time remains.
+    pub fn call<T, F, Fut>(&mut self, f: F) -> Result<T, CallError>
+    where
+        F: Fn(IpamClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + Duration::from_millis(self.settings.timeout_ms);
+        let socket = self.settings.socket.clone();
+        let connect_budget = Duration::from_millis(self.settings.connect_timeout_ms);
+        let mut cached = self.client.take();
+        let result = self.rt.block_on(async {
+            loop {
+                let client = match cached.take() {
+                    Some(c) => c,
+                    None => connect(&socket, connect_budget.min(remaining(deadline))).await?,
+                };
+                let status = match tokio::time::timeout(remaining(deadline), f(client.clone())).await {
+                    Ok(Ok(resp)) => return Ok((resp.into_inner(), client)),
+                    Ok(Err(status)) => status,
+                    Err(_) => Status::deadline_exceeded("no answer before the deadline"),
+                };
+                let retry = matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled);
+                if !retry || remaining(deadline).is_zero() {
+                    return Err(CallError::Status { socket: socket.clone(), status: Box::new(status) });
+                }
+                tokio::time::sleep(Duration::from_millis(20).min(remaining(deadline))).await;
+            }
+        });
+        result.map(|(reply, client)| {
+            self.client = Some(client);
+            reply
+        })
+    }
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// Connects, retrying while nothing listens (a restart) until `budget` is spent.
+async fn connect(socket: &Path, budget: Duration) -> Result<IpamClient<Channel>, CallError> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let path = socket.to_path_buf();
+        // The URI is required by the API and ignored by the connector.
+        let attempt = Endpoint::from_static("http://trestled.invalid")
+            .connect_timeout(budget.max(Duration::from_millis(1)))
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    let s = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                }
+            }))
+            .await;
+        match attempt {
+            Ok(channel) => {
+                return Ok(IpamClient::new(channel)
+                    .max_decoding_message_size(trestle_ipam_api::MAX_MESSAGE_BYTES))
+            }
+            Err(e) => {
+                let reason = error_text(&e);
+                if start.elapsed() + pause >= budget {
+                    return Err(CallError::Down {
+                        socket: socket.to_path_buf(),
+                        reason,
+                    });
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// A transport error and its causes, innermost last ("connect: No such file or directory").
+fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut src = e.source();
+    while let Some(s) = src {
+        parts.push(s.to_string());
+        src = s.source();
+    }
+    parts.join(": ")
+}

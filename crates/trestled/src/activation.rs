@@ -1,0 +1,108 @@
+//! The socket and the single-instance lock.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// How the daemon got its listening socket.
+#[derive(Debug)]
+pub enum Listener {
+    /// Passed by systemd (or another activator) as fd 3: it outlives the daemon, so clients
+    /// that connect during a restart wait in its backlog.
+    Activated(std::os::unix::net::UnixListener),
+    /// Bound by the daemon at this path (removed again at exit).
+    Bound(std::os::unix::net::UnixListener, PathBuf, u64),
+}
+
+/// systemd's first passed descriptor.
+const SD_LISTEN_FDS_START: i32 = 3;
+
+/// The activated socket, if `LISTEN_FDS`/`LISTEN_PID` pass one to this process.
+pub fn from_environment() -> Option<std::os::unix::net::UnixListener> {
+    let fds: i32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_none_or(|p| p == std::process::id());
+    if fds < 1 || !pid_ok {
+        return None;
+    }
+    // SAFETY: fd 3 was passed to this process for it to own (sd_listen_fds(3) convention);
+    // nothing else in the process uses it.
+    let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(SD_LISTEN_FDS_START) };
+    // Children (none today) must not inherit the activation.
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_PID");
+    std::env::remove_var("LISTEN_FDNAMES");
+    Some(listener)
+}
+
+/// Binds `path` with `mode` (and `gid` as its group). A stale socket file is replaced: the
+/// caller holds the single-instance lock, so no live daemon owns it.
+pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> std::io::Result<Listener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    // Bound with a restrictive umask-free mode from the start, then set exactly: a client
+    // never finds the socket more open than configured.
+    // SAFETY: umask only changes this process's file creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = bound?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    let ino = std::fs::metadata(path)?.ino();
+    Ok(Listener::Bound(listener, path.to_path_buf(), ino))
+}
+
+/// Removes a socket the daemon bound, if it is still that socket.
+pub fn unbind(listener: &Listener) {
+    if let Listener::Bound(_, path, ino) = listener {
+        if std::fs::metadata(path).is_ok_and(|m| m.ino() == *ino) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The single-instance lock of a state directory, held for the daemon's life.
+pub struct InstanceLock(#[allow(dead_code)] File);
+
+/// Takes `<dir>/trestled.lock`, or explains who holds it.
+pub fn lock_instance(dir: &Path) -> Result<InstanceLock, String> {
+    let path = dir.join("trestled.lock");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            return Err(format!(
+                "another trestled (pid {}) serves the store in {}",
+                pid.trim(),
+                dir.display()
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(format!("cannot lock {}: {e}", path.display()))
+        }
+    }
+    let _ = f.set_len(0).and_then(|_| f.rewind()).and_then(|_| write!(f, "{}", std::process::id()));
+    Ok(InstanceLock(f))
+}

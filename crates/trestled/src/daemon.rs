@@ -1,0 +1,245 @@
+//! The daemon's operations, independent of gRPC: each validates nothing (the service did),
+//! changes the in-memory state under one lock, hands the changes to the store's writer in the
+//! same critical section, and waits for the commit before it answers.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use trestle_ipam_api::convert::AllocateInput;
+use trestle_ipam_core::{Attachment, BootIdSource, IpamError};
+
+use crate::clock;
+use crate::state::{Allocated, Op, Record, State};
+use crate::store::{Commit, Writer};
+use crate::{import, metrics};
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// The allocator refused (exhausted pool, taken address, ...).
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    /// The change could not be made durable.
+    #[error("{0}")]
+    Store(String),
+    /// The daemon is starting or stopping.
+    #[error("trestled is not ready: {0}")]
+    NotReady(&'static str),
+}
+
+/// Where the host-local state of embedded mode lives, for the import.
+#[derive(Debug, Clone)]
+pub struct HostLocal {
+    /// host-local's `dataDir` (`/var/lib/cni/networks`).
+    pub dir: PathBuf,
+    /// The socket the handover file names.
+    pub socket: PathBuf,
+    /// The boot ID source the import's reboot check uses.
+    pub boot: BootIdSource,
+}
+
+/// The daemon.
+pub struct Daemon {
+    state: Mutex<State>,
+    writer: Writer,
+    /// False while starting and draining.
+    pub ready: Arc<AtomicBool>,
+    /// The boot the store belongs to.
+    pub boot_id: String,
+    host_local: Option<HostLocal>,
+}
+
+impl Daemon {
+    /// A daemon over a loaded state and its store's writer.
+    pub fn new(
+        state: State,
+        writer: Writer,
+        boot_id: String,
+        host_local: Option<HostLocal>,
+    ) -> Daemon {
+        Daemon {
+            state: Mutex::new(state),
+            writer,
+            ready: Arc::new(AtomicBool::new(false)),
+            boot_id,
+            host_local,
+        }
+    }
+
+    /// The state, locked. A panic while it was held cannot leave it half-changed in a way
+    /// that matters more than stopping would, so a poisoned lock is taken over.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ensure_ready(&self) -> Result<(), OpError> {
+        if self.ready.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(OpError::NotReady("starting or stopping"))
+        }
+    }
+
+    /// Applies `ops` durably; call with the state lock held, await after releasing it.
+    fn submit(&self, ops: Vec<Op>) -> Option<Commit> {
+        (!ops.is_empty()).then(|| self.writer.submit(ops))
+    }
+
+    /// Allocate.
+    pub async fn allocate(&self, input: &AllocateInput) -> Result<Allocated, OpError> {
+        self.ensure_ready()?;
+        let network = &input.config.network;
+        let (allocated, commit) = {
+            let mut st = self.lock();
+            let mut ops = Vec::new();
+            self.import_new(&mut st, network, &mut ops);
+            let result = st.allocate(input, clock::now(), &mut ops);
+            // The import's changes stand even if the allocation failed.
+            let commit = self.submit(ops);
+            publish(&st, network);
+            (result?, commit)
+        };
+        wait(commit).await?;
+        Ok(allocated)
+    }
+
+    /// Release; `before_ns` limits it to allocations made before a queued DEL.
+    pub async fn release(
+        &self,
+        network: &str,
+        att: &Attachment,
+        before_ns: Option<u64>,
+    ) -> Result<Vec<IpAddr>, OpError> {
+        let (freed, commit) = {
+            let mut st = self.lock();
+            let mut ops = Vec::new();
+            let freed = st.release(network, att, before_ns, clock::now(), &mut ops);
+            let commit = self.submit(ops);
+            publish(&st, network);
+            (freed, commit)
+        };
+        wait(commit).await?;
+        Ok(freed)
+    }
+
+    /// Check: the addresses `att` holds.
+    pub fn check(&self, network: &str, att: &Attachment) -> Result<Vec<IpAddr>, OpError> {
+        let st = self.lock();
+        let held = st
+            .pools
+            .get(network)
+            .map(|p| p.addresses_of(att))
+            .unwrap_or_default();
+        if held.is_empty() {
+            return Err(OpError::Ipam(IpamError::NotFound {
+                container_id: att.container_id.clone(),
+            }));
+        }
+        Ok(held)
+    }
+
+    /// GC.
+    pub async fn gc(
+        &self,
+        network: &str,
+        valid: &[Attachment],
+    ) -> Result<Vec<(IpAddr, Record)>, OpError> {
+        let (freed, commit) = {
+            let mut st = self.lock();
+            let mut ops = Vec::new();
+            let freed = st.gc(network, valid, clock::now(), &mut ops);
+            let commit = self.submit(ops);
+            publish(&st, network);
+            (freed, commit)
+        };
+        wait(commit).await?;
+        metrics::reclaimed("gc", freed.len());
+        Ok(freed)
+    }
+
+    /// Releases one allocation if it is still exactly `rec` (leak repair).
+    pub async fn reclaim(&self, network: &str, ip: IpAddr, rec: &Record) -> Result<bool, OpError> {
+        let (done, commit) = {
+            let mut st = self.lock();
+            let mut ops = Vec::new();
+            let done = st.release_if_unchanged(network, ip, rec, clock::now(), &mut ops);
+            let commit = self.submit(ops);
+            publish(&st, network);
+            (done, commit)
+        };
+        wait(commit).await?;
+        Ok(done)
+    }
+
+    /// Ends reuse delays that are over (housekeeping: not awaited).
+    pub fn expire_cooling(&self) {
+        let mut st = self.lock();
+        let mut ops = Vec::new();
+        if st.expire_cooling(clock::now(), &mut ops) > 0 {
+            self.writer.submit_detached(ops);
+            let networks: Vec<String> = st.pools.keys().cloned().collect();
+            for n in networks {
+                publish(&st, &n);
+            }
+        }
+    }
+
+    /// Imports every network found in host-local's `dataDir` that the daemon does not know
+    /// yet (at start; later networks are imported on their first Allocate).
+    pub async fn import_all(&self) -> Result<(), OpError> {
+        let Some(hl) = &self.host_local else {
+            return Ok(());
+        };
+        let names = import::networks(&hl.dir);
+        let commit = {
+            let mut st = self.lock();
+            let mut ops = Vec::new();
+            for name in names {
+                self.import_new(&mut st, &name, &mut ops);
+            }
+            self.submit(ops)
+        };
+        wait(commit).await
+    }
+
+    /// Imports `network`'s host-local directory if the daemon has no pool of that name yet.
+    fn import_new(&self, st: &mut State, network: &str, ops: &mut Vec<Op>) {
+        let Some(hl) = &self.host_local else {
+            return;
+        };
+        if st.pools.contains_key(network) {
+            return;
+        }
+        let pool = st.pools.entry(network.to_string()).or_default();
+        match import::hand_over(hl, network) {
+            Ok(found) => {
+                for (ip, rec) in found {
+                    ops.push(Op::Put(network.to_string(), ip, rec.clone()));
+                    pool.insert(ip, rec);
+                }
+            }
+            // The daemon allocates regardless: the import only adds what embedded mode held.
+            Err(e) => log::error!("import of host-local network {network}: {e}"),
+        }
+    }
+}
+
+/// Publishes a network's usage to the metrics.
+fn publish(st: &State, network: &str) {
+    if let Some(p) = st.pools.get(network) {
+        metrics::pool(network, p.by_ip.len(), p.free(), p.cooling.len());
+    }
+}
+
+async fn wait(commit: Option<Commit>) -> Result<(), OpError> {
+    let Some(commit) = commit else {
+        return Ok(());
+    };
+    match commit.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(OpError::Store(e)),
+        Err(_) => Err(OpError::Store("the store's writer has stopped".into())),
+    }
+}

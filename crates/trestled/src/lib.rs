@@ -1,0 +1,240 @@
+//! `trestled`: the node IPAM service. It serves `trestle.ipam.v1` (see `trestle-ipam-api`) on
+//! a unix socket, keeps every allocation in memory and in a redb store, applies the node's
+//! delete queue, repairs leaks continuously and exports metrics. See docs/ipam-service.md.
+
+// tonic's service API returns `Status` by value (176 bytes), and redb's errors are as large;
+// boxing them at every call would only move the allocation around.
+#![allow(clippy::result_large_err)]
+
+mod activation;
+pub mod clock;
+pub mod daemon;
+mod import;
+pub mod logger;
+pub mod metrics;
+pub mod repair;
+pub mod service;
+pub mod state;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use trestle_ipam_api::v1::ipam_server::IpamServer;
+use trestle_ipam_core::{BootIdSource, DeleteQueue};
+
+use crate::activation::Listener;
+use crate::daemon::{Daemon, HostLocal};
+use crate::repair::RepairSettings;
+use crate::service::{Access, Service};
+use crate::state::State;
+
+/// trestled's command line.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "trestled", version, about = "trestle's node IPAM service")]
+pub struct Options {
+    /// The unix socket to serve on (ignored when systemd passes one: LISTEN_FDS).
+    #[arg(long, default_value = trestle_ipam_core::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// The socket's mode, octal.
+    #[arg(long, default_value = "600", value_parser = parse_mode)]
+    pub socket_mode: u32,
+    /// A group (name or number) whose members may also use the socket; sets its group.
+    #[arg(long, value_parser = parse_group)]
+    pub socket_group: Option<u32>,
+    /// The store's directory (tmpfs by default: allocations are void after a reboot anyway).
+    #[arg(long, default_value = "/run/trestle/ipam")]
+    pub state_dir: PathBuf,
+    /// The node's delete queue (the plugins' `ipam.daemon.deleteQueue`).
+    #[arg(long, default_value = trestle_ipam_core::DEFAULT_QUEUE_DIR)]
+    pub delete_queue: PathBuf,
+    /// host-local's dataDir to import networks from, and hand them over; "" for none.
+    #[arg(long, default_value = trestle_ipam_core::DEFAULT_DATA_DIR)]
+    pub host_local_dir: PathBuf,
+    /// Seconds a released address waits before it is handed out again.
+    #[arg(long, default_value_t = 30.0)]
+    pub reuse_delay: f64,
+    /// Seconds an allocation whose namespace is gone waits before it is released.
+    #[arg(long, default_value_t = 60.0)]
+    pub netns_grace: f64,
+    /// Seconds between leak-repair rounds.
+    #[arg(long, default_value_t = 10.0)]
+    pub repair_interval: f64,
+    /// Serve Prometheus metrics, /readyz and /healthz here (off unless set).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Requests served at once, over all connections.
+    #[arg(long, default_value_t = 256)]
+    pub max_concurrency: usize,
+    /// Read the boot ID from this file instead of the kernel (tests simulate reboots with it).
+    #[arg(long, hide = true)]
+    pub boot_id_file: Option<PathBuf>,
+    /// error, warn, info, debug or trace.
+    #[arg(long, default_value = "info", env = "TRESTLED_LOG", value_parser = parse_level)]
+    pub log_level: log::LevelFilter,
+}
+
+fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse().map_err(|_| format!("{s:?} is not a log level"))
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode"))
+}
+
+fn parse_group(s: &str) -> Result<u32, String> {
+    if let Ok(gid) = s.parse() {
+        return Ok(gid);
+    }
+    let name = std::ffi::CString::new(s).map_err(|_| "bad group name".to_string())?;
+    // SAFETY: getgrnam reads the group database; the pointer is only read before the next call.
+    let gr = unsafe { libc::getgrnam(name.as_ptr()) };
+    if gr.is_null() {
+        return Err(format!("no group {s:?}"));
+    }
+    // SAFETY: non-null, so it points at a valid group entry.
+    Ok(unsafe { (*gr).gr_gid })
+}
+
+fn seconds(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Errors are start-up failures.
+pub fn run(opts: Options) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(serve(opts))
+}
+
+async fn serve(opts: Options) -> Result<(), String> {
+    std::fs::create_dir_all(&opts.state_dir)
+        .map_err(|e| format!("cannot create {}: {e}", opts.state_dir.display()))?;
+    let _instance = activation::lock_instance(&opts.state_dir)?;
+    let boot = match &opts.boot_id_file {
+        Some(f) => BootIdSource::File(f.clone()),
+        None => BootIdSource::Kernel,
+    };
+    let boot_id = boot.current().unwrap_or_else(|| "unknown".into());
+    let mut state = State {
+        reuse_delay_ns: seconds(opts.reuse_delay).as_nanos() as u64,
+        ..State::default()
+    };
+    let path = opts.state_dir.join("ipam.redb");
+    let (db, opened) = store::open(&path, &boot_id, &mut state).map_err(|e| e.to_string())?;
+    metrics::reclaimed("earlier-boot", opened.dropped_earlier_boot);
+    let (writer, writer_thread) = store::Writer::start(db, path);
+    let host_local = (!opts.host_local_dir.as_os_str().is_empty()).then(|| HostLocal {
+        dir: opts.host_local_dir.clone(),
+        socket: opts.socket.clone(),
+        boot: boot.clone(),
+    });
+    let daemon = Arc::new(Daemon::new(state, writer, boot_id, host_local));
+    daemon.import_all().await.map_err(|e| e.to_string())?;
+    let queue = DeleteQueue::new(&opts.delete_queue);
+    // Before serving: a DEL queued while the daemon was down is applied before any Allocate.
+    repair::apply_queue(&daemon, &queue).await;
+
+    let listener = match activation::from_environment() {
+        Some(l) => Listener::Activated(l),
+        None => activation::bind(&opts.socket, opts.socket_mode, opts.socket_group)
+            .map_err(|e| format!("cannot bind {}: {e}", opts.socket.display()))?,
+    };
+    let std_listener = match &listener {
+        Listener::Activated(l) | Listener::Bound(l, ..) => {
+            l.try_clone().map_err(|e| format!("listener: {e}"))?
+        }
+    };
+    std_listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
+    let incoming = UnixListenerStream::new(
+        tokio::net::UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?,
+    );
+
+    let tasks = spawn_background(&daemon, &opts, queue);
+    daemon.ready.store(true, Ordering::Release);
+    log::info!(
+        "trestled {} serving on {} ({}), store {}",
+        env!("CARGO_PKG_VERSION"),
+        opts.socket.display(),
+        if matches!(listener, Listener::Activated(_)) { "socket-activated" } else { "bound" },
+        opts.state_dir.display()
+    );
+
+    // SAFETY: geteuid has no preconditions.
+    let access = Access { uid: unsafe { libc::geteuid() }, gid: opts.socket_group };
+    let server = IpamServer::new(Service(daemon.clone()))
+        .max_decoding_message_size(trestle_ipam_api::MAX_MESSAGE_BYTES);
+    let served = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(64)
+        .max_concurrent_streams(64)
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(opts.max_concurrency))
+        .add_service(InterceptedService::new(server, move |r| access.check(r)))
+        .serve_with_incoming_shutdown(incoming, shutdown(daemon.clone()))
+        .await;
+    for t in tasks {
+        t.abort();
+    }
+    activation::unbind(&listener);
+    drop(daemon);
+    // Every Writer is gone with the daemon: the writer commits what is queued and ends.
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    log::info!("trestled stopped");
+    served.map_err(|e| format!("serving: {e}"))
+}
+
+fn spawn_background(
+    daemon: &Arc<Daemon>,
+    opts: &Options,
+    queue: DeleteQueue,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let settings = RepairSettings {
+        interval: seconds(opts.repair_interval).max(Duration::from_millis(10)),
+        grace: seconds(opts.netns_grace),
+    };
+    tasks.push(tokio::spawn(repair::run(daemon.clone(), settings)));
+    let d = daemon.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            repair::apply_queue(&d, &queue).await;
+        }
+    }));
+    if let Some(addr) = opts.metrics_addr {
+        let ready = daemon.ready.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, ready).await {
+                log::error!("metrics on {addr}: {e}");
+            }
+        }));
+    }
+    tasks
+}
+
+/// Resolves at SIGTERM or SIGINT, after marking the daemon not ready (STATUS and /readyz say
+/// so while in-flight requests finish).
+async fn shutdown(daemon: Arc<Daemon>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    log::info!("stopping: finishing in-flight requests");
+    daemon.ready.store(false, Ordering::Release);
+}

@@ -1,0 +1,276 @@
+//! The durable store: a redb file, written by one thread that commits batches.
+//!
+//! Why redb: an embedded, pure-Rust B-tree with ACID transactions and checksummed commit
+//! slots, so a torn write after a power loss falls back to the last good commit, and nothing
+//! but the Rust toolchain is needed to build it (SQLite would bring C and a second query
+//! language for what is a key-value map).
+//!
+//! Every Allocate and Release waits for the commit that holds it before it answers, so
+//! `kill -9` of the daemon never loses an acknowledged change. Concurrent requests are
+//! committed together (group commit): the writer takes everything queued while the previous
+//! commit ran, so a commit's cost is shared by up to [`MAX_BATCH`] requests. Commits are
+//! `Durability::Immediate` (written and fsynced); on the default tmpfs (`/run`) fsync costs
+//! nothing, and after a reboot the store's allocations are void anyway (the boot ID tells).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use tokio::sync::oneshot;
+
+use crate::state::{Op, Record, State};
+
+const ALLOC: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("allocations");
+const COOL: TableDefinition<(&str, &str), u64> = TableDefinition::new("cooling");
+const LAST: TableDefinition<(&str, u32), &str> = TableDefinition::new("last_reserved");
+const RANGES: TableDefinition<&str, &[u8]> = TableDefinition::new("range_sets");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
+/// The most requests one commit carries.
+pub const MAX_BATCH: usize = 512;
+
+/// What can go wrong with the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// redb failed.
+    #[error("store {}: {what}", path.display())]
+    Db {
+        /// The store file.
+        path: PathBuf,
+        /// What failed, with redb's message.
+        what: String,
+    },
+    /// The writer thread is gone (the daemon is stopping).
+    #[error("the store's writer has stopped")]
+    Stopped,
+}
+
+fn db_err(path: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db {
+        path: path.to_path_buf(),
+        what: format!("{what}: {e}"),
+    }
+}
+
+/// What opening found.
+#[derive(Debug, Default)]
+pub struct Opened {
+    /// Allocations dropped because they were made during an earlier boot.
+    pub dropped_earlier_boot: usize,
+    /// The file could not be opened and was moved aside to this path.
+    pub moved_aside: Option<PathBuf>,
+}
+
+/// Opens (or creates) the store at `path` and loads it into `state`. A file redb cannot open
+/// is moved aside and a new one started: the daemon must come up (see docs/ipam-service.md
+/// for what that costs). Allocations of another boot than `boot_id` are dropped.
+pub fn open(path: &Path, boot_id: &str, state: &mut State) -> Result<(Database, Opened), StoreError> {
+    let mut opened = Opened::default();
+    let db = match Database::builder().set_cache_size(4 << 20).create(path) {
+        Ok(db) => db,
+        Err(e) => {
+            let aside = path.with_extension(format!("corrupt-{}", crate::clock::unix_ms()));
+            log::error!("cannot open store {}: {e}; moving it to {}", path.display(), aside.display());
+            std::fs::rename(path, &aside).map_err(|e| db_err(path, "move aside", e))?;
+            opened.moved_aside = Some(aside);
+            Database::builder()
+                .set_cache_size(4 << 20)
+                .create(path)
+                .map_err(|e| db_err(path, "create", e))?
+        }
+    };
+    opened.dropped_earlier_boot = check_boot(&db, path, boot_id)?;
+    load(&db, path, state)?;
+    Ok((db, opened))
+}
+
+/// Drops every allocation and reuse delay of an earlier boot; returns how many allocations.
+fn check_boot(db: &Database, path: &Path, boot_id: &str) -> Result<usize, StoreError> {
+    let e = |what| move |err: redb::Error| db_err(path, what, err);
+    let txn = db.begin_write().map_err(|x| e("begin")(x.into()))?;
+    let mut dropped = 0;
+    {
+        let mut meta = txn.open_table(META).map_err(|x| e("open meta")(x.into()))?;
+        let recorded = meta
+            .get("boot_id")
+            .map_err(|x| e("read meta")(x.into()))?
+            .map(|v| v.value().to_string());
+        if recorded.as_deref() != Some(boot_id) {
+            let mut alloc = txn.open_table(ALLOC).map_err(|x| e("open")(x.into()))?;
+            dropped = alloc.len().map_err(|x| e("count")(x.into()))? as usize;
+            alloc.retain(|_, _| false).map_err(|x| e("clear")(x.into()))?;
+            let mut cool = txn.open_table(COOL).map_err(|x| e("open")(x.into()))?;
+            cool.retain(|_, _| false).map_err(|x| e("clear")(x.into()))?;
+            meta.insert("boot_id", boot_id).map_err(|x| e("write meta")(x.into()))?;
+            if recorded.is_some() {
+                log::info!("boot ID changed: dropped {dropped} allocations of the earlier boot");
+            }
+        }
+    }
+    txn.commit().map_err(|x| e("commit")(x.into()))?;
+    Ok(dropped)
+}
+
+fn load(db: &Database, path: &Path, state: &mut State) -> Result<(), StoreError> {
+    let e = |what| move |err: redb::Error| db_err(path, what, err);
+    let txn = db.begin_read().map_err(|x| e("begin read")(x.into()))?;
+    let alloc = txn.open_table(ALLOC).map_err(|x| e("open")(x.into()))?;
+    for row in alloc.iter().map_err(|x| e("read")(x.into()))? {
+        let (k, v) = row.map_err(|x| e("read")(x.into()))?;
+        let (net, ip) = k.value();
+        let (Ok(ip), Ok(rec)) = (ip.parse::<IpAddr>(), serde_json::from_slice::<Record>(v.value())) else {
+            log::warn!("store: skipping unreadable allocation {net}/{ip}");
+            continue;
+        };
+        state.pools.entry(net.to_string()).or_default().insert(ip, rec);
+    }
+    let cool = txn.open_table(COOL).map_err(|x| e("open")(x.into()))?;
+    for row in cool.iter().map_err(|x| e("read")(x.into()))? {
+        let (k, v) = row.map_err(|x| e("read")(x.into()))?;
+        let (net, ip) = k.value();
+        if let Ok(ip) = ip.parse::<IpAddr>() {
+            state.pools.entry(net.to_string()).or_default().cooling.insert(ip, v.value());
+        }
+    }
+    let last = txn.open_table(LAST).map_err(|x| e("open")(x.into()))?;
+    for row in last.iter().map_err(|x| e("read")(x.into()))? {
+        let (k, v) = row.map_err(|x| e("read")(x.into()))?;
+        let (net, set) = k.value();
+        if let Ok(ip) = v.value().parse::<IpAddr>() {
+            state.pools.entry(net.to_string()).or_default().last.insert(set, ip);
+        }
+    }
+    let ranges = txn.open_table(RANGES).map_err(|x| e("open")(x.into()))?;
+    for row in ranges.iter().map_err(|x| e("read")(x.into()))? {
+        let (k, v) = row.map_err(|x| e("read")(x.into()))?;
+        if let Ok(sets) = serde_json::from_slice::<Vec<String>>(v.value()) {
+            let pool = state.pools.entry(k.value().to_string()).or_default();
+            pool.sizes = sets.iter().map(|s| parse_set_size(s)).collect();
+            pool.range_sets = sets;
+        }
+    }
+    Ok(())
+}
+
+/// The size of a displayed range set ("a-b,c-d"), for usage reports after a restart.
+fn parse_set_size(shown: &str) -> u128 {
+    shown
+        .split(',')
+        .filter_map(|r| {
+            let (a, b) = r.split_once('-')?;
+            let (a, b) = (a.trim().parse::<IpAddr>().ok()?, b.trim().parse::<IpAddr>().ok()?);
+            let n = |ip: IpAddr| match ip {
+                IpAddr::V4(x) => u128::from(u32::from(x)),
+                IpAddr::V6(x) => u128::from(x),
+            };
+            n(b).checked_sub(n(a)).map(|d| d + 1)
+        })
+        .sum()
+}
+
+struct Batch {
+    ops: Vec<Op>,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// The handle requests use to make their changes durable.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Batch>,
+}
+
+/// A commit to wait for.
+pub type Commit = oneshot::Receiver<Result<(), String>>;
+
+impl Writer {
+    /// Starts the writer thread on `db`. It ends when every [`Writer`] is dropped, after
+    /// committing what was queued.
+    pub fn start(db: Database, path: PathBuf) -> (Writer, std::thread::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel::<Batch>();
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || write_loop(db, &path, rx))
+            .expect("spawning the store writer");
+        (Writer { tx }, handle)
+    }
+
+    /// Queues `ops` (in order after everything queued before) and returns the commit to
+    /// await. Call it while holding the state lock.
+    pub fn submit(&self, ops: Vec<Op>) -> Commit {
+        let (done, rx) = oneshot::channel();
+        let batch = Batch {
+            ops,
+            done: Some(done),
+        };
+        // A stopped writer drops the sender: the receiver then reports it.
+        let _ = self.tx.send(batch);
+        rx
+    }
+
+    /// Queues `ops` without waiting for their commit (housekeeping whose loss a crash only
+    /// repeats: expired reuse delays).
+    pub fn submit_detached(&self, ops: Vec<Op>) {
+        let _ = self.tx.send(Batch { ops, done: None });
+    }
+}
+
+fn write_loop(db: Database, path: &Path, rx: mpsc::Receiver<Batch>) {
+    while let Ok(first) = rx.recv() {
+        let mut batches = vec![first];
+        while batches.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(b) => batches.push(b),
+                Err(_) => break,
+            }
+        }
+        let result = commit(&db, &batches).map_err(|e| {
+            let msg = format!("store {}: {e}", path.display());
+            log::error!("{msg}");
+            msg
+        });
+        crate::metrics::commit(batches.len(), result.is_ok());
+        for b in batches {
+            if let Some(done) = b.done {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+}
+
+fn commit(db: &Database, batches: &[Batch]) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(redb::Durability::Immediate);
+    {
+        let mut alloc = txn.open_table(ALLOC)?;
+        let mut cool = txn.open_table(COOL)?;
+        let mut last = txn.open_table(LAST)?;
+        let mut ranges = txn.open_table(RANGES)?;
+        for op in batches.iter().flat_map(|b| &b.ops) {
+            match op {
+                Op::Put(net, ip, rec) => {
+                    let v = serde_json::to_vec(rec).expect("a Record always serializes");
+                    alloc.insert((net.as_str(), ip.to_string().as_str()), v.as_slice())?;
+                }
+                Op::Del(net, ip) => {
+                    alloc.remove((net.as_str(), ip.to_string().as_str()))?;
+                }
+                Op::Cool(net, ip, at) => {
+                    cool.insert((net.as_str(), ip.to_string().as_str()), *at)?;
+                }
+                Op::Uncool(net, ip) => {
+                    cool.remove((net.as_str(), ip.to_string().as_str()))?;
+                }
+                Op::Last(net, set, ip) => {
+                    last.insert((net.as_str(), *set), ip.to_string().as_str())?;
+                }
+                Op::Ranges(net, sets) => {
+                    let v = serde_json::to_vec(sets).expect("strings always serialize");
+                    ranges.insert(net.as_str(), v.as_slice())?;
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
