@@ -120,13 +120,19 @@ pub fn attachment(att: Option<&v1::Attachment>, field: &str) -> Result<Attachmen
     cni_proto::validate_container_id(&att.container_id)
         .map_err(|e| bad(format!("{field}.container_id"), e.msg))?;
     cni_proto::validate_ifname(&att.ifname).map_err(|e| bad(format!("{field}.ifname"), e.msg))?;
-    Ok(Attachment::new(att.container_id.clone(), att.ifname.clone()))
+    Ok(Attachment::new(
+        att.container_id.clone(),
+        att.ifname.clone(),
+    ))
 }
 
 /// Validates a GC request's valid attachments.
 pub fn valid_attachments(valid: &[v1::Attachment]) -> Result<Vec<Attachment>, FieldError> {
     if valid.len() > limits::VALID_ATTACHMENTS {
-        return Err(bad("valid", format!("more than {}", limits::VALID_ATTACHMENTS)));
+        return Err(bad(
+            "valid",
+            format!("more than {}", limits::VALID_ATTACHMENTS),
+        ));
     }
     valid
         .iter()
@@ -207,10 +213,12 @@ pub fn range_sets(sets: &[v1::RangeSet]) -> Result<Vec<RangeSet>, FieldError> {
 }
 
 fn range(r: &v1::Range, field: &str) -> Result<Range, FieldError> {
-    let subnet: IpNet = r
-        .subnet
-        .parse()
-        .map_err(|_| bad(format!("{field}.subnet"), format!("invalid CIDR: {}", clip(&r.subnet))))?;
+    let subnet: IpNet = r.subnet.parse().map_err(|_| {
+        bad(
+            format!("{field}.subnet"),
+            format!("invalid CIDR: {}", clip(&r.subnet)),
+        )
+    })?;
     Range::new(
         subnet,
         opt_ip(&r.range_start, &format!("{field}.range_start"))?,
@@ -241,10 +249,12 @@ pub fn routes(routes: &[v1::Route]) -> Result<Vec<RouteConfig>, FieldError> {
         .enumerate()
         .map(|(i, r)| {
             let field = format!("routes[{i}]");
-            let dst = r
-                .dst
-                .parse()
-                .map_err(|_| bad(format!("{field}.dst"), format!("invalid CIDR: {}", clip(&r.dst))))?;
+            let dst = r.dst.parse().map_err(|_| {
+                bad(
+                    format!("{field}.dst"),
+                    format!("invalid CIDR: {}", clip(&r.dst)),
+                )
+            })?;
             Ok(RouteConfig {
                 dst,
                 gw: opt_ip(&r.gw, &format!("{field}.gw"))?,

@@ -71,7 +71,13 @@ mod tests {
     #[test]
     fn another_major_is_refused_naming_both_versions() {
         let msg = refusal(Some(&client(2, 3))).unwrap();
-        assert!(msg.starts_with("trestle-ipam 9.9.9 speaks trestle.ipam API v2.3;"), "{msg}");
-        assert!(msg.contains(&format!("serves v{API_MAJOR}.{MIN_CLIENT_MINOR}")), "{msg}");
+        assert!(
+            msg.starts_with("trestle-ipam 9.9.9 speaks trestle.ipam API v2.3;"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&format!("serves v{API_MAJOR}.{MIN_CLIENT_MINOR}")),
+            "{msg}"
+        );
     }
 }

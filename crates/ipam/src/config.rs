@@ -123,17 +123,27 @@ fn parse_daemon(raw: Option<&Value>) -> Result<Option<DaemonSettings>, IpamError
     let path = |v: Option<String>, field: &str, default: PathBuf| match v {
         None => Ok(default),
         Some(p) if p.starts_with('/') => Ok(PathBuf::from(p)),
-        Some(p) => Err(IpamError::invalid(field, format!("{p:?} is not an absolute path"))),
+        Some(p) => Err(IpamError::invalid(
+            field,
+            format!("{p:?} is not an absolute path"),
+        )),
     };
     let ms = |v: Option<u64>, field: &str, default: u64| match v {
         None => Ok(default),
         Some(ms) if (1..=600_000).contains(&ms) => Ok(ms),
-        Some(ms) => Err(IpamError::invalid(field, format!("{ms} is not within 1-600000"))),
+        Some(ms) => Err(IpamError::invalid(
+            field,
+            format!("{ms} is not within 1-600000"),
+        )),
     };
     Ok(Some(DaemonSettings {
         socket: path(s.socket, "ipam.daemon.socket", d.socket)?,
         delete_queue: path(s.delete_queue, "ipam.daemon.deleteQueue", d.delete_queue)?,
-        connect_timeout_ms: ms(s.connect_timeout_ms, "ipam.daemon.connectTimeoutMs", d.connect_timeout_ms)?,
+        connect_timeout_ms: ms(
+            s.connect_timeout_ms,
+            "ipam.daemon.connectTimeoutMs",
+            d.connect_timeout_ms,
+        )?,
         timeout_ms: ms(s.timeout_ms, "ipam.daemon.timeoutMs", d.timeout_ms)?,
     }))
 }

@@ -116,9 +116,9 @@ impl DiskStore {
     /// import can be repeated and an operator can still read them.
     pub fn hand_over(&mut self, socket: &Path) -> Result<Vec<Reservation>, IpamError> {
         self.flock()?;
-        let done = self
-            .list()
-            .and_then(|all| write_file(&self.dir.join(HANDOVER_FILE), socket.as_os_str().as_bytes()).map(|_| all));
+        let done = self.list().and_then(|all| {
+            write_file(&self.dir.join(HANDOVER_FILE), socket.as_os_str().as_bytes()).map(|_| all)
+        });
         let unlocked = self.unlock();
         let all = done?;
         unlocked?;

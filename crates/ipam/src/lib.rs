@@ -27,7 +27,9 @@ mod store;
 
 pub use alloc::{allocate, check, gc, release, AllocatedIp, Allocation};
 pub use boot::BootIdSource;
-pub use config::{ConfigInput, DaemonSettings, IpamConfig, RouteConfig, DEFAULT_DATA_DIR, DEFAULT_SOCKET};
+pub use config::{
+    ConfigInput, DaemonSettings, IpamConfig, RouteConfig, DEFAULT_DATA_DIR, DEFAULT_SOCKET,
+};
 pub use disk::{DiskStore, HANDOVER_FILE, LAST_RESERVED_PREFIX};
 pub use dns::DnsConfig;
 pub use error::{code, ErrorKind, IpamError};

@@ -130,9 +130,9 @@ impl DeleteQueue {
             if !name.ends_with(".del") {
                 continue;
             }
-            let parsed = fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<QueuedRelease>(&b).map_err(|e| e.to_string()));
+            let parsed = fs::read(&path).map_err(|e| e.to_string()).and_then(|b| {
+                serde_json::from_slice::<QueuedRelease>(&b).map_err(|e| e.to_string())
+            });
             out.push((path, parsed));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -188,11 +188,17 @@ mod tests {
     fn entries_come_back_oldest_first_and_go_away() {
         let dir = tempfile::tempdir().unwrap();
         let q = DeleteQueue::new(dir.path().join("q"));
-        assert!(q.list().unwrap().is_empty(), "a missing directory is an empty queue");
+        assert!(
+            q.list().unwrap().is_empty(),
+            "a missing directory is an empty queue"
+        );
         q.push(&entry("b", 20)).unwrap();
         q.push(&entry("a", 10)).unwrap();
         let listed = q.list().unwrap();
-        let ids: Vec<_> = listed.iter().map(|(_, e)| e.clone().unwrap().container_id).collect();
+        let ids: Vec<_> = listed
+            .iter()
+            .map(|(_, e)| e.clone().unwrap().container_id)
+            .collect();
         assert_eq!(ids, ["a", "b"]);
         for (path, _) in &listed {
             q.remove(path).unwrap();
@@ -210,7 +216,10 @@ mod tests {
         let listed = q.list().unwrap();
         assert_eq!(listed.len(), 1);
         assert!(listed[0].1.is_err());
-        assert!(dir.path().join(".tmp-2-y.del-1").exists(), "a fresh temporary stays");
+        assert!(
+            dir.path().join(".tmp-2-y.del-1").exists(),
+            "a fresh temporary stays"
+        );
     }
 
     #[test]

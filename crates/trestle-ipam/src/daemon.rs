@@ -94,14 +94,21 @@ impl Daemon {
                     Some(c) => c,
                     None => connect(&socket, connect_budget.min(remaining(deadline))).await?,
                 };
-                let status = match tokio::time::timeout(remaining(deadline), f(client.clone())).await {
-                    Ok(Ok(resp)) => return Ok((resp.into_inner(), client)),
-                    Ok(Err(status)) => status,
-                    Err(_) => Status::deadline_exceeded("no answer before the deadline"),
-                };
-                let retry = matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled);
+                let status =
+                    match tokio::time::timeout(remaining(deadline), f(client.clone())).await {
+                        Ok(Ok(resp)) => return Ok((resp.into_inner(), client)),
+                        Ok(Err(status)) => status,
+                        Err(_) => Status::deadline_exceeded("no answer before the deadline"),
+                    };
+                let retry = matches!(
+                    status.code(),
+                    Code::Unavailable | Code::Unknown | Code::Cancelled
+                );
                 if !retry || remaining(deadline).is_zero() {
-                    return Err(CallError::Status { socket: socket.clone(), status: Box::new(status) });
+                    return Err(CallError::Status {
+                        socket: socket.clone(),
+                        status: Box::new(status),
+                    });
                 }
                 tokio::time::sleep(Duration::from_millis(20).min(remaining(deadline))).await;
             }

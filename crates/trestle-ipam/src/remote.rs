@@ -34,9 +34,22 @@ fn cni_error(e: CallError) -> CniError {
 }
 
 /// ADD: Allocate.
-pub fn add(req: &Request, cfg: &IpamConfig, att: &Attachment, d: &DaemonSettings) -> Result<Allocation, CniError> {
-    let netns_inode = std::fs::metadata(&req.env.netns).map(|m| m.ino()).unwrap_or(0);
-    let request = allocate_request(cfg, att, &pod_meta(&req.env.args), (&req.env.netns, netns_inode), peer("trestle-ipam"));
+pub fn add(
+    req: &Request,
+    cfg: &IpamConfig,
+    att: &Attachment,
+    d: &DaemonSettings,
+) -> Result<Allocation, CniError> {
+    let netns_inode = std::fs::metadata(&req.env.netns)
+        .map(|m| m.ino())
+        .unwrap_or(0);
+    let request = allocate_request(
+        cfg,
+        att,
+        &pod_meta(&req.env.args),
+        (&req.env.netns, netns_inode),
+        peer("trestle-ipam"),
+    );
     let mut daemon = Daemon::new(d.clone());
     let reply = daemon
         .call(|mut c| {
@@ -45,8 +58,11 @@ pub fn add(req: &Request, cfg: &IpamConfig, att: &Attachment, d: &DaemonSettings
         })
         .map_err(cni_error)?;
     allocation(reply).map_err(|e| {
-        coded(code::INCOMPATIBLE, format!("unreadable reply from trestled at {}", d.socket.display()))
-            .with_details(e)
+        coded(
+            code::INCOMPATIBLE,
+            format!("unreadable reply from trestled at {}", d.socket.display()),
+        )
+        .with_details(e)
     })
 }
 
@@ -55,7 +71,10 @@ fn allocation(reply: v1::AllocateReply) -> Result<Allocation, String> {
         .addresses
         .iter()
         .map(|a| {
-            let address = a.address.parse().map_err(|_| format!("address {:?}", a.address))?;
+            let address = a
+                .address
+                .parse()
+                .map_err(|_| format!("address {:?}", a.address))?;
             let gateway = match a.gateway.as_str() {
                 "" => None,
                 g => Some(g.parse().map_err(|_| format!("gateway {g:?}"))?),
@@ -102,8 +121,11 @@ pub fn del(cfg: &IpamConfig, att: &Attachment, d: &DaemonSettings) -> Result<(),
             log::warn!("{err}; release of {att} queued in {}", path.display());
             Ok(())
         }
-        Err(qe) => Err(coded(code::STORE_IO, format!("{err}, and cannot queue the release"))
-            .with_details(cni_proto::error_chain(&qe))),
+        Err(qe) => Err(coded(
+            code::STORE_IO,
+            format!("{err}, and cannot queue the release"),
+        )
+        .with_details(cni_proto::error_chain(&qe))),
     }
 }
 
@@ -138,7 +160,12 @@ pub fn gc(cfg: &IpamConfig, valid: &[Attachment], d: &DaemonSettings) -> Result<
         .map_err(cni_error)?;
     for a in reply.released {
         let att = a.attachment.unwrap_or_default();
-        log::info!("gc: trestled released {} of {}/{}", a.address, att.container_id, att.ifname);
+        log::info!(
+            "gc: trestled released {} of {}/{}",
+            a.address,
+            att.container_id,
+            att.ifname
+        );
     }
     Ok(())
 }
@@ -155,9 +182,17 @@ pub fn status(cfg: &IpamConfig, d: &DaemonSettings) -> Result<(), CniError> {
     });
     match reply {
         Ok(r) if r.ready => Ok(()),
-        Ok(r) => Err(coded(NOT_AVAILABLE, format!("trestled at {}: {}", d.socket.display(), r.reason))),
-        Err(e @ CallError::Down { .. }) => Err(CniError::new(ErrorCode::NotAvailable, e.to_string())),
-        Err(e) if e.code() == tonic::Code::Unavailable || e.code() == tonic::Code::DeadlineExceeded => {
+        Ok(r) => Err(coded(
+            NOT_AVAILABLE,
+            format!("trestled at {}: {}", d.socket.display(), r.reason),
+        )),
+        Err(e @ CallError::Down { .. }) => {
+            Err(CniError::new(ErrorCode::NotAvailable, e.to_string()))
+        }
+        Err(e)
+            if e.code() == tonic::Code::Unavailable
+                || e.code() == tonic::Code::DeadlineExceeded =>
+        {
             Err(CniError::new(ErrorCode::NotAvailable, e.to_string()))
         }
         Err(e) => Err(cni_error(e)),
@@ -185,14 +220,23 @@ mod tests {
     #[test]
     fn pod_metadata_comes_from_cni_args() {
         let pod = pod_meta("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_UID=u1;IP=10.0.0.9");
-        assert_eq!((pod.namespace.as_str(), pod.name.as_str(), pod.uid.as_str()), ("default", "web-0", "u1"));
+        assert_eq!(
+            (pod.namespace.as_str(), pod.name.as_str(), pod.uid.as_str()),
+            ("default", "web-0", "u1")
+        );
         assert_eq!(pod_meta("garbage;;=x"), PodMeta::default());
     }
 
     #[test]
     fn a_down_daemon_is_code_11_and_names_the_socket() {
-        let e = cni_error(CallError::Down { socket: "/run/x.sock".into(), reason: "connect: No such file".into() });
+        let e = cni_error(CallError::Down {
+            socket: "/run/x.sock".into(),
+            reason: "connect: No such file".into(),
+        });
         assert_eq!(e.code, 11);
-        assert_eq!(e.msg, "trestled is not running at /run/x.sock: connect: No such file");
+        assert_eq!(
+            e.msg,
+            "trestled is not running at /run/x.sock: connect: No such file"
+        );
     }
 }

@@ -29,6 +29,10 @@ pub fn from_environment() -> Option<std::os::unix::net::UnixListener> {
     if fds < 1 || !pid_ok {
         return None;
     }
+    if !is_socket(SD_LISTEN_FDS_START) {
+        log::warn!("LISTEN_FDS is set but fd 3 is not a socket: binding the socket instead");
+        return None;
+    }
     // SAFETY: fd 3 was passed to this process for it to own (sd_listen_fds(3) convention);
     // nothing else in the process uses it.
     let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(SD_LISTEN_FDS_START) };
@@ -37,6 +41,15 @@ pub fn from_environment() -> Option<std::os::unix::net::UnixListener> {
     std::env::remove_var("LISTEN_PID");
     std::env::remove_var("LISTEN_FDNAMES");
     Some(listener)
+}
+
+/// True if `fd` is an open socket (taking ownership of anything else would be a bug).
+fn is_socket(fd: i32) -> bool {
+    // SAFETY: fstat writes into the zeroed struct; an invalid fd only makes it fail.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+    }
 }
 
 /// Binds `path` with `mode` (and `gid` as its group). A stale socket file is replaced: the
@@ -103,6 +116,9 @@ pub fn lock_instance(dir: &Path) -> Result<InstanceLock, String> {
             return Err(format!("cannot lock {}: {e}", path.display()))
         }
     }
-    let _ = f.set_len(0).and_then(|_| f.rewind()).and_then(|_| write!(f, "{}", std::process::id()));
+    let _ = f
+        .set_len(0)
+        .and_then(|_| f.rewind())
+        .and_then(|_| write!(f, "{}", std::process::id()));
     Ok(InstanceLock(f))
 }

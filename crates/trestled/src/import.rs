@@ -42,7 +42,11 @@ pub fn hand_over(hl: &HostLocal, network: &str) -> Result<Vec<(IpAddr, Record)>,
     let found = store.hand_over(&hl.socket)?;
     let now = crate::clock::unix_ms();
     if !found.is_empty() {
-        log::info!("imported {} reservations of network {network} from {}", found.len(), hl.dir.display());
+        log::info!(
+            "imported {} reservations of network {network} from {}",
+            found.len(),
+            hl.dir.display()
+        );
     }
     Ok(found
         .into_iter()

@@ -36,7 +36,12 @@ use crate::state::State;
 
 /// trestled's command line.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "trestled", version, about = "trestle's node IPAM service")]
+#[command(
+    name = "trestled",
+    version,
+    about = "trestle's node IPAM service",
+    args_override_self = true
+)]
 pub struct Options {
     /// The unix socket to serve on (ignored when systemd passes one: LISTEN_FDS).
     #[arg(long, default_value = trestle_ipam_core::DEFAULT_SOCKET)]
@@ -54,7 +59,7 @@ pub struct Options {
     #[arg(long, default_value = trestle_ipam_core::DEFAULT_QUEUE_DIR)]
     pub delete_queue: PathBuf,
     /// host-local's dataDir to import networks from, and hand them over; "" for none.
-    #[arg(long, default_value = trestle_ipam_core::DEFAULT_DATA_DIR)]
+    #[arg(long, default_value = trestle_ipam_core::DEFAULT_DATA_DIR, value_parser = any_path)]
     pub host_local_dir: PathBuf,
     /// Seconds a released address waits before it is handed out again.
     #[arg(long, default_value_t = 30.0)]
@@ -77,6 +82,11 @@ pub struct Options {
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info", env = "TRESTLED_LOG", value_parser = parse_level)]
     pub log_level: log::LevelFilter,
+}
+
+/// clap's own path parser refuses "", which here means "none".
+fn any_path(s: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(s))
 }
 
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
@@ -156,7 +166,9 @@ async fn serve(opts: Options) -> Result<(), String> {
             l.try_clone().map_err(|e| format!("listener: {e}"))?
         }
     };
-    std_listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("listener: {e}"))?;
     let incoming = UnixListenerStream::new(
         tokio::net::UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?,
     );
@@ -167,18 +179,27 @@ async fn serve(opts: Options) -> Result<(), String> {
         "trestled {} serving on {} ({}), store {}",
         env!("CARGO_PKG_VERSION"),
         opts.socket.display(),
-        if matches!(listener, Listener::Activated(_)) { "socket-activated" } else { "bound" },
+        if matches!(listener, Listener::Activated(_)) {
+            "socket-activated"
+        } else {
+            "bound"
+        },
         opts.state_dir.display()
     );
 
-    // SAFETY: geteuid has no preconditions.
-    let access = Access { uid: unsafe { libc::geteuid() }, gid: opts.socket_group };
+    let access = Access {
+        // SAFETY: geteuid has no preconditions.
+        uid: unsafe { libc::geteuid() },
+        gid: opts.socket_group,
+    };
     let server = IpamServer::new(Service(daemon.clone()))
         .max_decoding_message_size(trestle_ipam_api::MAX_MESSAGE_BYTES);
     let served = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(64)
         .max_concurrent_streams(64)
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(opts.max_concurrency))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            opts.max_concurrency,
+        ))
         .add_service(InterceptedService::new(server, move |r| access.check(r)))
         .serve_with_incoming_shutdown(incoming, shutdown(daemon.clone()))
         .await;
@@ -227,7 +248,10 @@ fn spawn_background(
 /// so while in-flight requests finish).
 async fn shutdown(daemon: Arc<Daemon>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };

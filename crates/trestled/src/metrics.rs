@@ -54,17 +54,57 @@ fn metrics() -> &'static Metrics {
             commit_failures: Counter::default(),
             batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
         };
-        registry.register("addresses_in_use", "Allocated addresses per network", m.in_use.clone());
-        registry.register("addresses_free", "Allocatable addresses per network (saturating)", m.free.clone());
-        registry.register("addresses_cooling", "Released addresses waiting out the reuse delay", m.cooling.clone());
-        registry.register("request_seconds", "Time to answer a request, by method", m.latency.clone());
-        registry.register("errors", "Requests answered with an error, by method and gRPC code", m.errors.clone());
-        registry.register("reclaim_candidates", "Allocations whose network namespace was found gone", m.candidates.clone());
-        registry.register("reclaimed", "Allocations released by the daemon itself, by reason", m.reclaimed.clone());
-        registry.register("reconciliations", "Leak-repair rounds", m.reconciliations.clone());
+        registry.register(
+            "addresses_in_use",
+            "Allocated addresses per network",
+            m.in_use.clone(),
+        );
+        registry.register(
+            "addresses_free",
+            "Allocatable addresses per network (saturating)",
+            m.free.clone(),
+        );
+        registry.register(
+            "addresses_cooling",
+            "Released addresses waiting out the reuse delay",
+            m.cooling.clone(),
+        );
+        registry.register(
+            "request_seconds",
+            "Time to answer a request, by method",
+            m.latency.clone(),
+        );
+        registry.register(
+            "errors",
+            "Requests answered with an error, by method and gRPC code",
+            m.errors.clone(),
+        );
+        registry.register(
+            "reclaim_candidates",
+            "Allocations whose network namespace was found gone",
+            m.candidates.clone(),
+        );
+        registry.register(
+            "reclaimed",
+            "Allocations released by the daemon itself, by reason",
+            m.reclaimed.clone(),
+        );
+        registry.register(
+            "reconciliations",
+            "Leak-repair rounds",
+            m.reconciliations.clone(),
+        );
         registry.register("store_commits", "Store commits", m.commits.clone());
-        registry.register("store_commit_failures", "Store commits that failed", m.commit_failures.clone());
-        registry.register("store_commit_batch", "Requests per store commit", m.batch.clone());
+        registry.register(
+            "store_commit_failures",
+            "Store commits that failed",
+            m.commit_failures.clone(),
+        );
+        registry.register(
+            "store_commit_batch",
+            "Requests per store commit",
+            m.batch.clone(),
+        );
         Metrics { registry, ..m }
     })
 }
@@ -72,10 +112,15 @@ fn metrics() -> &'static Metrics {
 /// Records a request's latency, and its error code if it failed.
 pub fn request(method: &'static str, seconds: f64, error: Option<tonic::Code>) {
     let m = metrics();
-    m.latency.get_or_create(&vec![("method", method.to_string())]).observe(seconds);
+    m.latency
+        .get_or_create(&vec![("method", method.to_string())])
+        .observe(seconds);
     if let Some(code) = error {
         m.errors
-            .get_or_create(&vec![("method", method.to_string()), ("code", format!("{code:?}"))])
+            .get_or_create(&vec![
+                ("method", method.to_string()),
+                ("code", format!("{code:?}")),
+            ])
             .inc();
     }
 }
@@ -85,7 +130,9 @@ pub fn pool(network: &str, used: usize, free: u128, cooling: usize) {
     let m = metrics();
     let l = vec![("network", network.to_string())];
     m.in_use.get_or_create(&l).set(used as i64);
-    m.free.get_or_create(&l).set(i64::try_from(free).unwrap_or(i64::MAX));
+    m.free
+        .get_or_create(&l)
+        .set(i64::try_from(free).unwrap_or(i64::MAX));
     m.cooling.get_or_create(&l).set(cooling as i64);
 }
 
@@ -96,7 +143,10 @@ pub fn candidates(n: usize) {
 
 /// Counts allocations the daemon released itself (`netns-gone`, `earlier-boot`, `gc`, `queue`).
 pub fn reclaimed(reason: &'static str, n: usize) {
-    metrics().reclaimed.get_or_create(&vec![("reason", reason.to_string())]).inc_by(n as u64);
+    metrics()
+        .reclaimed
+        .get_or_create(&vec![("reason", reason.to_string())])
+        .inc_by(n as u64);
 }
 
 /// Counts a leak-repair round.
@@ -142,7 +192,9 @@ pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>) -> std::io::Result<
                 async move { Ok::<_, std::convert::Infallible>(route(&req, ready)) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
         });
     }
 }
@@ -152,7 +204,10 @@ fn route(req: &Request<hyper::body::Incoming>, ready: bool) -> Response<Full<Byt
         "/metrics" => (StatusCode::OK, render()),
         "/healthz" => (StatusCode::OK, "ok\n".to_string()),
         "/readyz" if ready => (StatusCode::OK, "ready\n".to_string()),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "store not ready\n".to_string()),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store not ready\n".to_string(),
+        ),
         _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));

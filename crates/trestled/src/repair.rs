@@ -79,12 +79,18 @@ fn find(
         let st = daemon.lock();
         st.pools
             .iter()
-            .flat_map(|(n, p)| p.by_ip.iter().map(move |(ip, r)| ((n.clone(), *ip), r.clone())))
+            .flat_map(|(n, p)| {
+                p.by_ip
+                    .iter()
+                    .map(move |(ip, r)| ((n.clone(), *ip), r.clone()))
+            })
             .filter(|(_, r)| r.netns_inode != 0)
             .collect()
     };
     let present: HashSet<&Key> = snapshot.iter().map(|(k, _)| k).collect();
-    candidates.retain(|k, (rec, _)| present.contains(k) && snapshot.iter().any(|(k2, r)| k2 == k && r == rec));
+    candidates.retain(|k, (rec, _)| {
+        present.contains(k) && snapshot.iter().any(|(k2, r)| k2 == k && r == rec)
+    });
     let suspects: Vec<&(Key, Record)> =
         snapshot.iter().filter(|(_, r)| !alive_at_path(r)).collect();
     if suspects.is_empty() {
@@ -127,8 +133,7 @@ fn find(
 
 /// True if the recorded path still names the recorded namespace.
 fn alive_at_path(r: &Record) -> bool {
-    !r.netns.is_empty()
-        && std::fs::metadata(&r.netns).is_ok_and(|m| m.ino() == r.netns_inode)
+    !r.netns.is_empty() && std::fs::metadata(&r.netns).is_ok_and(|m| m.ino() == r.netns_inode)
 }
 
 /// The inodes of every network namespace something on this machine holds: processes and
@@ -158,12 +163,17 @@ pub fn live_namespaces() -> HashSet<u64> {
         }
         if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
             for fd in fds.flatten() {
-                if let Some(ino) = std::fs::read_link(fd.path()).ok().and_then(|l| net_inode(&l)) {
+                if let Some(ino) = std::fs::read_link(fd.path())
+                    .ok()
+                    .and_then(|l| net_inode(&l))
+                {
                     live.insert(ino);
                 }
             }
         }
-        let mnt = std::fs::metadata(dir.join("ns/mnt")).map(|m| m.ino()).unwrap_or(0);
+        let mnt = std::fs::metadata(dir.join("ns/mnt"))
+            .map(|m| m.ino())
+            .unwrap_or(0);
         if mount_namespaces.insert(mnt) {
             if let Ok(text) = std::fs::read_to_string(dir.join("mountinfo")) {
                 live.extend(text.lines().filter_map(mountinfo_netns));
@@ -202,7 +212,10 @@ pub async fn apply_queue(daemon: &Daemon, queue: &DeleteQueue) -> usize {
         let entry = match entry {
             Ok(e) => e,
             Err(why) => {
-                log::warn!("delete queue: dropping unreadable {}: {why}", path.display());
+                log::warn!(
+                    "delete queue: dropping unreadable {}: {why}",
+                    path.display()
+                );
                 let _ = queue.remove(&path);
                 continue;
             }
@@ -215,14 +228,20 @@ pub async fn apply_queue(daemon: &Daemon, queue: &DeleteQueue) -> usize {
             continue;
         }
         match daemon
-            .release(&entry.network, &entry.attachment(), Some(entry.queued_at_ns))
+            .release(
+                &entry.network,
+                &entry.attachment(),
+                Some(entry.queued_at_ns),
+            )
             .await
         {
             Ok(freed) => {
                 released += freed.len();
                 log::info!(
                     "delete queue: release network={} container={} ifname={} addresses={freed:?}",
-                    entry.network, entry.container_id, entry.ifname
+                    entry.network,
+                    entry.container_id,
+                    entry.ifname
                 );
                 if let Err(e) = queue.remove(&path) {
                     log::warn!("delete queue: {e}");

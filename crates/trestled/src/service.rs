@@ -7,7 +7,9 @@ use std::time::Instant;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Code, Request, Response, Status};
 use trestle_ipam_api::codes::grpc_code;
-use trestle_ipam_api::convert::{self, attachment_to_proto, dns_to_proto, route_to_proto, FieldError};
+use trestle_ipam_api::convert::{
+    self, attachment_to_proto, dns_to_proto, route_to_proto, FieldError,
+};
 use trestle_ipam_api::v1::{self, ipam_server::Ipam};
 use trestle_ipam_api::version;
 
@@ -78,7 +80,10 @@ fn allocation(network: &str, ip: std::net::IpAddr, r: &Record) -> v1::Allocation
 
 #[tonic::async_trait]
 impl Ipam for Service {
-    async fn hello(&self, req: Request<v1::HelloRequest>) -> Result<Response<v1::HelloReply>, Status> {
+    async fn hello(
+        &self,
+        req: Request<v1::HelloRequest>,
+    ) -> Result<Response<v1::HelloReply>, Status> {
         timed("hello", async {
             let req = req.into_inner();
             refuse_version(req.client.as_ref())?;
@@ -101,7 +106,12 @@ impl Ipam for Service {
             refuse_version(req.client.as_ref())?;
             let input = convert::allocate_input(&req).map_err(invalid)?;
             let a = self.0.allocate(&input).await.map_err(op_status)?;
-            let ips: Vec<String> = a.allocation.ips.iter().map(|i| i.address.to_string()).collect();
+            let ips: Vec<String> = a
+                .allocation
+                .ips
+                .iter()
+                .map(|i| i.address.to_string())
+                .collect();
             log::info!(
                 "allocate network={} container={} ifname={} pod={}/{} addresses={} existing={}",
                 input.config.network,
@@ -141,9 +151,14 @@ impl Ipam for Service {
             let req = req.into_inner();
             refuse_version(req.client.as_ref())?;
             let network = convert::network(&req.network).map_err(invalid)?;
-            let att = convert::attachment(req.attachment.as_ref(), "attachment").map_err(invalid)?;
+            let att =
+                convert::attachment(req.attachment.as_ref(), "attachment").map_err(invalid)?;
             let before = (req.queued_at_ns > 0).then_some(req.queued_at_ns);
-            let freed = self.0.release(&network, &att, before).await.map_err(op_status)?;
+            let freed = self
+                .0
+                .release(&network, &att, before)
+                .await
+                .map_err(op_status)?;
             let shown: Vec<String> = freed.iter().map(ToString::to_string).collect();
             log::info!(
                 "release network={network} container={} ifname={} addresses={}",
@@ -159,12 +174,16 @@ impl Ipam for Service {
         .await
     }
 
-    async fn check(&self, req: Request<v1::CheckRequest>) -> Result<Response<v1::CheckReply>, Status> {
+    async fn check(
+        &self,
+        req: Request<v1::CheckRequest>,
+    ) -> Result<Response<v1::CheckReply>, Status> {
         timed("check", async {
             let req = req.into_inner();
             refuse_version(req.client.as_ref())?;
             let network = convert::network(&req.network).map_err(invalid)?;
-            let att = convert::attachment(req.attachment.as_ref(), "attachment").map_err(invalid)?;
+            let att =
+                convert::attachment(req.attachment.as_ref(), "attachment").map_err(invalid)?;
             let held = self.0.check(&network, &att).map_err(op_status)?;
             Ok(v1::CheckReply {
                 server: server(),
@@ -182,11 +201,18 @@ impl Ipam for Service {
             let valid = convert::valid_attachments(&req.valid).map_err(invalid)?;
             let freed = self.0.gc(&network, &valid).await.map_err(op_status)?;
             for (ip, r) in &freed {
-                log::info!("gc network={network} container={} ifname={} address={ip}", r.container_id, r.ifname);
+                log::info!(
+                    "gc network={network} container={} ifname={} address={ip}",
+                    r.container_id,
+                    r.ifname
+                );
             }
             Ok(v1::GcReply {
                 server: server(),
-                released: freed.iter().map(|(ip, r)| allocation(&network, *ip, r)).collect(),
+                released: freed
+                    .iter()
+                    .map(|(ip, r)| allocation(&network, *ip, r))
+                    .collect(),
             })
         })
         .await
@@ -203,7 +229,11 @@ impl Ipam for Service {
             Ok(v1::StatusReply {
                 server: server(),
                 ready,
-                reason: if ready { String::new() } else { "trestled is starting or stopping".into() },
+                reason: if ready {
+                    String::new()
+                } else {
+                    "trestled is starting or stopping".into()
+                },
             })
         })
         .await
@@ -221,7 +251,11 @@ impl Ipam for Service {
                 server: server(),
                 ..Default::default()
             };
-            for (name, pool) in st.pools.iter().filter(|(n, _)| req.network.is_empty() || **n == req.network) {
+            for (name, pool) in st
+                .pools
+                .iter()
+                .filter(|(n, _)| req.network.is_empty() || **n == req.network)
+            {
                 reply.pools.push(v1::Pool {
                     network: name.clone(),
                     range_sets: pool.range_sets.clone(),
@@ -257,7 +291,9 @@ impl Access {
             .get::<UdsConnectInfo>()
             .and_then(|i| i.peer_cred);
         let Some(cred) = cred else {
-            return Err(Status::permission_denied("no peer credentials on this connection"));
+            return Err(Status::permission_denied(
+                "no peer credentials on this connection",
+            ));
         };
         let allowed = cred.uid() == 0 || cred.uid() == self.uid || self.gid == Some(cred.gid());
         if allowed {

@@ -407,7 +407,8 @@ impl Store for Txn<'_> {
         self.pool.insert(ip, rec.clone());
         self.pool.last.insert(set as u32, ip);
         self.ops.push(Op::Put(self.network.to_string(), ip, rec));
-        self.ops.push(Op::Last(self.network.to_string(), set as u32, ip));
+        self.ops
+            .push(Op::Last(self.network.to_string(), set as u32, ip));
         Ok(true)
     }
 

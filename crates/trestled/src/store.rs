@@ -65,13 +65,21 @@ pub struct Opened {
 /// Opens (or creates) the store at `path` and loads it into `state`. A file redb cannot open
 /// is moved aside and a new one started: the daemon must come up (see docs/ipam-service.md
 /// for what that costs). Allocations of another boot than `boot_id` are dropped.
-pub fn open(path: &Path, boot_id: &str, state: &mut State) -> Result<(Database, Opened), StoreError> {
+pub fn open(
+    path: &Path,
+    boot_id: &str,
+    state: &mut State,
+) -> Result<(Database, Opened), StoreError> {
     let mut opened = Opened::default();
     let db = match Database::builder().set_cache_size(4 << 20).create(path) {
         Ok(db) => db,
         Err(e) => {
             let aside = path.with_extension(format!("corrupt-{}", crate::clock::unix_ms()));
-            log::error!("cannot open store {}: {e}; moving it to {}", path.display(), aside.display());
+            log::error!(
+                "cannot open store {}: {e}; moving it to {}",
+                path.display(),
+                aside.display()
+            );
             std::fs::rename(path, &aside).map_err(|e| db_err(path, "move aside", e))?;
             opened.moved_aside = Some(aside);
             Database::builder()
@@ -91,6 +99,9 @@ fn check_boot(db: &Database, path: &Path, boot_id: &str) -> Result<usize, StoreE
     let txn = db.begin_write().map_err(|x| e("begin")(x.into()))?;
     let mut dropped = 0;
     {
+        // Opening a table in a write transaction creates it: a new store has them all.
+        txn.open_table(LAST).map_err(|x| e("create")(x.into()))?;
+        txn.open_table(RANGES).map_err(|x| e("create")(x.into()))?;
         let mut meta = txn.open_table(META).map_err(|x| e("open meta")(x.into()))?;
         let recorded = meta
             .get("boot_id")
@@ -99,10 +110,14 @@ fn check_boot(db: &Database, path: &Path, boot_id: &str) -> Result<usize, StoreE
         if recorded.as_deref() != Some(boot_id) {
             let mut alloc = txn.open_table(ALLOC).map_err(|x| e("open")(x.into()))?;
             dropped = alloc.len().map_err(|x| e("count")(x.into()))? as usize;
-            alloc.retain(|_, _| false).map_err(|x| e("clear")(x.into()))?;
+            alloc
+                .retain(|_, _| false)
+                .map_err(|x| e("clear")(x.into()))?;
             let mut cool = txn.open_table(COOL).map_err(|x| e("open")(x.into()))?;
-            cool.retain(|_, _| false).map_err(|x| e("clear")(x.into()))?;
-            meta.insert("boot_id", boot_id).map_err(|x| e("write meta")(x.into()))?;
+            cool.retain(|_, _| false)
+                .map_err(|x| e("clear")(x.into()))?;
+            meta.insert("boot_id", boot_id)
+                .map_err(|x| e("write meta")(x.into()))?;
             if recorded.is_some() {
                 log::info!("boot ID changed: dropped {dropped} allocations of the earlier boot");
             }
@@ -119,18 +134,30 @@ fn load(db: &Database, path: &Path, state: &mut State) -> Result<(), StoreError>
     for row in alloc.iter().map_err(|x| e("read")(x.into()))? {
         let (k, v) = row.map_err(|x| e("read")(x.into()))?;
         let (net, ip) = k.value();
-        let (Ok(ip), Ok(rec)) = (ip.parse::<IpAddr>(), serde_json::from_slice::<Record>(v.value())) else {
+        let (Ok(ip), Ok(rec)) = (
+            ip.parse::<IpAddr>(),
+            serde_json::from_slice::<Record>(v.value()),
+        ) else {
             log::warn!("store: skipping unreadable allocation {net}/{ip}");
             continue;
         };
-        state.pools.entry(net.to_string()).or_default().insert(ip, rec);
+        state
+            .pools
+            .entry(net.to_string())
+            .or_default()
+            .insert(ip, rec);
     }
     let cool = txn.open_table(COOL).map_err(|x| e("open")(x.into()))?;
     for row in cool.iter().map_err(|x| e("read")(x.into()))? {
         let (k, v) = row.map_err(|x| e("read")(x.into()))?;
         let (net, ip) = k.value();
         if let Ok(ip) = ip.parse::<IpAddr>() {
-            state.pools.entry(net.to_string()).or_default().cooling.insert(ip, v.value());
+            state
+                .pools
+                .entry(net.to_string())
+                .or_default()
+                .cooling
+                .insert(ip, v.value());
         }
     }
     let last = txn.open_table(LAST).map_err(|x| e("open")(x.into()))?;
@@ -138,7 +165,12 @@ fn load(db: &Database, path: &Path, state: &mut State) -> Result<(), StoreError>
         let (k, v) = row.map_err(|x| e("read")(x.into()))?;
         let (net, set) = k.value();
         if let Ok(ip) = v.value().parse::<IpAddr>() {
-            state.pools.entry(net.to_string()).or_default().last.insert(set, ip);
+            state
+                .pools
+                .entry(net.to_string())
+                .or_default()
+                .last
+                .insert(set, ip);
         }
     }
     let ranges = txn.open_table(RANGES).map_err(|x| e("open")(x.into()))?;
@@ -159,7 +191,10 @@ fn parse_set_size(shown: &str) -> u128 {
         .split(',')
         .filter_map(|r| {
             let (a, b) = r.split_once('-')?;
-            let (a, b) = (a.trim().parse::<IpAddr>().ok()?, b.trim().parse::<IpAddr>().ok()?);
+            let (a, b) = (
+                a.trim().parse::<IpAddr>().ok()?,
+                b.trim().parse::<IpAddr>().ok()?,
+            );
             let n = |ip: IpAddr| match ip {
                 IpAddr::V4(x) => u128::from(u32::from(x)),
                 IpAddr::V6(x) => u128::from(x),

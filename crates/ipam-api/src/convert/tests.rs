@@ -1,6 +1,6 @@
 use super::*;
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 
 fn config() -> IpamConfig {
     let r = |s: &str| Range::new(s.parse().unwrap(), None, None, None).unwrap();
@@ -52,7 +52,10 @@ fn a_configuration_survives_the_wire() {
     let input = allocate_input(&req).unwrap();
     assert_eq!(input.config, config());
     assert_eq!(input.attachment, Attachment::new("c1", "eth0"));
-    assert_eq!((input.netns.as_str(), input.netns_inode), ("/run/netns/x", 42));
+    assert_eq!(
+        (input.netns.as_str(), input.netns_inode),
+        ("/run/netns/x", 42)
+    );
     assert_eq!(input.pod.name, "web-0");
 }
 
@@ -63,17 +66,35 @@ fn each_bad_field_is_named() {
         (|r| r.network = "../x".into(), "network"),
         (|r| r.network.clear(), "network"),
         (|r| r.attachment = None, "attachment"),
-        (|r| r.attachment.as_mut().unwrap().container_id = "a/b".into(), "attachment.container_id"),
-        (|r| r.attachment.as_mut().unwrap().ifname = "x".repeat(16), "attachment.ifname"),
+        (
+            |r| r.attachment.as_mut().unwrap().container_id = "a/b".into(),
+            "attachment.container_id",
+        ),
+        (
+            |r| r.attachment.as_mut().unwrap().ifname = "x".repeat(16),
+            "attachment.ifname",
+        ),
         (|r| r.netns = "relative".into(), "netns"),
         (|r| r.pod.as_mut().unwrap().name = "a\nb".into(), "pod.name"),
         (|r| r.range_sets.clear(), "range_sets"),
-        (|r| r.range_sets[1].ranges[0].subnet = "nope".into(), "range_sets[1].ranges[0].subnet"),
-        (|r| r.range_sets[0].ranges[0].gateway = "10.9.9.9".into(), "range_sets[0].ranges[0]"),
-        (|r| r.range_sets[1] = r.range_sets[0].clone(), "range_sets[1]"),
+        (
+            |r| r.range_sets[1].ranges[0].subnet = "nope".into(),
+            "range_sets[1].ranges[0].subnet",
+        ),
+        (
+            |r| r.range_sets[0].ranges[0].gateway = "10.9.9.9".into(),
+            "range_sets[0].ranges[0]",
+        ),
+        (
+            |r| r.range_sets[1] = r.range_sets[0].clone(),
+            "range_sets[1]",
+        ),
         (|r| r.requested = vec!["x".into()], "requested[0]"),
         (|r| r.routes[0].dst = "10.0.0.0/33".into(), "routes[0].dst"),
-        (|r| r.dns.as_mut().unwrap().search = vec!["s".into(); 65], "dns.search"),
+        (
+            |r| r.dns.as_mut().unwrap().search = vec!["s".into(); 65],
+            "dns.search",
+        ),
     ];
     for (edit, field) in cases {
         let mut req = request();
@@ -91,10 +112,17 @@ fn limits_hold() {
     let mut req = request();
     req.netns = format!("/{}", "n".repeat(limits::STRING));
     assert_eq!(allocate_input(&req).unwrap_err().field, "netns");
-    let many = vec![attachment_to_proto(&Attachment::new("c", "eth0")); limits::VALID_ATTACHMENTS + 1];
+    let many =
+        vec![attachment_to_proto(&Attachment::new("c", "eth0")); limits::VALID_ATTACHMENTS + 1];
     assert_eq!(valid_attachments(&many).unwrap_err().field, "valid");
-    let bad_one = vec![v1::Attachment { container_id: "c".into(), ifname: String::new() }];
-    assert_eq!(valid_attachments(&bad_one).unwrap_err().field, "valid[0].ifname");
+    let bad_one = vec![v1::Attachment {
+        container_id: "c".into(),
+        ifname: String::new(),
+    }];
+    assert_eq!(
+        valid_attachments(&bad_one).unwrap_err().field,
+        "valid[0].ifname"
+    );
 }
 
 #[test]

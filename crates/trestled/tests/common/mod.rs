@@ -1,0 +1,315 @@
+//! Fixtures: a real `trestled` per test, in a directory of its own (socket, store, delete
+//! queue, boot ID file), and the real `trestle-ipam` plugin binary invoked as a runtime would.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use trestle_ipam::daemon::Daemon;
+use trestle_ipam_core::DaemonSettings;
+
+/// Where cargo put the workspace binaries.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{} missing: run the tests with `cargo build --workspace` first (the README's command)",
+        path.display()
+    );
+    path
+}
+
+/// True when running as root (the privileged tests need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// One node: a daemon's directory and, while it runs, the daemon.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    /// Extra arguments of every start.
+    pub args: Vec<String>,
+    /// A listening socket the test holds, as systemd would (socket activation).
+    pub activation: Option<std::os::unix::net::UnixListener>,
+}
+
+impl Node {
+    pub fn new() -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix("trestled-test-")
+            .tempdir()
+            .unwrap();
+        std::fs::write(dir.path().join("boot_id"), "boot-1\n").unwrap();
+        Node {
+            dir,
+            child: None,
+            args: vec!["--reuse-delay".into(), "0".into()],
+            activation: None,
+        }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("ipam.sock")
+    }
+
+    pub fn queue(&self) -> PathBuf {
+        self.path("queue")
+    }
+
+    /// Binds the socket in the test process and passes it to every daemon start as fd 3.
+    pub fn activate(&mut self) {
+        self.activation = Some(std::os::unix::net::UnixListener::bind(self.socket()).unwrap());
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = match &self.activation {
+            None => Command::new(bin("trestled")),
+            Some(l) => {
+                // LISTEN_PID must be the daemon's pid: the shell's $$ survives its exec.
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#)
+                    .arg(bin("trestled"));
+                let fd = std::os::fd::AsRawFd::as_raw_fd(l);
+                // SAFETY: dup2 is async-signal-safe; the child only execs afterwards.
+                unsafe {
+                    c.pre_exec(move || {
+                        // dup2 onto itself would keep FD_CLOEXEC: clear it instead.
+                        let rc = if fd == 3 {
+                            libc::fcntl(3, libc::F_SETFD, 0)
+                        } else {
+                            libc::dup2(fd, 3)
+                        };
+                        if rc < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                c
+            }
+        };
+        cmd.arg("--socket")
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .arg("--delete-queue")
+            .arg(self.queue())
+            .arg("--host-local-dir")
+            .arg("")
+            .arg("--boot-id-file")
+            .arg(self.path("boot_id"))
+            .arg("--log-level")
+            .arg("info")
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.path("trestled.log"))
+                    .unwrap(),
+            );
+        cmd
+    }
+
+    /// Starts the daemon and waits until it answers.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        self.child = Some(self.command().spawn().expect("spawn trestled"));
+        self.wait_ready();
+    }
+
+    /// Starts a daemon and returns its exit status and log, for one that must refuse to start.
+    pub fn start_expecting_failure(&self) -> (ExitStatus, String) {
+        let mut child = self.command().spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return (st, self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the second trestled did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("trestled exited with {st}:\n{}", self.log());
+            }
+            let mut d = self.client();
+            let ok = d.call(|mut c| async move {
+                c.status(trestle_ipam_api::v1::StatusRequest::default())
+                    .await
+            });
+            if ok.is_ok_and(|r| r.ready) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "trestled not ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for a graceful exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: kill with a valid pid and signal.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.path("trestled.log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn settings(&self) -> DaemonSettings {
+        DaemonSettings {
+            socket: self.socket(),
+            delete_queue: self.queue(),
+            connect_timeout_ms: 1000,
+            timeout_ms: 10_000,
+        }
+    }
+
+    /// A client as the plugin makes them.
+    pub fn client(&self) -> Daemon {
+        Daemon::new(DaemonSettings {
+            connect_timeout_ms: 200,
+            ..self.settings()
+        })
+    }
+
+    /// The network config of a daemon-mode network on `subnet`.
+    pub fn conf(&self, network: &str, subnet: &str) -> Value {
+        json!({
+            "cniVersion": "1.1.0",
+            "name": network,
+            "type": "trestle-ipam",
+            "ipam": {
+                "type": "trestle-ipam",
+                "daemon": {
+                    "socket": self.socket(),
+                    "deleteQueue": self.queue(),
+                },
+                "ranges": [[{"subnet": subnet}]],
+            }
+        })
+    }
+
+    /// Every allocation the daemon holds: (network, address, container, ifname).
+    pub fn allocations(&self) -> Vec<(String, String, String, String)> {
+        let mut d = self.client();
+        let reply = d
+            .call(|mut c| async move { c.list(trestle_ipam_api::v1::ListRequest::default()).await })
+            .expect("List");
+        reply
+            .allocations
+            .into_iter()
+            .map(|a| {
+                let att = a.attachment.unwrap_or_default();
+                (a.network, a.address, att.container_id, att.ifname)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs the real plugin binary: `command` for container `id` on `eth0`, `conf` on stdin.
+pub fn plugin(command: &str, id: &str, netns: &str, conf: &Value) -> Output {
+    plugin_as(command, id, netns, conf, None)
+}
+
+/// [`plugin`], optionally as another user (uid = gid).
+pub fn plugin_as(command: &str, id: &str, netns: &str, conf: &Value, uid: Option<u32>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(bin("trestle-ipam"));
+    cmd.env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/nonexistent")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    let mut child = cmd.spawn().expect("spawn trestle-ipam");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The CNI error code of a failed plugin run (and asserts it failed).
+pub fn error_code(out: &Output) -> u64 {
+    assert!(
+        !out.status.success(),
+        "expected a failure, got {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("a CNI error JSON on stdout");
+    v["code"].as_u64().expect("code")
+}
+
+/// The first address of a successful ADD's result.
+pub fn address(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "ADD failed: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["ips"][0]["address"].as_str().unwrap().to_string()
+}
+
+/// A CNI_NETNS for tests that need no namespace: a path that does not exist, which the plugin
+/// accepts (it only records the namespace's inode, here unknown, so leak repair skips it).
+pub const NO_NETNS: &str = "/nonexistent/trestled-test-netns";
