@@ -46,6 +46,8 @@ pub struct Daemon {
     writer: Writer,
     /// False while starting and draining.
     pub ready: Arc<AtomicBool>,
+    /// False after a failed store commit, until one succeeds.
+    pub store_ok: Arc<AtomicBool>,
     /// The boot the store belongs to.
     pub boot_id: String,
     host_local: Option<HostLocal>,
@@ -55,7 +57,7 @@ impl Daemon {
     /// A daemon over a loaded state and its store's writer.
     pub fn new(
         state: State,
-        writer: Writer,
+        (writer, store_ok): (Writer, Arc<AtomicBool>),
         boot_id: String,
         host_local: Option<HostLocal>,
     ) -> Daemon {
@@ -63,6 +65,7 @@ impl Daemon {
             state: Mutex::new(state),
             writer,
             ready: Arc::new(AtomicBool::new(false)),
+            store_ok,
             boot_id,
             host_local,
         }
@@ -74,11 +77,21 @@ impl Daemon {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn ensure_ready(&self) -> Result<(), OpError> {
-        if self.ready.load(Ordering::Acquire) {
-            Ok(())
+    /// Why Allocate cannot be served now, if it cannot (STATUS, /readyz).
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if !self.ready.load(Ordering::Acquire) {
+            Some("starting or stopping")
+        } else if !self.store_ok.load(Ordering::Acquire) {
+            Some("the last store commit failed")
         } else {
-            Err(OpError::NotReady("starting or stopping"))
+            None
+        }
+    }
+
+    fn ensure_ready(&self) -> Result<(), OpError> {
+        match self.not_ready() {
+            None => Ok(()),
+            Some(why) => Err(OpError::NotReady(why)),
         }
     }
 
@@ -171,6 +184,11 @@ impl Daemon {
         };
         wait(commit).await?;
         Ok(done)
+    }
+
+    /// Stops the store's writer after what is queued (shutdown).
+    pub fn stop_store(&self) {
+        self.writer.stop();
     }
 
     /// Ends reuse delays that are over (housekeeping: not awaited).

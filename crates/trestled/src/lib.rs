@@ -144,13 +144,14 @@ async fn serve(opts: Options) -> Result<(), String> {
     let path = opts.state_dir.join("ipam.redb");
     let (db, opened) = store::open(&path, &boot_id, &mut state).map_err(|e| e.to_string())?;
     metrics::reclaimed("earlier-boot", opened.dropped_earlier_boot);
-    let (writer, writer_thread) = store::Writer::start(db, path);
+    let store_ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (writer, writer_thread) = store::Writer::start(db, path, store_ok.clone());
     let host_local = (!opts.host_local_dir.as_os_str().is_empty()).then(|| HostLocal {
         dir: opts.host_local_dir.clone(),
         socket: opts.socket.clone(),
         boot: boot.clone(),
     });
-    let daemon = Arc::new(Daemon::new(state, writer, boot_id, host_local));
+    let daemon = Arc::new(Daemon::new(state, (writer, store_ok), boot_id, host_local));
     daemon.import_all().await.map_err(|e| e.to_string())?;
     let queue = DeleteQueue::new(&opts.delete_queue);
     // Before serving: a DEL queued while the daemon was down is applied before any Allocate.
@@ -203,12 +204,16 @@ async fn serve(opts: Options) -> Result<(), String> {
         .add_service(InterceptedService::new(server, move |r| access.check(r)))
         .serve_with_incoming_shutdown(incoming, shutdown(daemon.clone()))
         .await;
-    for t in tasks {
+    for t in &tasks {
         t.abort();
     }
+    for t in tasks {
+        let _ = t.await;
+    }
     activation::unbind(&listener);
+    // In-flight requests are done (tonic drained them): commit what they queued, and end.
+    daemon.stop_store();
     drop(daemon);
-    // Every Writer is gone with the daemon: the writer commits what is queued and ends.
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     log::info!("trestled stopped");
     served.map_err(|e| format!("serving: {e}"))
@@ -234,9 +239,9 @@ fn spawn_background(
         }
     }));
     if let Some(addr) = opts.metrics_addr {
-        let ready = daemon.ready.clone();
+        let d = daemon.clone();
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, ready).await {
+            if let Err(e) = metrics::serve(addr, d).await {
                 log::error!("metrics on {addr}: {e}");
             }
         }));

@@ -2,7 +2,6 @@
 //! `/healthz`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use http_body_util::Full;
@@ -171,9 +170,9 @@ pub fn render() -> String {
     out
 }
 
-/// Serves `/metrics`, `/readyz` (200 while `ready`, else 503) and `/healthz` on `addr` until
+/// Serves `/metrics`, `/readyz` (200 while the daemon serves Allocate, else 503) and `/healthz` on `addr` until
 /// the process ends.
-pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>) -> std::io::Result<()> {
+pub async fn serve(addr: SocketAddr, daemon: Arc<crate::daemon::Daemon>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     log::info!("metrics on http://{}", listener.local_addr()?);
     loop {
@@ -185,10 +184,10 @@ pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>) -> std::io::Result<
                 continue;
             }
         };
-        let ready = ready.clone();
+        let daemon = daemon.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let ready = ready.load(Ordering::Acquire);
+                let ready = daemon.not_ready().is_none();
                 async move { Ok::<_, std::convert::Infallible>(route(&req, ready)) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);

@@ -1,6 +1,5 @@
 //! The gRPC face of the daemon: version check, validation, the call, the answer, metrics.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -90,7 +89,7 @@ impl Ipam for Service {
             Ok(v1::HelloReply {
                 server: server(),
                 min_client_minor: version::MIN_CLIENT_MINOR,
-                ready: self.0.ready.load(Ordering::Acquire),
+                ready: self.0.not_ready().is_none(),
                 boot_id: self.0.boot_id.clone(),
             })
         })
@@ -225,15 +224,13 @@ impl Ipam for Service {
         timed("status", async {
             let req = req.into_inner();
             refuse_version(req.client.as_ref())?;
-            let ready = self.0.ready.load(Ordering::Acquire);
+            let why = self.0.not_ready();
             Ok(v1::StatusReply {
                 server: server(),
-                ready,
-                reason: if ready {
-                    String::new()
-                } else {
-                    "trestled is starting or stopping".into()
-                },
+                ready: why.is_none(),
+                reason: why
+                    .map(|w| format!("trestled is not ready: {w}"))
+                    .unwrap_or_default(),
             })
         })
         .await

@@ -14,7 +14,8 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::oneshot;
@@ -209,23 +210,35 @@ struct Batch {
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
+enum Msg {
+    Batch(Batch),
+    /// Commit what came before, then end.
+    Stop,
+}
+
 /// The handle requests use to make their changes durable.
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<Batch>,
+    tx: mpsc::Sender<Msg>,
 }
 
 /// A commit to wait for.
 pub type Commit = oneshot::Receiver<Result<(), String>>;
 
 impl Writer {
-    /// Starts the writer thread on `db`. It ends when every [`Writer`] is dropped, after
-    /// committing what was queued.
-    pub fn start(db: Database, path: PathBuf) -> (Writer, std::thread::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel::<Batch>();
+    /// Starts the writer thread on `db`. It ends at [`Writer::stop`] or when every
+    /// [`Writer`] is dropped, after committing what was queued.
+    /// `healthy` follows the last commit: false after a failed one, true again after the next
+    /// that succeeds (readiness reports it).
+    pub fn start(
+        db: Database,
+        path: PathBuf,
+        healthy: Arc<AtomicBool>,
+    ) -> (Writer, std::thread::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel::<Msg>();
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(db, &path, rx))
+            .spawn(move || write_loop(db, &path, rx, &healthy))
             .expect("spawning the store writer");
         (Writer { tx }, handle)
     }
@@ -239,23 +252,37 @@ impl Writer {
             done: Some(done),
         };
         // A stopped writer drops the sender: the receiver then reports it.
-        let _ = self.tx.send(batch);
+        let _ = self.tx.send(Msg::Batch(batch));
         rx
+    }
+
+    /// Ends the writer after it committed everything submitted before (shutdown: other
+    /// handles may still exist in tasks being torn down).
+    pub fn stop(&self) {
+        let _ = self.tx.send(Msg::Stop);
     }
 
     /// Queues `ops` without waiting for their commit (housekeeping whose loss a crash only
     /// repeats: expired reuse delays).
     pub fn submit_detached(&self, ops: Vec<Op>) {
-        let _ = self.tx.send(Batch { ops, done: None });
+        let _ = self.tx.send(Msg::Batch(Batch { ops, done: None }));
     }
 }
 
-fn write_loop(db: Database, path: &Path, rx: mpsc::Receiver<Batch>) {
-    while let Ok(first) = rx.recv() {
+fn write_loop(db: Database, path: &Path, rx: mpsc::Receiver<Msg>, healthy: &AtomicBool) {
+    let mut stopping = false;
+    while !stopping {
+        let Ok(Msg::Batch(first)) = rx.recv() else {
+            return;
+        };
         let mut batches = vec![first];
         while batches.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(b) => batches.push(b),
+                Ok(Msg::Batch(b)) => batches.push(b),
+                Ok(Msg::Stop) => {
+                    stopping = true;
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -265,6 +292,7 @@ fn write_loop(db: Database, path: &Path, rx: mpsc::Receiver<Batch>) {
             msg
         });
         crate::metrics::commit(batches.len(), result.is_ok());
+        healthy.store(result.is_ok(), Ordering::Release);
         for b in batches {
             if let Some(done) = b.done {
                 let _ = done.send(result.clone());
