@@ -78,7 +78,8 @@ pub struct DaemonSettings {
     /// `connectTimeoutMs`: how long a call keeps retrying to connect (default 1000): an ADD
     /// with the daemon down answers code 11 after about this long.
     pub connect_timeout_ms: u64,
-    /// `timeoutMs`: the deadline of one operation once connected (default 10000).
+    /// `timeoutMs`: the deadline of one operation, connecting and resending included
+    /// (default 10000).
     pub timeout_ms: u64,
 }
 

@@ -41,6 +41,38 @@ pub const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
 /// `trestled` (see [`DiskStore::hand_over`]); a dot-file, which host-local ignores.
 pub const HANDOVER_FILE: &str = ".trestle-daemon";
 
+/// What [`HANDOVER_FILE`] records: where the daemon that took the directory over listens, and
+/// where its delete queue is. Two lines of text (socket, queue); a file of only one line
+/// names the socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    /// The daemon's socket.
+    pub socket: PathBuf,
+    /// Its delete queue, if recorded.
+    pub delete_queue: Option<PathBuf>,
+}
+
+impl Handover {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = self.socket.as_os_str().as_bytes().to_vec();
+        if let Some(q) = &self.delete_queue {
+            out.push(b'\n');
+            out.extend_from_slice(q.as_os_str().as_bytes());
+        }
+        out.push(b'\n');
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Handover {
+        let mut lines = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+        let path = |l: &[u8]| PathBuf::from(std::ffi::OsString::from_vec(l.to_vec()));
+        Handover {
+            socket: lines.next().map(path).unwrap_or_default(),
+            delete_queue: lines.next().map(path),
+        }
+    }
+}
+
 /// The separator current host-local writes between container ID and ifname.
 const LINE_BREAK: &str = "\r\n";
 
@@ -95,7 +127,9 @@ impl DiskStore {
             lock_file,
             index,
         };
-        store.lock()?;
+        // The raw lock: a handed-over directory still opens (its operations then refuse, and
+        // the daemon's import reads it).
+        store.flock()?;
         let checked = store.apply_boot_check(boot_id);
         let unlocked = store.unlock();
         checked?;
@@ -109,27 +143,28 @@ impl DiskStore {
     }
 
     /// Hands the directory over to `trestled`: under the lock, reads every reservation and
-    /// writes [`HANDOVER_FILE`] naming the daemon's `socket`. From then on every locked
-    /// operation of trestle-ipam in embedded mode fails with [`IpamError::ManagedByDaemon`]
-    /// (and the plugin asks the daemon instead), so embedded and daemon mode never allocate
-    /// from the same range at the same time. The reservation files stay, so the daemon's
-    /// import can be repeated and an operator can still read them.
-    pub fn hand_over(&mut self, socket: &Path) -> Result<Vec<Reservation>, IpamError> {
+    /// writes [`HANDOVER_FILE`] naming the daemon (`handover`: its socket and delete queue).
+    /// From then on every locked operation of trestle-ipam in embedded mode fails with
+    /// [`IpamError::ManagedByDaemon`] (and the plugin asks the daemon instead), so embedded and
+    /// daemon mode never allocate from the same range at the same time. Idempotent: the
+    /// reservation files stay as they were, so a daemon killed before it recorded the import
+    /// reads the same set again (and an operator can still read them).
+    pub fn hand_over(&mut self, handover: &Handover) -> Result<Vec<Reservation>, IpamError> {
         self.flock()?;
-        let done = self.list().and_then(|all| {
-            write_file(&self.dir.join(HANDOVER_FILE), socket.as_os_str().as_bytes()).map(|_| all)
-        });
+        let done = self
+            .list()
+            .and_then(|all| write_file(&self.dir.join(HANDOVER_FILE), &handover.encode()).map(|_| all));
         let unlocked = self.unlock();
         let all = done?;
         unlocked?;
         Ok(all)
     }
 
-    /// The daemon socket recorded by [`DiskStore::hand_over`], if the directory was handed over.
-    pub fn handover(&self) -> Result<Option<PathBuf>, IpamError> {
+    /// The daemon named by [`DiskStore::hand_over`], if the directory was handed over.
+    pub fn handover(&self) -> Result<Option<Handover>, IpamError> {
         let path = self.dir.join(HANDOVER_FILE);
         match fs::read(&path) {
-            Ok(bytes) => Ok(Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)))),
+            Ok(bytes) => Ok(Some(Handover::decode(&bytes))),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(IpamError::io("read", path, e)),
         }
@@ -339,11 +374,12 @@ impl Store for DiskStore {
         self.flock()?;
         // Checked under the lock: `hand_over` writes the file under it, so no allocation of
         // this process can slip in after the daemon imported the directory.
-        if let Some(socket) = self.handover()? {
+        if let Some(handover) = self.handover()? {
             self.unlock()?;
             return Err(IpamError::ManagedByDaemon {
                 network: self.network(),
-                socket,
+                socket: handover.socket,
+                delete_queue: handover.delete_queue,
             });
         }
         Ok(())

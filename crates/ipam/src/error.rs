@@ -82,6 +82,8 @@ pub enum IpamError {
         network: String,
         /// The daemon's socket, as the handover file records it.
         socket: PathBuf,
+        /// Its delete queue, if the handover file records it.
+        delete_queue: Option<PathBuf>,
     },
     /// A state file or directory could not be accessed.
     #[error("cannot {op} {}", path.display())]

@@ -30,7 +30,7 @@ pub use boot::BootIdSource;
 pub use config::{
     ConfigInput, DaemonSettings, IpamConfig, RouteConfig, DEFAULT_DATA_DIR, DEFAULT_SOCKET,
 };
-pub use disk::{DiskStore, HANDOVER_FILE, LAST_RESERVED_PREFIX};
+pub use disk::{DiskStore, Handover, HANDOVER_FILE, LAST_RESERVED_PREFIX};
 pub use dns::DnsConfig;
 pub use error::{code, ErrorKind, IpamError};
 pub use mem::MemStore;

@@ -21,7 +21,7 @@ const CNI_ARGS_KEYS: [&str; 2] = ["IP", "MAC"];
 /// The IPAM plugin.
 pub struct Ipam;
 
-/// trestle-ipam's own error codes (110-113; the table lives with the errors in `trestle-ipam-core`).
+/// trestle-ipam's own error codes (110-115; the table lives with the errors in `trestle-ipam-core`).
 pub use trestle_ipam_core::code;
 
 /// The one place IPAM errors become CNI errors: the code from [`IpamError::cni_code`], the error's message in `msg`
@@ -75,10 +75,18 @@ fn load(req: &Request) -> Result<(IpamConfig, Backend, Attachment), CniError> {
 /// The daemon a handed-over `dataDir` names, or the error as a CNI error.
 fn handed_over(e: IpamError) -> Result<DaemonSettings, CniError> {
     match e {
-        IpamError::ManagedByDaemon { socket, .. } => Ok(DaemonSettings {
+        IpamError::ManagedByDaemon {
             socket,
-            ..DaemonSettings::default()
-        }),
+            delete_queue,
+            ..
+        } => {
+            let d = DaemonSettings::default();
+            Ok(DaemonSettings {
+                socket,
+                delete_queue: delete_queue.unwrap_or(d.delete_queue),
+                ..d
+            })
+        }
         e => Err(cni_error(e)),
     }
 }

@@ -16,6 +16,26 @@ pub enum Listener {
     Bound(std::os::unix::net::UnixListener, PathBuf, u64),
 }
 
+impl Listener {
+    /// The listening socket.
+    pub fn try_clone(&self) -> std::io::Result<std::os::unix::net::UnixListener> {
+        match self {
+            Listener::Activated(l) | Listener::Bound(l, ..) => l.try_clone(),
+        }
+    }
+
+    /// The path clients connect to (for an activated socket, the one systemd bound).
+    pub fn path(&self) -> Option<PathBuf> {
+        match self {
+            Listener::Bound(_, path, _) => Some(path.clone()),
+            Listener::Activated(l) => l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_path_buf)),
+        }
+    }
+}
+
 /// systemd's first passed descriptor.
 const SD_LISTEN_FDS_START: i32 = 3;
 
@@ -52,11 +72,17 @@ fn is_socket(fd: i32) -> bool {
     }
 }
 
-/// Binds `path` with `mode` (and `gid` as its group). A stale socket file is replaced: the
-/// caller holds the single-instance lock, so no live daemon owns it.
+/// Binds `path` with `mode` (and `gid` as its group). A stale socket file is replaced, but
+/// never one that a live daemon (of another state directory) still answers on.
 pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> std::io::Result<Listener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another daemon serves this socket",
+        ));
     }
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),

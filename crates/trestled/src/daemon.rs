@@ -34,8 +34,8 @@ pub enum OpError {
 pub struct HostLocal {
     /// host-local's `dataDir` (`/var/lib/cni/networks`).
     pub dir: PathBuf,
-    /// The socket the handover file names.
-    pub socket: PathBuf,
+    /// What the handover file names: the daemon's socket and delete queue.
+    pub handover: trestle_ipam_core::Handover,
     /// The boot ID source the import's reboot check uses.
     pub boot: BootIdSource,
 }
@@ -186,6 +186,22 @@ impl Daemon {
         Ok(done)
     }
 
+    /// Publishes every network's usage (at start: the gauges exist before the first request).
+    pub fn publish_all(&self) {
+        let st = self.lock();
+        for n in st.pools.keys() {
+            publish(&st, n);
+        }
+    }
+
+    /// After a failed commit, tries an empty one, so readiness comes back once the store is
+    /// writable again even on a node where nothing else is committed.
+    pub fn probe_store(&self) {
+        if !self.store_ok.load(Ordering::Acquire) {
+            self.writer.submit_detached(vec![Op::Probe]);
+        }
+    }
+
     /// Stops the store's writer after what is queued (shutdown).
     pub fn stop_store(&self) {
         self.writer.stop();
@@ -222,21 +238,30 @@ impl Daemon {
         wait(commit).await
     }
 
-    /// Imports `network`'s host-local directory if the daemon has no pool of that name yet.
+    /// Imports `network`'s host-local directory unless the store records that it did. The
+    /// allocations and the record go in one commit, so a daemon killed in between imports
+    /// again, and one that finished never imports twice (which would bring back released
+    /// addresses).
     fn import_new(&self, st: &mut State, network: &str, ops: &mut Vec<Op>) {
         let Some(hl) = &self.host_local else {
             return;
         };
-        if st.pools.contains_key(network) {
+        if st.imported.contains(network) {
             return;
         }
-        let pool = st.pools.entry(network.to_string()).or_default();
         match import::hand_over(hl, network) {
             Ok(found) => {
+                let pool = st.pools.entry(network.to_string()).or_default();
                 for (ip, rec) in found {
+                    // An address the daemon already holds keeps its owner.
+                    if pool.by_ip.contains_key(&ip) {
+                        continue;
+                    }
                     ops.push(Op::Put(network.to_string(), ip, rec.clone()));
                     pool.insert(ip, rec);
                 }
+                ops.push(Op::Imported(network.to_string()));
+                st.imported.insert(network.to_string());
             }
             // The daemon allocates regardless: the import only adds what embedded mode held.
             Err(e) => log::error!("import of host-local network {network}: {e}"),

@@ -30,16 +30,12 @@ pub fn networks(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Hands `network`'s directory over and returns its reservations as allocations. A directory
-/// already handed over (to this daemon before a restart, or a store lost with `/run` at a
-/// reboot) yields nothing.
+/// Hands `network`'s directory over and returns its reservations as allocations. The caller
+/// records the import in the store in the same commit as the allocations and never imports a
+/// network twice: a directory handed over before (the files stay as they were) reads the same.
 pub fn hand_over(hl: &HostLocal, network: &str) -> Result<Vec<(IpAddr, Record)>, IpamError> {
-    let mut store = match DiskStore::open_with(&hl.dir, network, &hl.boot) {
-        Ok(s) => s,
-        Err(IpamError::ManagedByDaemon { .. }) => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let found = store.hand_over(&hl.socket)?;
+    let mut store = DiskStore::open_with(&hl.dir, network, &hl.boot)?;
+    let found = store.hand_over(&hl.handover)?;
     let now = crate::clock::unix_ms();
     if !found.is_empty() {
         log::info!(

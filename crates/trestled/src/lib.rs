@@ -129,9 +129,16 @@ pub fn run(opts: Options) -> Result<(), String> {
 }
 
 async fn serve(opts: Options) -> Result<(), String> {
-    std::fs::create_dir_all(&opts.state_dir)
-        .map_err(|e| format!("cannot create {}: {e}", opts.state_dir.display()))?;
+    private_dir(&opts.state_dir)?;
     let _instance = activation::lock_instance(&opts.state_dir)?;
+    // Listening before the store is loaded: a client that connects meanwhile waits in the
+    // backlog instead of finding no socket.
+    let listener = match activation::from_environment() {
+        Some(l) => Listener::Activated(l),
+        None => activation::bind(&opts.socket, opts.socket_mode, opts.socket_group)
+            .map_err(|e| format!("cannot bind {}: {e}", opts.socket.display()))?,
+    };
+    let socket = listener.path().unwrap_or_else(|| opts.socket.clone());
     let boot = match &opts.boot_id_file {
         Some(f) => BootIdSource::File(f.clone()),
         None => BootIdSource::Kernel,
@@ -148,25 +155,21 @@ async fn serve(opts: Options) -> Result<(), String> {
     let (writer, writer_thread) = store::Writer::start(db, path, store_ok.clone());
     let host_local = (!opts.host_local_dir.as_os_str().is_empty()).then(|| HostLocal {
         dir: opts.host_local_dir.clone(),
-        socket: opts.socket.clone(),
+        handover: trestle_ipam_core::Handover {
+            socket: socket.clone(),
+            delete_queue: Some(opts.delete_queue.clone()),
+        },
         boot: boot.clone(),
     });
     let daemon = Arc::new(Daemon::new(state, (writer, store_ok), boot_id, host_local));
+    daemon.publish_all();
     daemon.import_all().await.map_err(|e| e.to_string())?;
+    private_dir(&opts.delete_queue)?;
     let queue = DeleteQueue::new(&opts.delete_queue);
     // Before serving: a DEL queued while the daemon was down is applied before any Allocate.
     repair::apply_queue(&daemon, &queue).await;
 
-    let listener = match activation::from_environment() {
-        Some(l) => Listener::Activated(l),
-        None => activation::bind(&opts.socket, opts.socket_mode, opts.socket_group)
-            .map_err(|e| format!("cannot bind {}: {e}", opts.socket.display()))?,
-    };
-    let std_listener = match &listener {
-        Listener::Activated(l) | Listener::Bound(l, ..) => {
-            l.try_clone().map_err(|e| format!("listener: {e}"))?
-        }
-    };
+    let std_listener = listener.try_clone().map_err(|e| format!("listener: {e}"))?;
     std_listener
         .set_nonblocking(true)
         .map_err(|e| format!("listener: {e}"))?;
@@ -179,7 +182,7 @@ async fn serve(opts: Options) -> Result<(), String> {
     log::info!(
         "trestled {} serving on {} ({}), store {}",
         env!("CARGO_PKG_VERSION"),
-        opts.socket.display(),
+        socket.display(),
         if matches!(listener, Listener::Activated(_)) {
             "socket-activated"
         } else {
@@ -219,6 +222,18 @@ async fn serve(opts: Options) -> Result<(), String> {
     served.map_err(|e| format!("serving: {e}"))
 }
 
+/// Creates `dir` if needed and makes it the daemon's alone (0700): the store holds pod names,
+/// and whoever can write the delete queue can free any pod's address.
+fn private_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|_| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
+
 fn spawn_background(
     daemon: &Arc<Daemon>,
     opts: &Options,
@@ -235,6 +250,7 @@ fn spawn_background(
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
+            d.probe_store();
             repair::apply_queue(&d, &queue).await;
         }
     }));

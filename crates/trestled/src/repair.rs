@@ -34,14 +34,23 @@ pub struct RepairSettings {
 
 type Key = (String, IpAddr);
 
-/// Runs leak repair forever.
+/// Runs leak repair forever (only as root: another user's view of /proc misses namespaces
+/// that other users' processes hold, and would call live pods dead).
 pub async fn run(daemon: Arc<Daemon>, settings: RepairSettings) {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        log::warn!("leak repair is off: trestled does not run as root");
+    }
     let mut candidates: HashMap<Key, (Record, Instant)> = HashMap::new();
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         daemon.expire_cooling();
+        if !root {
+            continue;
+        }
         let d = daemon.clone();
         let mut c = std::mem::take(&mut candidates);
         let due = tokio::task::spawn_blocking(move || {
@@ -97,7 +106,10 @@ fn find(
         candidates.clear();
         return Vec::new();
     }
-    let live = live_namespaces();
+    let Some(live) = live_namespaces() else {
+        log::warn!("leak repair: cannot read /proc; skipping this round");
+        return Vec::new();
+    };
     let now = Instant::now();
     let mut dead_now = HashSet::new();
     for (key, rec) in suspects {
@@ -125,7 +137,9 @@ fn find(
         return due;
     }
     // The re-check just before release: a fresh scan.
-    let live = live_namespaces();
+    let Some(live) = live_namespaces() else {
+        return Vec::new();
+    };
     due.into_iter()
         .filter(|(_, r)| !alive_at_path(r) && !live.contains(&r.netns_inode))
         .collect()
@@ -138,13 +152,13 @@ fn alive_at_path(r: &Record) -> bool {
 
 /// The inodes of every network namespace something on this machine holds: processes and
 /// threads in them, open descriptors, and nsfs bind mounts of every mount namespace that has
-/// a process.
-pub fn live_namespaces() -> HashSet<u64> {
+/// a process. `None` when the view cannot be trusted (no /proc, or it does not even show this
+/// process's own namespace): then nothing may be called dead.
+pub fn live_namespaces() -> Option<HashSet<u64>> {
     let mut live = HashSet::new();
     let mut mount_namespaces = HashSet::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return live;
-    };
+    let own = std::fs::metadata("/proc/self/ns/net").ok()?.ino();
+    let procs = std::fs::read_dir("/proc").ok()?;
     for p in procs.flatten() {
         let name = p.file_name();
         if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
@@ -180,7 +194,7 @@ pub fn live_namespaces() -> HashSet<u64> {
             }
         }
     }
-    live
+    live.contains(&own).then_some(live)
 }
 
 /// `net:[4026532000]` → 4026532000.
@@ -198,8 +212,28 @@ fn mountinfo_netns(line: &str) -> Option<u64> {
     net_inode(Path::new(line.split(' ').nth(3)?))
 }
 
+/// Why the queue directory cannot be trusted, if it cannot: anyone who can write it can free
+/// any pod's address, so it must be the daemon's own and closed to others.
+fn untrusted(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let m = std::fs::symlink_metadata(dir).ok()?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_dir() || m.uid() != me || m.permissions().mode() & 0o022 != 0 {
+        return Some(format!(
+            "{} must be a directory owned by uid {me} and writable by it alone",
+            dir.display()
+        ));
+    }
+    None
+}
+
 /// Applies every queued DEL; returns how many allocations it released.
 pub async fn apply_queue(daemon: &Daemon, queue: &DeleteQueue) -> usize {
+    if let Some(why) = untrusted(queue.dir()) {
+        log::error!("delete queue ignored: {why}");
+        return 0;
+    }
     let entries = match queue.list() {
         Ok(e) => e,
         Err(e) => {
@@ -278,6 +312,6 @@ mod tests {
     #[test]
     fn this_process_namespace_is_live() {
         let me = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
-        assert!(live_namespaces().contains(&me));
+        assert!(live_namespaces().unwrap().contains(&me));
     }
 }

@@ -270,7 +270,21 @@ impl Ipam for Service {
     }
 }
 
-/// Who may call: root, the daemon's own user, and members (primary group) of `group`.
+/// True if process `pid` has `gid` among its supplementary groups (SO_PEERCRED carries only
+/// the primary one).
+fn in_group(pid: Option<i32>, gid: u32) -> bool {
+    let Some(pid) = pid else { return false };
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+}
+
+/// Who may call: root, the daemon's own user, and members (primary or supplementary) of
+/// `group`.
 #[derive(Debug, Clone, Copy)]
 pub struct Access {
     /// The daemon's effective user.
@@ -292,7 +306,11 @@ impl Access {
                 "no peer credentials on this connection",
             ));
         };
-        let allowed = cred.uid() == 0 || cred.uid() == self.uid || self.gid == Some(cred.gid());
+        let allowed = cred.uid() == 0
+            || cred.uid() == self.uid
+            || self
+                .gid
+                .is_some_and(|g| g == cred.gid() || in_group(cred.pid(), g));
         if allowed {
             Ok(req)
         } else {

@@ -64,6 +64,10 @@ pub enum Op {
     Last(String, u32, IpAddr),
     /// The range sets a network was last allocated from (for usage reports).
     Ranges(String, Vec<String>),
+    /// The network's host-local directory was imported.
+    Imported(String),
+    /// Nothing: a commit that only proves the store writable again.
+    Probe,
 }
 
 /// One network's allocations.
@@ -140,6 +144,8 @@ pub struct State {
     pub pools: BTreeMap<String, Pool>,
     /// How long a released address waits before it is handed out again.
     pub reuse_delay_ns: u64,
+    /// Networks whose host-local directory was imported.
+    pub imported: std::collections::HashSet<String>,
 }
 
 /// What an Allocate did.

@@ -27,6 +27,8 @@ const COOL: TableDefinition<(&str, &str), u64> = TableDefinition::new("cooling")
 const LAST: TableDefinition<(&str, u32), &str> = TableDefinition::new("last_reserved");
 const RANGES: TableDefinition<&str, &[u8]> = TableDefinition::new("range_sets");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// META key prefix recording a network's host-local import.
+const IMPORTED: &str = "imported:";
 
 /// The most requests one commit carries.
 pub const MAX_BATCH: usize = 512;
@@ -74,7 +76,9 @@ pub fn open(
     let mut opened = Opened::default();
     let db = match Database::builder().set_cache_size(4 << 20).create(path) {
         Ok(db) => db,
-        Err(e) => {
+        // Only a file that is not a readable store is replaced; anything else (permissions, a
+        // full disk, a newer format) stops the start with the error.
+        Err(e) if is_corrupt(&e) => {
             let aside = path.with_extension(format!("corrupt-{}", crate::clock::unix_ms()));
             log::error!(
                 "cannot open store {}: {e}; moving it to {}",
@@ -88,10 +92,24 @@ pub fn open(
                 .create(path)
                 .map_err(|e| db_err(path, "create", e))?
         }
+        Err(e) => return Err(db_err(path, "open", e)),
     };
     opened.dropped_earlier_boot = check_boot(&db, path, boot_id)?;
     load(&db, path, state)?;
     Ok((db, opened))
+}
+
+/// True for errors that say the file's content is not a store: garbage, truncation, a torn
+/// write that no commit slot survived.
+fn is_corrupt(e: &redb::DatabaseError) -> bool {
+    use std::io::ErrorKind::{InvalidData, UnexpectedEof};
+    match e {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => true,
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
+            matches!(io.kind(), InvalidData | UnexpectedEof)
+        }
+        _ => false,
+    }
 }
 
 /// Drops every allocation and reuse delay of an earlier boot; returns how many allocations.
@@ -172,6 +190,13 @@ fn load(db: &Database, path: &Path, state: &mut State) -> Result<(), StoreError>
                 .or_default()
                 .last
                 .insert(set, ip);
+        }
+    }
+    let meta = txn.open_table(META).map_err(|x| e("open")(x.into()))?;
+    for row in meta.iter().map_err(|x| e("read")(x.into()))? {
+        let (k, _) = row.map_err(|x| e("read")(x.into()))?;
+        if let Some(net) = k.value().strip_prefix(IMPORTED) {
+            state.imported.insert(net.to_string());
         }
     }
     let ranges = txn.open_table(RANGES).map_err(|x| e("open")(x.into()))?;
@@ -309,6 +334,7 @@ fn commit(db: &Database, batches: &[Batch]) -> Result<(), redb::Error> {
         let mut cool = txn.open_table(COOL)?;
         let mut last = txn.open_table(LAST)?;
         let mut ranges = txn.open_table(RANGES)?;
+        let mut meta = txn.open_table(META)?;
         for op in batches.iter().flat_map(|b| &b.ops) {
             match op {
                 Op::Put(net, ip, rec) => {
@@ -330,6 +356,12 @@ fn commit(db: &Database, batches: &[Batch]) -> Result<(), redb::Error> {
                 Op::Ranges(net, sets) => {
                     let v = serde_json::to_vec(sets).expect("strings always serialize");
                     ranges.insert(net.as_str(), v.as_slice())?;
+                }
+                Op::Imported(net) => {
+                    meta.insert(format!("{IMPORTED}{net}").as_str(), "1")?;
+                }
+                Op::Probe => {
+                    meta.insert("probe", crate::clock::unix_ms().to_string().as_str())?;
                 }
             }
         }

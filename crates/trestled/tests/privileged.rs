@@ -231,9 +231,16 @@ fn a_populated_host_local_data_dir_migrates_without_conflict() {
     assert!(plugin("DEL", "new2", NO_NETNS, &embedded_ours)
         .status
         .success());
-    let mut ids: Vec<String> = node.allocations().into_iter().map(|x| x.2).collect();
-    ids.sort();
-    assert_eq!(ids, ["new1", "old2", "old3"]);
+    let ids = |node: &Node| {
+        let mut ids: Vec<String> = node.allocations().into_iter().map(|x| x.2).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&node), ["new1", "old2", "old3"]);
+    // The import is recorded with its allocations: a restart does not bring old1 back.
+    node.kill9();
+    node.start();
+    assert_eq!(ids(&node), ["new1", "old2", "old3"]);
 }
 
 fn reference(bin: &str, cmd: &str, id: &str, conf: &serde_json::Value) -> std::process::Output {

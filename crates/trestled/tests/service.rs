@@ -167,6 +167,49 @@ fn a_queued_del_never_frees_a_later_add_of_the_same_attachment() {
 }
 
 #[test]
+fn a_delete_queue_others_can_write_is_not_trusted() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut node = Node::new();
+    node.start();
+    let conf = node.conf("untrusted", "10.59.0.0/24");
+    address(&plugin("ADD", "c1", NO_NETNS, &conf));
+    node.kill9();
+    assert!(plugin("DEL", "c1", NO_NETNS, &conf).status.success());
+    node.start();
+    assert!(node.allocations().is_empty(), "applied at start");
+    address(&plugin("ADD", "c2", NO_NETNS, &conf));
+    node.kill9();
+    assert!(plugin("DEL", "c2", NO_NETNS, &conf).status.success());
+    // Anyone may now drop entries in it: the daemon applies none (and says why).
+    std::fs::set_permissions(node.queue(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    node.args
+        .extend(["--delete-queue".into(), node.queue().display().to_string()]);
+    // The daemon makes the directory its own again at start; loosen it once more after.
+    node.start();
+    assert!(node.allocations().is_empty());
+    address(&plugin("ADD", "c3", NO_NETNS, &conf));
+    node.kill9();
+    assert!(plugin("DEL", "c3", NO_NETNS, &conf).status.success());
+    node.start();
+    std::fs::set_permissions(node.queue(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let queued = node.path("queue/extra.del");
+    std::fs::write(
+        &queued,
+        serde_json::json!({"network": "untrusted", "container_id": "c9", "ifname": "eth0", "queued_at_ns": u64::MAX}).to_string(),
+    )
+    .unwrap();
+    address(&plugin("ADD", "c9", NO_NETNS, &conf));
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(node.allocations().len(), 1, "{:?}", node.allocations());
+    assert!(queued.exists());
+    assert!(
+        node.log().contains("delete queue ignored"),
+        "{}",
+        node.log()
+    );
+}
+
+#[test]
 fn thirty_two_clients_times_a_thousand_cycles_no_duplicate_no_leak() {
     let mut node = Node::new();
     node.start();
