@@ -19,8 +19,11 @@ use trestle_ipam_core::DaemonSettings;
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// Nothing accepted a connection on the socket within the connect timeout.
-    #[error("trestled is not running at {}: {reason}", socket.display())]
+    #[error("{} at {}: {reason}", if *.absent { "trestled is not running" } else { "cannot connect to trestled" }, socket.display())]
     Down {
+        /// True when the socket is missing or refuses connections (nothing listens), false
+        /// for other failures (a socket mode that refuses this user, say).
+        absent: bool,
         /// The socket.
         socket: PathBuf,
         /// The last connect error.
@@ -150,6 +153,7 @@ async fn connect(socket: &Path, budget: Duration) -> Result<IpamClient<Channel>,
                 let reason = error_text(&e);
                 if start.elapsed() + pause >= budget {
                     return Err(CallError::Down {
+                        absent: nothing_listens(&e),
                         socket: socket.to_path_buf(),
                         reason,
                     });
@@ -161,13 +165,59 @@ async fn connect(socket: &Path, budget: Duration) -> Result<IpamClient<Channel>,
     }
 }
 
-/// A transport error and its causes, innermost last ("connect: No such file or directory").
+/// True if the innermost cause says nothing listens: no socket file, or nobody accepting.
+fn nothing_listens(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            );
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// A transport error and its causes, innermost last, each said once (tonic's transport error
+/// repeats its source in its own message).
 fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
+    let mut parts: Vec<String> = vec![e.to_string()];
     let mut src = e.source();
     while let Some(s) = src {
-        parts.push(s.to_string());
+        let text = s.to_string();
+        if parts.last().is_some_and(|p| p.ends_with(&text)) {
+            // Already said by the outer error.
+        } else {
+            parts.push(text);
+        }
         src = s.source();
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("transport error: {0}")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn each_cause_is_said_once_and_absence_is_recognised() {
+        let e = Outer(std::io::Error::from(std::io::ErrorKind::NotFound));
+        let inner = std::io::Error::from(std::io::ErrorKind::NotFound).to_string();
+        assert_eq!(error_text(&e), format!("transport error: {inner}"));
+        assert!(nothing_listens(&e));
+        // EACCES: a socket mode that refuses this user.
+        let denied = Outer(std::io::Error::from_raw_os_error(13));
+        assert!(!nothing_listens(&denied));
+        assert!(
+            error_text(&denied).ends_with("(os error 13)"),
+            "{}",
+            error_text(&denied)
+        );
+    }
 }

@@ -230,6 +230,7 @@ mod tests {
     #[test]
     fn a_down_daemon_is_code_11_and_names_the_socket() {
         let e = cni_error(CallError::Down {
+            absent: true,
             socket: "/run/x.sock".into(),
             reason: "connect: No such file".into(),
         });

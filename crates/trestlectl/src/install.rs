@@ -1,14 +1,28 @@
-//! `trestlectl install`: what a Kubernetes network add-on's install step does. Copies the plugin binaries into a
-//! CNI bin dir and writes the network's conflist into a conf dir, each file written beside its target and renamed
-//! over it, so a runtime never execs half a binary or reads half a config. Running it twice changes nothing.
+//! `trestlectl install`: what a Kubernetes network add-on's install step does. Copies the plugin binaries and
+//! trestled into a CNI bin dir and writes the network's conflist into a conf dir, and on request trestled's systemd
+//! units into a unit dir; each file is written beside its target and renamed over it, so a runtime never execs half
+//! a binary or reads half a config, and a running trestled keeps its own (unlinked) binary. Running it twice changes
+//! nothing. [`start_daemon`] then starts trestled, through systemd when it runs the machine.
 
 use cni_runtime::NetworkList;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-/// The binaries a node needs.
-pub const BINARIES: [&str; 2] = ["trestle", "trestle-ipam"];
+/// The binaries a node needs: the plugins, and trestled for trestle-ipam's daemon mode.
+pub const BINARIES: [&str; 3] = ["trestle", "trestle-ipam", "trestled"];
+
+/// The daemon's binary (one of [`BINARIES`]).
+pub const DAEMON: &str = "trestled";
+
+/// The socket unit's file name.
+pub const SOCKET_UNIT: &str = "trestled.socket";
+
+/// The service unit's file name.
+pub const SERVICE_UNIT: &str = "trestled.service";
 
 /// What to install.
 #[derive(Debug, Clone)]
@@ -25,6 +39,8 @@ pub struct Options {
     pub config: Vec<u8>,
     /// Overwrite a file that configures another plugin.
     pub force: bool,
+    /// Write trestled's systemd units into this directory.
+    pub systemd_units: Option<PathBuf>,
 }
 
 /// What happened to each file.
@@ -61,6 +77,25 @@ pub enum InstallError {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// A unit file cannot name this path.
+    #[error("{0}: a systemd unit needs a UTF-8 path")]
+    UnitPath(PathBuf),
+    /// A command (`systemctl`) failed.
+    #[error("{command}: {detail}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status and stderr, or why it did not run.
+        detail: String,
+    },
+    /// The spawned trestled exited instead of serving.
+    #[error("trestled exited at start ({status}); its output is in {}", log.display())]
+    DaemonExited {
+        /// How it exited.
+        status: String,
+        /// Its log.
+        log: PathBuf,
     },
 }
 
@@ -104,7 +139,244 @@ pub fn run(opts: &Options) -> Result<Vec<Change>, InstallError> {
         changes.push(put(&opts.bin_dir.join(bin), &bytes, 0o755)?);
     }
     changes.push(put(&conf_path, &opts.config, 0o644)?);
+    if let Some(dir) = &opts.systemd_units {
+        let trestled = absolute(&opts.bin_dir.join(DAEMON))?;
+        changes.push(put(
+            &dir.join(SOCKET_UNIT),
+            socket_unit().as_bytes(),
+            0o644,
+        )?);
+        changes.push(put(
+            &dir.join(SERVICE_UNIT),
+            service_unit(&trestled)?.as_bytes(),
+            0o644,
+        )?);
+    }
     Ok(changes)
+}
+
+/// `path` made absolute against the working directory: systemd resolves nothing relative.
+fn absolute(path: &Path) -> Result<PathBuf, InstallError> {
+    std::path::absolute(path).map_err(|source| InstallError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// trestled's socket unit. systemd holds the listening socket, so a plugin that connects while trestled restarts
+/// waits in its backlog instead of failing; trestled takes it as fd 3 (`LISTEN_FDS`). The path is trestled's and
+/// trestle-ipam's default socket, which both sides then agree on without configuration.
+pub fn socket_unit() -> String {
+    format!(
+        "# Written by trestlectl install.
+[Unit]
+Description=trestle node IPAM service socket
+
+[Socket]
+ListenStream={socket}
+SocketMode=0600
+DirectoryMode=0755
+
+[Install]
+WantedBy=sockets.target
+",
+        socket = trestle_ipam_core::DEFAULT_SOCKET
+    )
+}
+
+/// trestled's service unit, running `trestled` (an absolute path). Started by its socket on the first connection;
+/// `Also=` makes `systemctl enable trestled.service` enable the socket too.
+pub fn service_unit(trestled: &Path) -> Result<String, InstallError> {
+    let exe = trestled
+        .to_str()
+        .ok_or_else(|| InstallError::UnitPath(trestled.to_owned()))?;
+    Ok(format!(
+        "# Written by trestlectl install.
+[Unit]
+Description=trestle node IPAM service
+Requires={SOCKET_UNIT}
+After={SOCKET_UNIT}
+
+[Service]
+ExecStart={exe}
+Restart=always
+RestartSec=1
+
+[Install]
+Also={SOCKET_UNIT}
+",
+        exe = systemd_quote(exe)
+    ))
+}
+
+/// A word of an `ExecStart=` line: `%` starts a specifier and blanks split words, so both are escaped.
+fn systemd_quote(s: &str) -> String {
+    let s = s.replace('%', "%%");
+    if !s.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\' || c == '\'') {
+        return s;
+    }
+    let escaped = s.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("\"{escaped}\"")
+}
+
+/// Whether systemd manages this machine (`sd_booted(3)`'s test).
+pub fn systemd_running() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+/// How [`start_daemon`] starts trestled.
+#[derive(Debug, Clone)]
+pub struct Start {
+    /// The installed trestled.
+    pub trestled: PathBuf,
+    /// Through systemd (`systemctl enable --now trestled.socket`), or as a detached process.
+    pub systemd: bool,
+    /// The binary was just replaced: a running trestled is restarted so that the new one serves (systemd only).
+    pub restart: bool,
+    /// The socket a detached trestled serves on.
+    pub socket: PathBuf,
+    /// A detached trestled's stdout and stderr.
+    pub log: PathBuf,
+    /// How long to wait for a detached trestled to serve.
+    pub wait: Duration,
+}
+
+impl Start {
+    /// The start of the trestled `opts` installed, with `changes` telling whether its binary was replaced.
+    pub fn after_install(opts: &Options, changes: &[Change], log: PathBuf) -> Start {
+        let trestled = opts.bin_dir.join(DAEMON);
+        Start {
+            restart: changes.contains(&Change::Written(trestled.clone())),
+            trestled,
+            systemd: systemd_running(),
+            socket: PathBuf::from(trestle_ipam_core::DEFAULT_SOCKET),
+            log,
+            wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How trestled was started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Started {
+    /// systemd has its socket enabled and listening.
+    Systemd {
+        /// The running service was restarted onto the new binary.
+        restarted: bool,
+    },
+    /// Something already serves the socket: left alone.
+    AlreadyRunning(PathBuf),
+    /// Spawned detached.
+    Spawned {
+        /// Its process ID.
+        pid: u32,
+        /// Whether it answered on its socket before the wait ran out.
+        serving: bool,
+    },
+}
+
+/// Starts trestled as `how` says.
+pub fn start_daemon(how: &Start) -> Result<Started, InstallError> {
+    if how.systemd {
+        start_with_systemd(how.restart)
+    } else {
+        spawn_detached(how)
+    }
+}
+
+fn start_with_systemd(restart: bool) -> Result<Started, InstallError> {
+    // Units may have been written just now; systemd reads them only on a reload.
+    systemctl(&["daemon-reload"])?;
+    systemctl(&["enable", "--now", SOCKET_UNIT])?;
+    if restart {
+        // Only if it runs: otherwise the socket starts the new binary on the first connection anyway.
+        systemctl(&["try-restart", SERVICE_UNIT])?;
+    }
+    Ok(Started::Systemd { restarted: restart })
+}
+
+fn systemctl(args: &[&str]) -> Result<(), InstallError> {
+    let command = format!("systemctl {}", args.join(" "));
+    let out = Command::new("systemctl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| InstallError::Command {
+            command: command.clone(),
+            detail: e.to_string(),
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(InstallError::Command {
+        command,
+        detail: format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    })
+}
+
+/// Spawns trestled in a session of its own (no terminal's hangup reaches it), its output appended to the log, and
+/// waits until it serves or exits.
+fn spawn_detached(how: &Start) -> Result<Started, InstallError> {
+    if std::os::unix::net::UnixStream::connect(&how.socket).is_ok() {
+        return Ok(Started::AlreadyRunning(how.socket.clone()));
+    }
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| InstallError::Io { path, source }
+    };
+    if let Some(dir) = how.log.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(&how.log)
+        .map_err(io(&how.log))?;
+    let mut cmd = Command::new(&how.trestled);
+    cmd.arg("--socket")
+        .arg(&how.socket)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(io(&how.log))?)
+        .stderr(log);
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2), which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(io(&how.trestled))?;
+    let deadline = Instant::now() + how.wait;
+    loop {
+        if let Some(status) = child.try_wait().map_err(io(&how.trestled))? {
+            return Err(InstallError::DaemonExited {
+                status: status.to_string(),
+                log: how.log.clone(),
+            });
+        }
+        if std::os::unix::net::UnixStream::connect(&how.socket).is_ok() {
+            return Ok(Started::Spawned {
+                pid: child.id(),
+                serving: true,
+            });
+        }
+        if Instant::now() >= deadline {
+            // Still starting (a large import, say): it goes on without us.
+            return Ok(Started::Spawned {
+                pid: child.id(),
+                serving: false,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Refuses when `path` holds a config whose first plugin is not trestle (or that is not a config at all).
@@ -182,6 +454,7 @@ mod tests {
             file_name: "10-trestle.conflist".into(),
             config: default_config("trestle", "trestle0", "10.88.0.0/16"),
             force: false,
+            systemd_units: None,
         };
         (d, opts)
     }
@@ -217,7 +490,11 @@ mod tests {
         let (_d, mut opts) = setup();
         run(&opts).unwrap();
         opts.config = default_config("trestle", "trestle0", "10.99.0.0/16");
-        assert!(matches!(run(&opts).unwrap()[2], Change::Written(_)));
+        let changes = run(&opts).unwrap();
+        assert_eq!(
+            changes.last(),
+            Some(&Change::Written(opts.conf_dir.join(&opts.file_name)))
+        );
         let target = opts.conf_dir.join(&opts.file_name);
         let foreign = r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"calico"}]}"#;
         std::fs::write(&target, foreign).unwrap();
@@ -241,5 +518,127 @@ mod tests {
             !opts.bin_dir.exists(),
             "nothing installed from a bad config"
         );
+    }
+
+    #[test]
+    fn unit_files_say_what_systemd_needs() {
+        assert_eq!(
+            socket_unit(),
+            "# Written by trestlectl install.
+[Unit]
+Description=trestle node IPAM service socket
+
+[Socket]
+ListenStream=/run/trestle/ipam.sock
+SocketMode=0600
+DirectoryMode=0755
+
+[Install]
+WantedBy=sockets.target
+"
+        );
+        let service = service_unit(Path::new("/opt/cni/bin/trestled")).unwrap();
+        assert_eq!(
+            service,
+            "# Written by trestlectl install.
+[Unit]
+Description=trestle node IPAM service
+Requires=trestled.socket
+After=trestled.socket
+
+[Service]
+ExecStart=/opt/cni/bin/trestled
+Restart=always
+RestartSec=1
+
+[Install]
+Also=trestled.socket
+"
+        );
+        let odd = service_unit(Path::new("/opt/my bin/100%/trestled")).unwrap();
+        assert!(
+            odd.contains("\nExecStart=\"/opt/my bin/100%%/trestled\"\n"),
+            "{odd}"
+        );
+        assert_eq!(systemd_quote(r#"/a\"b"#), r#""/a\\\"b""#);
+    }
+
+    #[test]
+    fn installs_trestled_and_its_units_when_asked() {
+        let (d, mut opts) = setup();
+        let units = d.path().join("units");
+        opts.systemd_units = Some(units.clone());
+        let first = run(&opts).unwrap();
+        assert!(first.contains(&Change::Written(opts.bin_dir.join("trestled"))));
+        assert!(first.contains(&Change::Written(units.join(SOCKET_UNIT))));
+        let service = std::fs::read_to_string(units.join(SERVICE_UNIT)).unwrap();
+        let exec = format!("\nExecStart={}\n", opts.bin_dir.join("trestled").display());
+        assert!(service.contains(&exec), "{service}");
+        let second = run(&opts).unwrap();
+        assert!(
+            second.iter().all(|c| matches!(c, Change::Unchanged(_))),
+            "{second:?}"
+        );
+        // systemd resolves nothing relative: a relative bin dir is made absolute against the cwd.
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(absolute(Path::new("bin")).unwrap(), cwd.join("bin"));
+    }
+
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn start(dir: &Path, trestled: PathBuf) -> Start {
+        Start {
+            trestled,
+            systemd: false,
+            restart: false,
+            socket: dir.join("ipam.sock"),
+            log: dir.join("log/trestled.log"),
+            wait: Duration::from_millis(300),
+        }
+    }
+
+    #[test]
+    fn a_detached_trestled_that_exits_is_an_error_naming_its_log() {
+        let d = tempfile::tempdir().unwrap();
+        let fake = script(d.path(), "trestled", "echo \"args: $*\"; exit 3");
+        let how = start(d.path(), fake);
+        let e = start_daemon(&how).unwrap_err();
+        assert!(matches!(e, InstallError::DaemonExited { .. }), "{e}");
+        assert!(e.to_string().contains("trestled.log"), "{e}");
+        let log = std::fs::read_to_string(&how.log).unwrap();
+        assert_eq!(log, format!("args: --socket {}\n", how.socket.display()));
+    }
+
+    #[test]
+    fn a_detached_trestled_runs_in_its_own_session() {
+        let d = tempfile::tempdir().unwrap();
+        let fake = script(d.path(), "trestled", "exec sleep 30");
+        let started = start_daemon(&start(d.path(), fake)).unwrap();
+        let Started::Spawned { pid, serving } = started else {
+            panic!("{started:?}");
+        };
+        assert!(!serving, "nothing listens on the socket");
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let sid = nix::unistd::getsid(Some(pid));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        assert_eq!(sid, Ok(pid), "setsid made it a session leader");
+    }
+
+    #[test]
+    fn a_serving_trestled_is_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let how = start(d.path(), d.path().join("never-run"));
+        let _listener = std::os::unix::net::UnixListener::bind(&how.socket).unwrap();
+        assert_eq!(
+            start_daemon(&how).unwrap(),
+            Started::AlreadyRunning(how.socket.clone())
+        );
+        assert!(!how.log.exists(), "nothing spawned");
     }
 }

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod demo;
 pub mod elevate;
 pub mod install;
+pub mod ipam;
 pub mod probe;
 pub mod runtime;
 pub mod sandbox;

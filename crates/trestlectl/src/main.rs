@@ -49,15 +49,36 @@ enum Cmd {
         /// Do not compare with the reference plugins.
         #[arg(long)]
         no_reference: bool,
-        /// Directory holding `trestle` and `trestle-ipam` (default: beside trestlectl).
+        /// Directory holding `trestle`, `trestle-ipam` and `trestled` (default: beside trestlectl).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
-        /// Output folder for results.md, results.json and latency.svg.
+        /// Output folder for results.md, results.json and latency.svg (ipam-service.md and .json with
+        /// --ipam-service).
         #[arg(long, default_value = "bench-out")]
         out: PathBuf,
-        /// A few pods, one round, concurrency 1 and 4, small density: keeps the bench working in CI.
+        /// A few pods, one round, concurrency 1 and 4, small density, both IPAM modes: keeps the bench working in CI.
         #[arg(long)]
         smoke: bool,
+        /// trestle's IPAM: embedded (state in dataDir), daemon (a trestled the bench starts, side
+        /// "trestle-daemon"), or both side by side [default: embedded; with --smoke: both].
+        #[arg(long, value_enum)]
+        ipam: Option<trestlectl::bench::IpamMode>,
+        /// Instead of the CNI bench: trestled alone through its API (throughput of Allocate + Release pairs, call
+        /// latency, memory holding --service-fill allocations, restart time).
+        #[arg(long)]
+        ipam_service: bool,
+        /// --ipam-service: concurrent clients, each with its own connection.
+        #[arg(long, default_value_t = 32)]
+        service_clients: usize,
+        /// --ipam-service: seconds of Allocate + Release pairs.
+        #[arg(long, default_value_t = 5.0)]
+        service_seconds: f64,
+        /// --ipam-service: allocations held for the memory and restart measurements.
+        #[arg(long, default_value_t = 10_000)]
+        service_fill: usize,
+        /// --ipam-service: restarts timed (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        service_restarts: usize,
     },
     /// ADD a container's netns to a network, as a runtime does (libcni/cnitool behaviour); prints the result.
     Add(Attach),
@@ -125,6 +146,22 @@ enum Cmd {
         /// Replace a config file that belongs to another plugin.
         #[arg(long)]
         force: bool,
+        /// Also write trestled's systemd units (trestled.socket, trestled.service) into this directory, e.g.
+        /// /etc/systemd/system.
+        #[arg(long, value_name = "DIR")]
+        systemd_units: Option<PathBuf>,
+        /// Start trestled: `systemctl enable --now trestled.socket` under systemd (restarting a running trestled
+        /// whose binary was replaced), else a detached process.
+        #[arg(long)]
+        start_daemon: bool,
+        /// Without systemd: the file a detached trestled's output is appended to.
+        #[arg(long, default_value = "/var/log/trestled.log")]
+        daemon_log: PathBuf,
+    },
+    /// IP address allocations of trestled or a host-local dataDir: show them, release one attachment's, GC a network.
+    Ipam {
+        #[command(subcommand)]
+        command: trestlectl::ipam::Command,
     },
     /// Sleep forever, like a pod's pause container (used by the demo and tests as a sandbox holder).
     #[command(hide = true)]
@@ -223,7 +260,53 @@ fn main() -> ExitCode {
             bin_dir,
             out,
             smoke,
+            ipam,
+            ipam_service,
+            service_clients,
+            service_seconds,
+            service_fill,
+            service_restarts,
         } => {
+            let bin_dir = bin_dir
+                .or_else(trestlectl::runtime::own_bin_dir)
+                .unwrap_or_else(|| PathBuf::from("."));
+            let command = std::env::args().collect::<Vec<_>>().join(" ");
+            if ipam_service {
+                // trestled and its clients only: no namespaces, so no root needed.
+                let mut opts = trestlectl::bench::ServiceOptions {
+                    bin_dir,
+                    clients: service_clients,
+                    seconds: service_seconds,
+                    fill: service_fill,
+                    restarts: service_restarts,
+                    out,
+                    command,
+                    smoke,
+                };
+                if smoke {
+                    opts.clients = 4;
+                    opts.seconds = 0.5;
+                    opts.fill = 200;
+                    opts.restarts = 2;
+                }
+                return match trestlectl::bench::service::run(&opts) {
+                    Ok(report) => {
+                        print!("{}", report.markdown());
+                        eprintln!(
+                            "wrote {}/ipam-service.md, ipam-service.json",
+                            opts.out.display()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "trestlectl bench --ipam-service: {}",
+                            cni_proto::error_chain(&e)
+                        );
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             if let Err(e) = trestlectl::elevate::as_root("the bench") {
                 eprintln!("trestlectl bench: {}", cni_proto::error_chain(&e));
                 return ExitCode::FAILURE;
@@ -233,9 +316,13 @@ fn main() -> ExitCode {
                 rounds,
                 concurrency,
                 masq: ip_masq,
-                bin_dir: bin_dir
-                    .or_else(trestlectl::runtime::own_bin_dir)
-                    .unwrap_or_else(|| PathBuf::from(".")),
+                bin_dir,
+                ipam: ipam.unwrap_or(if smoke {
+                    trestlectl::bench::IpamMode::Both
+                } else {
+                    trestlectl::bench::IpamMode::Embedded
+                }),
+                smoke,
                 reference: if no_reference {
                     None
                 } else {
@@ -243,7 +330,7 @@ fn main() -> ExitCode {
                 },
                 density,
                 out,
-                command: std::env::args().collect::<Vec<_>>().join(" "),
+                command,
             };
             if smoke {
                 opts.pods = 4;
@@ -297,6 +384,9 @@ fn main() -> ExitCode {
             subnet,
             from,
             force,
+            systemd_units,
+            start_daemon,
+            daemon_log,
         } => {
             let config = match config {
                 Some(p) => match std::fs::read(&p) {
@@ -317,10 +407,11 @@ fn main() -> ExitCode {
                 file_name: file,
                 config,
                 force,
+                systemd_units,
             };
             match trestlectl::install::run(&opts) {
                 Ok(changes) => {
-                    for c in changes {
+                    for c in &changes {
                         match c {
                             trestlectl::install::Change::Written(p) => {
                                 eprintln!("wrote     {}", p.display())
@@ -330,10 +421,28 @@ fn main() -> ExitCode {
                             }
                         }
                     }
-                    ExitCode::SUCCESS
+                    if !start_daemon {
+                        return ExitCode::SUCCESS;
+                    }
+                    let how =
+                        trestlectl::install::Start::after_install(&opts, &changes, daemon_log);
+                    start_daemon_cmd(&how)
                 }
                 Err(e) => {
                     eprintln!("trestlectl install: {}", cni_proto::error_chain(&e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Ipam { command } => {
+            match trestlectl::ipam::run(&command, &mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!(
+                        "trestlectl ipam {}: {}",
+                        command.name(),
+                        cni_proto::error_chain(&e)
+                    );
                     ExitCode::FAILURE
                 }
             }
@@ -353,6 +462,43 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `install --start-daemon`: starts trestled and says how.
+fn start_daemon_cmd(how: &trestlectl::install::Start) -> ExitCode {
+    use trestlectl::install::Started;
+    match trestlectl::install::start_daemon(how) {
+        Ok(Started::Systemd { restarted }) => {
+            eprintln!(
+                "started   trestled.socket (systemd){}",
+                if restarted {
+                    "; trestled.service restarted if it was running"
+                } else {
+                    ""
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Started::AlreadyRunning(socket)) => {
+            eprintln!(
+                "running   trestled already serves {}: left alone (restart it to run a new binary)",
+                socket.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Started::Spawned { pid, serving }) => {
+            eprintln!(
+                "started   trestled (pid {pid}, output in {}){}",
+                how.log.display(),
+                if serving { "" } else { ", not serving yet" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trestlectl install: {}", cni_proto::error_chain(&e));
+            ExitCode::FAILURE
         }
     }
 }

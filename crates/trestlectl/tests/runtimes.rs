@@ -19,8 +19,26 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Where trestle-ipam keeps the addresses: the script's `IPAM_MODE`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ipam {
+    /// In `dataDir`, as host-local does.
+    Embedded,
+    /// In a `trestled` the script starts on the default socket of its private /run.
+    Daemon,
+}
+
+impl Ipam {
+    fn mode(self) -> &'static str {
+        match self {
+            Ipam::Embedded => "embedded",
+            Ipam::Daemon => "daemon",
+        }
+    }
+}
+
 /// `unshare` running `script` with the binaries, the reference plugins and a scratch dir.
-fn isolated(name: &str, work: &Path) -> Command {
+fn isolated(name: &str, work: &Path, ipam: Ipam) -> Command {
     for tool in ["podman", "containerd", "ctr", "runc", "busybox"] {
         assert!(
             which(tool),
@@ -44,6 +62,7 @@ fn isolated(name: &str, work: &Path) -> Command {
     .env("BINS", bin_dir())
     .env("WORK", work)
     .env("REF", reference)
+    .env("IPAM_MODE", ipam.mode())
     .env_remove("CNI_PATH")
     .env_remove("NETCONFPATH");
     cmd
@@ -66,22 +85,34 @@ fn assert_ok(name: &str, out: &Output) {
 }
 
 /// Runs a self-checking runtime script to the end.
-fn run_script(name: &str) {
+fn run_script(name: &str, ipam: Ipam) {
     let work = TempDir::new(name.trim_end_matches(".sh"));
-    let out = isolated(name, &work.0).output().unwrap();
+    let out = isolated(name, &work.0, ipam).output().unwrap();
     assert_ok(name, &out);
 }
 
 #[test]
 #[ignore = "privileged: needs root, podman"]
 fn podman_cni_backend() {
-    run_script("podman.sh");
+    run_script("podman.sh", Ipam::Embedded);
+}
+
+#[test]
+#[ignore = "privileged: needs root, podman"]
+fn podman_cni_backend_ipam_daemon() {
+    run_script("podman.sh", Ipam::Daemon);
 }
 
 #[test]
 #[ignore = "privileged: needs root, containerd"]
 fn containerd_ctr_run_cni() {
-    run_script("containerd.sh");
+    run_script("containerd.sh", Ipam::Embedded);
+}
+
+#[test]
+#[ignore = "privileged: needs root, containerd"]
+fn containerd_ctr_run_cni_ipam_daemon() {
+    run_script("containerd.sh", Ipam::Daemon);
 }
 
 /// containerd with CRI, running until the test touches `done`.
@@ -91,8 +122,8 @@ struct Containerd {
 }
 
 impl Containerd {
-    fn start(work: &Path) -> Containerd {
-        let child = isolated("cri.sh", work)
+    fn start(work: &Path, ipam: Ipam) -> Containerd {
+        let child = isolated("cri.sh", work, ipam)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(work.join("cri.sh.log")).unwrap())
             .spawn()
@@ -160,9 +191,46 @@ impl Drop for Containerd {
 #[test]
 #[ignore = "privileged: needs root, containerd"]
 fn kubelet_path_through_containerd_cri() {
+    kubelet_path(Ipam::Embedded);
+}
+
+#[test]
+#[ignore = "privileged: needs root, containerd"]
+fn kubelet_path_through_containerd_cri_ipam_daemon() {
+    kubelet_path(Ipam::Daemon);
+}
+
+/// The addresses trestle-ipam holds for the CRI test's network, wherever they live.
+fn held(c: &Containerd, ipam: Ipam) -> Vec<String> {
+    match ipam {
+        Ipam::Embedded => common::reservations(&c.work.join("ipam/trestlenet")),
+        Ipam::Daemon => {
+            let trestlectl = bin_dir().join("trestlectl");
+            let out = c.nsenter(&[
+                trestlectl.to_str().unwrap(),
+                "ipam",
+                "show",
+                "--json",
+                "--network",
+                "trestlenet",
+            ]);
+            assert_ok("trestlectl ipam show", &out);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let mut ips: Vec<String> = v["allocations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["address"].as_str().unwrap().to_string())
+                .collect();
+            ips.sort();
+            ips
+        }
+    }
+}
+
+fn kubelet_path(ipam: Ipam) {
     let work = TempDir::new("cri");
-    let containerd = Containerd::start(&work.0);
-    let ipam = work.0.join("ipam/trestlenet");
+    let containerd = Containerd::start(&work.0, ipam);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -177,7 +245,7 @@ fn kubelet_path_through_containerd_cri() {
         let sandbox = c.run_pod_sandbox(pod.clone()).await;
         let ip = c.pod_ip(&sandbox).await;
         assert!(ip.starts_with("10.79.0."), "pod IP {ip}");
-        assert_eq!(common::reservations(&ipam), std::slice::from_ref(&ip));
+        assert_eq!(held(&containerd, ipam), std::slice::from_ref(&ip));
 
         // A container of the pod shares pause's network: it sees the pod's eth0 and address.
         let app = c
@@ -214,7 +282,7 @@ fn kubelet_path_through_containerd_cri() {
         c.remove_container(&app).await;
         c.stop_pod_sandbox(&sandbox).await;
         assert!(
-            common::reservations(&ipam).is_empty(),
+            held(&containerd, ipam).is_empty(),
             "address kept after StopPodSandbox"
         );
         c.remove_pod_sandbox(&sandbox).await;

@@ -1,22 +1,62 @@
 //! `trestlectl bench`: ADD/DEL latency, throughput, memory, density and the kernel floor, trestle side by side with
 //! the reference plugins in the same run. Every side gets its own private host namespace and pod namespaces made up
-//! front; runs alternate between the sides (A B A B ...) so drift on a noisy machine cancels out.
+//! front; runs alternate between the sides (A B A B ...) so drift on a noisy machine cancels out. With `--ipam
+//! daemon` or `both`, trestle also runs in daemon mode against a trestled the bench starts; `--ipam-service`
+//! ([`service`]) measures that trestled on its own, through its API.
 
 pub mod binary;
 mod floor;
 mod progress;
 mod report;
+pub mod service;
 mod side;
 mod stats;
+mod trestled;
 
 pub use report::Report;
+pub use service::{ServiceOptions, ServiceReport};
 
 use progress::Progress;
-use report::{CaseResult, DensityResult, SideCase};
+use report::{load_average, CaseResult, DaemonRun, DensityResult, SideCase};
 use side::Side;
 use stats::summarise;
 use std::path::PathBuf;
 use std::time::Duration;
+use trestle_ipam_core::DaemonSettings;
+use trestled::Trestled;
+
+/// Which IPAM of trestle the bench runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpamMode {
+    /// Embedded: trestle-ipam's code in the plugin, state in `dataDir` (side "trestle").
+    Embedded,
+    /// Daemon mode: the plugin asks a trestled the bench starts (side "trestle-daemon").
+    Daemon,
+    /// Both, side by side in the same rounds.
+    Both,
+}
+
+impl IpamMode {
+    /// Whether the embedded side runs.
+    pub fn embedded(self) -> bool {
+        matches!(self, IpamMode::Embedded | IpamMode::Both)
+    }
+
+    /// Whether the daemon-mode side runs.
+    pub fn daemon(self) -> bool {
+        matches!(self, IpamMode::Daemon | IpamMode::Both)
+    }
+
+    /// For the report.
+    pub fn describe(self) -> &'static str {
+        match self {
+            IpamMode::Embedded => "embedded (`dataDir`)",
+            IpamMode::Daemon => "daemon mode (trestled)",
+            IpamMode::Both => "embedded (`dataDir`) and daemon mode (trestled), side by side",
+        }
+    }
+}
 
 /// Why the bench stopped.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +176,49 @@ pub enum Error {
     /// The kernel floor's bridge was not there after creating it.
     #[error("kernel floor: no bridge floor0 after creating it")]
     FloorNoBridge,
+    /// Daemon mode needs trestled beside the plugins.
+    #[error("no trestled at {} (build it: cargo build --release)", .path.display())]
+    TrestledMissing {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// trestled could not be started or waited for.
+    #[error("cannot run {}", .path.display())]
+    TrestledSpawn {
+        /// The binary.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// trestled exited on its own, or not cleanly at SIGTERM.
+    #[error("trestled exited ({status}); its log ends:\n{log}")]
+    TrestledExited {
+        /// How it exited.
+        status: String,
+        /// The end of its log.
+        log: String,
+    },
+    /// trestled did not answer STATUS with ready in time.
+    #[error("trestled not ready after {waited:?}; its log ends:\n{log}")]
+    TrestledNotReady {
+        /// How long the bench waited.
+        waited: Duration,
+        /// The end of its log.
+        log: String,
+    },
+    /// A call of the service bench failed.
+    #[error("trestled: {what}")]
+    Service {
+        /// The call.
+        what: String,
+        /// The cause.
+        #[source]
+        source: Box<trestle_ipam::daemon::CallError>,
+    },
+    /// trestled answered something the service bench did not expect.
+    #[error("trestled: {0}")]
+    ServiceCheck(String),
 }
 
 /// What to run.
@@ -149,8 +232,12 @@ pub struct Options {
     pub concurrency: Vec<usize>,
     /// Masquerade settings to run.
     pub masq: Vec<bool>,
-    /// Directory of `trestle` and `trestle-ipam`.
+    /// Directory of `trestle`, `trestle-ipam` and `trestled`.
     pub bin_dir: PathBuf,
+    /// Embedded IPAM, daemon mode, or both.
+    pub ipam: IpamMode,
+    /// A smoke run: its numbers are not judged.
+    pub smoke: bool,
     /// Directory of the reference `bridge` and `host-local`, if any.
     pub reference: Option<PathBuf>,
     /// Pods of the density run (0: skip).
@@ -194,23 +281,49 @@ pub fn run(opts: &Options) -> Result<Report, Error> {
     Ok(report)
 }
 
-fn sides(opts: &Options, work: &std::path::Path, pods: usize) -> Result<Vec<Side>, Error> {
-    let mut v = vec![Side::new(
-        "trestle",
-        opts.bin_dir.join("trestle"),
-        "trestle-ipam",
-        work,
-        pods,
-    )
-    .map_err(|source| Error::Side {
-        side: "trestle",
-        source,
-    })?];
+fn sides(
+    opts: &Options,
+    work: &std::path::Path,
+    pods: usize,
+    daemon: Option<&DaemonSettings>,
+) -> Result<Vec<Side>, Error> {
+    let mut v = Vec::new();
+    if opts.ipam.embedded() {
+        v.push(
+            Side::new(
+                side::EMBEDDED,
+                opts.bin_dir.join("trestle"),
+                "trestle-ipam",
+                work,
+                pods,
+            )
+            .map_err(|source| Error::Side {
+                side: side::EMBEDDED,
+                source,
+            })?,
+        );
+    }
+    if let Some(d) = daemon {
+        v.push(
+            Side::new(
+                side::DAEMON,
+                opts.bin_dir.join("trestle"),
+                "trestle-ipam",
+                work,
+                pods,
+            )
+            .map_err(|source| Error::Side {
+                side: side::DAEMON,
+                source,
+            })?
+            .with_daemon(d.clone()),
+        );
+    }
     if let Some(r) = &opts.reference {
         v.push(
-            Side::new("reference", r.join("bridge"), "host-local", work, pods).map_err(
+            Side::new(side::REFERENCE, r.join("bridge"), "host-local", work, pods).map_err(
                 |source| Error::Side {
-                    side: "reference",
+                    side: side::REFERENCE,
                     source,
                 },
             )?,
@@ -221,7 +334,24 @@ fn sides(opts: &Options, work: &std::path::Path, pods: usize) -> Result<Vec<Side
 
 fn run_in(opts: &Options, work: &std::path::Path) -> Result<Report, Error> {
     let mut report = Report::new(opts);
-    let sides = sides(opts, &work.join("cases"), opts.pods)?;
+    // Daemon mode: one trestled for the whole bench, its socket, store and delete queue in the work directory.
+    // Reuse delay 0: the bench deletes and re-adds the same pods within a second, round after round, as embedded
+    // mode (host-local's scheme, no reuse delay) allows.
+    let mut daemon = match opts.ipam.daemon() {
+        true => {
+            let mut d = Trestled::new(
+                opts.bin_dir.join("trestled"),
+                &work.join("trestled"),
+                &["--reuse-delay", "0"],
+            )?;
+            let ready = d.start()?;
+            Some((d, ready))
+        }
+        false => None,
+    };
+    let settings = daemon.as_ref().map(|(d, _)| d.settings());
+    let cpu_start = daemon.as_ref().and_then(|(d, _)| d.cpu_seconds());
+    let sides = sides(opts, &work.join("cases"), opts.pods, settings.as_ref())?;
     let cases: Vec<(usize, bool)> = opts
         .concurrency
         .iter()
@@ -240,8 +370,20 @@ fn run_in(opts: &Options, work: &std::path::Path) -> Result<Report, Error> {
     report.memory = memory(&sides)?;
     drop(sides);
     if opts.density > 0 {
-        report.density = density(opts, &work.join("density"))?;
+        report.density = density(opts, &work.join("density"), settings.as_ref())?;
     }
+    if let Some((mut d, ready)) = daemon.take() {
+        let (rss_kib, cpu) = (d.rss_kib(), d.cpu_seconds());
+        let stop = d.stop()?;
+        report.daemon = Some(DaemonRun {
+            command: d.command_line(),
+            start_ms: ready.as_secs_f64() * 1e3,
+            rss_kib,
+            cpu_s: cpu.zip(cpu_start).map(|(end, start)| end - start),
+            stop_ms: stop.as_secs_f64() * 1e3,
+        });
+    }
+    report.load.push(load_average());
     Ok(report)
 }
 
@@ -323,8 +465,12 @@ fn memory(sides: &[Side]) -> Result<Vec<(String, i64)>, Error> {
 }
 
 /// Many pods on one /22: total ADD and DEL time, and all addresses distinct.
-fn density(opts: &Options, work: &std::path::Path) -> Result<Vec<DensityResult>, Error> {
-    let sides = sides(opts, work, opts.density)?;
+fn density(
+    opts: &Options,
+    work: &std::path::Path,
+    daemon: Option<&DaemonSettings>,
+) -> Result<Vec<DensityResult>, Error> {
+    let sides = sides(opts, work, opts.density, daemon)?;
     let progress = Progress::new((opts.density * 2 * sides.len()) as u64);
     let mut out = Vec::new();
     for side in &sides {

@@ -8,15 +8,23 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use trestle_ipam_core::DaemonSettings;
 use trestle_netlink::Netlink;
 use trestle_netns::{NamedNetNs, NetNs};
 
 /// The bench network's bridge.
 pub const BRIDGE: &str = "bench0";
 
+/// The side of trestle with embedded IPAM (state in `dataDir`, like host-local).
+pub const EMBEDDED: &str = "trestle";
+/// The side of trestle in daemon mode (`ipam.daemon`: the bench's own trestled).
+pub const DAEMON: &str = "trestle-daemon";
+/// The reference plugins' side.
+pub const REFERENCE: &str = "reference";
+
 /// An implementation under test.
 pub struct Side {
-    /// "trestle" or "reference".
+    /// [`EMBEDDED`], [`DAEMON`] or [`REFERENCE`].
     pub name: &'static str,
     /// The main plugin binary.
     pub plugin: PathBuf,
@@ -26,6 +34,8 @@ pub struct Side {
     pub host: NetNs,
     /// Its pod namespaces, created up front.
     pub pods: Vec<NamedNetNs>,
+    /// Daemon mode: the trestled its IPAM config names.
+    pub daemon: Option<DaemonSettings>,
     dir: PathBuf,
 }
 
@@ -69,13 +79,20 @@ impl Side {
             ipam,
             host,
             pods,
+            daemon: None,
             dir,
         })
     }
 
+    /// The side in daemon mode: its IPAM config names this daemon.
+    pub fn with_daemon(mut self, daemon: DaemonSettings) -> Side {
+        self.daemon = Some(daemon);
+        self
+    }
+
     /// The bench network config: the classic shape, with masquerade on or off.
     pub fn config(&self, network: &str, subnet: &str, masq: bool) -> Value {
-        json!({
+        let mut conf = json!({
             "cniVersion": "1.0.0",
             "name": network,
             "type": self.plugin.file_name().and_then(|n| n.to_str()).unwrap_or("bridge"),
@@ -88,7 +105,14 @@ impl Side {
                 "dataDir": self.dir.join("ipam").display().to_string(),
                 "routes": [{ "dst": "0.0.0.0/0" }]
             }
-        })
+        });
+        if let Some(d) = &self.daemon {
+            conf["ipam"]["daemon"] = json!({
+                "socket": d.socket.display().to_string(),
+                "deleteQueue": d.delete_queue.display().to_string(),
+            });
+        }
+        conf
     }
 
     fn invocation(&self, cmd: &str, pod: usize) -> Invocation {
@@ -191,8 +215,29 @@ impl Side {
         start.elapsed()
     }
 
-    /// Addresses currently reserved on `network` (for the density check).
+    /// Addresses currently reserved on `network` (for the density check): the files of `dataDir`, or what the
+    /// daemon lists.
     pub fn reserved(&self, network: &str) -> usize {
+        if let Some(d) = &self.daemon {
+            let req = trestle_ipam_api::v1::ListRequest {
+                client: Some(trestle_ipam_api::version::peer("trestlectl-bench")),
+                network: network.to_owned(),
+            };
+            return trestle_ipam::daemon::Daemon::new(d.clone())
+                .call(|mut c| {
+                    let r = req.clone();
+                    async move { c.list(r).await }
+                })
+                .map(|reply| {
+                    reply
+                        .allocations
+                        .iter()
+                        .map(|a| &a.address)
+                        .collect::<std::collections::HashSet<_>>()
+                        .len()
+                })
+                .unwrap_or(0);
+        }
         std::fs::read_dir(self.dir.join("ipam").join(network))
             .map(|rd| {
                 rd.filter_map(|e| e.ok()?.file_name().into_string().ok())

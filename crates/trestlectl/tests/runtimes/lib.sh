@@ -2,7 +2,7 @@
 # "host" is a network namespace of the test's own, and /run, /var/lib, /etc/cni, /opt, /dev/shm and /var/tmp are
 # private tmpfs mounts, so nothing of a run reaches the machine's namespace or disks, or another script's run.
 set -euo pipefail
-: "${BINS:?dir with trestle, trestle-ipam, trestlectl}" "${WORK:?scratch dir}" "${REF:?reference plugins dir}"
+: "${BINS:?dir with trestle, trestle-ipam, trestlectl, trestled}" "${WORK:?scratch dir}" "${REF:?reference plugins dir}"
 
 step() { echo "== $*" >&2; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -29,8 +29,31 @@ busybox_rootfs() {
     tar -C "$root" -cf "$WORK/rootfs.tar" .
 }
 
-# The reservation files of a trestle-ipam network under the default dataDir.
-reserved() { ls "/var/lib/cni/networks/$1" 2>/dev/null | grep -E '^[0-9a-f.:]+$' | sort || true; }
+# IPAM_MODE=daemon runs the same script with trestle-ipam in daemon mode: a trestled on the default socket of the
+# private /run, and "daemon": true in the network's ipam config.
+IPAM_MODE=${IPAM_MODE:-embedded}
+TRESTLED_SOCK=/run/trestle/ipam.sock
+
+# The addresses a trestle-ipam network holds: reservation files under the default dataDir, or the daemon's view.
+reserved() {
+    if [[ $IPAM_MODE == daemon ]]; then
+        ctl ipam show --socket "$TRESTLED_SOCK" --network "$1" --json \
+            | { grep -o '"address": *"[^"]*"' || true; } | cut -d'"' -f4 | sort
+    else
+        ls "/var/lib/cni/networks/$1" 2>/dev/null | grep -E '^[0-9a-f.:]+$' | sort || true
+    fi
+}
+
+# Starts trestled (daemon mode only); it dies with the script's PID namespace.
+start_trestled() {
+    [[ $IPAM_MODE == daemon ]] || return 0
+    "$BINS/trestled" --host-local-dir "" >"$WORK/trestled.log" 2>&1 &
+    for _ in $(seq 200); do
+        ctl ipam show --socket "$TRESTLED_SOCK" --json >/dev/null 2>&1 && return 0
+        sleep 0.05
+    done
+    fail "trestled did not start: $(cat "$WORK/trestled.log")"
+}
 
 ctl() { "$BINS/trestlectl" "$@"; }
 
@@ -40,6 +63,8 @@ ctl() { "$BINS/trestlectl" "$@"; }
 # list) must write results they can read.
 install_trestle() {
     local data=${3:+, \"dataDir\": \"$3\"}
+    [[ $IPAM_MODE == daemon ]] && data="$data, \"daemon\": true"
+    start_trestled
     cat >"$WORK/trestlenet.conflist" <<CONF
 {"cniVersion": "1.0.0", "name": "trestlenet", "plugins": [{"type": "trestle", "bridge": "$1", "isGateway": true,
  "ipMasq": true, "ipam": {"type": "trestle-ipam", "ranges": [[{"subnet": "$2"}]],
