@@ -151,9 +151,9 @@ impl DiskStore {
     /// reads the same set again (and an operator can still read them).
     pub fn hand_over(&mut self, handover: &Handover) -> Result<Vec<Reservation>, IpamError> {
         self.flock()?;
-        let done = self
-            .list()
-            .and_then(|all| write_file(&self.dir.join(HANDOVER_FILE), &handover.encode()).map(|_| all));
+        let done = self.list().and_then(|all| {
+            write_file(&self.dir.join(HANDOVER_FILE), &handover.encode()).map(|_| all)
+        });
         let unlocked = self.unlock();
         let all = done?;
         unlocked?;
