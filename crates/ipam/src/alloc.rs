@@ -85,6 +85,14 @@ pub fn gc(
     store: &mut impl Store,
     valid: &[Attachment],
 ) -> Result<Vec<(Attachment, IpAddr)>, IpamError> {
+    let (freed, first_err) = gc_store(store, valid)?;
+    log::debug!("{}: gc freed {freed:?}", cfg.network);
+    first_err.map_or(Ok(freed), Err)
+}
+
+/// [`gc`] without a configuration (an operator's repair): what it freed, and the first failure
+/// it continued past. The outer error is one that stopped it before anything was freed.
+pub fn gc_store(store: &mut impl Store, valid: &[Attachment]) -> Result<GcOutcome, IpamError> {
     locked(store, |s| {
         let stale: Vec<_> = s
             .list()?
@@ -106,10 +114,12 @@ pub fn gc(
             log::warn!("cannot prune index: {e}");
             first_err.get_or_insert(e);
         }
-        log::debug!("{}: gc freed {freed:?}", cfg.network);
-        first_err.map_or(Ok(freed), Err)
+        Ok((freed, first_err))
     })
 }
+
+/// What [`gc_store`] freed (owner and address), and the first failure it continued past.
+pub type GcOutcome = (Vec<(Attachment, IpAddr)>, Option<IpamError>);
 
 /// Runs `f` under the store lock, unlocking on every path.
 fn locked<S: Store, R>(

@@ -361,7 +361,7 @@ fn write_cursor(path: &Path, content: &[u8]) -> Result<(), IpamError> {
 }
 
 /// Parses a reservation file's content; host-local compares the whitespace-trimmed content.
-pub(crate) fn parse_owner(content: &str) -> Attachment {
+pub fn parse_owner(content: &str) -> Attachment {
     let content = content.trim();
     match content.split_once('\n') {
         Some((id, ifname)) => Attachment::new(id.trim_end_matches('\r'), ifname),

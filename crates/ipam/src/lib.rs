@@ -25,12 +25,12 @@ pub mod queue;
 mod range;
 mod store;
 
-pub use alloc::{allocate, check, gc, release, AllocatedIp, Allocation};
+pub use alloc::{allocate, check, gc, gc_store, release, AllocatedIp, Allocation, GcOutcome};
 pub use boot::BootIdSource;
 pub use config::{
     ConfigInput, DaemonSettings, IpamConfig, RouteConfig, DEFAULT_DATA_DIR, DEFAULT_SOCKET,
 };
-pub use disk::{DiskStore, Handover, HANDOVER_FILE, LAST_RESERVED_PREFIX};
+pub use disk::{parse_owner, DiskStore, Handover, HANDOVER_FILE, LAST_RESERVED_PREFIX};
 pub use dns::DnsConfig;
 pub use error::{code, ErrorKind, IpamError};
 pub use mem::MemStore;

@@ -153,44 +153,23 @@ pub fn list(loc: &Locations, network: Option<&str>) -> Result<Vec<Row>, RuntimeE
 
 /// The rows as an aligned table.
 pub fn table(rows: &[Row]) -> String {
-    let mut lines = vec![[
-        "NETWORK".to_owned(),
-        "CONTAINER".to_owned(),
-        "IFNAME".to_owned(),
-        "ADDRESSES".to_owned(),
-        "NETNS".to_owned(),
-    ]];
-    for r in rows {
-        lines.push([
-            r.network.clone(),
-            r.container_id.clone(),
-            r.ifname.clone(),
-            if r.addresses.is_empty() {
-                "-".into()
-            } else {
-                r.addresses.join(",")
-            },
-            if r.netns.is_empty() {
-                "-".into()
-            } else {
-                r.netns.clone()
-            },
-        ]);
-    }
-    let widths: Vec<usize> = (0..5)
-        .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
+    let dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.network.clone(),
+                r.container_id.clone(),
+                r.ifname.clone(),
+                dash(r.addresses.join(",")),
+                dash(r.netns.clone()),
+            ]
+        })
         .collect();
-    let mut out = String::new();
-    for l in &lines {
-        let cells: Vec<String> = l
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    crate::table::table(
+        &["NETWORK", "CONTAINER", "IFNAME", "ADDRESSES", "NETNS"],
+        &rows,
+    )
 }
 
 /// The addresses of a result of any version (`ips[].address`, or 0.1/0.2's `ip4.ip`/`ip6.ip`).

@@ -12,3 +12,4 @@ pub mod probe;
 pub mod runtime;
 pub mod sandbox;
 pub mod show;
+pub mod table;

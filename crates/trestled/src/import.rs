@@ -46,23 +46,6 @@ pub fn hand_over(hl: &HostLocal, network: &str) -> Result<Vec<(IpAddr, Record)>,
     }
     Ok(found
         .into_iter()
-        .map(|r| {
-            (
-                r.ip,
-                Record {
-                    container_id: r.owner.container_id,
-                    ifname: r.owner.ifname,
-                    set_index: 0,
-                    pod_namespace: String::new(),
-                    pod_name: String::new(),
-                    pod_uid: String::new(),
-                    netns: String::new(),
-                    netns_inode: 0,
-                    // Older than any DEL queued from now on.
-                    created_ns: 0,
-                    since_unix_ms: now,
-                },
-            )
-        })
+        .map(|r| (r.ip, Record::imported(r.owner, now)))
         .collect())
 }

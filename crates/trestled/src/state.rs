@@ -43,6 +43,23 @@ pub struct Record {
 }
 
 impl Record {
+    /// An allocation taken over from a host-local `dataDir`: no pod or namespace known, and
+    /// older (`created_ns` 0) than any DEL queued since.
+    pub fn imported(owner: Attachment, since_unix_ms: i64) -> Record {
+        Record {
+            container_id: owner.container_id,
+            ifname: owner.ifname,
+            set_index: 0,
+            pod_namespace: String::new(),
+            pod_name: String::new(),
+            pod_uid: String::new(),
+            netns: String::new(),
+            netns_inode: 0,
+            created_ns: 0,
+            since_unix_ms,
+        }
+    }
+
     /// Its owner.
     pub fn attachment(&self) -> Attachment {
         Attachment::new(self.container_id.clone(), self.ifname.clone())

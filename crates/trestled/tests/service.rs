@@ -35,6 +35,16 @@ fn allocate_req(cfg: &IpamConfig, id: &str) -> v1::AllocateRequest {
     )
 }
 
+/// Allocate over `d`, which must succeed.
+fn allocate(d: &mut trestle_ipam::daemon::Daemon, cfg: &IpamConfig, id: &str) -> v1::AllocateReply {
+    let req = allocate_req(cfg, id);
+    d.call(|mut c| {
+        let r = req.clone();
+        async move { c.allocate(r).await }
+    })
+    .unwrap()
+}
+
 fn release_req(network: &str, id: &str) -> v1::ReleaseRequest {
     v1::ReleaseRequest {
         client: Some(trestle_ipam_api::version::peer("test")),
@@ -172,33 +182,15 @@ fn a_delete_queue_others_can_write_is_not_trusted() {
     let mut node = Node::new();
     node.start();
     let conf = node.conf("untrusted", "10.59.0.0/24");
-    address(&plugin("ADD", "c1", NO_NETNS, &conf));
-    node.kill9();
-    assert!(plugin("DEL", "c1", NO_NETNS, &conf).status.success());
-    node.start();
-    assert!(node.allocations().is_empty(), "applied at start");
-    address(&plugin("ADD", "c2", NO_NETNS, &conf));
-    node.kill9();
-    assert!(plugin("DEL", "c2", NO_NETNS, &conf).status.success());
+    address(&plugin("ADD", "c9", NO_NETNS, &conf));
     // Anyone may now drop entries in it: the daemon applies none (and says why).
     std::fs::set_permissions(node.queue(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    node.args
-        .extend(["--delete-queue".into(), node.queue().display().to_string()]);
-    // The daemon makes the directory its own again at start; loosen it once more after.
-    node.start();
-    assert!(node.allocations().is_empty());
-    address(&plugin("ADD", "c3", NO_NETNS, &conf));
-    node.kill9();
-    assert!(plugin("DEL", "c3", NO_NETNS, &conf).status.success());
-    node.start();
-    std::fs::set_permissions(node.queue(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let queued = node.path("queue/extra.del");
-    std::fs::write(
-        &queued,
-        serde_json::json!({"network": "untrusted", "container_id": "c9", "ifname": "eth0", "queued_at_ns": u64::MAX}).to_string(),
-    )
-    .unwrap();
-    address(&plugin("ADD", "c9", NO_NETNS, &conf));
+    let queued = node.queue().join("1-forged.del");
+    let forged = serde_json::json!({
+        "network": "untrusted", "container_id": "c9", "ifname": "eth0", "queued_at_ns": u64::MAX
+    });
+    std::fs::write(&queued, forged.to_string()).unwrap();
+    // The daemon applies the queue every second.
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(node.allocations().len(), 1, "{:?}", node.allocations());
     assert!(queued.exists());
@@ -222,14 +214,7 @@ fn thirty_two_clients_times_a_thousand_cycles_no_duplicate_no_leak() {
             std::thread::spawn(move || {
                 for i in 0..1000 {
                     let id = format!("c{t}-{i}");
-                    let req = allocate_req(&cfg, &id);
-                    let reply = d
-                        .call(|mut c| {
-                            let r = req.clone();
-                            async move { c.allocate(r).await }
-                        })
-                        .unwrap();
-                    let ip = reply.addresses[0].address.clone();
+                    let ip = allocate(&mut d, &cfg, &id).addresses[0].address.clone();
                     assert!(
                         held.lock().unwrap().insert(ip.clone()),
                         "{ip} handed out twice"
@@ -374,12 +359,7 @@ fn killing_the_daemon_during_a_thousand_dels_fails_none_and_leaks_nothing() {
     let cfg = config("dels", "10.63.0.0/16");
     let mut d = node.client();
     for i in 0..1000 {
-        let req = allocate_req(&cfg, &format!("d{i}"));
-        d.call(|mut c| {
-            let r = req.clone();
-            async move { c.allocate(r).await }
-        })
-        .unwrap();
+        allocate(&mut d, &cfg, &format!("d{i}"));
     }
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let workers: Vec<_> = (0..4)

@@ -216,7 +216,9 @@ fn program() -> String {
         .unwrap_or_else(|| "trestle".into())
 }
 
-fn timestamp(secs: i64, millis: u32) -> String {
+/// `secs.millis` since the Unix epoch as RFC 3339 UTC with milliseconds (`1970-01-01T23:59:59.005Z`): the
+/// timestamps of trestle's log lines, shared with `trestled`'s logger.
+pub fn timestamp(secs: i64, millis: u32) -> String {
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
     format!(

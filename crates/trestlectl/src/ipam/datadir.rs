@@ -153,19 +153,9 @@ pub(super) fn read_reservation(path: &Path) -> std::io::Result<Option<(Attachmen
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .and_then(|d| i64::try_from(d.as_millis()).ok());
     Ok(Some((
-        parse_owner(&String::from_utf8_lossy(&content)),
+        trestle_ipam_core::parse_owner(&String::from_utf8_lossy(&content)),
         since,
     )))
-}
-
-/// A reservation file's owner, read as `DiskStore` reads it: host-local compares the trimmed content; current files
-/// hold `id\r\nifname`, older ones `id\nifname`, the oldest only the ID.
-pub(super) fn parse_owner(content: &str) -> Attachment {
-    let content = content.trim();
-    match content.split_once('\n') {
-        Some((id, ifname)) => Attachment::new(id.trim_end_matches('\r'), ifname),
-        None => Attachment::new(content, ""),
-    }
 }
 
 /// Opens a network's store; the directory must exist.
@@ -236,43 +226,26 @@ pub(super) fn released_of(network: &str, ip: IpAddr, known: &[Reservation]) -> R
     }
 }
 
-/// `trestle_ipam_core::gc` without a network config: under the lock, frees every reservation that belongs to no
-/// valid attachment (exactly, or as a legacy ID-only reservation of a valid attachment's container), then prunes
-/// the index. Continues past a failed release, as the core does.
+/// `trestle_ipam_core::gc_store`: under the lock, frees every reservation that belongs to no valid attachment
+/// (exactly, or as a legacy ID-only reservation of a valid attachment's container), then prunes the index.
+/// Continues past a failed release, and reports what it freed with the first failure.
 pub(super) fn gc_data_dir(
     dir: &Path,
     network: &str,
     valid: &[Attachment],
 ) -> Result<Vec<Released>, Error> {
     let mut store = open_store(dir, network)?;
-    let (freed, first_err) = locked(&mut store, |s| {
-        let stale: Vec<Reservation> = s
-            .list()?
-            .into_iter()
-            .filter(|r| !valid.iter().any(|v| r.belongs_to(v)))
-            .collect();
-        let mut freed = Vec::new();
-        let mut first_err = None;
-        for r in stale {
-            match s.release(r.ip) {
-                Ok(true) => freed.push(Released {
-                    network: network.to_owned(),
-                    address: r.ip.to_string(),
-                    container_id: r.owner.container_id,
-                    ifname: r.owner.ifname,
-                }),
-                Ok(false) => {}
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        if let Err(e) = s.prune_index() {
-            first_err.get_or_insert(e);
-        }
-        Ok((freed, first_err))
-    })
-    .map_err(|e| store_error(dir, e))?;
+    let (freed, first_err) =
+        trestle_ipam_core::gc_store(&mut store, valid).map_err(|e| store_error(dir, e))?;
+    let freed: Vec<Released> = freed
+        .into_iter()
+        .map(|(owner, ip)| Released {
+            network: network.to_owned(),
+            address: ip.to_string(),
+            container_id: owner.container_id,
+            ifname: owner.ifname,
+        })
+        .collect();
     match first_err {
         None => Ok(freed),
         Some(e) => Err(Error::Incomplete {

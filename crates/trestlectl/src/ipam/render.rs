@@ -1,6 +1,7 @@
 //! Text output: tables readable at a glance.
 
 use super::*;
+use crate::table::table;
 
 /// Milliseconds since the Unix epoch now (0 if the clock is before it).
 pub fn now_ms() -> i64 {
@@ -55,32 +56,6 @@ pub(super) fn dash_if_empty(s: &str) -> String {
 
 pub(super) fn count_text(n: Option<u64>) -> String {
     n.map_or_else(|| "-".into(), |n| n.to_string())
-}
-
-/// Left-aligned columns two spaces apart, trailing blanks trimmed (as `trestlectl ls` prints).
-pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
-    for row in std::iter::once(&header).chain(rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 /// `show`'s text: where it looked, the pools, then the allocations, with ages relative to `now_ms`.

@@ -244,10 +244,3 @@ fn the_default_source_is_the_socket_if_it_exists() {
         Source::DataDir("/x".into())
     );
 }
-
-#[test]
-fn owners_parse_like_the_disk_store() {
-    assert_eq!(parse_owner("abc\r\neth0"), Attachment::new("abc", "eth0"));
-    assert_eq!(parse_owner("abc\neth0\n"), Attachment::new("abc", "eth0"));
-    assert_eq!(parse_owner(" abc "), Attachment::new("abc", ""));
-}

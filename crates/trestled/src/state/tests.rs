@@ -102,18 +102,7 @@ fn gc_keeps_valid_and_legacy_owners() {
         st.allocate(&input(id, "10.0.0.0/28"), at(1), &mut ops)
             .unwrap();
     }
-    let legacy = Record {
-        container_id: "d".into(),
-        ifname: String::new(),
-        set_index: 0,
-        pod_namespace: String::new(),
-        pod_name: String::new(),
-        pod_uid: String::new(),
-        netns: String::new(),
-        netns_inode: 0,
-        created_ns: 0,
-        since_unix_ms: 0,
-    };
+    let legacy = Record::imported(Attachment::new("d", ""), 0);
     st.pools
         .get_mut("n")
         .unwrap()
