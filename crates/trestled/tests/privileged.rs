@@ -244,23 +244,5 @@ fn a_populated_host_local_data_dir_migrates_without_conflict() {
 }
 
 fn reference(bin: &str, cmd: &str, id: &str, conf: &serde_json::Value) -> std::process::Output {
-    use std::io::Write;
-    let mut child = Command::new(bin)
-        .env_clear()
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", NO_NETNS)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    common::run_plugin(std::path::Path::new(bin), cmd, id, NO_NETNS, conf, None)
 }

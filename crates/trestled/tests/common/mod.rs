@@ -263,8 +263,20 @@ pub fn plugin(command: &str, id: &str, netns: &str, conf: &Value) -> Output {
 
 /// [`plugin`], optionally as another user (uid = gid).
 pub fn plugin_as(command: &str, id: &str, netns: &str, conf: &Value, uid: Option<u32>) -> Output {
+    run_plugin(&bin("trestle-ipam"), command, id, netns, conf, uid)
+}
+
+/// Runs the plugin binary `plugin` as a runtime would, optionally as another user.
+pub fn run_plugin(
+    plugin: &Path,
+    command: &str,
+    id: &str,
+    netns: &str,
+    conf: &Value,
+    uid: Option<u32>,
+) -> Output {
     use std::io::Write;
-    let mut cmd = Command::new(bin("trestle-ipam"));
+    let mut cmd = Command::new(plugin);
     cmd.env_clear()
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", id)
@@ -277,7 +289,7 @@ pub fn plugin_as(command: &str, id: &str, netns: &str, conf: &Value, uid: Option
     if let Some(uid) = uid {
         cmd.uid(uid).gid(uid);
     }
-    let mut child = cmd.spawn().expect("spawn trestle-ipam");
+    let mut child = cmd.spawn().expect("spawn the plugin");
     child
         .stdin
         .take()
