@@ -125,7 +125,10 @@ pub fn run(opts: Options) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    rt.block_on(serve(opts))
+    // On a worker, not on the main thread that block_on drives: the accept loop then runs
+    // where the requests run, instead of handing every new connection across threads.
+    rt.block_on(async { tokio::spawn(serve(opts)).await })
+        .map_err(|e| format!("trestled panicked: {e}"))?
 }
 
 async fn serve(opts: Options) -> Result<(), String> {

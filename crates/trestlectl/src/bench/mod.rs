@@ -389,9 +389,9 @@ fn run_in(opts: &Options, work: &std::path::Path) -> Result<Report, Error> {
 
 /// A pause before every measured batch, the same for both sides: the kernel finishes work queued by the batch
 /// before (RCU callbacks, the IPv6 cleanup of deleted links, writeback of the state directory) instead of doing it
-/// on the next side's time.
-fn settle() {
-    std::thread::sleep(Duration::from_millis(300));
+/// on the next side's time. A smoke run judges no number, so it pauses only briefly.
+fn settle(opts: &Options) {
+    std::thread::sleep(Duration::from_millis(if opts.smoke { 50 } else { 300 }));
 }
 
 fn run_case(
@@ -410,18 +410,18 @@ fn run_case(
         for (i, side) in sides.iter().enumerate() {
             let conf = side.config("benchnet", "10.128.0.0/16", masq);
             progress.label(&format!("{} ADD c={c} ipMasq={masq}", side.name));
-            settle();
+            settle(opts);
             let a = side.batch("ADD", &conf, opts.pods, c, &|| progress.tick())?;
             add[i].record(&a.latencies, a.wall, None);
             progress.label(&format!("{} DEL c={c} ipMasq={masq}", side.name));
-            settle();
+            settle(opts);
             let d = side.batch("DEL", &conf, opts.pods, c, &|| progress.tick())?;
             let gone = side.wait_links_gone(Duration::from_secs(60));
             del[i].record(&d.latencies, d.wall, Some(d.wall + gone));
         }
         if let Some((fa, fd)) = &mut floors {
             progress.label(&format!("kernel floor (c=1 ipMasq={masq} round)"));
-            settle();
+            settle(opts);
             let f = floor::measure(opts.pods, &|| progress.tick())?;
             fa.record(&f.add, f.add.iter().sum(), None);
             fd.record(&f.del, f.del.iter().sum(), None);
@@ -476,11 +476,11 @@ fn density(
     for side in &sides {
         let conf = side.config("densenet", "10.130.0.0/22", true);
         progress.label(&format!("{} density ADD", side.name));
-        settle();
+        settle(opts);
         let a = side.batch("ADD", &conf, opts.density, 8, &|| progress.tick())?;
         let distinct = side.reserved("densenet");
         progress.label(&format!("{} density DEL", side.name));
-        settle();
+        settle(opts);
         let d = side.batch("DEL", &conf, opts.density, 8, &|| progress.tick())?;
         let gone = side.wait_links_gone(Duration::from_secs(120));
         out.push(DensityResult {

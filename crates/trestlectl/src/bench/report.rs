@@ -378,7 +378,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "- load average (1, 5, 15 min) at start and end: {}\n",
+            "- load average (1, 5, 15 min) at start and end (the end counts the bench's own processes): {}\n",
             self.load.join(" / ")
         );
         s.push_str("| op | conc | ipMasq | side | p50 ms | p99 ms | max ms | ops/s | links gone ms | p50 ratio ref/side | throughput ratio side/ref |\n");

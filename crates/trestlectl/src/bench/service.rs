@@ -521,7 +521,7 @@ impl ServiceReport {
         let _ = writeln!(
             s,
             "# trestled service bench\n\n- command: `{}`\n- machine: {}\n- load average (1, 5, 15 min) at start and \
-             end: {}\n- trestled: `{}` (reuse delay 0: every pair frees its address at once, as host-local would; \
+             end (the end counts the bench's own load): {}\n- trestled: `{}` (reuse delay 0: every pair frees its address at once, as host-local would; \
              metrics on a free local port), ready {:.1} ms after spawn\n- network `{NETWORK}`, one range {SUBNET}\n",
             self.command,
             self.machine,
