@@ -35,6 +35,15 @@ fn allocate_req(cfg: &IpamConfig, id: &str) -> v1::AllocateRequest {
     )
 }
 
+/// Polls `f` every 50 ms for up to 20 s (a loaded CI machine delays the daemon's timers).
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Allocate over `d`, which must succeed.
 fn allocate(d: &mut trestle_ipam::daemon::Daemon, cfg: &IpamConfig, id: &str) -> v1::AllocateReply {
     let req = allocate_req(cfg, id);
@@ -165,12 +174,9 @@ fn a_queued_del_never_frees_a_later_add_of_the_same_attachment() {
     let again = address(&plugin("ADD", "c1", NO_NETNS, &conf));
     std::fs::rename(&parked, node.queue()).unwrap();
     // The daemon applies the queue every second.
-    std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(
-        std::fs::read_dir(node.queue()).unwrap().count(),
-        0,
-        "applied"
-    );
+    wait_for("the queued DEL to be applied", || {
+        std::fs::read_dir(node.queue()).unwrap().count() == 0
+    });
     let held = node.allocations();
     assert_eq!(held.len(), 1, "{held:?}");
     assert_eq!(held[0].1, again.split('/').next().unwrap());
@@ -190,15 +196,12 @@ fn a_delete_queue_others_can_write_is_not_trusted() {
         "network": "untrusted", "container_id": "c9", "ifname": "eth0", "queued_at_ns": u64::MAX
     });
     std::fs::write(&queued, forged.to_string()).unwrap();
-    // The daemon applies the queue every second.
-    std::thread::sleep(Duration::from_millis(2500));
+    // The daemon looks at the queue every second.
+    wait_for("the daemon to refuse the queue", || {
+        node.log().contains("delete queue ignored")
+    });
     assert_eq!(node.allocations().len(), 1, "{:?}", node.allocations());
     assert!(queued.exists());
-    assert!(
-        node.log().contains("delete queue ignored"),
-        "{}",
-        node.log()
-    );
 }
 
 #[test]
@@ -391,15 +394,9 @@ fn killing_the_daemon_during_a_thousand_dels_fails_none_and_leaks_nothing() {
         w.join().unwrap();
     }
     // Queued releases are applied at start and then every second.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !node.allocations().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "leaked: {}",
-            node.allocations().len()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for("every queued release to be applied", || {
+        node.allocations().is_empty()
+    });
 }
 
 #[test]
