@@ -114,7 +114,7 @@ impl Daemon {
             publish(&st, network);
             (result?, commit)
         };
-        wait(commit).await?;
+        self.wait(commit).await?;
         Ok(allocated)
     }
 
@@ -133,7 +133,7 @@ impl Daemon {
             publish(&st, network);
             (freed, commit)
         };
-        wait(commit).await?;
+        self.wait(commit).await?;
         Ok(freed)
     }
 
@@ -167,7 +167,7 @@ impl Daemon {
             publish(&st, network);
             (freed, commit)
         };
-        wait(commit).await?;
+        self.wait(commit).await?;
         metrics::reclaimed("gc", freed.len());
         Ok(freed)
     }
@@ -182,8 +182,24 @@ impl Daemon {
             publish(&st, network);
             (done, commit)
         };
-        wait(commit).await?;
+        self.wait(commit).await?;
         Ok(done)
+    }
+
+    /// Commits `commit`'s changes (on this thread, unless another one is committing already)
+    /// and waits for the outcome.
+    async fn wait(&self, commit: Option<Commit>) -> Result<(), OpError> {
+        let Some(commit) = commit else {
+            return Ok(());
+        };
+        // A short block of this worker (a commit on tmpfs is tens of µs) costs less than
+        // waking another thread to do it.
+        self.writer.flush();
+        match commit.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(OpError::Store(e)),
+            Err(_) => Err(OpError::Store("the store has stopped".into())),
+        }
     }
 
     /// Publishes every network's usage (at start: the gauges exist before the first request).
@@ -199,25 +215,30 @@ impl Daemon {
     pub fn probe_store(&self) {
         if !self.store_ok.load(Ordering::Acquire) {
             self.writer.submit_detached(vec![Op::Probe]);
+            self.writer.flush();
         }
     }
 
-    /// Stops the store's writer after what is queued (shutdown).
+    /// Commits whatever is still queued (shutdown).
     pub fn stop_store(&self) {
-        self.writer.stop();
+        self.writer.flush();
     }
 
     /// Ends reuse delays that are over (housekeeping: not awaited).
     pub fn expire_cooling(&self) {
-        let mut st = self.lock();
-        let mut ops = Vec::new();
-        if st.expire_cooling(clock::now(), &mut ops) > 0 {
+        {
+            let mut st = self.lock();
+            let mut ops = Vec::new();
+            if st.expire_cooling(clock::now(), &mut ops) == 0 {
+                return;
+            }
             self.writer.submit_detached(ops);
             let networks: Vec<String> = st.pools.keys().cloned().collect();
             for n in networks {
                 publish(&st, &n);
             }
         }
+        self.writer.flush();
     }
 
     /// Imports every network found in host-local's `dataDir` that the daemon does not know
@@ -235,7 +256,7 @@ impl Daemon {
             }
             self.submit(ops)
         };
-        wait(commit).await
+        self.wait(commit).await
     }
 
     /// Imports `network`'s host-local directory unless the store records that it did. The
@@ -273,16 +294,5 @@ impl Daemon {
 fn publish(st: &State, network: &str) {
     if let Some(p) = st.pools.get(network) {
         metrics::pool(network, p.by_ip.len(), p.free(), p.cooling.len());
-    }
-}
-
-async fn wait(commit: Option<Commit>) -> Result<(), OpError> {
-    let Some(commit) = commit else {
-        return Ok(());
-    };
-    match commit.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(OpError::Store(e)),
-        Err(_) => Err(OpError::Store("the store's writer has stopped".into())),
     }
 }

@@ -155,7 +155,7 @@ async fn serve(opts: Options) -> Result<(), String> {
     let (db, opened) = store::open(&path, &boot_id, &mut state).map_err(|e| e.to_string())?;
     metrics::reclaimed("earlier-boot", opened.dropped_earlier_boot);
     let store_ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let (writer, writer_thread) = store::Writer::start(db, path, store_ok.clone());
+    let writer = store::Writer::new(db, path, store_ok.clone());
     let host_local = (!opts.host_local_dir.as_os_str().is_empty()).then(|| HostLocal {
         dir: opts.host_local_dir.clone(),
         handover: trestle_ipam_core::Handover {
@@ -217,10 +217,9 @@ async fn serve(opts: Options) -> Result<(), String> {
         let _ = t.await;
     }
     activation::unbind(&listener);
-    // In-flight requests are done (tonic drained them): commit what they queued, and end.
+    // In-flight requests are done (tonic drained them): commit whatever is still queued.
     daemon.stop_store();
     drop(daemon);
-    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     log::info!("trestled stopped");
     served.map_err(|e| format!("serving: {e}"))
 }

@@ -7,15 +7,16 @@
 //!
 //! Every Allocate and Release waits for the commit that holds it before it answers, so
 //! `kill -9` of the daemon never loses an acknowledged change. Concurrent requests are
-//! committed together (group commit): the writer takes everything queued while the previous
-//! commit ran, so a commit's cost is shared by up to [`MAX_BATCH`] requests. Commits are
+//! committed together (group commit, see [`Writer`]): a commit takes everything queued while
+//! the previous one ran, so its cost is shared by up to [`MAX_BATCH`] requests. Commits are
 //! `Durability::Immediate` (written and fsynced); on the default tmpfs (`/run`) fsync costs
 //! nothing, and after a reboot the store's allocations are void anyway (the boot ID tells).
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, Mutex, TryLockError};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::oneshot;
@@ -44,9 +45,6 @@ pub enum StoreError {
         /// What failed, with redb's message.
         what: String,
     },
-    /// The writer thread is gone (the daemon is stopping).
-    #[error("the store's writer has stopped")]
-    Stopped,
 }
 
 fn db_err(path: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -235,95 +233,110 @@ struct Batch {
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
-enum Msg {
-    Batch(Batch),
-    /// Commit what came before, then end.
-    Stop,
-}
-
 /// The handle requests use to make their changes durable.
+///
+/// Group commit without a writer thread: a request queues its changes (in the order memory
+/// saw them: under the state lock), then calls [`Writer::flush`]. The first flusher to take
+/// the database commits everything queued, in order, up to [`MAX_BATCH`] requests a
+/// transaction, and goes on until the queue is empty; a flusher that finds the database
+/// taken returns at once, because the one holding it will commit its changes too. So an
+/// idle daemon commits on the request's own thread (no handoff to another thread, which on
+/// a VM costs a wakeup of an idle vCPU), and a busy one shares each commit among the
+/// requests that queued while the previous one ran.
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    db: Mutex<Database>,
+    queue: Mutex<VecDeque<Batch>>,
+    path: PathBuf,
+    healthy: Arc<AtomicBool>,
 }
 
 /// A commit to wait for.
 pub type Commit = oneshot::Receiver<Result<(), String>>;
 
 impl Writer {
-    /// Starts the writer thread on `db`. It ends at [`Writer::stop`] or when every
-    /// [`Writer`] is dropped, after committing what was queued.
-    /// `healthy` follows the last commit: false after a failed one, true again after the next
-    /// that succeeds (readiness reports it).
-    pub fn start(
-        db: Database,
-        path: PathBuf,
-        healthy: Arc<AtomicBool>,
-    ) -> (Writer, std::thread::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel::<Msg>();
-        let handle = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || write_loop(db, &path, rx, &healthy))
-            .expect("spawning the store writer");
-        (Writer { tx }, handle)
+    /// A writer over `db`. `healthy` follows the last commit: false after a failed one, true
+    /// again after the next that succeeds (readiness reports it).
+    pub fn new(db: Database, path: PathBuf, healthy: Arc<AtomicBool>) -> Writer {
+        Writer {
+            shared: Arc::new(Shared {
+                db: Mutex::new(db),
+                queue: Mutex::new(VecDeque::new()),
+                path,
+                healthy,
+            }),
+        }
     }
 
     /// Queues `ops` (in order after everything queued before) and returns the commit to
-    /// await. Call it while holding the state lock.
+    /// await. Call it while holding the state lock, and [`Writer::flush`] after releasing it.
     pub fn submit(&self, ops: Vec<Op>) -> Commit {
         let (done, rx) = oneshot::channel();
-        let batch = Batch {
+        self.push(Batch {
             ops,
             done: Some(done),
-        };
-        // A stopped writer drops the sender: the receiver then reports it.
-        let _ = self.tx.send(Msg::Batch(batch));
+        });
         rx
     }
 
-    /// Ends the writer after it committed everything submitted before (shutdown: other
-    /// handles may still exist in tasks being torn down).
-    pub fn stop(&self) {
-        let _ = self.tx.send(Msg::Stop);
+    /// Queues `ops` without a commit to wait for (housekeeping whose loss a crash only
+    /// repeats: expired reuse delays, the readiness probe). Flush afterwards.
+    pub fn submit_detached(&self, ops: Vec<Op>) {
+        self.push(Batch { ops, done: None });
     }
 
-    /// Queues `ops` without waiting for their commit (housekeeping whose loss a crash only
-    /// repeats: expired reuse delays).
-    pub fn submit_detached(&self, ops: Vec<Op>) {
-        let _ = self.tx.send(Msg::Batch(Batch { ops, done: None }));
+    fn push(&self, batch: Batch) {
+        lock(&self.shared.queue).push_back(batch);
+    }
+
+    /// Commits what is queued, unless another thread is committing (which then commits it).
+    /// Blocks for the commits it makes.
+    pub fn flush(&self) {
+        let sh = &*self.shared;
+        loop {
+            let db = match sh.db.try_lock() {
+                Ok(db) => db,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
+            };
+            let batches: Vec<Batch> = {
+                let mut q = lock(&sh.queue);
+                let n = q.len().min(MAX_BATCH);
+                q.drain(..n).collect()
+            };
+            if batches.is_empty() {
+                drop(db);
+                // A request that queued after the drain and found the database taken counts
+                // on this thread: look again now that it is released.
+                if lock(&sh.queue).is_empty() {
+                    return;
+                }
+                continue;
+            }
+            let result = commit(&db, &batches).map_err(|e| {
+                let msg = format!("store {}: {e}", sh.path.display());
+                log::error!("{msg}");
+                msg
+            });
+            drop(db);
+            crate::metrics::commit(batches.len(), result.is_ok());
+            sh.healthy.store(result.is_ok(), Ordering::Release);
+            for b in batches {
+                if let Some(done) = b.done {
+                    let _ = done.send(result.clone());
+                }
+            }
+        }
     }
 }
 
-fn write_loop(db: Database, path: &Path, rx: mpsc::Receiver<Msg>, healthy: &AtomicBool) {
-    let mut stopping = false;
-    while !stopping {
-        let Ok(Msg::Batch(first)) = rx.recv() else {
-            return;
-        };
-        let mut batches = vec![first];
-        while batches.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(Msg::Batch(b)) => batches.push(b),
-                Ok(Msg::Stop) => {
-                    stopping = true;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        let result = commit(&db, &batches).map_err(|e| {
-            let msg = format!("store {}: {e}", path.display());
-            log::error!("{msg}");
-            msg
-        });
-        crate::metrics::commit(batches.len(), result.is_ok());
-        healthy.store(result.is_ok(), Ordering::Release);
-        for b in batches {
-            if let Some(done) = b.done {
-                let _ = done.send(result.clone());
-            }
-        }
-    }
+/// A mutex whose holder cannot leave its data half-changed (a queue push or drain).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn commit(db: &Database, batches: &[Batch]) -> Result<(), redb::Error> {
@@ -368,4 +381,45 @@ fn commit(db: &Database, batches: &[Batch]) -> Result<(), redb::Error> {
     }
     txn.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Record;
+    use trestle_ipam_core::Attachment;
+
+    /// Many threads queue and flush at once: every change is committed exactly once, none
+    /// waits forever (a flusher that found the database taken relies on the committer).
+    #[test]
+    fn concurrent_flushers_commit_everything_and_nobody_is_left_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipam.redb");
+        let mut state = State::default();
+        let (db, _) = open(&path, "boot", &mut state).unwrap();
+        let writer = Writer::new(db, path.clone(), Arc::new(AtomicBool::new(true)));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        for t in 0..8u32 {
+            let (w, done) = (writer.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                for i in 0..200u32 {
+                    let ip = IpAddr::from([10, t as u8, (i / 256) as u8, (i % 256) as u8]);
+                    let rec = Record::imported(Attachment::new(format!("c{t}-{i}"), "eth0"), 0);
+                    let commit = w.submit(vec![Op::Put("n".into(), ip, rec)]);
+                    w.flush();
+                    commit.blocking_recv().unwrap().unwrap();
+                }
+                done.send(()).unwrap();
+            });
+        }
+        for _ in 0..8 {
+            done_rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("a flusher was left waiting");
+        }
+        drop(writer);
+        let mut reloaded = State::default();
+        open(&path, "boot", &mut reloaded).unwrap();
+        assert_eq!(reloaded.pools["n"].by_ip.len(), 1600);
+    }
 }
