@@ -409,6 +409,8 @@ mod tests {
                     w.flush();
                     commit.blocking_recv().unwrap().unwrap();
                 }
+                // Its handle goes before it says it is done: the reopen below needs the file free.
+                drop(w);
                 done.send(()).unwrap();
             });
         }
