@@ -96,8 +96,11 @@ impl Daemon {
     }
 
     /// Applies `ops` durably; call with the state lock held, await after releasing it.
+    /// Even with no changes: the answer then still waits for every commit queued before it,
+    /// so nothing is acknowledged on the strength of memory a commit has not made durable yet
+    /// (a Release of nothing right after a Release whose commit is pending, say).
     fn submit(&self, ops: Vec<Op>) -> Option<Commit> {
-        (!ops.is_empty()).then(|| self.writer.submit(ops))
+        Some(self.writer.submit(ops))
     }
 
     /// Allocate.
@@ -193,8 +196,12 @@ impl Daemon {
             return Ok(());
         };
         // A short block of this worker (a commit on tmpfs is tens of µs) costs less than
-        // waking another thread to do it.
-        self.writer.flush();
+        // waking another thread to do it; past two rounds (this request's batch is in them)
+        // a blocking thread takes over, so a busy queue never holds a worker or this answer.
+        if !self.writer.flush_rounds(2) {
+            let w = self.writer.clone();
+            tokio::task::spawn_blocking(move || w.flush());
+        }
         match commit.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(OpError::Store(e)),

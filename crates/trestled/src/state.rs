@@ -197,6 +197,14 @@ impl State {
         note_ranges(pool, cfg, ops);
         let held = pool.addresses_of(&input.attachment);
         if !held.is_empty() {
+            // Acknowledged again now: a DEL queued before this moment (one that never reached
+            // the daemon) must not free what this ADD is told it holds.
+            for ip in &held {
+                if let Some(rec) = pool.by_ip.get_mut(ip) {
+                    rec.created_ns = rec.created_ns.max(now.boot_ns);
+                    ops.push(Op::Put(cfg.network.clone(), *ip, rec.clone()));
+                }
+            }
             return Ok(Allocated {
                 allocation: existing_allocation(cfg, pool, &held),
                 existing: true,

@@ -296,12 +296,24 @@ impl Writer {
     /// Commits what is queued, unless another thread is committing (which then commits it).
     /// Blocks for the commits it makes.
     pub fn flush(&self) {
+        while !self.flush_rounds(usize::MAX) {}
+    }
+
+    /// [`Writer::flush`] for at most `rounds` commits. False if it stopped with changes still
+    /// queued and nobody else committing: the caller must then have them flushed (the
+    /// holder of the database is the only one who will).
+    pub fn flush_rounds(&self, rounds: usize) -> bool {
         let sh = &*self.shared;
+        let mut done = 0;
         loop {
+            if done == rounds {
+                return lock(&sh.queue).is_empty();
+            }
+            done += 1;
             let db = match sh.db.try_lock() {
                 Ok(db) => db,
                 Err(TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(TryLockError::WouldBlock) => return,
+                Err(TryLockError::WouldBlock) => return true,
             };
             let batches: Vec<Batch> = {
                 let mut q = lock(&sh.queue);
@@ -313,7 +325,7 @@ impl Writer {
                 // A request that queued after the drain and found the database taken counts
                 // on this thread: look again now that it is released.
                 if lock(&sh.queue).is_empty() {
-                    return;
+                    return true;
                 }
                 continue;
             }

@@ -183,6 +183,33 @@ fn a_queued_del_never_frees_a_later_add_of_the_same_attachment() {
 }
 
 #[test]
+fn a_queued_del_never_frees_what_a_later_add_was_given_again() {
+    let mut node = Node::new();
+    node.start();
+    let conf = node.conf("again", "10.53.1.0/24");
+    let ip = address(&plugin("ADD", "c1", NO_NETNS, &conf));
+    node.kill9();
+    // The DEL never reaches the daemon: queued, and held back as one written late would be.
+    assert!(plugin("DEL", "c1", NO_NETNS, &conf).status.success());
+    let parked = node.path("parked");
+    std::fs::rename(node.queue(), &parked).unwrap();
+    node.start();
+    // The runtime ADDs the attachment again: it is told the address it still holds.
+    assert_eq!(address(&plugin("ADD", "c1", NO_NETNS, &conf)), ip);
+    std::fs::rename(&parked, node.queue()).unwrap();
+    wait_for("the queued DEL to be applied", || {
+        std::fs::read_dir(node.queue()).unwrap().count() == 0
+    });
+    let held = node.allocations();
+    assert_eq!(
+        held.len(),
+        1,
+        "the re-acknowledged address was freed: {held:?}"
+    );
+    assert_eq!(held[0].1, ip.split('/').next().unwrap());
+}
+
+#[test]
 fn a_delete_queue_others_can_write_is_not_trusted() {
     use std::os::unix::fs::PermissionsExt;
     let mut node = Node::new();

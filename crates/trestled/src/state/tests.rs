@@ -51,7 +51,15 @@ fn allocate_is_round_robin_and_idempotent() {
         .unwrap();
     assert!(again.existing);
     assert_eq!(again.allocation.ips, a.allocation.ips);
-    assert!(again_ops.is_empty(), "a retried Allocate changes nothing");
+    // Re-acknowledged: persisted with the later time, so a DEL queued before it spares it.
+    assert!(
+        matches!(&again_ops[..], [Op::Put(_, _, r)] if r.created_ns == 2),
+        "{again_ops:?}"
+    );
+    let att = Attachment::new("a", "eth0");
+    assert!(st
+        .release("n", &att, Some(2), at(3), &mut again_ops)
+        .is_empty());
     let b = st
         .allocate(&input("b", "10.0.0.0/29"), at(3), &mut ops)
         .unwrap();
