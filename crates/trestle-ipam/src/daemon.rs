@@ -71,16 +71,6 @@ impl Daemon {
         }
     }
 
-    /// The daemon's socket.
-    pub fn socket(&self) -> &Path {
-        &self.settings.socket
-    }
-
-    /// The queue DELs go to while the daemon cannot take them.
-    pub fn delete_queue(&self) -> &Path {
-        &self.settings.delete_queue
-    }
-
     /// Runs one request, resending it while the daemon is unavailable and time remains.
     pub fn call<T, F, Fut>(&mut self, f: F) -> Result<T, CallError>
     where

@@ -99,8 +99,8 @@ impl Daemon {
     /// Even with no changes: the answer then still waits for every commit queued before it,
     /// so nothing is acknowledged on the strength of memory a commit has not made durable yet
     /// (a Release of nothing right after a Release whose commit is pending, say).
-    fn submit(&self, ops: Vec<Op>) -> Option<Commit> {
-        Some(self.writer.submit(ops))
+    fn submit(&self, ops: Vec<Op>) -> Commit {
+        self.writer.submit(ops)
     }
 
     /// Allocate.
@@ -115,9 +115,10 @@ impl Daemon {
             // The import's changes stand even if the allocation failed.
             let commit = self.submit(ops);
             publish(&st, network);
-            (result?, commit)
+            (result, commit)
         };
         self.wait(commit).await?;
+        let allocated = allocated?;
         Ok(allocated)
     }
 
@@ -191,10 +192,7 @@ impl Daemon {
 
     /// Commits `commit`'s changes (on this thread, unless another one is committing already)
     /// and waits for the outcome.
-    async fn wait(&self, commit: Option<Commit>) -> Result<(), OpError> {
-        let Some(commit) = commit else {
-            return Ok(());
-        };
+    async fn wait(&self, commit: Commit) -> Result<(), OpError> {
         // A short block of this worker (a commit on tmpfs is tens of µs) costs less than
         // waking another thread to do it; past two rounds (this request's batch is in them)
         // a blocking thread takes over, so a busy queue never holds a worker or this answer.

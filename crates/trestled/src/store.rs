@@ -59,8 +59,6 @@ fn db_err(path: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
 pub struct Opened {
     /// Allocations dropped because they were made during an earlier boot.
     pub dropped_earlier_boot: usize,
-    /// The file could not be opened and was moved aside to this path.
-    pub moved_aside: Option<PathBuf>,
 }
 
 /// Opens (or creates) the store at `path` and loads it into `state`. A file redb cannot open
@@ -84,7 +82,6 @@ pub fn open(
                 aside.display()
             );
             std::fs::rename(path, &aside).map_err(|e| db_err(path, "move aside", e))?;
-            opened.moved_aside = Some(aside);
             Database::builder()
                 .set_cache_size(4 << 20)
                 .create(path)
