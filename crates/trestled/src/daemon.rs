@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use trestle_ipam_api::convert::AllocateInput;
 use trestle_ipam_core::{Attachment, BootIdSource, IpamError};
 
+use trestle_ipam_etcd::{ClusterError, Node};
+
 use crate::clock;
-use crate::state::{Allocated, Op, Record, State};
+use crate::state::{Allocated, ClusterOutcome, Op, Record, State};
 use crate::store::{Commit, Writer};
 use crate::{import, metrics};
 
@@ -27,6 +29,9 @@ pub enum OpError {
     /// The daemon is starting or stopping.
     #[error("trestled is not ready: {0}")]
     NotReady(&'static str),
+    /// The cluster store cannot give an address now.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// Where the host-local state of embedded mode lives, for the import.
@@ -51,6 +56,8 @@ pub struct Daemon {
     /// The boot the store belongs to.
     pub boot_id: String,
     host_local: Option<HostLocal>,
+    cluster: Option<Arc<Node>>,
+    grow_timeout: std::time::Duration,
 }
 
 impl Daemon {
@@ -68,7 +75,22 @@ impl Daemon {
             store_ok,
             boot_id,
             host_local,
+            cluster: None,
+            grow_timeout: std::time::Duration::from_millis(1500),
         }
+    }
+
+    /// Allocates from `node`'s blocks (the etcd store) instead of whole ranges; a growth of
+    /// its holdings (one etcd transaction, mostly) may take at most `grow_timeout`.
+    pub fn with_cluster(mut self, node: Arc<Node>, grow_timeout: std::time::Duration) -> Daemon {
+        self.cluster = Some(node);
+        self.grow_timeout = grow_timeout;
+        self
+    }
+
+    /// The cluster node, in etcd mode.
+    pub fn cluster(&self) -> Option<&Arc<Node>> {
+        self.cluster.as_ref()
     }
 
     /// The state, locked. A panic while it was held cannot leave it half-changed in a way
@@ -83,6 +105,8 @@ impl Daemon {
             Some("starting or stopping")
         } else if !self.store_ok.load(Ordering::Acquire) {
             Some("the last store commit failed")
+        } else if self.cluster.as_ref().is_some_and(|n| !n.lease_valid()) {
+            Some("the node's etcd lease is not certainly valid")
         } else {
             None
         }
@@ -105,6 +129,9 @@ impl Daemon {
 
     /// Allocate.
     pub async fn allocate(&self, input: &AllocateInput) -> Result<Allocated, OpError> {
+        if let Some(node) = &self.cluster {
+            return self.allocate_cluster(input, node).await;
+        }
         self.ensure_ready()?;
         let network = &input.config.network;
         let (allocated, commit) = {
@@ -120,6 +147,72 @@ impl Daemon {
         self.wait(commit).await?;
         let allocated = allocated?;
         Ok(allocated)
+    }
+
+    /// Allocate in etcd mode: from the node's holdings, growing them (outside the state lock)
+    /// when they have no free address, then trying again.
+    async fn allocate_cluster(
+        &self,
+        input: &AllocateInput,
+        node: &Node,
+    ) -> Result<Allocated, OpError> {
+        if !self.ready.load(Ordering::Acquire) {
+            return Err(OpError::NotReady("starting or stopping"));
+        }
+        let network = &input.config.network;
+        let deadline = tokio::time::Instant::now() + self.grow_timeout;
+        loop {
+            let seen = node.generation();
+            let (outcome, commit) = {
+                let mut st = self.lock();
+                let mut ops = Vec::new();
+                self.import_new(&mut st, network, &mut ops);
+                let outcome = st.allocate_cluster(input, clock::now(), &mut ops, node);
+                let commit = self.submit(ops);
+                publish(&st, network);
+                (outcome, commit)
+            };
+            self.wait(commit).await?;
+            let (ranges, want) = match outcome? {
+                ClusterOutcome::Done(a) => return Ok(a),
+                ClusterOutcome::NoLease => return Err(ClusterError::LeaseUncertain.into()),
+                ClusterOutcome::Grow(ranges, want) => (ranges, want),
+            };
+            let grown = tokio::time::timeout_at(deadline, async {
+                let mut last = None;
+                for r in &ranges {
+                    match node.grow(network, r, want, seen).await {
+                        Ok(()) => return Ok(()),
+                        Err(e @ ClusterError::Exhausted(_)) => last = Some(e),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(last.unwrap_or(ClusterError::Exhausted(network.clone())))
+            })
+            .await;
+            match grown {
+                Ok(Ok(())) => continue,
+                Ok(Err(ClusterError::Exhausted(pool))) => {
+                    return Err(OpError::Ipam(IpamError::Exhausted {
+                        network: network.clone(),
+                        set_index: 0,
+                        range: pool,
+                    }))
+                }
+                Ok(Err(ClusterError::Unavailable { ip, why })) => {
+                    return Err(OpError::Ipam(IpamError::Unavailable { ip, range: why }))
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    return Err(
+                        ClusterError::Etcd(trestle_ipam_etcd::EtcdError::Unavailable(
+                            "no answer in time".into(),
+                        ))
+                        .into(),
+                    )
+                }
+            }
+        }
     }
 
     /// Release; `before_ns` limits it to allocations made before a queued DEL.

@@ -8,6 +8,7 @@
 
 mod activation;
 pub mod clock;
+mod cluster;
 pub mod daemon;
 mod import;
 pub mod logger;
@@ -79,6 +80,50 @@ pub struct Options {
     /// Read the boot ID from this file instead of the kernel (tests simulate reboots with it).
     #[arg(long, hide = true)]
     pub boot_id_file: Option<PathBuf>,
+    /// Where the address space lives: `embedded` (this node alone) or `etcd` (one address
+    /// space for the cluster, in per-node blocks; see docs/cluster-ipam.md).
+    #[arg(long, default_value = "embedded", value_parser = ["embedded", "etcd"])]
+    pub store: String,
+    /// etcd endpoints, comma-separated (`host:port` or URLs).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    pub etcd_endpoints: Vec<String>,
+    /// The key prefix of the cluster's records.
+    #[arg(long, default_value = "/trestle")]
+    pub etcd_prefix: String,
+    /// CA certificate (PEM) of etcd's servers: TLS on.
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for etcd's `--client-cert-auth`.
+    #[arg(long, requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// Seconds one etcd request may take, failover included.
+    #[arg(long, default_value_t = 1.0)]
+    pub etcd_timeout: f64,
+    /// This node's name in the cluster (default: the hostname).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Seconds of the node's etcd lease: after it lapses the node stops handing out addresses.
+    #[arg(long, default_value_t = 15)]
+    pub lease_ttl: u64,
+    /// Seconds after a node's lease is gone before others may reclaim its blocks.
+    #[arg(long, default_value_t = 300.0)]
+    pub reclaim_grace: f64,
+    /// Seconds a block stays empty (or a reservation oversized) before it goes back.
+    #[arg(long, default_value_t = 600.0)]
+    pub block_release_grace: f64,
+    /// The block prefix length of a pool this node creates: `SUBNET=LEN`, repeatable
+    /// (defaults: /26 for IPv4, /122 for IPv6). A pool's size is fixed by its creator.
+    #[arg(long, value_parser = parse_block_size)]
+    pub block_size: Vec<(ipnet::IpNet, u8)>,
+    /// Never borrow addresses from other nodes' blocks (a full node's ADD fails instead).
+    #[arg(long)]
+    pub strict_affinity: bool,
+    /// Seconds between cluster housekeeping rounds (block release, shrink, returns).
+    #[arg(long, default_value_t = 5.0, hide = true)]
+    pub cluster_interval: f64,
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info", env = "TRESTLED_LOG", value_parser = parse_level)]
     pub log_level: log::LevelFilter,
@@ -112,6 +157,56 @@ fn parse_group(s: &str) -> Result<u32, String> {
     }
     // SAFETY: non-null, so it points at a valid group entry.
     Ok(unsafe { (*gr).gr_gid })
+}
+
+fn parse_block_size(s: &str) -> Result<(ipnet::IpNet, u8), String> {
+    let (net, len) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected SUBNET=LEN"))?;
+    let net: ipnet::IpNet = net.parse().map_err(|e| format!("{net:?}: {e}"))?;
+    let len: u8 = len
+        .trim_start_matches('/')
+        .parse()
+        .map_err(|_| format!("{len:?} is not a prefix length"))?;
+    Ok((net, len))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// The etcd node, in etcd mode.
+fn cluster_node(
+    opts: &Options,
+    boot_id: &str,
+) -> Result<Option<Arc<trestle_ipam_etcd::Node>>, String> {
+    if opts.store != "etcd" {
+        return Ok(None);
+    }
+    let etcd = trestle_ipam_etcd::Etcd::new(&trestle_ipam_etcd::EtcdConfig {
+        endpoints: opts.etcd_endpoints.clone(),
+        tls: opts.etcd_ca.clone().map(|ca| trestle_ipam_etcd::TlsFiles {
+            ca,
+            identity: opts.etcd_cert.clone().zip(opts.etcd_key.clone()),
+        }),
+        timeout: seconds(opts.etcd_timeout).max(Duration::from_millis(50)),
+    })
+    .map_err(|e| e.to_string())?;
+    let name = opts.node_name.clone().unwrap_or_else(hostname);
+    if name.is_empty() || name.contains('/') {
+        return Err(format!(
+            "--node-name {name:?}: must be non-empty, without '/'"
+        ));
+    }
+    let mut s = trestle_ipam_etcd::NodeSettings::new(&name, &opts.etcd_prefix, boot_id);
+    s.lease_ttl = Duration::from_secs(opts.lease_ttl.max(2));
+    s.reclaim_grace = seconds(opts.reclaim_grace);
+    s.release_grace = seconds(opts.block_release_grace);
+    s.strict_affinity = opts.strict_affinity;
+    s.block_sizes = opts.block_size.clone();
+    Ok(Some(trestle_ipam_etcd::Node::new(etcd, s)))
 }
 
 fn seconds(s: f64) -> Duration {
@@ -164,7 +259,19 @@ async fn serve(opts: Options) -> Result<(), String> {
         },
         boot: boot.clone(),
     });
-    let daemon = Arc::new(Daemon::new(state, (writer, store_ok), boot_id, host_local));
+    let cluster = cluster_node(&opts, &boot_id)?;
+    let mut daemon = Daemon::new(state, (writer, store_ok), boot_id, host_local);
+    if let Some(node) = &cluster {
+        // An ADD that must grow the node's blocks answers "try again later" past this.
+        let grow = seconds(opts.etcd_timeout * 1.5).max(Duration::from_millis(100));
+        daemon = daemon.with_cluster(node.clone(), grow);
+        log::info!(
+            "cluster store: etcd {} as node {}",
+            opts.etcd_endpoints.join(","),
+            node.name()
+        );
+    }
+    let daemon = Arc::new(daemon);
     daemon.publish_all();
     daemon.import_all().await.map_err(|e| e.to_string())?;
     private_dir(&opts.delete_queue)?;
@@ -256,6 +363,15 @@ fn spawn_background(
             repair::apply_queue(&d, &queue).await;
         }
     }));
+    if let Some(node) = daemon.cluster().cloned() {
+        tasks.push(tokio::spawn(node.clone().run()));
+        let every = seconds(opts.cluster_interval).max(Duration::from_millis(100));
+        tasks.push(tokio::spawn(cluster::housekeeping(
+            daemon.clone(),
+            node,
+            every,
+        )));
+    }
     if let Some(addr) = opts.metrics_addr {
         let d = daemon.clone();
         tasks.push(tokio::spawn(async move {

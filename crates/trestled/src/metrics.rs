@@ -30,6 +30,7 @@ pub struct Metrics {
     commits: Counter,
     commit_failures: Counter,
     batch: Histogram,
+    cluster: Family<Labels, Gauge>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -52,6 +53,7 @@ fn metrics() -> &'static Metrics {
             commits: Counter::default(),
             commit_failures: Counter::default(),
             batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            cluster: Family::default(),
         };
         registry.register(
             "addresses_in_use",
@@ -103,6 +105,13 @@ fn metrics() -> &'static Metrics {
             "store_commit_batch",
             "Requests per store commit",
             m.batch.clone(),
+        );
+        registry.register(
+            "cluster",
+            "Cluster IPAM (etcd store): lease_valid, per pool blocks/held/borrowed, etcd \
+             requests by kind, and what the node did (claims, extends, reclaims, borrows, \
+             releases, shrinks, fencings, conflicts), all labelled with the node",
+            m.cluster.clone(),
         );
         Metrics { registry, ..m }
     })
@@ -212,4 +221,11 @@ fn route(req: &Request<hyper::body::Incoming>, ready: bool) -> Response<Full<Byt
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp
+}
+
+/// Publishes the cluster node's state: `what` names the figure, `labels` add pool labels.
+pub fn cluster(node: &str, what: &str, labels: &[(&'static str, String)], value: i64) {
+    let mut l: Labels = vec![("node", node.to_string()), ("what", what.to_string())];
+    l.extend(labels.iter().cloned());
+    metrics().cluster.get_or_create(&l).set(value);
 }

@@ -40,6 +40,10 @@ fn op_status(e: OpError) -> Status {
         OpError::Ipam(ipam) => Status::new(grpc_code(ipam.kind()), e.to_string()),
         OpError::Store(_) => Status::internal(e.to_string()),
         OpError::NotReady(_) => Status::unavailable(e.to_string()),
+        OpError::Cluster(trestle_ipam_etcd::ClusterError::Pool(_)) => {
+            Status::invalid_argument(e.to_string())
+        }
+        OpError::Cluster(_) => Status::unavailable(e.to_string()),
     }
 }
 

@@ -9,8 +9,9 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use trestle_ipam_api::convert::{AllocateInput, PodMeta};
 use trestle_ipam_core::{
-    Allocation, Attachment, IpamConfig, IpamError, RangeSet, Reservation, Store,
+    Allocation, Attachment, IpamConfig, IpamError, Range, RangeSet, Reservation, Store,
 };
+use trestle_ipam_etcd::Node;
 
 /// One allocated address as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +175,39 @@ pub struct Allocated {
     pub existing: bool,
 }
 
+/// What a cluster Allocate came to.
+#[derive(Debug)]
+pub enum ClusterOutcome {
+    /// Allocated (or found the attachment's addresses).
+    Done(Allocated),
+    /// The node holds no free address in these ranges (or not `Some(ip)`): grow, then retry.
+    Grow(Vec<Range>, Option<IpAddr>),
+    /// The node's lease is not certainly valid: nothing new may be handed out.
+    NoLease,
+}
+
+/// Requested addresses by range set, host-local's rules (one per set, never a gateway).
+fn requested_per_set(cfg: &IpamConfig) -> Result<Vec<Option<IpAddr>>, IpamError> {
+    let mut per_set = vec![None; cfg.range_sets.len()];
+    let mut unused = Vec::new();
+    for &ip in &cfg.requested {
+        let Some(index) = cfg.range_sets.iter().position(|s| s.contains(ip)) else {
+            return Err(IpamError::OutsideRanges(ip));
+        };
+        if cfg.range_sets[index].range_for(ip).and_then(|r| r.gateway) == Some(ip) {
+            return Err(IpamError::RequestedGateway { ip });
+        }
+        match &mut per_set[index] {
+            slot @ None => *slot = Some(ip),
+            Some(_) => unused.push(ip),
+        }
+    }
+    if !unused.is_empty() {
+        return Err(IpamError::UnusedRequests(unused));
+    }
+    Ok(per_set)
+}
+
 /// The clock readings an operation uses.
 #[derive(Debug, Clone, Copy)]
 pub struct Now {
@@ -224,6 +258,88 @@ impl State {
             allocation,
             existing: false,
         })
+    }
+
+    /// Allocates from the addresses the cluster node holds (etcd store): the same idempotence,
+    /// requested addresses and records as [`State::allocate`], but candidates come from the
+    /// node's blocks, lowest first (blocks stay compact, so empty ones can go back).
+    pub fn allocate_cluster(
+        &mut self,
+        input: &AllocateInput,
+        now: Now,
+        ops: &mut Vec<Op>,
+        node: &Node,
+    ) -> Result<ClusterOutcome, IpamError> {
+        let cfg = &input.config;
+        let delay = self.reuse_delay_ns;
+        let pool = self.pools.entry(cfg.network.clone()).or_default();
+        note_ranges(pool, cfg, ops);
+        if !pool.addresses_of(&input.attachment).is_empty() {
+            return self.allocate(input, now, ops).map(ClusterOutcome::Done);
+        }
+        if !node.lease_valid() {
+            return Ok(ClusterOutcome::NoLease);
+        }
+        let requested = requested_per_set(cfg)?;
+        let mut picks: Vec<(usize, Range, IpAddr)> = Vec::new();
+        for (index, set) in cfg.range_sets.iter().enumerate() {
+            if let Some(ip) = requested[index] {
+                let range = set.range_for(ip).expect("assigned to its set").clone();
+                if pool.by_ip.contains_key(&ip) || pool.is_cooling(ip, now.boot_ns, delay) {
+                    return Err(IpamError::Unavailable {
+                        ip,
+                        range: set.to_string(),
+                    });
+                }
+                if !node.covers(&cfg.network, range.subnet, ip) {
+                    return Ok(ClusterOutcome::Grow(vec![range], Some(ip)));
+                }
+                picks.push((index, range, ip));
+                continue;
+            }
+            let mut found = None;
+            for range in &set.0 {
+                let mut free = |ip: IpAddr| {
+                    !pool.by_ip.contains_key(&ip)
+                        && !pool.is_cooling(ip, now.boot_ns, delay)
+                        && !picks.iter().any(|(_, _, p)| *p == ip)
+                };
+                if let Some(ip) = node.pick(&cfg.network, range, &mut free) {
+                    found = Some((range.clone(), ip));
+                    break;
+                }
+            }
+            match found {
+                Some((range, ip)) => picks.push((index, range, ip)),
+                None => return Ok(ClusterOutcome::Grow(set.0.clone(), None)),
+            }
+        }
+        let template = record(input, now);
+        let mut ips = Vec::new();
+        for (index, range, ip) in picks {
+            if pool.cooling.remove(&ip).is_some() {
+                ops.push(Op::Uncool(cfg.network.clone(), ip));
+            }
+            let mut rec = template.clone();
+            rec.set_index = index as u32;
+            pool.insert(ip, rec.clone());
+            pool.last.insert(index as u32, ip);
+            ops.push(Op::Put(cfg.network.clone(), ip, rec));
+            ops.push(Op::Last(cfg.network.clone(), index as u32, ip));
+            ips.push(trestle_ipam_core::AllocatedIp {
+                address: ipnet::IpNet::new(ip, range.subnet.prefix_len())
+                    .expect("prefix from a valid subnet"),
+                gateway: range.gateway,
+            });
+        }
+        Ok(ClusterOutcome::Done(Allocated {
+            allocation: Allocation {
+                ips,
+                routes: cfg.routes.clone(),
+                dns: cfg.dns.clone(),
+            },
+            existing: false,
+        }))
     }
 
     /// Releases `att`'s addresses in `network` that were allocated before `before_ns` (all if
