@@ -7,6 +7,7 @@ pub mod admin;
 pub mod block;
 pub mod client;
 pub mod keys;
+pub mod local;
 pub mod node;
 
 /// etcd's API, generated from `proto/etcd/rpc.proto`.

@@ -408,29 +408,33 @@ impl Node {
         if let Some(h) = self.holdings().get(&(network.to_string(), subnet)) {
             return Ok(h.pool.clone());
         }
-        let ours = Pool::new(range, self.s.block_prefix(subnet))?;
-        let key = self.keys.pool(network, &ours.id());
-        let value = serde_json::to_vec(&ours).expect("plain data");
-        let out = self
-            .etcd
-            .txn(Txn::new().if_absent(&key).put(&key, value, 0).or_get(&key))
-            .await?;
-        let pool = if out.succeeded {
-            ours
-        } else {
-            let kv = out
-                .read(0)
-                .pop()
-                .ok_or_else(|| ClusterError::Corrupt(key.clone()))?;
-            let theirs: Pool = serde_json::from_slice(&kv.value)
-                .map_err(|_| ClusterError::Corrupt(key.clone()))?;
-            // The block size is the pool's, whoever created it; the range must match.
-            let mut cmp = ours.clone();
-            cmp.block_prefix = theirs.block_prefix;
-            if let Some(e) = cmp.mismatch(&theirs) {
-                return Err(e.into());
+        let ours = Pool::new(range, self.s.block_prefix(subnet));
+        let key = self.keys.pool(network, &subnet.to_string().replace('/', "_"));
+        let existing = match &ours {
+            // A valid pool of ours is created unless one exists (one round trip either way).
+            Ok(p) => {
+                let value = serde_json::to_vec(p).expect("plain data");
+                let out = self
+                    .etcd
+                    .txn(Txn::new().if_absent(&key).put(&key, value, 0).or_get(&key))
+                    .await?;
+                if out.succeeded { None } else { out.read(0).pop() }
             }
-            theirs
+            // Our default block size may not fit; the pool's creator's may.
+            Err(_) => self.etcd.get(&key).await?,
+        };
+        let pool = match existing {
+            None => ours?,
+            Some(kv) => {
+                let theirs: Pool = serde_json::from_slice(&kv.value)
+                    .map_err(|_| ClusterError::Corrupt(key.clone()))?;
+                // The block size is the pool's, whoever created it; the range must match.
+                let cmp = Pool::new(range, theirs.block_prefix)?;
+                if let Some(e) = cmp.mismatch(&theirs) {
+                    return Err(e.into());
+                }
+                theirs
+            }
         };
         self.holdings()
             .entry((network.to_string(), subnet))

@@ -43,7 +43,9 @@ fn op_status(e: OpError) -> Status {
         OpError::Cluster(trestle_ipam_etcd::ClusterError::Pool(_)) => {
             Status::invalid_argument(e.to_string())
         }
-        OpError::Cluster(_) => Status::unavailable(e.to_string()),
+        // The daemon's considered "try again later" (CNI 11), not a daemon that is down: ABORTED, which the
+        // plugin does not resend until its deadline, so the runtime hears it at once.
+        OpError::Cluster(_) => Status::aborted(e.to_string()),
     }
 }
 

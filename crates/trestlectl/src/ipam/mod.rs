@@ -10,6 +10,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+mod cluster;
+
 use serde::Serialize;
 use trestle_ipam::daemon::{CallError, Daemon};
 use trestle_ipam_api::v1;
@@ -43,6 +45,23 @@ pub enum Command {
         json: bool,
         #[command(flatten)]
         source: SourceArgs,
+        /// The cluster instead of this node: blocks per node, held and borrowed addresses, expired nodes.
+        #[command(flatten)]
+        etcd: cluster::EtcdArgs,
+    },
+    /// Release everything a dead cluster node holds in etcd (its blocks and borrowed addresses). Asks for
+    /// confirmation: its pods must be gone, or their addresses will be handed out again.
+    ReleaseNode {
+        /// The node's name.
+        node: String,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+        /// Print what was released as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        etcd: cluster::EtcdArgs,
     },
     /// Release every address of one attachment.
     Release {
@@ -85,6 +104,7 @@ impl Command {
     pub fn name(&self) -> &'static str {
         match self {
             Command::Show { .. } => "show",
+            Command::ReleaseNode { .. } => "release-node",
             Command::Release { .. } => "release",
             Command::Gc { .. } => "gc",
         }
@@ -212,6 +232,9 @@ pub enum Error {
     /// stdout could not be written.
     #[error("cannot write the output")]
     Output(#[source] std::io::Error),
+    /// The cluster store failed or refused.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// What `show` found.
@@ -317,10 +340,18 @@ pub struct Released {
 /// Runs one `ipam` subcommand, writing its output to `out`.
 pub fn run(cmd: &Command, out: &mut dyn Write) -> Result<(), Error> {
     let text = match cmd {
+        Command::Show { json, etcd, .. } if etcd.endpoints.is_some() => cluster::show(etcd, *json)?,
+        Command::ReleaseNode {
+            node,
+            yes,
+            json,
+            etcd,
+        } => cluster::release_node(etcd, node, *yes, *json)?,
         Command::Show {
             network,
             json,
             source,
+            ..
         } => {
             let listing = show(&Source::resolve(source), network.as_deref())?;
             if *json {

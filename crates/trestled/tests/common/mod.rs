@@ -325,3 +325,103 @@ pub fn address(out: &Output) -> String {
 /// A CNI_NETNS for tests that need no namespace: a path that does not exist, which the plugin
 /// accepts (it only records the namespace's inode, here unknown, so leak repair skips it).
 pub const NO_NETNS: &str = "/nonexistent/trestled-test-netns";
+
+/// A TCP proxy on loopback that a test can cut (every connection dropped, new ones refused)
+/// and heal: a node "cut off from etcd" without touching the machine's firewall.
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    pub fn new(target: std::net::SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, l) = (cut.clone(), live.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                if c.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(up) = std::net::TcpStream::connect(target) else { continue };
+                let mut live = l.lock().unwrap();
+                live.push(conn.try_clone().unwrap());
+                live.push(up.try_clone().unwrap());
+                drop(live);
+                for (mut a, mut b) in [
+                    (conn.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up, conn),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut a, &mut b);
+                        let _ = b.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { addr, cut, live }
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self.live.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Accepts connections again.
+    pub fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Node {
+    /// Makes this daemon a cluster node on `endpoints` (etcd store), with short timings.
+    pub fn cluster(&mut self, name: &str, endpoints: &[String], prefix: &str) {
+        self.args.extend(
+            [
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                &endpoints.join(","),
+                "--etcd-prefix",
+                prefix,
+                "--node-name",
+                name,
+                "--lease-ttl",
+                "3",
+                "--reclaim-grace",
+                "1",
+                "--block-release-grace",
+                "3600",
+                "--etcd-timeout",
+                "1",
+            ]
+            .map(String::from),
+        );
+    }
+
+    /// ADD through the real plugin, retrying "try again later" (code 11) as a kubelet would;
+    /// the address, or the last error code.
+    pub fn add_retrying(&self, conf: &Value, id: &str, tries: usize) -> Result<String, u64> {
+        let mut code = 0;
+        for _ in 0..tries {
+            let out = plugin("ADD", id, NO_NETNS, conf);
+            if out.status.success() {
+                return Ok(address(&out));
+            }
+            code = error_code(&out);
+            if code != 11 {
+                return Err(code);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(code)
+    }
+}

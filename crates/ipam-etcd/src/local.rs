@@ -1,0 +1,231 @@
+//! A real etcd cluster on loopback, for the tests and the bench: each member is Debian's
+//! `etcd` (from `etcd-server`) with its own data directory under a folder the caller owns.
+//! Members listen on an address of their own in 127.0.0.0/8 (fixed ports on a random
+//! loopback address), so concurrent tests and a system etcd never meet.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One member.
+#[derive(Debug)]
+pub struct Member {
+    /// `m1`, `m2`, ...
+    pub name: String,
+    /// Its client address (`IP:2379`).
+    pub client: SocketAddr,
+    peer: SocketAddr,
+    data: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A local cluster.
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// The members.
+    pub members: Vec<Member>,
+    initial: String,
+    token: String,
+}
+
+/// The etcd binary: `$TRESTLE_ETCD`, or `etcd` on the PATH.
+pub fn etcd_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("TRESTLE_ETCD") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("etcd"))
+            .find(|p| p.is_file())
+    })
+}
+
+fn free_base() -> Ipv4Addr {
+    let seed = std::process::id() as u64 ^ (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64));
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    loop {
+        x ^= x >> 29;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        let (a, b) = (((x >> 8) % 250 + 2) as u8, ((x >> 24) % 250 + 2) as u8);
+        let base = Ipv4Addr::new(127, a, b, 0);
+        let ok = (1..=5u8).all(|m| {
+            let ip = Ipv4Addr::new(127, a, b, m);
+            TcpListener::bind((ip, 2379)).is_ok() && TcpListener::bind((ip, 2380)).is_ok()
+        });
+        if ok {
+            return base;
+        }
+    }
+}
+
+impl LocalCluster {
+    /// Starts `n` members with data under `dir`, and waits until they serve.
+    pub fn start(dir: &Path, n: usize) -> std::io::Result<LocalCluster> {
+        let base = free_base();
+        let o = base.octets();
+        let members: Vec<Member> = (1..=n)
+            .map(|i| {
+                let ip = Ipv4Addr::new(o[0], o[1], o[2], i as u8);
+                Member {
+                    name: format!("m{i}"),
+                    client: SocketAddr::from((ip, 2379)),
+                    peer: SocketAddr::from((ip, 2380)),
+                    data: dir.join(format!("m{i}")),
+                    log: dir.join(format!("m{i}.log")),
+                    child: None,
+                }
+            })
+            .collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}=http://{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = LocalCluster {
+            members,
+            initial,
+            token: format!("trestle-{}-{}", std::process::id(), o[1] as u32 * 256 + o[2] as u32),
+        };
+        for i in 0..n {
+            c.spawn(i)?;
+        }
+        c.wait_serving(Duration::from_secs(30))?;
+        Ok(c)
+    }
+
+    fn spawn(&mut self, i: usize) -> std::io::Result<()> {
+        let bin = etcd_binary().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no etcd: apt-get install etcd-server (or set TRESTLE_ETCD)",
+            )
+        })?;
+        let m = &mut self.members[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log)?;
+        let child = Command::new(bin)
+            .arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(&m.data)
+            .arg("--listen-client-urls")
+            .arg(format!("http://{}", m.client))
+            .arg("--advertise-client-urls")
+            .arg(format!("http://{}", m.client))
+            .arg("--listen-peer-urls")
+            .arg(format!("http://{}", m.peer))
+            .arg("--initial-advertise-peer-urls")
+            .arg(format!("http://{}", m.peer))
+            .arg("--initial-cluster")
+            .arg(&self.initial)
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--initial-cluster-token")
+            .arg(&self.token)
+            // Quick elections: a killed leader is replaced within about a second.
+            .arg("--heartbeat-interval")
+            .arg("50")
+            .arg("--election-timeout")
+            .arg("500")
+            .arg("--logger")
+            .arg("zap")
+            .arg("--log-level")
+            .arg("warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        m.child = Some(child);
+        Ok(())
+    }
+
+    /// The client endpoints, `IP:port`.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client.to_string()).collect()
+    }
+
+    /// Waits until every running member answers `/health` with a leader.
+    pub fn wait_serving(&self, timeout: Duration) -> std::io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for m in self.members.iter().filter(|m| m.child.is_some()) {
+            while !healthy(m.client) {
+                if Instant::now() > deadline {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("etcd member {} not healthy; its log: {}", m.name, m.log.display()),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data (it rejoins).
+    pub fn restart(&mut self, i: usize) -> std::io::Result<()> {
+        self.kill(i);
+        self.spawn(i)
+    }
+
+    /// Kills every member.
+    pub fn kill_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+
+    /// True if member `i` runs.
+    pub fn running(&self, i: usize) -> bool {
+        self.members[i].child.is_some()
+    }
+
+    /// A member's `/metrics` value: the sum of every sample of `name`.
+    pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        let body = http_get(self.members[i].client, "/metrics")?;
+        let mut sum = None;
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix(name) else {
+                continue;
+            };
+            if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                continue;
+            }
+            let v: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+            *sum.get_or_insert(0.0) += v;
+        }
+        sum
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+fn healthy(addr: SocketAddr) -> bool {
+    http_get(addr, "/health").is_some_and(|b| b.contains("\"health\":\"true\""))
+}
+
+/// A minimal HTTP/1.0 GET on loopback (etcd's /health and /metrics).
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.to_string())
+}
