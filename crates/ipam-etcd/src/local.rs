@@ -43,9 +43,10 @@ pub fn etcd_binary() -> Option<PathBuf> {
 }
 
 fn free_base() -> Ipv4Addr {
-    let seed = std::process::id() as u64 ^ (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64));
+    let seed = std::process::id() as u64
+        ^ (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64));
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     loop {
         x ^= x >> 29;
@@ -65,6 +66,7 @@ fn free_base() -> Ipv4Addr {
 impl LocalCluster {
     /// Starts `n` members with data under `dir`, and waits until they serve.
     pub fn start(dir: &Path, n: usize) -> std::io::Result<LocalCluster> {
+        std::fs::create_dir_all(dir)?;
         let base = free_base();
         let o = base.octets();
         let members: Vec<Member> = (1..=n)
@@ -88,7 +90,11 @@ impl LocalCluster {
         let mut c = LocalCluster {
             members,
             initial,
-            token: format!("trestle-{}-{}", std::process::id(), o[1] as u32 * 256 + o[2] as u32),
+            token: format!(
+                "trestle-{}-{}",
+                std::process::id(),
+                o[1] as u32 * 256 + o[2] as u32
+            ),
         };
         for i in 0..n {
             c.spawn(i)?;
@@ -105,7 +111,10 @@ impl LocalCluster {
             )
         })?;
         let m = &mut self.members[i];
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)?;
         let child = Command::new(bin)
             .arg("--name")
             .arg(&m.name)
@@ -155,7 +164,11 @@ impl LocalCluster {
                 if Instant::now() > deadline {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
-                        format!("etcd member {} not healthy; its log: {}", m.name, m.log.display()),
+                        format!(
+                            "etcd member {} not healthy; its log: {}",
+                            m.name,
+                            m.log.display()
+                        ),
                     ));
                 }
                 std::thread::sleep(Duration::from_millis(50));

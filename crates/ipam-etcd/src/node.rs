@@ -409,17 +409,26 @@ impl Node {
             return Ok(h.pool.clone());
         }
         let ours = Pool::new(range, self.s.block_prefix(subnet));
-        let key = self.keys.pool(network, &subnet.to_string().replace('/', "_"));
+        let key = self
+            .keys
+            .pool(network, &subnet.to_string().replace('/', "_"));
         let existing = match &ours {
-            // A valid pool of ours is created unless one exists (one round trip either way).
-            Ok(p) => {
-                let value = serde_json::to_vec(p).expect("plain data");
-                let out = self
-                    .etcd
-                    .txn(Txn::new().if_absent(&key).put(&key, value, 0).or_get(&key))
-                    .await?;
-                if out.succeeded { None } else { out.read(0).pop() }
-            }
+            // Read first: every node but the first finds it, and a read costs etcd no write.
+            Ok(p) => match self.etcd.get(&key).await? {
+                Some(kv) => Some(kv),
+                None => {
+                    let value = serde_json::to_vec(p).expect("plain data");
+                    let out = self
+                        .etcd
+                        .txn(Txn::new().if_absent(&key).put(&key, value, 0).or_get(&key))
+                        .await?;
+                    if out.succeeded {
+                        None
+                    } else {
+                        out.read(0).pop()
+                    }
+                }
+            },
             // Our default block size may not fit; the pool's creator's may.
             Err(_) => self.etcd.get(&key).await?,
         };

@@ -79,6 +79,20 @@ enum Cmd {
         /// --ipam-service: restarts timed (the median is reported).
         #[arg(long, default_value_t = 5)]
         service_restarts: usize,
+        /// Instead of the CNI bench: cluster IPAM on a real 3-member etcd the bench starts on loopback (etcd from
+        /// Debian's etcd-server): --cluster-nodes simulated nodes x --cluster-pods pods, etcd requests per
+        /// allocation, then ADD latency through the plugin with trestled in etcd mode. No root needed.
+        #[arg(long)]
+        cluster: bool,
+        /// --cluster: simulated nodes.
+        #[arg(long, default_value_t = 1000)]
+        cluster_nodes: usize,
+        /// --cluster: pods per simulated node.
+        #[arg(long, default_value_t = 100)]
+        cluster_pods: usize,
+        /// --cluster: ADDs per concurrency level (1 and 32) through the plugin.
+        #[arg(long, default_value_t = 200)]
+        cluster_adds: usize,
     },
     /// ADD a container's netns to a network, as a runtime does (libcni/cnitool behaviour); prints the result.
     Add(Attach),
@@ -266,11 +280,41 @@ fn main() -> ExitCode {
             service_seconds,
             service_fill,
             service_restarts,
+            cluster,
+            cluster_nodes,
+            cluster_pods,
+            cluster_adds,
         } => {
             let bin_dir = bin_dir
                 .or_else(trestlectl::runtime::own_bin_dir)
                 .unwrap_or_else(|| PathBuf::from("."));
             let command = std::env::args().collect::<Vec<_>>().join(" ");
+            if cluster {
+                let opts = trestlectl::bench::cluster::ClusterOptions {
+                    nodes: if smoke { 20 } else { cluster_nodes },
+                    pods: if smoke { 10 } else { cluster_pods },
+                    plugin_adds: if smoke { 8 } else { cluster_adds },
+                    bin_dir,
+                    reference: if no_reference {
+                        None
+                    } else {
+                        reference.or_else(trestlectl::bench::Options::find_reference)
+                    },
+                    out,
+                    command,
+                };
+                return match trestlectl::bench::cluster::run(&opts) {
+                    Ok(report) => {
+                        print!("{}", report.markdown());
+                        eprintln!("wrote {}/cluster.md, cluster.json", opts.out.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("trestlectl bench --cluster: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             if ipam_service {
                 // trestled and its clients only: no namespaces, so no root needed.
                 let mut opts = trestlectl::bench::ServiceOptions {

@@ -115,23 +115,38 @@ fn three_nodes_allocate_1500_while_the_etcd_leader_is_killed_without_a_duplicate
         etcd.kill(l);
     });
     let acked = acked.into_inner().unwrap();
-    assert_eq!(acked.len(), 1500, "every ADD succeeds after retrying code 11");
+    assert_eq!(
+        acked.len(),
+        1500,
+        "every ADD succeeds after retrying code 11"
+    );
     let ips: BTreeSet<&String> = acked.iter().map(|(_, _, ip)| ip).collect();
     assert_eq!(ips.len(), acked.len(), "no address acknowledged twice");
     // Every acknowledged allocation is held by its node, and nothing else is.
     let held = unique(&nodes.iter().collect::<Vec<_>>());
     assert_eq!(held.len(), 1500);
     for (_, id, ip) in &acked {
-        assert_eq!(held.get(&ip.split('/').next().unwrap().to_string()), Some(id));
+        assert_eq!(
+            held.get(&ip.split('/').next().unwrap().to_string()),
+            Some(id)
+        );
     }
     // Blocks are the nodes' own: no block is owned twice, and each node holds what it uses.
     let v = view(&eps, "/t1");
-    let owners: BTreeSet<&str> = v.pools[0].block_list.iter().map(|b| b.cidr.as_str()).collect();
+    let owners: BTreeSet<&str> = v.pools[0]
+        .block_list
+        .iter()
+        .map(|b| b.cidr.as_str())
+        .collect();
     assert_eq!(owners.len(), v.pools[0].block_list.len());
     for (k, node) in nodes.iter().enumerate() {
         for (_, id, _) in acked.iter().filter(|(n, _, _)| *n == k) {
             let out = plugin("DEL", id, NO_NETNS, &confs[k]);
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
         assert!(node.allocations().is_empty());
     }
@@ -147,7 +162,8 @@ fn a_node_cut_off_past_its_lease_stops_and_its_block_is_reclaimed_without_a_doub
     let via: Vec<String> = proxies.iter().map(|p| p.addr.to_string()).collect();
     let mut a = Node::new();
     a.cluster("node-a", &via, "/t2");
-    a.args.extend(["--block-size", "10.61.0.0/26=28"].map(String::from));
+    a.args
+        .extend(["--block-size", "10.61.0.0/26=28"].map(String::from));
     a.start();
     // B never borrows (strict affinity), so what it gets of A's block it got by reclaiming it.
     let mut b = Node::new();
@@ -167,7 +183,12 @@ fn a_node_cut_off_past_its_lease_stops_and_its_block_is_reclaimed_without_a_doub
     std::thread::sleep(Duration::from_secs(4));
     let t = Instant::now();
     let out = plugin("ADD", "a-late", NO_NETNS, &ca);
-    assert_eq!(error_code(&out), 11, "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        error_code(&out),
+        11,
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 
     // B fills the pool: its own blocks, then A's block minus what A held.
@@ -186,8 +207,16 @@ fn a_node_cut_off_past_its_lease_stops_and_its_block_is_reclaimed_without_a_doub
     let v = view(&eps, "/t2");
     let a_view = v.nodes.iter().find(|n| n.name == "node-a").unwrap();
     assert!(!a_view.alive && a_view.expired_since_ms.is_some());
-    assert_eq!(a_view.blocks, 0, "A's block was reclaimed: {v:?}\n{}", b.log());
-    assert_eq!(a_view.borrowed, 8, "A's whole reservation stays reserved for it");
+    assert_eq!(
+        a_view.blocks,
+        0,
+        "A's block was reclaimed: {v:?}\n{}",
+        b.log()
+    );
+    assert_eq!(
+        a_view.borrowed, 8,
+        "A's whole reservation stays reserved for it"
+    );
     assert_eq!(b_ips.len(), 61 - 8, "B got everything else");
 
     // A comes back: it re-registers, fences, and goes on from what it still holds.
@@ -215,14 +244,31 @@ fn a_killed_daemon_restarts_with_its_state_and_its_own_block() {
     a.start();
     assert_eq!(a.allocations().len(), 5, "state intact");
     let next = a.add_retrying(&conf, "a5", 50).unwrap();
-    let block = |ip: &str| ip.rsplit_once('.').unwrap().1.split('/').next().unwrap().parse::<u32>().unwrap() / 64;
-    assert_eq!(block(&next), block(&first[0]), "the same block: {next} after {first:?}");
+    let block = |ip: &str| {
+        ip.rsplit_once('.')
+            .unwrap()
+            .1
+            .split('/')
+            .next()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+            / 64
+    };
+    assert_eq!(
+        block(&next),
+        block(&first[0]),
+        "the same block: {next} after {first:?}"
+    );
     assert_eq!(
         &next[..next.rfind('.').unwrap()],
         &first[0][..first[0].rfind('.').unwrap()]
     );
     let after = view(&eps, "/t3");
-    assert_eq!(after.pools[0].block_list, before.pools[0].block_list, "no new claim");
+    assert_eq!(
+        after.pools[0].block_list, before.pools[0].block_list,
+        "no new claim"
+    );
     assert_eq!(after.nodes.len(), 1);
 }
 
@@ -261,7 +307,8 @@ fn a_dead_nodes_blocks_are_reclaimed_and_reused_and_release_node_frees_the_rest(
     let eps = etcd.endpoints();
     let mut a = Node::new();
     a.cluster("node-a", &eps, "/t5");
-    a.args.extend(["--block-size", "10.64.0.0/27=28"].map(String::from));
+    a.args
+        .extend(["--block-size", "10.64.0.0/27=28"].map(String::from));
     a.start();
     let b = started("node-b", &eps, "/t5");
     let (ca, cb) = (a.conf("c", "10.64.0.0/27"), b.conf("c", "10.64.0.0/27"));
@@ -269,7 +316,7 @@ fn a_dead_nodes_blocks_are_reclaimed_and_reused_and_release_node_frees_the_rest(
         .map(|i| a.add_retrying(&ca, &format!("a{i}"), 50).unwrap())
         .collect();
     drop(a); // SIGKILL: the node is gone for good.
-    // 2 blocks of 16, 29 usable: B's own block, then A's once its lease and grace are over.
+             // 2 blocks of 16, 29 usable: B's own block, then A's once its lease and grace are over.
     let mut b_ips = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while b_ips.len() < 29 - 8 && Instant::now() < deadline {
@@ -278,24 +325,44 @@ fn a_dead_nodes_blocks_are_reclaimed_and_reused_and_release_node_frees_the_rest(
             Err(_) => std::thread::sleep(Duration::from_millis(300)),
         }
     }
-    assert_eq!(b_ips.len(), 29 - 8, "B reused A's block beyond A's reservation");
+    assert_eq!(
+        b_ips.len(),
+        29 - 8,
+        "B reused A's block beyond A's reservation"
+    );
     for ip in &a_ips {
         assert!(!b_ips.contains(ip), "{ip} handed out again");
     }
     // B may have borrowed all of that while A's lease still ran; release-node refuses a live
     // node, so wait for the lease to lapse.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while view(&eps, "/t5").nodes.iter().any(|n| n.name == "node-a" && n.alive) {
+    while view(&eps, "/t5")
+        .nodes
+        .iter()
+        .any(|n| n.name == "node-a" && n.alive)
+    {
         assert!(Instant::now() < deadline, "A's lease never lapsed");
         std::thread::sleep(Duration::from_millis(200));
     }
     // The operator says A is gone: its reservation is freed, and B can have it.
     let out = std::process::Command::new(common::bin("trestlectl"))
-        .args(["ipam", "release-node", "node-a", "--yes", "--etcd-prefix", "/t5", "--etcd"])
+        .args([
+            "ipam",
+            "release-node",
+            "node-a",
+            "--yes",
+            "--etcd-prefix",
+            "/t5",
+            "--etcd",
+        ])
         .arg(eps.join(","))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut rest = 0;
     while b.add_retrying(&cb, &format!("r{rest}"), 3).is_ok() {
         rest += 1;
@@ -303,5 +370,10 @@ fn a_dead_nodes_blocks_are_reclaimed_and_reused_and_release_node_frees_the_rest(
     assert_eq!(rest, 8, "A's 8 addresses came back");
     let v = view(&eps, "/t5");
     // A holds nothing (a block it owned where B holds addresses stays, empty, for reclaim).
-    assert!(v.nodes.iter().all(|n| n.name != "node-a" || (n.held == 0 && n.borrowed == 0)), "{v:?}");
+    assert!(
+        v.nodes
+            .iter()
+            .all(|n| n.name != "node-a" || (n.held == 0 && n.borrowed == 0)),
+        "{v:?}"
+    );
 }

@@ -5,12 +5,13 @@
 //! ([`service`]) measures that trestled on its own, through its API.
 
 pub mod binary;
+pub mod cluster;
 mod floor;
 mod progress;
 mod report;
 pub mod service;
 mod side;
-mod stats;
+pub(crate) mod stats;
 mod trestled;
 
 pub use report::Report;

@@ -89,7 +89,15 @@ fn render(v: &admin::ClusterView, now: i64) -> String {
         })
         .collect();
     out.push_str(&table(
-        &["NETWORK", "POOL", "BLOCK", "BLOCKS", "HELD", "IN BLOCKS", "BORROWED"],
+        &[
+            "NETWORK",
+            "POOL",
+            "BLOCK",
+            "BLOCKS",
+            "HELD",
+            "IN BLOCKS",
+            "BORROWED",
+        ],
         &rows,
     ));
     out.push('\n');
@@ -114,7 +122,10 @@ fn render(v: &admin::ClusterView, now: i64) -> String {
             ]
         })
         .collect();
-    out.push_str(&table(&["NODE", "LEASE", "BLOCKS", "HELD", "BORROWED"], &rows));
+    out.push_str(&table(
+        &["NODE", "LEASE", "BLOCKS", "HELD", "BORROWED"],
+        &rows,
+    ));
     out.push_str(
         "\nHELD: addresses a node may hand out without asking etcd (in use, or reserved for its next ADDs). \
          A node's own view: trestlectl ipam show on that node.\n",

@@ -348,7 +348,9 @@ impl Proxy {
                 if c.load(Ordering::SeqCst) {
                     continue;
                 }
-                let Ok(up) = std::net::TcpStream::connect(target) else { continue };
+                let Ok(up) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
                 let mut live = l.lock().unwrap();
                 live.push(conn.try_clone().unwrap());
                 live.push(up.try_clone().unwrap());
