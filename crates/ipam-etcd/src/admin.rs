@@ -205,6 +205,9 @@ pub async fn release_node(etcd: &Etcd, prefix: &str, node: &str) -> Result<Relea
         return Err(ReleaseError::Alive(node.to_string()));
     }
     let mut out = Released::default();
+    // A block kept for others' addresses stays the dead node's until reclaimed: its expiry
+    // record (when the grace started) stays too.
+    let mut kept = false;
     let mut index = etcd
         .list(&keys.affinities(Some(node)), true)
         .await
@@ -224,6 +227,10 @@ pub async fn release_node(etcd: &Etcd, prefix: &str, node: &str) -> Result<Relea
             .await
             .map_err(ClusterError::from)?
         else {
+            // No pool, so no block of it: the index entry is all that is left.
+            etcd.txn(Txn::new().delete(&index_key))
+                .await
+                .map_err(ClusterError::from)?;
             continue;
         };
         let Ok(pool) = serde_json::from_slice::<Pool>(&pkv.value) else {
@@ -271,6 +278,7 @@ pub async fn release_node(etcd: &Etcd, prefix: &str, node: &str) -> Result<Relea
                 if owned {
                     out.blocks += 1;
                 }
+                kept |= owned && !b.foreign.values().all(|f| f.is_empty());
                 out.addresses += freed;
                 break;
             }
@@ -284,8 +292,10 @@ pub async fn release_node(etcd: &Etcd, prefix: &str, node: &str) -> Result<Relea
             }
         }
     }
-    etcd.txn(Txn::new().if_absent(&node_key).delete(&keys.expired(node)))
-        .await
-        .map_err(ClusterError::from)?;
+    if !kept {
+        etcd.txn(Txn::new().if_absent(&node_key).delete(&keys.expired(node)))
+            .await
+            .map_err(ClusterError::from)?;
+    }
     Ok(out)
 }

@@ -188,7 +188,7 @@ impl Pool {
     /// The first difference between `self` (ours) and `theirs` (etcd's).
     pub fn mismatch(&self, theirs: &Pool) -> Option<PoolError> {
         let diff = |field, a: String, b: String| {
-            (a != b).then(|| PoolError::Mismatch {
+            (a != b).then_some(PoolError::Mismatch {
                 subnet: self.subnet,
                 field,
                 theirs: b,

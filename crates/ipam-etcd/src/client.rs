@@ -180,7 +180,7 @@ impl Etcd {
                 self.current
                     .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
             attempt += 1;
-            if attempt % n == 0 {
+            if attempt.is_multiple_of(n) {
                 // Every member failed once: an election is likely under way.
                 tokio::time::sleep(Duration::from_millis(50).min(left)).await;
             }

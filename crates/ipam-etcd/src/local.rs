@@ -28,6 +28,19 @@ pub struct LocalCluster {
     pub members: Vec<Member>,
     initial: String,
     token: String,
+    tls: Option<ServerTls>,
+}
+
+/// TLS for the client port: the server certificate (valid for every member's address), its
+/// key, and the CA client certificates are checked against (`--client-cert-auth`).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// Server certificate (PEM).
+    pub cert: PathBuf,
+    /// Its key (PEM).
+    pub key: PathBuf,
+    /// The CA clients must present a certificate of.
+    pub client_ca: PathBuf,
 }
 
 /// The etcd binary: `$TRESTLE_ETCD`, or `etcd` on the PATH.
@@ -55,7 +68,9 @@ fn free_base() -> Ipv4Addr {
         let base = Ipv4Addr::new(127, a, b, 0);
         let ok = (1..=5u8).all(|m| {
             let ip = Ipv4Addr::new(127, a, b, m);
-            TcpListener::bind((ip, 2379)).is_ok() && TcpListener::bind((ip, 2380)).is_ok()
+            [2379, 2380, 2381]
+                .iter()
+                .all(|p| TcpListener::bind((ip, *p)).is_ok())
         });
         if ok {
             return base;
@@ -66,6 +81,16 @@ fn free_base() -> Ipv4Addr {
 impl LocalCluster {
     /// Starts `n` members with data under `dir`, and waits until they serve.
     pub fn start(dir: &Path, n: usize) -> std::io::Result<LocalCluster> {
+        LocalCluster::start_tls(dir, n, |_| Ok(None))
+    }
+
+    /// [`LocalCluster::start`], with TLS on the client port if `tls` (given the members'
+    /// addresses, for the certificate) says so. Health and metrics stay plain HTTP on port 2381.
+    pub fn start_tls(
+        dir: &Path,
+        n: usize,
+        tls: impl FnOnce(&[Ipv4Addr]) -> std::io::Result<Option<ServerTls>>,
+    ) -> std::io::Result<LocalCluster> {
         std::fs::create_dir_all(dir)?;
         let base = free_base();
         let o = base.octets();
@@ -87,7 +112,12 @@ impl LocalCluster {
             .map(|m| format!("{}=http://{}", m.name, m.peer))
             .collect::<Vec<_>>()
             .join(",");
+        let ips: Vec<Ipv4Addr> = (1..=n)
+            .map(|i| Ipv4Addr::new(o[0], o[1], o[2], i as u8))
+            .collect();
+        let tls = tls(&ips)?;
         let mut c = LocalCluster {
+            tls,
             members,
             initial,
             token: format!(
@@ -115,15 +145,28 @@ impl LocalCluster {
             .create(true)
             .append(true)
             .open(&m.log)?;
-        let child = Command::new(bin)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut cmd = Command::new(bin);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.cert)
+                .arg("--key-file")
+                .arg(&t.key)
+                .arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&t.client_ca);
+        }
+        let child = cmd
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
             .arg(&m.data)
             .arg("--listen-client-urls")
-            .arg(format!("http://{}", m.client))
+            .arg(format!("{scheme}://{}", m.client))
             .arg("--advertise-client-urls")
-            .arg(format!("http://{}", m.client))
+            .arg(format!("{scheme}://{}", m.client))
+            .arg("--listen-metrics-urls")
+            .arg(format!("http://{}", metrics_addr(m.client)))
             .arg("--listen-peer-urls")
             .arg(format!("http://{}", m.peer))
             .arg("--initial-advertise-peer-urls")
@@ -160,7 +203,7 @@ impl LocalCluster {
     pub fn wait_serving(&self, timeout: Duration) -> std::io::Result<()> {
         let deadline = Instant::now() + timeout;
         for m in self.members.iter().filter(|m| m.child.is_some()) {
-            while !healthy(m.client) {
+            while !healthy(metrics_addr(m.client)) {
                 if Instant::now() > deadline {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
@@ -205,7 +248,7 @@ impl LocalCluster {
 
     /// A member's `/metrics` value: the sum of every sample of `name`.
     pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
-        let body = http_get(self.members[i].client, "/metrics")?;
+        let body = http_get(metrics_addr(self.members[i].client), "/metrics")?;
         let mut sum = None;
         for line in body.lines() {
             let Some(rest) = line.strip_prefix(name) else {
@@ -225,6 +268,11 @@ impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.kill_all();
     }
+}
+
+/// Where a member serves /health and /metrics: its address, port 2381.
+fn metrics_addr(client: SocketAddr) -> SocketAddr {
+    SocketAddr::new(client.ip(), 2381)
 }
 
 fn healthy(addr: SocketAddr) -> bool {

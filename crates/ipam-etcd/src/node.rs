@@ -223,14 +223,28 @@ pub struct Node {
     generation: AtomicU64,
     grow: tokio::sync::Mutex<()>,
     nonce: AtomicU64,
+    /// This process among all that ran as this node (a restart on the same boot reads back
+    /// its predecessor's writes and must not take them for its own).
+    process: u64,
     /// What it did.
     pub stats: Stats,
 }
 
+/// The outcome of returning borrowed addresses.
+enum Returned {
+    Done,
+    Not,
+    Unknown,
+}
+
 /// The outcome of a compare-and-swap.
 enum Cas {
+    /// It applied; the key's new revision.
     Done(i64),
+    /// It did not apply and never will (the key moved on): what the key holds now.
     Lost(Option<KeyValue>),
+    /// No answer, and the key still looks as compared: the write may yet apply.
+    Unknown,
 }
 
 impl Node {
@@ -246,6 +260,7 @@ impl Node {
             generation: AtomicU64::new(0),
             grow: tokio::sync::Mutex::new(()),
             nonce: AtomicU64::new(0),
+            process: boottime_ns() ^ (u64::from(std::process::id()) << 40),
             stats: Stats::default(),
         })
     }
@@ -280,9 +295,10 @@ impl Node {
 
     fn writer(&self) -> String {
         format!(
-            "{}:{}:{}",
+            "{}:{}:{:x}:{}",
             self.s.name,
             self.s.instance,
+            self.process,
             self.nonce.fetch_add(1, Ordering::Relaxed)
         )
     }
@@ -335,8 +351,11 @@ impl Node {
             return false;
         };
         let n = hold.pool.index_of(start);
-        hold.owned.get(&n).is_some_and(|o| o.block.held.get(i))
-            || hold.borrowed.get(&n).is_some_and(|b| b.bits.get(i))
+        // What `pick` may hand out: not a draining block, nor what a shrink gives up.
+        let owned = hold.owned.get(&n).is_some_and(|o| {
+            !o.draining && o.block.held.get(i) && o.limit.as_ref().is_none_or(|l| l.get(i))
+        });
+        owned || hold.borrowed.get(&n).is_some_and(|b| b.bits.get(i))
     }
 
     /// True if this node holds `ip` in any pool of `network`.
@@ -455,38 +474,41 @@ impl Node {
         Ok(pool)
     }
 
-    /// One compare-and-swap on `key`: `txn` carries the comparisons and writes. An answer lost
-    /// in transit is settled by reading the key back (our `writer` nonce there: it applied).
+    /// One compare-and-swap on `key` (compared at revision `rev`, 0: absent): `txn` carries
+    /// the comparisons and writes. An answer lost in transit is settled by reading the key
+    /// back: our `writer` nonce there, it applied; the key moved on, it never will; otherwise
+    /// it may still apply ([`Cas::Unknown`]), and a write that gives addresses up must then be
+    /// treated as possibly done.
     async fn cas(
         &self,
         key: &str,
+        rev: i64,
         txn: Txn,
         writer: Option<&str>,
         len: u32,
     ) -> Result<Cas, ClusterError> {
+        let ours = |kv: &KeyValue| {
+            writer.is_some_and(|w| Block::decode(&kv.value, len).is_some_and(|b| b.writer == w))
+        };
         match self.etcd.txn(txn.or_get(key)).await {
             Ok(o) if o.succeeded => Ok(Cas::Done(o.revision)),
             Ok(o) => {
+                // Compared and refused: the key moved on (an earlier attempt of ours may be
+                // what moved it, which the nonce tells).
                 let cur = o.read(0).pop();
-                if let (Some(kv), Some(w)) = (&cur, writer) {
-                    if Block::decode(&kv.value, len).is_some_and(|b| b.writer == w) {
-                        return Ok(Cas::Done(kv.mod_revision));
-                    }
+                if let Some(kv) = cur.as_ref().filter(|kv| ours(kv)) {
+                    return Ok(Cas::Done(kv.mod_revision));
                 }
                 self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 Ok(Cas::Lost(cur))
             }
-            Err(e) => {
-                let cur = self.etcd.get(key).await.map_err(|_| e)?;
-                match (&cur, writer) {
-                    (Some(kv), Some(w))
-                        if Block::decode(&kv.value, len).is_some_and(|b| b.writer == w) =>
-                    {
-                        Ok(Cas::Done(kv.mod_revision))
-                    }
-                    _ => Ok(Cas::Lost(cur)),
-                }
-            }
+            Err(_) => match self.etcd.get(key).await {
+                Err(_) => Ok(Cas::Unknown),
+                Ok(Some(kv)) if ours(&kv) => Ok(Cas::Done(kv.mod_revision)),
+                Ok(Some(kv)) if kv.mod_revision == rev => Ok(Cas::Unknown),
+                Ok(None) if rev == 0 => Ok(Cas::Unknown),
+                Ok(cur) => Ok(Cas::Lost(cur)),
+            },
         }
     }
 
@@ -541,7 +563,7 @@ impl Node {
             let key = self.keys.block(network, &pool.id(), pool.block_start(n));
             let txn = Txn::new().if_mod(&key, o.rev).put(&key, new.encode(), 0);
             match self
-                .cas(&key, txn, Some(&new.writer), pool.block_len())
+                .cas(&key, o.rev, txn, Some(&new.writer), pool.block_len())
                 .await?
             {
                 Cas::Done(rev) => {
@@ -550,6 +572,8 @@ impl Node {
                     return Ok(true);
                 }
                 Cas::Lost(cur) => self.refresh_owned(network, pool, n, cur),
+                // The extension may apply later: harmless, its addresses are simply not used.
+                Cas::Unknown => return Err(unknown()),
             }
         }
         Ok(false)
@@ -635,9 +659,10 @@ impl Node {
                     0,
                 );
             match self
-                .cas(&key, txn, Some(&new.writer), pool.block_len())
+                .cas(&key, 0, txn, Some(&new.writer), pool.block_len())
                 .await?
             {
+                Cas::Unknown => return Err(unknown()),
                 Cas::Done(rev) => {
                     self.stats.claims.fetch_add(1, Ordering::Relaxed);
                     log::info!("claimed block {start}/{} of {network}", pool.block_prefix);
@@ -775,9 +800,16 @@ impl Node {
             );
         }
         match self
-            .cas(&key, txn, Some(&new.writer), pool.block_len())
+            .cas(
+                &key,
+                kv.mod_revision,
+                txn,
+                Some(&new.writer),
+                pool.block_len(),
+            )
             .await?
         {
+            Cas::Unknown => Err(unknown()),
             Cas::Done(rev) => {
                 self.stats.reclaims.fetch_add(1, Ordering::Relaxed);
                 log::warn!(
@@ -845,10 +877,19 @@ impl Node {
                     Vec::new(),
                     0,
                 );
-            if let Cas::Done(_) = self
-                .cas(&key, txn, Some(&new.writer), pool.block_len())
-                .await?
-            {
+            let outcome = self
+                .cas(
+                    &key,
+                    kv.mod_revision,
+                    txn,
+                    Some(&new.writer),
+                    pool.block_len(),
+                )
+                .await?;
+            if matches!(outcome, Cas::Unknown) {
+                return Err(unknown());
+            }
+            if let Cas::Done(_) = outcome {
                 self.stats.borrows.fetch_add(1, Ordering::Relaxed);
                 let n = pool.index_of(start);
                 let mut h = self.holdings();
@@ -911,13 +952,31 @@ impl Node {
                 let txn = Txn::new()
                     .if_mod(&key, kv.mod_revision)
                     .put(&key, new.encode(), 0);
-                if let Cas::Done(rev) = self
-                    .cas(&key, txn, Some(&new.writer), pool.block_len())
+                match self
+                    .cas(
+                        &key,
+                        kv.mod_revision,
+                        txn,
+                        Some(&new.writer),
+                        pool.block_len(),
+                    )
                     .await?
                 {
-                    self.record_owned(network, pool, pool.index_of(start), new, rev);
-                    return Ok(());
+                    Cas::Done(rev) => {
+                        self.record_owned(network, pool, pool.index_of(start), new, rev);
+                        return Ok(());
+                    }
+                    Cas::Unknown => return Err(unknown()),
+                    Cas::Lost(_) => {}
                 }
+            } else if self.s.strict_affinity {
+                return Err(ClusterError::Unavailable {
+                    ip,
+                    why: format!(
+                        "in node {}'s block, and this node has strict affinity",
+                        b.owner
+                    ),
+                });
             } else if self.borrow(network, pool, Some(ip)).await? {
                 return Ok(());
             }
@@ -1068,6 +1127,8 @@ impl Node {
     /// Rebuilds the holdings from etcd: the blocks indexed as ours that are ours, and our
     /// addresses in others' blocks. Nothing else is trusted after a lease loss or a restart.
     async fn fence(&self) -> Result<(), ClusterError> {
+        // No claim, extension or housekeeping write is in flight while the cache is rebuilt.
+        let _one = self.grow.lock().await;
         let mut pools: HashMap<(String, String), Pool> = HashMap::new();
         let mut fresh: HashMap<PoolKey, Holding> = HashMap::new();
         let me = &self.s.name;
@@ -1101,8 +1162,11 @@ impl Node {
             let Some(bkv) = self.etcd.get(&bkey).await? else {
                 continue;
             };
-            let b = Block::decode(&bkv.value, pool.block_len())
-                .ok_or_else(|| ClusterError::Corrupt(bkey))?;
+            let Some(b) = Block::decode(&bkv.value, pool.block_len()) else {
+                // Nobody can trust it, so nobody allocates from it (others skip it too).
+                log::error!("unreadable block record {bkey}: skipped");
+                continue;
+            };
             let hold = fresh
                 .entry((net.clone(), pool.subnet))
                 .or_insert_with(|| Holding {
@@ -1130,7 +1194,12 @@ impl Node {
         }
         let mut h = self.holdings();
         for (k, old) in h.iter() {
-            for n in old.owned.keys() {
+            for (n, o) in &old.owned {
+                // A release or shrink whose outcome is unknown may still apply: keep honouring it.
+                if let Some(f) = fresh.get_mut(k).and_then(|f| f.owned.get_mut(n)) {
+                    f.draining = o.draining;
+                    f.limit = o.limit.as_ref().map(|l| l.intersect(&f.block.held));
+                }
                 if !fresh.get(k).is_some_and(|f| f.owned.contains_key(n)) {
                     log::warn!(
                         "block {} of {} is no longer this node's",
@@ -1154,10 +1223,25 @@ impl Node {
         Ok(())
     }
 
+    /// Housekeeping, one round: `plan` (which calls [`Node::plan`] with the daemon's state
+    /// locked) and then carrying the plans out, all under the grow lock, so no claim or
+    /// extension changes a block between the plan and the write.
+    pub async fn housekeep(&self, plan: impl FnOnce() -> Vec<Plan>) {
+        let _one = self.grow.lock().await;
+        let plans = plan();
+        for p in plans {
+            if let Err(e) = self.execute_one(&p).await {
+                log::warn!("cluster housekeeping {p:?}: {e}");
+            }
+        }
+    }
+
     /// Plans housekeeping (call with the daemon's state locked; `in_use` says whether an
     /// address is allocated or cooling locally): empty blocks past the grace go back (not the
     /// last of a pool, nor one where others hold addresses), reservations more than a chunk
-    /// larger than needed shrink after the grace, unused borrowed addresses are returned.
+    /// larger than needed shrink after the grace, unused borrowed addresses are returned. A
+    /// release or shrink whose outcome is not known yet is planned again; until it is settled
+    /// the block is not allocated from (release) or only from what the shrink keeps.
     pub fn plan(&self, in_use: &dyn Fn(&str, IpAddr) -> bool) -> Vec<Plan> {
         let now = boottime_ns();
         let grace = self.s.release_grace.as_nanos() as u64;
@@ -1168,6 +1252,11 @@ impl Node {
             let mut keep = hold.owned.values().filter(|o| !o.draining).count();
             for (n, o) in hold.owned.iter_mut() {
                 if o.draining {
+                    plans.push(Plan::Release(net.clone(), *subnet, *n));
+                    continue;
+                }
+                if let Some(l) = &o.limit {
+                    plans.push(Plan::Shrink(net.clone(), *subnet, *n, l.clone()));
                     continue;
                 }
                 let start = pool.block_start(*n);
@@ -1186,7 +1275,7 @@ impl Node {
                 }
                 o.empty_since = None;
                 let slack = o.block.held.count() - used.count();
-                if slack > pool.chunk() && o.limit.is_none() {
+                if slack > pool.chunk() {
                     let since = *o.slack_since.get_or_insert(now);
                     if now - since >= grace {
                         let mut new = used.clone();
@@ -1207,7 +1296,8 @@ impl Node {
                     unused.set(i, !in_use(net, pool.address(start, i)));
                 }
                 if !unused.is_empty() {
-                    // Not used from here on, returned or not.
+                    // Not used from here on: given back, or back in the holdings only once
+                    // the return has certainly failed.
                     b.bits = b.bits.minus(&unused);
                     plans.push(Plan::Return(net.clone(), *subnet, *n, unused));
                 }
@@ -1219,15 +1309,6 @@ impl Node {
             self.changed();
         }
         plans
-    }
-
-    /// Carries out [`Node::plan`]'s plans; a failed one is planned again later.
-    pub async fn execute(&self, plans: Vec<Plan>) {
-        for p in plans {
-            if let Err(e) = self.execute_one(&p).await {
-                log::warn!("cluster housekeeping {p:?}: {e}");
-            }
-        }
     }
 
     async fn execute_one(&self, p: &Plan) -> Result<(), ClusterError> {
@@ -1247,12 +1328,14 @@ impl Node {
         let key = self.keys.block(net, &pool.id(), start);
         match p {
             Plan::Release(..) => {
-                let rev = self.owned(net, &pool, n).map_or(0, |o| o.rev);
+                let Some(o) = self.owned(net, &pool, n) else {
+                    return Ok(());
+                };
                 let txn = Txn::new()
-                    .if_mod(&key, rev)
+                    .if_mod(&key, o.rev)
                     .delete(&key)
                     .delete(&self.keys.affinity(&self.s.name, net, &pool.id(), start));
-                match self.cas(&key, txn, None, pool.block_len()).await? {
+                match self.cas(&key, o.rev, txn, None, pool.block_len()).await? {
                     Cas::Done(_) | Cas::Lost(None) => {
                         self.stats.releases.fetch_add(1, Ordering::Relaxed);
                         log::info!(
@@ -1264,16 +1347,15 @@ impl Node {
                         }
                     }
                     Cas::Lost(cur) => {
+                        // A borrower wrote to it: the delete can never apply; keep the block.
                         self.refresh_owned(net, &pool, n, cur);
-                        if let Some(o) = self
-                            .holdings()
-                            .get_mut(&(net.clone(), subnet))
-                            .and_then(|h| h.owned.get_mut(&n))
-                        {
+                        self.owned_mut(net, subnet, n, |o| {
                             o.draining = false;
                             o.empty_since = None;
-                        }
+                        });
                     }
+                    // Maybe deleted, maybe not: stays drained, planned again.
+                    Cas::Unknown => return Err(unknown()),
                 }
                 self.changed();
             }
@@ -1286,7 +1368,7 @@ impl Node {
                 let new = self.new_block(held, o.block.foreign.clone());
                 let txn = Txn::new().if_mod(&key, o.rev).put(&key, new.encode(), 0);
                 match self
-                    .cas(&key, txn, Some(&new.writer), pool.block_len())
+                    .cas(&key, o.rev, txn, Some(&new.writer), pool.block_len())
                     .await?
                 {
                     Cas::Done(rev) => {
@@ -1294,52 +1376,97 @@ impl Node {
                         self.record_owned(net, &pool, n, new, rev);
                     }
                     Cas::Lost(cur) => {
+                        // It can never apply: the current record is the truth.
                         self.refresh_owned(net, &pool, n, cur);
-                        if let Some(o) = self
-                            .holdings()
-                            .get_mut(&(net.clone(), subnet))
-                            .and_then(|h| h.owned.get_mut(&n))
-                        {
+                        self.owned_mut(net, subnet, n, |o| {
                             o.limit = None;
                             o.slack_since = None;
-                        }
+                        });
                     }
+                    // Maybe applied: allocation stays limited, planned again.
+                    Cas::Unknown => return Err(unknown()),
                 }
             }
-            Plan::Return(_, _, _, bits) => {
-                for _ in 0..5 {
-                    let Some(kv) = self.etcd.get(&key).await? else {
-                        return Ok(());
-                    };
-                    let Some(mut b) = Block::decode(&kv.value, pool.block_len()) else {
-                        return Err(ClusterError::Corrupt(key));
-                    };
-                    let mine = b.foreign.get(&self.s.name).cloned().unwrap_or_default();
-                    let left = mine.minus(bits);
-                    let mut txn = Txn::new().if_mod(&key, kv.mod_revision);
-                    if left.is_empty() {
-                        b.foreign.remove(&self.s.name);
-                        txn = txn.delete(&self.keys.borrowed(&self.s.name, net, &pool.id(), start));
-                    } else {
-                        b.foreign.insert(self.s.name.clone(), left);
+            Plan::Return(_, _, _, bits) => match self.return_borrowed(net, &pool, n, bits).await {
+                Returned::Done => {}
+                Returned::Not => {
+                    // Certainly still ours in etcd: usable again, returned at a later round.
+                    if let Some(h) = self.holdings().get_mut(&(net.clone(), subnet)) {
+                        let e = h.borrowed.entry(n).or_insert_with(|| Borrowed {
+                            bits: Bitmap::new(pool.block_len()),
+                        });
+                        e.bits = e.bits.union(bits);
                     }
-                    b.writer = self.writer();
-                    b.at_ms = unix_ms();
-                    let txn = txn.put(&key, b.encode(), 0);
-                    if let Cas::Done(rev) = self
-                        .cas(&key, txn, Some(&b.writer), pool.block_len())
-                        .await?
-                    {
-                        self.stats.shrinks.fetch_add(1, Ordering::Relaxed);
-                        if b.owner == self.s.name {
-                            self.record_owned(net, &pool, n, b, rev);
-                        }
-                        return Ok(());
-                    }
+                    self.changed();
                 }
-            }
+                // Maybe returned: not used again until a fencing reads etcd.
+                Returned::Unknown => return Err(unknown()),
+            },
         }
         Ok(())
+    }
+
+    fn owned_mut(
+        &self,
+        net: &str,
+        subnet: IpNet,
+        n: u128,
+        f: impl FnOnce(&mut Owned),
+    ) -> Option<()> {
+        let mut h = self.holdings();
+        let o = h.get_mut(&(net.to_string(), subnet))?.owned.get_mut(&n)?;
+        f(o);
+        Some(())
+    }
+
+    /// Takes `bits` out of this node's foreign set in block `n`.
+    async fn return_borrowed(&self, net: &str, pool: &Pool, n: u128, bits: &Bitmap) -> Returned {
+        let start = pool.block_start(n);
+        let key = self.keys.block(net, &pool.id(), start);
+        for _ in 0..5 {
+            // Every earlier attempt here certainly failed: an error now means not returned.
+            let kv = match self.etcd.get(&key).await {
+                Ok(Some(kv)) => kv,
+                Ok(None) => return Returned::Done,
+                Err(_) => return Returned::Not,
+            };
+            let Some(mut b) = Block::decode(&kv.value, pool.block_len()) else {
+                return Returned::Not;
+            };
+            let mine = b.foreign.get(&self.s.name).cloned().unwrap_or_default();
+            let left = mine.minus(bits);
+            let mut txn = Txn::new().if_mod(&key, kv.mod_revision);
+            if left.is_empty() {
+                b.foreign.remove(&self.s.name);
+                txn = txn.delete(&self.keys.borrowed(&self.s.name, net, &pool.id(), start));
+            } else {
+                b.foreign.insert(self.s.name.clone(), left);
+            }
+            b.writer = self.writer();
+            b.at_ms = unix_ms();
+            let txn = txn.put(&key, b.encode(), 0);
+            match self
+                .cas(
+                    &key,
+                    kv.mod_revision,
+                    txn,
+                    Some(&b.writer),
+                    pool.block_len(),
+                )
+                .await
+            {
+                Ok(Cas::Done(rev)) => {
+                    self.stats.shrinks.fetch_add(1, Ordering::Relaxed);
+                    if b.owner == self.s.name {
+                        self.record_owned(net, pool, n, b, rev);
+                    }
+                    return Returned::Done;
+                }
+                Ok(Cas::Lost(_)) => {}
+                Ok(Cas::Unknown) | Err(_) => return Returned::Unknown,
+            }
+        }
+        Returned::Not
     }
 
     fn owned(&self, net: &str, pool: &Pool, n: u128) -> Option<Owned> {
@@ -1354,4 +1481,10 @@ pub fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn unknown() -> ClusterError {
+    ClusterError::Etcd(EtcdError::Unavailable(
+        "no answer from etcd, and the outcome of the write is not known yet".into(),
+    ))
 }

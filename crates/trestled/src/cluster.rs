@@ -26,15 +26,15 @@ pub async fn housekeeping(daemon: Arc<Daemon>, node: Arc<Node>, every: Duration)
             fenced = fencings;
             report_uncovered(&daemon, &node);
         }
-        let plans = {
+        node.housekeep(|| {
             let st = daemon.lock();
             node.plan(&|net, ip| {
                 st.pools
                     .get(net)
                     .is_some_and(|p| p.by_ip.contains_key(&ip) || p.cooling.contains_key(&ip))
             })
-        };
-        node.execute(plans).await;
+        })
+        .await;
     }
 }
 

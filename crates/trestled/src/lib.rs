@@ -200,7 +200,10 @@ fn cluster_node(
             "--node-name {name:?}: must be non-empty, without '/'"
         ));
     }
-    let mut s = trestle_ipam_etcd::NodeSettings::new(&name, &opts.etcd_prefix, boot_id);
+    // A restart of this daemon (same boot, same state directory) takes its registration over;
+    // anything else with the same name waits for that registration's lease to lapse.
+    let instance = format!("{boot_id}:{}", opts.state_dir.display());
+    let mut s = trestle_ipam_etcd::NodeSettings::new(&name, &opts.etcd_prefix, &instance);
     s.lease_ttl = Duration::from_secs(opts.lease_ttl.max(2));
     s.reclaim_grace = seconds(opts.reclaim_grace);
     s.release_grace = seconds(opts.block_release_grace);
@@ -251,7 +254,10 @@ async fn serve(opts: Options) -> Result<(), String> {
     metrics::reclaimed("earlier-boot", opened.dropped_earlier_boot);
     let store_ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let writer = store::Writer::new(db, path, store_ok.clone());
-    let host_local = (!opts.host_local_dir.as_os_str().is_empty()).then(|| HostLocal {
+    // Imported host-local allocations are the node's alone, never entered in etcd: in etcd mode
+    // there is no import (drain a node before switching its store).
+    let import = !opts.host_local_dir.as_os_str().is_empty() && opts.store != "etcd";
+    let host_local = import.then(|| HostLocal {
         dir: opts.host_local_dir.clone(),
         handover: trestle_ipam_core::Handover {
             socket: socket.clone(),

@@ -126,10 +126,7 @@ fn three_nodes_allocate_1500_while_the_etcd_leader_is_killed_without_a_duplicate
     let held = unique(&nodes.iter().collect::<Vec<_>>());
     assert_eq!(held.len(), 1500);
     for (_, id, ip) in &acked {
-        assert_eq!(
-            held.get(&ip.split('/').next().unwrap().to_string()),
-            Some(id)
-        );
+        assert_eq!(held.get(ip.split('/').next().unwrap()), Some(id));
     }
     // Blocks are the nodes' own: no block is owned twice, and each node holds what it uses.
     let v = view(&eps, "/t1");
@@ -375,5 +372,111 @@ fn a_dead_nodes_blocks_are_reclaimed_and_reused_and_release_node_frees_the_rest(
             .iter()
             .all(|n| n.name != "node-a" || (n.held == 0 && n.borrowed == 0)),
         "{v:?}"
+    );
+}
+
+/// A CA, a server certificate for `ips` and a client certificate, as PEM files in `dir`.
+fn certificates(dir: &std::path::Path, ips: &[std::net::Ipv4Addr]) -> std::io::Result<()> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+    };
+    let fail = |e: rcgen::Error| std::io::Error::other(e.to_string());
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().map_err(fail)?;
+    let ca = ca_params.self_signed(&ca_key).map_err(fail)?;
+    let mut server = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+    server.subject_alt_names = ips
+        .iter()
+        .map(|ip| SanType::IpAddress((*ip).into()))
+        .collect();
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_key = KeyPair::generate().map_err(fail)?;
+    let server = server.signed_by(&server_key, &ca, &ca_key).map_err(fail)?;
+    let mut client = CertificateParams::new(vec!["trestled".to_string()]).map_err(fail)?;
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_key = KeyPair::generate().map_err(fail)?;
+    let client = client.signed_by(&client_key, &ca, &ca_key).map_err(fail)?;
+    for (name, pem) in [
+        ("ca.pem", ca.pem()),
+        ("server.pem", server.pem()),
+        ("server-key.pem", server_key.serialize_pem()),
+        ("client.pem", client.pem()),
+        ("client-key.pem", client_key.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(name), pem)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_node_reaches_etcd_over_tls_with_a_client_certificate_and_one_without_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let etcd = LocalCluster::start_tls(&dir.path().join("etcd"), 1, |ips| {
+        certificates(&certs, ips)?;
+        Ok(Some(trestle_ipam_etcd::local::ServerTls {
+            cert: certs.join("server.pem"),
+            key: certs.join("server-key.pem"),
+            client_ca: certs.join("ca.pem"),
+        }))
+    })
+    .expect("etcd with TLS");
+    let eps = etcd.endpoints();
+    let tls_args = |with_client: bool| {
+        let mut v = vec![
+            "--etcd-ca".to_string(),
+            certs.join("ca.pem").display().to_string(),
+        ];
+        if with_client {
+            v.extend([
+                "--etcd-cert".to_string(),
+                certs.join("client.pem").display().to_string(),
+                "--etcd-key".to_string(),
+                certs.join("client-key.pem").display().to_string(),
+            ]);
+        }
+        v
+    };
+    let mut a = Node::new();
+    a.cluster("node-tls", &eps, "/t6");
+    a.args.extend(tls_args(true));
+    a.start();
+    let conf = a.conf("c", "10.65.0.0/16");
+    a.add_retrying(&conf, "a0", 20).expect("ADD over TLS");
+    // The operator's view over TLS too.
+    let out = std::process::Command::new(common::bin("trestlectl"))
+        .args(["ipam", "show", "--json", "--etcd-prefix", "/t6", "--etcd"])
+        .arg(eps.join(","))
+        .args(tls_args(true))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["nodes"][0]["name"], "node-tls");
+    assert_eq!(v["pools"][0]["blocksClaimed"], 1);
+
+    // Without a client certificate, etcd refuses: the node never becomes ready, ADD says 11.
+    let mut b = Node::new();
+    b.cluster("node-nocert", &eps, "/t6");
+    b.args.extend(tls_args(false));
+    b.child = Some(b.command_for_test().spawn().unwrap());
+    std::thread::sleep(Duration::from_secs(2));
+    let out = plugin("ADD", "b0", NO_NETNS, &b.conf("c", "10.65.0.0/16"));
+    assert_eq!(
+        error_code(&out),
+        11,
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        b.log().contains("cannot register node node-nocert"),
+        "{}",
+        b.log()
     );
 }

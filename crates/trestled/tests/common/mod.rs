@@ -129,6 +129,11 @@ impl Node {
         cmd
     }
 
+    /// The daemon's command, for a test that starts it itself.
+    pub fn command_for_test(&self) -> Command {
+        self.command()
+    }
+
     /// Starts the daemon and waits until it answers.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
