@@ -303,6 +303,52 @@ impl Node {
         )
     }
 
+    /// True if fewer than a quarter chunk of the addresses this node holds in `network`'s pool
+    /// of `range` are free locally (`free`): time to grow ahead of the ADDs.
+    pub fn running_low(
+        &self,
+        network: &str,
+        range: &Range,
+        free: &mut dyn FnMut(IpAddr) -> bool,
+    ) -> bool {
+        let low = {
+            let h = self.holdings();
+            match h.get(&(network.to_string(), range.subnet.trunc())) {
+                Some(hold) => (hold.pool.chunk() / 4).max(1),
+                None => return false,
+            }
+        };
+        let mut n = 0;
+        let mut enough = |ip: IpAddr| {
+            if free(ip) {
+                n += 1;
+            }
+            n >= low
+        };
+        self.pick(network, range, &mut enough).is_none()
+    }
+
+    /// Grows the holdings ahead of need (an extension or a block claim, never a reclaim or a
+    /// borrow), in the background after an ADD found them running low, so the ADDs that follow
+    /// find addresses without waiting for etcd. Skipped if a growth is under way.
+    pub async fn grow_ahead(&self, network: &str, range: &Range) {
+        let Ok(_one) = self.grow.try_lock() else {
+            return;
+        };
+        if !self.lease_valid() {
+            return;
+        }
+        let grown = async {
+            let pool = self.ensure_pool(network, range).await?;
+            Ok::<_, ClusterError>(
+                self.extend(network, &pool).await? || self.claim(network, &pool, None).await?,
+            )
+        };
+        if let Err(e) = grown.await {
+            log::debug!("growing ahead in {network}: {e}");
+        }
+    }
+
     /// The first address of `network`'s pool of `range` this node holds for which `take`
     /// says yes (it is free locally), lowest first: own blocks, then borrowed addresses.
     pub fn pick(

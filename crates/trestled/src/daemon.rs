@@ -174,7 +174,18 @@ impl Daemon {
             };
             self.wait(commit).await?;
             let (ranges, want) = match outcome? {
-                ClusterOutcome::Done(a) => return Ok(a),
+                ClusterOutcome::Done(a, low) => {
+                    // Off the critical path: the next ADDs find the reservation grown already.
+                    if let Some(node) = self.cluster.clone().filter(|_| !low.is_empty()) {
+                        let network = network.clone();
+                        tokio::spawn(async move {
+                            for r in low {
+                                node.grow_ahead(&network, &r).await;
+                            }
+                        });
+                    }
+                    return Ok(a);
+                }
                 ClusterOutcome::NoLease => return Err(ClusterError::LeaseUncertain.into()),
                 ClusterOutcome::Grow(ranges, want) => (ranges, want),
             };

@@ -178,8 +178,9 @@ pub struct Allocated {
 /// What a cluster Allocate came to.
 #[derive(Debug)]
 pub enum ClusterOutcome {
-    /// Allocated (or found the attachment's addresses).
-    Done(Allocated),
+    /// Allocated (or found the attachment's addresses); the ranges where the node's holdings
+    /// run low.
+    Done(Allocated, Vec<Range>),
     /// The node holds no free address in these ranges (or not `Some(ip)`): grow, then retry.
     Grow(Vec<Range>, Option<IpAddr>),
     /// The node's lease is not certainly valid: nothing new may be handed out.
@@ -275,7 +276,9 @@ impl State {
         let pool = self.pools.entry(cfg.network.clone()).or_default();
         note_ranges(pool, cfg, ops);
         if !pool.addresses_of(&input.attachment).is_empty() {
-            return self.allocate(input, now, ops).map(ClusterOutcome::Done);
+            return self
+                .allocate(input, now, ops)
+                .map(|a| ClusterOutcome::Done(a, Vec::new()));
         }
         if !node.lease_valid() {
             return Ok(ClusterOutcome::NoLease);
@@ -316,6 +319,7 @@ impl State {
         }
         let template = record(input, now);
         let mut ips = Vec::new();
+        let mut low = Vec::new();
         for (index, range, ip) in picks {
             if pool.cooling.remove(&ip).is_some() {
                 ops.push(Op::Uncool(cfg.network.clone(), ip));
@@ -331,15 +335,24 @@ impl State {
                     .expect("prefix from a valid subnet"),
                 gateway: range.gateway,
             });
+            let mut free = |ip: IpAddr| {
+                !pool.by_ip.contains_key(&ip) && !pool.is_cooling(ip, now.boot_ns, delay)
+            };
+            if node.running_low(&cfg.network, &range, &mut free) {
+                low.push(range);
+            }
         }
-        Ok(ClusterOutcome::Done(Allocated {
-            allocation: Allocation {
-                ips,
-                routes: cfg.routes.clone(),
-                dns: cfg.dns.clone(),
+        Ok(ClusterOutcome::Done(
+            Allocated {
+                allocation: Allocation {
+                    ips,
+                    routes: cfg.routes.clone(),
+                    dns: cfg.dns.clone(),
+                },
+                existing: false,
             },
-            existing: false,
-        }))
+            low,
+        ))
     }
 
     /// Releases `att`'s addresses in `network` that were allocated before `before_ns` (all if

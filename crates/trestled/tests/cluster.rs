@@ -480,3 +480,64 @@ fn a_node_reaches_etcd_over_tls_with_a_client_certificate_and_one_without_is_ref
         b.log()
     );
 }
+
+#[test]
+fn empty_blocks_go_back_but_the_last_reservations_shrink_and_borrowed_addresses_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = etcd_cluster(dir.path());
+    let eps = etcd.endpoints();
+    let quick = ["--block-release-grace", "1", "--cluster-interval", "0.2"].map(String::from);
+    let mut a = Node::new();
+    a.cluster("node-a", &eps, "/t7");
+    a.args
+        .extend(["--block-size", "10.66.0.0/26=28"].map(String::from));
+    a.args.extend(quick.clone());
+    a.start();
+    let conf = a.conf("c", "10.66.0.0/26");
+    for i in 0..20 {
+        a.add_retrying(&conf, &format!("a{i}"), 20).unwrap();
+    }
+    let node = |v: &admin::ClusterView, n: &str| v.nodes.iter().find(|x| x.name == n).cloned();
+    assert_eq!(node(&view(&eps, "/t7"), "node-a").unwrap().blocks, 2);
+    for i in 0..20 {
+        assert!(plugin("DEL", &format!("a{i}"), NO_NETNS, &conf)
+            .status
+            .success());
+    }
+    // One block goes back; the last one stays, its reservation cut to one chunk (8).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let n = node(&view(&eps, "/t7"), "node-a").unwrap();
+        if n.blocks == 1 && n.held == 8 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{n:?}\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // B fills the rest of the pool, borrowing A's unreserved addresses last, then lets go.
+    let mut b = Node::new();
+    b.cluster("node-b", &eps, "/t7");
+    b.args.extend(quick);
+    b.start();
+    let cb = b.conf("c", "10.66.0.0/26");
+    let mut got = 0;
+    while b.add_retrying(&cb, &format!("b{got}"), 2).is_ok() {
+        got += 1;
+    }
+    assert_eq!(got, 61 - 8, "everything but A's reservation");
+    assert!(node(&view(&eps, "/t7"), "node-b").unwrap().borrowed > 0);
+    for i in 0..got {
+        assert!(plugin("DEL", &format!("b{i}"), NO_NETNS, &cb)
+            .status
+            .success());
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node(&view(&eps, "/t7"), "node-b").unwrap().borrowed > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "borrowed addresses never returned\n{}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -90,6 +90,8 @@ pub struct ClusterReport {
     pub pods: usize,
     /// The pool and its block size.
     pub pool: String,
+    /// Registration: every node's lease grant and registration transaction (and fencing).
+    pub registration: Requests,
     /// Fill: every node allocates its pods.
     pub fill: Requests,
     /// Fill wall time, seconds.
@@ -98,7 +100,7 @@ pub struct ClusterReport {
     pub fill_latency: Summary,
     /// Churn: every node releases half its pods and allocates as many again.
     pub churn: Requests,
-    /// Fill and churn together.
+    /// The whole run: registration, fill and churn.
     pub total: Requests,
     /// Blocks claimed at the end.
     pub blocks: usize,
@@ -147,14 +149,15 @@ fn run_in(opts: &ClusterOptions, work: &Path) -> Result<ClusterReport, String> {
         .map_err(err)?;
     let range = Range::new(SUBNET.parse().map_err(err)?, None, None, None).map_err(err)?;
     let client = Etcd::new_in(&rt, &etcd.endpoints())?;
-    let nodes = rt.block_on(register(&client, opts.nodes))?;
-    eprintln!("{} simulated nodes registered", nodes.len());
     let proposals = |c: &LocalCluster| {
         c.metric(0, "etcd_server_proposals_committed_total")
             .unwrap_or(0.0) as u64
     };
-
+    let (start, ps) = (client.counters.snapshot(), proposals(&etcd));
+    let nodes = rt.block_on(register(&client, opts.nodes))?;
+    eprintln!("{} simulated nodes registered", nodes.len());
     let (before, p0) = (client.counters.snapshot(), proposals(&etcd));
+    let registration = requests(start, before, p0 - ps, 0);
     let t = Instant::now();
     let (locals, latencies) = rt.block_on(fill(&nodes, &range, opts.pods))?;
     let fill_seconds = t.elapsed().as_secs_f64();
@@ -167,7 +170,7 @@ fn run_in(opts: &ClusterOptions, work: &Path) -> Result<ClusterReport, String> {
     let churned = rt.block_on(churn(&nodes, &locals, &range, opts.pods / 2))?;
     let (after, p2) = (client.counters.snapshot(), proposals(&etcd));
     let churn = requests(mid, after, p2 - p1, churned);
-    let total = requests(before, after, p2 - p0, fill.allocations + churned);
+    let total = requests(start, after, p2 - ps, fill.allocations + churned);
     let (blocks, keys) = rt.block_on(async {
         let blocks = client
             .list(&format!("{PREFIX}/v1/blocks/"), true)
@@ -191,6 +194,7 @@ fn run_in(opts: &ClusterOptions, work: &Path) -> Result<ClusterReport, String> {
         nodes: opts.nodes,
         pods: opts.pods,
         pool: format!("{SUBNET}, blocks /26"),
+        registration,
         fill,
         fill_seconds,
         fill_latency: summarise(&latencies),
@@ -243,7 +247,7 @@ async fn register(client: &Etcd, n: usize) -> Result<Vec<Arc<Node>>, String> {
 type Local = Arc<Mutex<Vec<IpAddr>>>;
 
 /// One allocation as trestled makes it: pick from the node's holdings, grow them if empty.
-async fn allocate(node: &Node, local: &Local, range: &Range) -> Result<IpAddr, String> {
+async fn allocate(node: &Arc<Node>, local: &Local, range: &Range) -> Result<IpAddr, String> {
     loop {
         let seen = node.generation();
         let picked = {
@@ -256,6 +260,16 @@ async fn allocate(node: &Node, local: &Local, range: &Range) -> Result<IpAddr, S
             ip
         };
         if let Some(ip) = picked {
+            // As trestled does: grow ahead when the holdings run low.
+            let low = {
+                let used = local.lock().unwrap_or_else(|p| p.into_inner());
+                let set: HashSet<IpAddr> = used.iter().copied().collect();
+                node.running_low(NET, range, &mut |ip| !set.contains(&ip))
+            };
+            if low {
+                let (node, range) = (node.clone(), range.clone());
+                tokio::spawn(async move { node.grow_ahead(NET, &range).await });
+            }
             return Ok(ip);
         }
         node.grow(NET, range, None, seen).await.map_err(err)?;
@@ -552,9 +566,10 @@ impl ClusterReport {
             self.command, self.nodes, self.pods, self.pool
         );
         s.push_str("## etcd requests\n\n| phase | allocations | reads | writes | keep-alives | raft proposals | reads/alloc | writes/alloc | proposals/alloc |\n|---|---|---|---|---|---|---|---|---|\n");
+        s.push_str(&r("registration (no allocation)", &self.registration));
         s.push_str(&r("fill", &self.fill));
         s.push_str(&r("churn (release half, allocate again)", &self.churn));
-        s.push_str(&r("total", &self.total));
+        s.push_str(&r("whole run", &self.total));
         s.push_str(&format!(
             "\nFill: {:.1} s wall; in-process allocation latency p50 {:.3} ms, p99 {:.3} ms (no plugin, no gRPC).\n\
              At the end: {} blocks claimed, {} keys under the prefix, etcd database {:.1} MiB.\n\n",
