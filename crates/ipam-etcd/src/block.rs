@@ -148,6 +148,14 @@ pub enum PoolError {
         /// The block prefix asked for.
         block: u8,
     },
+    /// Another pool of the network covers some of the same addresses.
+    #[error("pool {ours} overlaps pool {theirs} of the same network in etcd: every node must use the same ranges")]
+    Overlap {
+        /// This node's.
+        ours: IpNet,
+        /// etcd's.
+        theirs: IpNet,
+    },
     /// Another node created the pool with other settings.
     #[error("pool {subnet} exists in etcd with {field} {theirs}, this node's config says {ours}")]
     Mismatch {

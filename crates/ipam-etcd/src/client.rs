@@ -414,6 +414,19 @@ impl Txn {
         self
     }
 
+    /// Only if no key under `prefix` was created or changed after revision `rev`.
+    pub fn if_range_unchanged(mut self, prefix: &str, rev: i64) -> Txn {
+        let mut c = cmp(
+            prefix,
+            CompareTarget::Mod,
+            CompareResult::Less,
+            TargetUnion::ModRevision(rev + 1),
+        );
+        c.range_end = prefix_end(prefix.as_bytes());
+        self.compare.push(c);
+        self
+    }
+
     /// On success, puts `key` (attached to `lease` unless 0).
     pub fn put(mut self, key: &str, value: Vec<u8>, lease: i64) -> Txn {
         self.success.push(put_op(key, value, lease));

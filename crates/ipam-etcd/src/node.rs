@@ -218,6 +218,10 @@ pub struct Node {
     /// CLOCK_BOOTTIME until which the lease is certainly valid; 0: not valid.
     deadline_ns: AtomicU64,
     lease: AtomicU64,
+    /// The mod revision of this process's registration key: every block write compares it,
+    /// so nothing this node proposed under an earlier registration (or an earlier process)
+    /// can apply after the registration that fencing follows.
+    registration: std::sync::atomic::AtomicI64,
     holdings: Mutex<HashMap<PoolKey, Holding>>,
     /// Bumped at every change of the holdings: a waiting ADD knows someone grew them.
     generation: AtomicU64,
@@ -232,8 +236,11 @@ pub struct Node {
 
 /// The outcome of returning borrowed addresses.
 enum Returned {
+    /// Etcd no longer gives these addresses to this node.
     Done,
-    Not,
+    /// Certainly not returned: these are still this node's.
+    Not(Bitmap),
+    /// Maybe returned.
     Unknown,
 }
 
@@ -256,6 +263,7 @@ impl Node {
             s,
             deadline_ns: AtomicU64::new(0),
             lease: AtomicU64::new(0),
+            registration: std::sync::atomic::AtomicI64::new(0),
             holdings: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             grow: tokio::sync::Mutex::new(()),
@@ -291,6 +299,12 @@ impl Node {
 
     fn changed(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A transaction that applies only while this node's current registration stands.
+    fn block_txn(&self) -> Txn {
+        let rev = self.registration.load(Ordering::Acquire);
+        Txn::new().if_mod(&self.keys.node(&self.s.name), rev.max(1))
     }
 
     fn writer(&self) -> String {
@@ -477,25 +491,57 @@ impl Node {
         let key = self
             .keys
             .pool(network, &subnet.to_string().replace('/', "_"));
-        let existing = match &ours {
-            // Read first: every node but the first finds it, and a read costs etcd no write.
-            Ok(p) => match self.etcd.get(&key).await? {
-                Some(kv) => Some(kv),
-                None => {
-                    let value = serde_json::to_vec(p).expect("plain data");
-                    let out = self
-                        .etcd
-                        .txn(Txn::new().if_absent(&key).put(&key, value, 0).or_get(&key))
-                        .await?;
-                    if out.succeeded {
-                        None
-                    } else {
-                        out.read(0).pop()
+        let prefix = self.keys.pool(network, "");
+        let existing = loop {
+            // The network's pools, read (not written: every node but the first finds its pool).
+            let (listed, at) = self
+                .etcd
+                .range(
+                    prefix.as_bytes(),
+                    &crate::client::prefix_end(prefix.as_bytes()),
+                    false,
+                )
+                .await?;
+            let mut found = None;
+            for kv in listed {
+                let Ok(p) = serde_json::from_slice::<Pool>(&kv.value) else {
+                    continue;
+                };
+                if p.subnet == subnet {
+                    found = Some(kv);
+                } else if p.subnet.contains(&subnet.network())
+                    || subnet.contains(&p.subnet.network())
+                {
+                    // Two pools over the same addresses would hand them out twice.
+                    return Err(PoolError::Overlap {
+                        ours: subnet,
+                        theirs: p.subnet,
                     }
+                    .into());
                 }
-            },
-            // Our default block size may not fit; the pool's creator's may.
-            Err(_) => self.etcd.get(&key).await?,
+            }
+            if found.is_some() {
+                break found;
+            }
+            // Our default block size may not fit; then only an existing pool will do.
+            let p = match &ours {
+                Ok(p) => p,
+                Err(_) => break None,
+            };
+            let value = serde_json::to_vec(p).expect("plain data");
+            // Created only if no pool of the network appeared since the read (else read again).
+            let out = self
+                .etcd
+                .txn(
+                    Txn::new()
+                        .if_absent(&key)
+                        .if_range_unchanged(&prefix, at)
+                        .put(&key, value, 0),
+                )
+                .await?;
+            if out.succeeded {
+                break None;
+            }
         };
         let pool = match existing {
             None => ours?,
@@ -544,6 +590,10 @@ impl Node {
                 let cur = o.read(0).pop();
                 if let Some(kv) = cur.as_ref().filter(|kv| ours(kv)) {
                     return Ok(Cas::Done(kv.mod_revision));
+                }
+                // The block is as compared: what failed is this node's registration.
+                if cur.as_ref().map_or(0, |kv| kv.mod_revision) == rev {
+                    return Err(ClusterError::LeaseUncertain);
                 }
                 self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 Ok(Cas::Lost(cur))
@@ -607,7 +657,10 @@ impl Node {
             }
             let new = self.new_block(held, o.block.foreign.clone());
             let key = self.keys.block(network, &pool.id(), pool.block_start(n));
-            let txn = Txn::new().if_mod(&key, o.rev).put(&key, new.encode(), 0);
+            let txn = self
+                .block_txn()
+                .if_mod(&key, o.rev)
+                .put(&key, new.encode(), 0);
             match self
                 .cas(&key, o.rev, txn, Some(&new.writer), pool.block_len())
                 .await?
@@ -695,9 +748,9 @@ impl Node {
             }
             let new = self.new_block(held, BTreeMap::new());
             let key = self.keys.block(network, &pool.id(), start);
-            let txn = Txn::new()
+            let txn = self
+                .block_txn()
                 .if_absent(&key)
-                .if_present(&self.keys.node(&self.s.name))
                 .put(&key, new.encode(), 0)
                 .put(
                     &self.keys.affinity(&self.s.name, network, &pool.id(), start),
@@ -827,10 +880,10 @@ impl Node {
             held.set(i, true);
         }
         let new = self.new_block(held, foreign);
-        let mut txn = Txn::new()
+        let mut txn = self
+            .block_txn()
             .if_mod(&key, kv.mod_revision)
             .if_absent(&self.keys.node(dead))
-            .if_present(&self.keys.node(&self.s.name))
             .put(&key, new.encode(), 0)
             .delete(&self.keys.affinity(dead, network, &pool.id(), start))
             .put(
@@ -914,9 +967,9 @@ impl Node {
             new.writer = self.writer();
             new.at_ms = unix_ms();
             let key = self.keys.block(network, &pool.id(), start);
-            let txn = Txn::new()
+            let txn = self
+                .block_txn()
                 .if_mod(&key, kv.mod_revision)
-                .if_present(&self.keys.node(&self.s.name))
                 .put(&key, new.encode(), 0)
                 .put(
                     &self.keys.borrowed(&self.s.name, network, &pool.id(), start),
@@ -995,7 +1048,8 @@ impl Node {
                 let mut held = b.held.clone();
                 held.set(i, true);
                 let new = self.new_block(held, b.foreign.clone());
-                let txn = Txn::new()
+                let txn = self
+                    .block_txn()
                     .if_mod(&key, kv.mod_revision)
                     .put(&key, new.encode(), 0);
                 match self
@@ -1088,6 +1142,7 @@ impl Node {
                 )
                 .await?;
             let registered = if out.succeeded {
+                self.registration.store(out.revision, Ordering::Release);
                 true
             } else {
                 let cur = out.read(0).pop();
@@ -1105,6 +1160,9 @@ impl Node {
                                     .delete(&expired),
                             )
                             .await?;
+                        if o.succeeded {
+                            self.registration.store(o.revision, Ordering::Release);
+                        }
                         if o.succeeded && r.lease != lease {
                             self.etcd.revoke(r.lease).await.ok();
                         }
@@ -1126,6 +1184,15 @@ impl Node {
             }
             self.lease.store(lease as u64, Ordering::Release);
             self.fence().await?;
+            // Fencing may have taken a while: renew before counting on the lease.
+            let (sent, ttl) = {
+                let again = boottime_ns();
+                match self.etcd.keepalive(lease).await {
+                    Ok(t) if t > 0 => (again, t),
+                    Ok(_) => continue,
+                    Err(_) => (sent, ttl),
+                }
+            };
             let until = sent + (ttl.max(0) as u64) * 1_000_000_000;
             self.deadline_ns
                 .store(until.saturating_sub(self.margin()), Ordering::Release);
@@ -1377,7 +1444,8 @@ impl Node {
                 let Some(o) = self.owned(net, &pool, n) else {
                     return Ok(());
                 };
-                let txn = Txn::new()
+                let txn = self
+                    .block_txn()
                     .if_mod(&key, o.rev)
                     .delete(&key)
                     .delete(&self.keys.affinity(&self.s.name, net, &pool.id(), start));
@@ -1412,7 +1480,10 @@ impl Node {
                 // Only ever a subset of what etcd has: allocation is limited to it already.
                 let held = o.block.held.intersect(new_held);
                 let new = self.new_block(held, o.block.foreign.clone());
-                let txn = Txn::new().if_mod(&key, o.rev).put(&key, new.encode(), 0);
+                let txn = self
+                    .block_txn()
+                    .if_mod(&key, o.rev)
+                    .put(&key, new.encode(), 0);
                 match self
                     .cas(&key, o.rev, txn, Some(&new.writer), pool.block_len())
                     .await?
@@ -1435,13 +1506,13 @@ impl Node {
             }
             Plan::Return(_, _, _, bits) => match self.return_borrowed(net, &pool, n, bits).await {
                 Returned::Done => {}
-                Returned::Not => {
+                Returned::Not(still) => {
                     // Certainly still ours in etcd: usable again, returned at a later round.
                     if let Some(h) = self.holdings().get_mut(&(net.clone(), subnet)) {
                         let e = h.borrowed.entry(n).or_insert_with(|| Borrowed {
                             bits: Bitmap::new(pool.block_len()),
                         });
-                        e.bits = e.bits.union(bits);
+                        e.bits = e.bits.union(&still);
                     }
                     self.changed();
                 }
@@ -1469,19 +1540,30 @@ impl Node {
     async fn return_borrowed(&self, net: &str, pool: &Pool, n: u128, bits: &Bitmap) -> Returned {
         let start = pool.block_start(n);
         let key = self.keys.block(net, &pool.id(), start);
+        // What of `bits` the record still gives this node; None: unreadable.
+        let still_mine = |kv: &KeyValue| {
+            Block::decode(&kv.value, pool.block_len()).map(|b| {
+                let mine = b.foreign.get(&self.s.name).cloned().unwrap_or_default();
+                (b, mine.intersect(bits))
+            })
+        };
         for _ in 0..5 {
-            // Every earlier attempt here certainly failed: an error now means not returned.
+            // After a refusal nothing of ours is in flight (see `cas`): this read is the truth.
             let kv = match self.etcd.get(&key).await {
                 Ok(Some(kv)) => kv,
                 Ok(None) => return Returned::Done,
-                Err(_) => return Returned::Not,
+                Err(_) => return Returned::Unknown,
             };
-            let Some(mut b) = Block::decode(&kv.value, pool.block_len()) else {
-                return Returned::Not;
+            let Some((mut b, left_of_bits)) = still_mine(&kv) else {
+                return Returned::Unknown;
             };
+            if left_of_bits.is_empty() {
+                // An earlier attempt applied (its answer was lost), or nothing was left.
+                return Returned::Done;
+            }
             let mine = b.foreign.get(&self.s.name).cloned().unwrap_or_default();
             let left = mine.minus(bits);
-            let mut txn = Txn::new().if_mod(&key, kv.mod_revision);
+            let mut txn = self.block_txn().if_mod(&key, kv.mod_revision);
             if left.is_empty() {
                 b.foreign.remove(&self.s.name);
                 txn = txn.delete(&self.keys.borrowed(&self.s.name, net, &pool.id(), start));
@@ -1512,7 +1594,15 @@ impl Node {
                 Ok(Cas::Unknown) | Err(_) => return Returned::Unknown,
             }
         }
-        Returned::Not
+        // Five refusals: what the record gives this node now is certainly still its own.
+        match self.etcd.get(&key).await {
+            Ok(Some(kv)) => match still_mine(&kv) {
+                Some((_, mine)) => Returned::Not(mine),
+                None => Returned::Unknown,
+            },
+            Ok(None) => Returned::Done,
+            Err(_) => Returned::Unknown,
+        }
     }
 
     fn owned(&self, net: &str, pool: &Pool, n: u128) -> Option<Owned> {

@@ -202,7 +202,15 @@ fn cluster_node(
     }
     // A restart of this daemon (same boot, same state directory) takes its registration over;
     // anything else with the same name waits for that registration's lease to lapse.
-    let instance = format!("{boot_id}:{}", opts.state_dir.display());
+    if boot_id == "unknown" {
+        return Err(
+            "--store etcd needs the boot ID (/proc/sys/kernel/random/boot_id): without it a \
+                    restart cannot be told from another machine with the same name"
+                .into(),
+        );
+    }
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let instance = format!("{}:{boot_id}:{}", machine.trim(), opts.state_dir.display());
     let mut s = trestle_ipam_etcd::NodeSettings::new(&name, &opts.etcd_prefix, &instance);
     s.lease_ttl = Duration::from_secs(opts.lease_ttl.max(2));
     s.reclaim_grace = seconds(opts.reclaim_grace);

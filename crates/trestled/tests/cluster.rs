@@ -541,3 +541,31 @@ fn empty_blocks_go_back_but_the_last_reservations_shrink_and_borrowed_addresses_
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_pool_overlapping_another_of_the_same_network_is_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = LocalCluster::start(dir.path(), 1).expect("etcd");
+    let eps = etcd.endpoints();
+    let a = started("node-a", &eps, "/t8");
+    a.add_retrying(&a.conf("c", "10.67.0.0/16"), "a0", 20)
+        .unwrap();
+    // Another node with a drifted config: the same addresses as a second pool would be
+    // handed out twice, so it is refused (INVALID_ARGUMENT, CNI code 7).
+    let b = started("node-b", &eps, "/t8");
+    let out = plugin("ADD", "b0", NO_NETNS, &b.conf("c", "10.67.0.0/17"));
+    assert_eq!(
+        error_code(&out),
+        7,
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let msg = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        msg.contains("10.67.0.0/17") && msg.contains("10.67.0.0/16"),
+        "{msg}"
+    );
+    // Another network may use the same subnet: its pools are its own.
+    b.add_retrying(&b.conf("other", "10.67.0.0/17"), "b1", 20)
+        .unwrap();
+}
