@@ -12,6 +12,13 @@ use serde_json::Value;
 use trestle_ipam_etcd::local::LocalCluster;
 use trestle_ipam_etcd::{admin, Etcd, EtcdConfig};
 
+/// One cluster test at a time: each runs three etcd members and several daemons with
+/// second-scale leases, and two cores shared by all of them would turn timing into luck.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn etcd_cluster(dir: &std::path::Path) -> LocalCluster {
     LocalCluster::start(dir, 3).expect("a 3-member etcd (apt-get install etcd-server)")
 }
@@ -80,6 +87,7 @@ fn unique(nodes: &[&Node]) -> BTreeMap<String, String> {
 
 #[test]
 fn three_nodes_allocate_1500_while_the_etcd_leader_is_killed_without_a_duplicate() {
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut etcd = etcd_cluster(dir.path());
     let eps = etcd.endpoints();
@@ -151,6 +159,7 @@ fn three_nodes_allocate_1500_while_the_etcd_leader_is_killed_without_a_duplicate
 
 #[test]
 fn a_node_cut_off_past_its_lease_stops_and_its_block_is_reclaimed_without_a_double_assignment() {
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let etcd = etcd_cluster(dir.path());
     let eps = etcd.endpoints();
@@ -228,6 +237,7 @@ fn a_node_cut_off_past_its_lease_stops_and_its_block_is_reclaimed_without_a_doub
 
 #[test]
 fn a_killed_daemon_restarts_with_its_state_and_its_own_block() {
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let etcd = etcd_cluster(dir.path());
     let eps = etcd.endpoints();
@@ -271,6 +281,7 @@ fn a_killed_daemon_restarts_with_its_state_and_its_own_block() {
 
 #[test]
 fn with_etcd_down_add_answers_11_within_2_seconds_and_service_resumes() {
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut etcd = etcd_cluster(dir.path());
     let eps = etcd.endpoints();
@@ -299,6 +310,7 @@ fn with_etcd_down_add_answers_11_within_2_seconds_and_service_resumes() {
 
 #[test]
 fn a_dead_nodes_blocks_are_reclaimed_and_reused_and_release_node_frees_the_rest() {
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let etcd = etcd_cluster(dir.path());
     let eps = etcd.endpoints();
@@ -411,6 +423,7 @@ fn certificates(dir: &std::path::Path, ips: &[std::net::Ipv4Addr]) -> std::io::R
 
 #[test]
 fn a_node_reaches_etcd_over_tls_with_a_client_certificate_and_one_without_is_refused() {
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     std::fs::create_dir(&certs).unwrap();
@@ -483,6 +496,7 @@ fn a_node_reaches_etcd_over_tls_with_a_client_certificate_and_one_without_is_ref
 
 #[test]
 fn empty_blocks_go_back_but_the_last_reservations_shrink_and_borrowed_addresses_return() {
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let etcd = etcd_cluster(dir.path());
     let eps = etcd.endpoints();
@@ -544,6 +558,7 @@ fn empty_blocks_go_back_but_the_last_reservations_shrink_and_borrowed_addresses_
 
 #[test]
 fn a_pool_overlapping_another_of_the_same_network_is_refused_naming_both() {
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let etcd = LocalCluster::start(dir.path(), 1).expect("etcd");
     let eps = etcd.endpoints();
