@@ -190,20 +190,21 @@ pub enum ReleaseError {
     Cluster(#[from] ClusterError),
 }
 
+/// An error if `node`'s registration (`key`) exists.
+async fn refuse_alive(etcd: &Etcd, key: &str, node: &str) -> Result<(), ReleaseError> {
+    match etcd.get(key).await.map_err(ClusterError::from)? {
+        Some(_) => Err(ReleaseError::Alive(node.to_string())),
+        None => Ok(()),
+    }
+}
+
 /// Frees everything `node` holds: its blocks (with whatever it held in them) and its
 /// addresses in other nodes' blocks. The operator asserts the node and its pods are gone; a
 /// live node is refused, and every step re-checks that it has not come back.
 pub async fn release_node(etcd: &Etcd, prefix: &str, node: &str) -> Result<Released, ReleaseError> {
     let keys = Keys::new(prefix);
     let node_key = keys.node(node);
-    if etcd
-        .get(&node_key)
-        .await
-        .map_err(ClusterError::from)?
-        .is_some()
-    {
-        return Err(ReleaseError::Alive(node.to_string()));
-    }
+    refuse_alive(etcd, &node_key, node).await?;
     let mut out = Released::default();
     // A block kept for others' addresses stays the dead node's until reclaimed: its expiry
     // record (when the grace started) stays too.
@@ -282,14 +283,7 @@ pub async fn release_node(etcd: &Etcd, prefix: &str, node: &str) -> Result<Relea
                 out.addresses += freed;
                 break;
             }
-            if etcd
-                .get(&node_key)
-                .await
-                .map_err(ClusterError::from)?
-                .is_some()
-            {
-                return Err(ReleaseError::Alive(node.to_string()));
-            }
+            refuse_alive(etcd, &node_key, node).await?;
         }
     }
     if !kept {

@@ -655,19 +655,9 @@ impl Node {
             for i in free.iter().take(pool.chunk() as usize) {
                 held.set(i, true);
             }
-            let new = self.new_block(held, o.block.foreign.clone());
-            let key = self.keys.block(network, &pool.id(), pool.block_start(n));
-            let txn = self
-                .block_txn()
-                .if_mod(&key, o.rev)
-                .put(&key, new.encode(), 0);
-            match self
-                .cas(&key, o.rev, txn, Some(&new.writer), pool.block_len())
-                .await?
-            {
-                Cas::Done(rev) => {
+            match self.write_held(network, pool, n, &o, held).await? {
+                Cas::Done(_) => {
                     self.stats.extends.fetch_add(1, Ordering::Relaxed);
-                    self.record_owned(network, pool, n, new, rev);
                     return Ok(true);
                 }
                 Cas::Lost(cur) => self.refresh_owned(network, pool, n, cur),
@@ -676,6 +666,31 @@ impl Node {
             }
         }
         Ok(false)
+    }
+
+    /// Writes `held` as the reservation of owned block `n`, compared at the revision `o` was
+    /// read at; the cache follows a successful write.
+    async fn write_held(
+        &self,
+        network: &str,
+        pool: &Pool,
+        n: u128,
+        o: &Owned,
+        held: Bitmap,
+    ) -> Result<Cas, ClusterError> {
+        let new = self.new_block(held, o.block.foreign.clone());
+        let key = self.keys.block(network, &pool.id(), pool.block_start(n));
+        let txn = self
+            .block_txn()
+            .if_mod(&key, o.rev)
+            .put(&key, new.encode(), 0);
+        let out = self
+            .cas(&key, o.rev, txn, Some(&new.writer), pool.block_len())
+            .await?;
+        if let Cas::Done(rev) = out {
+            self.record_owned(network, pool, n, new, rev);
+        }
+        Ok(out)
     }
 
     /// After a lost race on an owned block: its current record (a borrower changed it; or it is
@@ -1479,18 +1494,9 @@ impl Node {
                 };
                 // Only ever a subset of what etcd has: allocation is limited to it already.
                 let held = o.block.held.intersect(new_held);
-                let new = self.new_block(held, o.block.foreign.clone());
-                let txn = self
-                    .block_txn()
-                    .if_mod(&key, o.rev)
-                    .put(&key, new.encode(), 0);
-                match self
-                    .cas(&key, o.rev, txn, Some(&new.writer), pool.block_len())
-                    .await?
-                {
-                    Cas::Done(rev) => {
+                match self.write_held(net, &pool, n, &o, held).await? {
+                    Cas::Done(_) => {
                         self.stats.shrinks.fetch_add(1, Ordering::Relaxed);
-                        self.record_owned(net, &pool, n, new, rev);
                     }
                     Cas::Lost(cur) => {
                         // It can never apply: the current record is the truth.

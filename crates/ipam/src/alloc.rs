@@ -136,8 +136,8 @@ fn locked<S: Store, R>(
 }
 
 /// Maps requested addresses to range sets before anything is reserved, so a bad request
-/// fails without touching the store.
-fn assign_requested(cfg: &IpamConfig) -> Result<Vec<Option<IpAddr>>, IpamError> {
+/// fails without touching the store: one per set, never a gateway, none left over.
+pub fn assign_requested(cfg: &IpamConfig) -> Result<Vec<Option<IpAddr>>, IpamError> {
     let mut per_set = vec![None; cfg.range_sets.len()];
     let mut unused = Vec::new();
     for &ip in &cfg.requested {

@@ -25,7 +25,9 @@ pub mod queue;
 mod range;
 mod store;
 
-pub use alloc::{allocate, check, gc, gc_store, release, AllocatedIp, Allocation, GcOutcome};
+pub use alloc::{
+    allocate, assign_requested, check, gc, gc_store, release, AllocatedIp, Allocation, GcOutcome,
+};
 pub use boot::BootIdSource;
 pub use config::{
     ConfigInput, DaemonSettings, IpamConfig, RouteConfig, DEFAULT_DATA_DIR, DEFAULT_SOCKET,

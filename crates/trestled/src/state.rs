@@ -187,28 +187,6 @@ pub enum ClusterOutcome {
     NoLease,
 }
 
-/// Requested addresses by range set, host-local's rules (one per set, never a gateway).
-fn requested_per_set(cfg: &IpamConfig) -> Result<Vec<Option<IpAddr>>, IpamError> {
-    let mut per_set = vec![None; cfg.range_sets.len()];
-    let mut unused = Vec::new();
-    for &ip in &cfg.requested {
-        let Some(index) = cfg.range_sets.iter().position(|s| s.contains(ip)) else {
-            return Err(IpamError::OutsideRanges(ip));
-        };
-        if cfg.range_sets[index].range_for(ip).and_then(|r| r.gateway) == Some(ip) {
-            return Err(IpamError::RequestedGateway { ip });
-        }
-        match &mut per_set[index] {
-            slot @ None => *slot = Some(ip),
-            Some(_) => unused.push(ip),
-        }
-    }
-    if !unused.is_empty() {
-        return Err(IpamError::UnusedRequests(unused));
-    }
-    Ok(per_set)
-}
-
 /// The clock readings an operation uses.
 #[derive(Debug, Clone, Copy)]
 pub struct Now {
@@ -283,7 +261,7 @@ impl State {
         if !node.lease_valid() {
             return Ok(ClusterOutcome::NoLease);
         }
-        let requested = requested_per_set(cfg)?;
+        let requested = trestle_ipam_core::assign_requested(cfg)?;
         let mut picks: Vec<(usize, Range, IpAddr)> = Vec::new();
         for (index, set) in cfg.range_sets.iter().enumerate() {
             if let Some(ip) = requested[index] {

@@ -353,6 +353,22 @@ fn a_dead_nodes_blocks_are_reclaimed_and_reused_and_release_node_frees_the_rest(
         assert!(Instant::now() < deadline, "A's lease never lapsed");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Without a terminal to confirm on, and without --yes, nothing is released.
+    let refused = std::process::Command::new(common::bin("trestlectl"))
+        .args([
+            "ipam",
+            "release-node",
+            "node-a",
+            "--etcd-prefix",
+            "/t5",
+            "--etcd",
+        ])
+        .arg(eps.join(","))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("pass --yes"));
     // The operator says A is gone: its reservation is freed, and B can have it.
     let out = std::process::Command::new(common::bin("trestlectl"))
         .args([
