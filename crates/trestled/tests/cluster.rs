@@ -19,8 +19,20 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn etcd_cluster(dir: &std::path::Path) -> LocalCluster {
-    LocalCluster::start(dir, 3).expect("a 3-member etcd (apt-get install etcd-server)")
+/// The test's turn, its folder, a 3-member etcd in it, and its endpoints (dropped in
+/// reverse: etcd stops before the folder goes and the next test starts).
+fn cluster3() -> (
+    std::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    LocalCluster,
+    Vec<String>,
+) {
+    let one = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let etcd =
+        LocalCluster::start(dir.path(), 3).expect("a 3-member etcd (apt-get install etcd-server)");
+    let eps = etcd.endpoints();
+    (one, dir, etcd, eps)
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -87,10 +99,7 @@ fn unique(nodes: &[&Node]) -> BTreeMap<String, String> {
 
 #[test]
 fn three_nodes_allocate_1500_while_the_etcd_leader_is_killed_without_a_duplicate() {
-    let _one = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let mut etcd = etcd_cluster(dir.path());
-    let eps = etcd.endpoints();
+    let (_one, _dir, mut etcd, eps) = cluster3();
     let nodes: Vec<Node> = (0..3)
         .map(|i| started(&format!("node-{i}"), &eps, "/t1"))
         .collect();
@@ -159,10 +168,7 @@ fn three_nodes_allocate_1500_while_the_etcd_leader_is_killed_without_a_duplicate
 
 #[test]
 fn a_node_cut_off_past_its_lease_stops_and_its_block_is_reclaimed_without_a_double_assignment() {
-    let _one = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let etcd = etcd_cluster(dir.path());
-    let eps = etcd.endpoints();
+    let (_one, _dir, etcd, eps) = cluster3();
     // A reaches etcd through proxies the test can cut.
     let proxies: Vec<Proxy> = etcd.members.iter().map(|m| Proxy::new(m.client)).collect();
     let via: Vec<String> = proxies.iter().map(|p| p.addr.to_string()).collect();
@@ -237,10 +243,7 @@ fn a_node_cut_off_past_its_lease_stops_and_its_block_is_reclaimed_without_a_doub
 
 #[test]
 fn a_killed_daemon_restarts_with_its_state_and_its_own_block() {
-    let _one = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let etcd = etcd_cluster(dir.path());
-    let eps = etcd.endpoints();
+    let (_one, _dir, _etcd, eps) = cluster3();
     let mut a = started("node-a", &eps, "/t3");
     let conf = a.conf("c", "10.62.0.0/16");
     let first: Vec<String> = (0..5)
@@ -281,10 +284,7 @@ fn a_killed_daemon_restarts_with_its_state_and_its_own_block() {
 
 #[test]
 fn with_etcd_down_add_answers_11_within_2_seconds_and_service_resumes() {
-    let _one = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let mut etcd = etcd_cluster(dir.path());
-    let eps = etcd.endpoints();
+    let (_one, _dir, mut etcd, eps) = cluster3();
     let a = started("node-a", &eps, "/t4");
     let conf = a.conf("c", "10.63.0.0/16");
     let ip = a.add_retrying(&conf, "a0", 50).unwrap();
@@ -310,10 +310,7 @@ fn with_etcd_down_add_answers_11_within_2_seconds_and_service_resumes() {
 
 #[test]
 fn a_dead_nodes_blocks_are_reclaimed_and_reused_and_release_node_frees_the_rest() {
-    let _one = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let etcd = etcd_cluster(dir.path());
-    let eps = etcd.endpoints();
+    let (_one, _dir, _etcd, eps) = cluster3();
     let mut a = Node::new();
     a.cluster("node-a", &eps, "/t5");
     a.args
@@ -512,10 +509,7 @@ fn a_node_reaches_etcd_over_tls_with_a_client_certificate_and_one_without_is_ref
 
 #[test]
 fn empty_blocks_go_back_but_the_last_reservations_shrink_and_borrowed_addresses_return() {
-    let _one = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let etcd = etcd_cluster(dir.path());
-    let eps = etcd.endpoints();
+    let (_one, _dir, _etcd, eps) = cluster3();
     let quick = ["--block-release-grace", "1", "--cluster-interval", "0.2"].map(String::from);
     let mut a = Node::new();
     a.cluster("node-a", &eps, "/t7");
