@@ -84,6 +84,7 @@ fn render(v: &admin::ClusterView, now: i64) -> String {
                 format!("{}/{}", p.blocks_claimed, p.blocks_total),
                 p.held.to_string(),
                 p.usable_claimed.to_string(),
+                percent(p.held, p.usable_claimed),
                 p.borrowed.to_string(),
             ]
         })
@@ -96,6 +97,7 @@ fn render(v: &admin::ClusterView, now: i64) -> String {
             "BLOCKS",
             "HELD",
             "IN BLOCKS",
+            "USE",
             "BORROWED",
         ],
         &rows,
@@ -127,10 +129,18 @@ fn render(v: &admin::ClusterView, now: i64) -> String {
         &rows,
     ));
     out.push_str(
-        "\nHELD: addresses a node may hand out without asking etcd (in use, or reserved for its next ADDs). \
+        "\nHELD: addresses a node may hand out without asking etcd (in use, or reserved for its next ADDs); USE: HELD of the usable addresses in claimed blocks. \
          A node's own view: trestlectl ipam show on that node.\n",
     );
     out
+}
+
+/// `part` of `whole` as a whole percentage ("-" of nothing).
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "-".into();
+    }
+    format!("{}%", part * 100 / whole)
 }
 
 /// Releases a dead node, after confirmation (unless `yes`).
@@ -173,4 +183,16 @@ fn confirm(node: &str) -> Result<(), Error> {
         return Err(Error::Cluster("not confirmed".into()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn use_is_a_whole_percentage_of_the_claimed_addresses() {
+        assert_eq!(percent(31, 62), "50%");
+        assert_eq!(percent(1, 3), "33%");
+        assert_eq!(percent(0, 0), "-");
+    }
 }
