@@ -171,7 +171,7 @@ impl Etcd {
                         s.message()
                     )))
                 }
-                Ok(Err(s)) => last = format!("{}: {}", code_name(s.code()), s.message()),
+                Ok(Err(s)) => last = s.message().to_string(),
                 Err(_) => last = "deadline exceeded".into(),
             }
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
