@@ -8,7 +8,8 @@ use serde::Serialize;
 use crate::block::{Block, Pool};
 use crate::client::{Etcd, Txn};
 use crate::keys::Keys;
-use crate::node::{unix_ms, ClusterError, Expired};
+use crate::node::{ClusterError, Expired};
+use trestle_ipam_core::unix_ms;
 
 /// The cluster as etcd records it.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -38,6 +38,21 @@ pub struct TlsFiles {
     pub identity: Option<(PathBuf, PathBuf)>,
 }
 
+impl TlsFiles {
+    /// The TLS of the `--etcd-ca`, `--etcd-cert` and `--etcd-key` flags: on with a CA, with a
+    /// client certificate when both of its files are named.
+    pub fn from_flags(
+        ca: Option<&PathBuf>,
+        cert: Option<&PathBuf>,
+        key: Option<&PathBuf>,
+    ) -> Option<TlsFiles> {
+        ca.map(|ca| TlsFiles {
+            ca: ca.clone(),
+            identity: cert.cloned().zip(key.cloned()),
+        })
+    }
+}
+
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use trestle_ipam_core::{boottime_ns, Range};
+use trestle_ipam_core::{boottime_ns, unix_ms, Range};
 
 use crate::block::{Bitmap, Block, Pool, PoolError};
 use crate::client::{Etcd, EtcdError, KeyValue, Txn};
@@ -217,7 +217,6 @@ pub struct Node {
     s: NodeSettings,
     /// CLOCK_BOOTTIME until which the lease is certainly valid; 0: not valid.
     deadline_ns: AtomicU64,
-    lease: AtomicU64,
     /// The mod revision of this process's registration key: every block write compares it,
     /// so nothing this node proposed under an earlier registration (or an earlier process)
     /// can apply after the registration that fencing follows.
@@ -262,7 +261,6 @@ impl Node {
             etcd,
             s,
             deadline_ns: AtomicU64::new(0),
-            lease: AtomicU64::new(0),
             registration: std::sync::atomic::AtomicI64::new(0),
             holdings: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
@@ -1197,7 +1195,6 @@ impl Node {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            self.lease.store(lease as u64, Ordering::Release);
             self.fence().await?;
             // Fencing may have taken a while: renew before counting on the lease.
             let (sent, ttl) = {
@@ -1616,13 +1613,6 @@ impl Node {
             .get(&(net.to_string(), pool.subnet))
             .and_then(|h| h.owned.get(&n).cloned())
     }
-}
-
-/// Wall clock, ms since the epoch.
-pub fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn unknown() -> ClusterError {

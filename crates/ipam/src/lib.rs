@@ -36,6 +36,6 @@ pub use disk::{parse_owner, DiskStore, Handover, HANDOVER_FILE, LAST_RESERVED_PR
 pub use dns::DnsConfig;
 pub use error::{code, ErrorKind, IpamError};
 pub use mem::MemStore;
-pub use queue::{boottime_ns, DeleteQueue, QueuedRelease, DEFAULT_QUEUE_DIR};
+pub use queue::{boottime_ns, unix_ms, DeleteQueue, QueuedRelease, DEFAULT_QUEUE_DIR};
 pub use range::{Range, RangeError, RangeSet};
 pub use store::{Attachment, Reservation, Store};

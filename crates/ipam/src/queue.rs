@@ -54,6 +54,13 @@ pub struct DeleteQueue {
     dir: PathBuf,
 }
 
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// CLOCK_BOOTTIME in nanoseconds: comparable across processes of one boot, and it keeps
 /// counting through a suspend.
 pub fn boottime_ns() -> u64 {

@@ -187,10 +187,11 @@ fn cluster_node(
     }
     let etcd = trestle_ipam_etcd::Etcd::new(&trestle_ipam_etcd::EtcdConfig {
         endpoints: opts.etcd_endpoints.clone(),
-        tls: opts.etcd_ca.clone().map(|ca| trestle_ipam_etcd::TlsFiles {
-            ca,
-            identity: opts.etcd_cert.clone().zip(opts.etcd_key.clone()),
-        }),
+        tls: trestle_ipam_etcd::TlsFiles::from_flags(
+            opts.etcd_ca.as_ref(),
+            opts.etcd_cert.as_ref(),
+            opts.etcd_key.as_ref(),
+        ),
         timeout: seconds(opts.etcd_timeout).max(Duration::from_millis(50)),
     })
     .map_err(|e| e.to_string())?;

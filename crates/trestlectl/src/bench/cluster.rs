@@ -148,7 +148,7 @@ fn run_in(opts: &ClusterOptions, work: &Path) -> Result<ClusterReport, String> {
         .build()
         .map_err(err)?;
     let range = Range::new(SUBNET.parse().map_err(err)?, None, None, None).map_err(err)?;
-    let client = Etcd::new_in(&rt, &etcd.endpoints())?;
+    let client = client(&rt, &etcd.endpoints())?;
     let proposals = |c: &LocalCluster| {
         c.metric(0, "etcd_server_proposals_committed_total")
             .unwrap_or(0.0) as u64
@@ -207,20 +207,15 @@ fn run_in(opts: &ClusterOptions, work: &Path) -> Result<ClusterReport, String> {
     })
 }
 
-trait NewIn {
-    fn new_in(rt: &tokio::runtime::Runtime, endpoints: &[String]) -> Result<Etcd, String>;
-}
-
-impl NewIn for Etcd {
-    fn new_in(rt: &tokio::runtime::Runtime, endpoints: &[String]) -> Result<Etcd, String> {
-        let _g = rt.enter();
-        Etcd::new(&EtcdConfig {
-            endpoints: endpoints.to_vec(),
-            tls: None,
-            timeout: Duration::from_secs(5),
-        })
-        .map_err(err)
-    }
+/// A client of the bench's etcd (its channels are made inside `rt`).
+fn client(rt: &tokio::runtime::Runtime, endpoints: &[String]) -> Result<Etcd, String> {
+    let _g = rt.enter();
+    Etcd::new(&EtcdConfig {
+        endpoints: endpoints.to_vec(),
+        tls: None,
+        timeout: Duration::from_secs(5),
+    })
+    .map_err(err)
 }
 
 async fn register(client: &Etcd, n: usize) -> Result<Vec<Arc<Node>>, String> {
@@ -244,7 +239,7 @@ async fn register(client: &Etcd, n: usize) -> Result<Vec<Arc<Node>>, String> {
     Ok(nodes)
 }
 
-type Local = Arc<Mutex<Vec<IpAddr>>>;
+type Local = Arc<Mutex<HashSet<IpAddr>>>;
 
 /// One allocation as trestled makes it: pick from the node's holdings, grow them if empty.
 async fn allocate(node: &Arc<Node>, local: &Local, range: &Range) -> Result<IpAddr, String> {
@@ -252,20 +247,17 @@ async fn allocate(node: &Arc<Node>, local: &Local, range: &Range) -> Result<IpAd
         let seen = node.generation();
         let picked = {
             let mut used = local.lock().unwrap_or_else(|p| p.into_inner());
-            let set: HashSet<IpAddr> = used.iter().copied().collect();
-            let ip = node.pick(NET, range, &mut |ip| !set.contains(&ip));
-            if let Some(ip) = ip {
-                used.push(ip);
-            }
-            ip
+            let ip = node.pick(NET, range, &mut |ip| !used.contains(&ip));
+            ip.map(|ip| {
+                used.insert(ip);
+                // As trestled does: grow ahead when the holdings run low.
+                (
+                    ip,
+                    node.running_low(NET, range, &mut |ip| !used.contains(&ip)),
+                )
+            })
         };
-        if let Some(ip) = picked {
-            // As trestled does: grow ahead when the holdings run low.
-            let low = {
-                let used = local.lock().unwrap_or_else(|p| p.into_inner());
-                let set: HashSet<IpAddr> = used.iter().copied().collect();
-                node.running_low(NET, range, &mut |ip| !set.contains(&ip))
-            };
+        if let Some((ip, low)) = picked {
             if low {
                 let (node, range) = (node.clone(), range.clone());
                 tokio::spawn(async move { node.grow_ahead(NET, &range).await });
@@ -283,7 +275,7 @@ async fn fill(
 ) -> Result<(Vec<Local>, Vec<Duration>), String> {
     let locals: Vec<Local> = nodes
         .iter()
-        .map(|_| Arc::new(Mutex::new(Vec::new())))
+        .map(|_| Arc::new(Mutex::new(HashSet::new())))
         .collect();
     let mut tasks = tokio::task::JoinSet::new();
     // Every node fills at once, each ADD after the other, as pods arrive on each node.
@@ -317,7 +309,13 @@ async fn churn(
         let (node, local, range) = (node.clone(), local.clone(), range.clone());
         tasks.spawn(async move {
             // DEL needs no etcd: the address goes back to the node's reservation.
-            local.lock().unwrap_or_else(|p| p.into_inner()).drain(..n);
+            {
+                let mut used = local.lock().unwrap_or_else(|p| p.into_inner());
+                let gone: Vec<IpAddr> = used.iter().take(n).copied().collect();
+                for ip in gone {
+                    used.remove(&ip);
+                }
+            }
             for _ in 0..n {
                 allocate(&node, &local, &range).await?;
             }

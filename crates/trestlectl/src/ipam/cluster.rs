@@ -48,10 +48,11 @@ fn with_etcd<T>(
     rt.block_on(async {
         let etcd = Etcd::new(&EtcdConfig {
             endpoints,
-            tls: args.etcd_ca.clone().map(|ca| TlsFiles {
-                ca,
-                identity: args.etcd_cert.clone().zip(args.etcd_key.clone()),
-            }),
+            tls: TlsFiles::from_flags(
+                args.etcd_ca.as_ref(),
+                args.etcd_cert.as_ref(),
+                args.etcd_key.as_ref(),
+            ),
             timeout: Duration::from_secs(5),
         })
         .map_err(|e| e.to_string())?;
