@@ -1,18 +1,24 @@
 //! `trestlectl demo`: a narrated replay of how a kubelet's runtime wires a pod with CNI, using the real trestle
 //! binaries. It follows the classic hand-made walkthrough (a pause sandbox, the `mybridge` config, the plugin
 //! called with `CNI_*` variables, `ip addr` and `route -n` in the pod), then proves traffic flows and that DEL
-//! leaves nothing behind.
+//! leaves nothing behind. With `--runtime`, a real runtime (docker, podman, containerd) starts a pause container
+//! that the same plugin call wires, as in the walkthrough's second half; `--step` waits for Enter between steps;
+//! a picture of the wiring is drawn from the live state.
 //!
 //! By default everything happens in a private "host" network namespace and a private mount namespace (a tmpfs
 //! over `/run` and the IPAM state directory), so the machine is left exactly as it was.
 
+pub mod containers;
+mod image;
+mod interrupt;
 mod isolation;
 mod narrate;
+pub mod picture;
 mod steps;
 
 pub use isolation::Error as IsolationError;
 pub use isolation::Isolation;
-pub use narrate::Narrator;
+pub use narrate::{Narrator, Pace};
 pub use steps::Error as StepError;
 
 use std::path::PathBuf;
@@ -47,6 +53,12 @@ pub struct Options {
     pub exe: PathBuf,
     /// ANSI colours on the terminal.
     pub color: bool,
+    /// How the wiring picture is drawn.
+    pub charset: picture::Charset,
+    /// Whether to wait for Enter between steps.
+    pub pace: Pace,
+    /// The container runtime that starts a real pause container, if any.
+    pub runtime: Option<containers::Kind>,
 }
 
 /// Why the demo stopped.
@@ -61,6 +73,15 @@ pub enum Error {
     /// Setting up the private namespaces failed.
     #[error("cannot isolate the demo")]
     Isolation(#[source] IsolationError),
+    /// The runtime asked for cannot be used.
+    #[error("cannot use the container runtime")]
+    Runtime(#[source] containers::Error),
+    /// No image can be made for the runtime.
+    #[error("cannot make the demo's image")]
+    Image(#[source] image::Error),
+    /// Ctrl-C, SIGTERM or SIGHUP; what the demo had made is gone.
+    #[error("interrupted: the pods were deleted and what the demo made was removed")]
+    Interrupted,
     /// A step failed.
     #[error("step {step} failed")]
     Step {
@@ -84,9 +105,38 @@ pub fn run(opts: &Options) -> Result<(), Error> {
             return Err(Error::MissingBinary(path));
         }
     }
+    // Everything the runtime mode needs is checked before anything is made.
+    let mut engine = match opts.runtime {
+        Some(kind) => {
+            image::busybox().map_err(Error::Image)?;
+            Some(containers::Engine::find(kind, &run_suffix()).map_err(Error::Runtime)?)
+        }
+        None => None,
+    };
+    interrupt::install().map_err(|e| Error::Isolation(IsolationError::Signals(e)))?;
     let isolation = Isolation::set_up(opts.machine_netns).map_err(Error::Isolation)?;
-    let mut narrator = Narrator::new(opts.color);
-    let result = steps::Demo::new(opts, &isolation, &mut narrator).and_then(|mut d| d.run_all());
+    if let (Some(engine), Some(fd)) = (engine.as_mut(), isolation.machine_mount_ns()) {
+        engine.set_mount_namespace(fd);
+    }
+    let mut narrator = Narrator::new(
+        opts.color,
+        opts.pace,
+        std::io::IsTerminal::is_terminal(&std::io::stdin()),
+    );
+    let result =
+        steps::Demo::new(opts, &isolation, &mut narrator, engine).and_then(|mut d| d.run_all());
     isolation.tear_down();
+    if result.is_err() && interrupt::requested() {
+        return Err(Error::Interrupted);
+    }
     result
+}
+
+/// Eight hex digits that make this run's image and container names its own: the process ID and the clock.
+fn run_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{:08x}", (std::process::id() << 12) ^ nanos)
 }

@@ -22,9 +22,15 @@ enum Cmd {
         /// Directory holding `trestle` and `trestle-ipam` (default: beside trestlectl).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
-        /// Never colour the output.
+        /// Never colour the output, and draw the wiring in plain ASCII.
         #[arg(long)]
         no_color: bool,
+        /// Wait for Enter after each step (when stdin is a terminal).
+        #[arg(long)]
+        step: bool,
+        /// After the first pod, start a real pause container with this runtime and wire it the same way.
+        #[arg(long, value_enum)]
+        runtime: Option<trestlectl::demo::containers::Kind>,
     },
     /// Measure ADD/DEL latency, throughput, memory and density, side by side with the reference plugins.
     Bench {
@@ -241,6 +247,8 @@ fn main() -> ExitCode {
             machine_netns,
             bin_dir,
             no_color,
+            step,
+            runtime,
         } => {
             if let Err(e) = trestlectl::elevate::as_root("the demo") {
                 eprintln!("trestlectl demo: {}", cni_proto::error_chain(&e));
@@ -254,9 +262,22 @@ fn main() -> ExitCode {
                     .unwrap_or_else(|| PathBuf::from(".")),
                 exe,
                 color: !no_color && std::io::stdout().is_terminal(),
+                charset: trestlectl::demo::picture::Charset::for_terminal(no_color, |k| {
+                    std::env::var(k).ok()
+                }),
+                pace: if step {
+                    trestlectl::demo::Pace::Step
+                } else {
+                    trestlectl::demo::Pace::Continuous
+                },
+                runtime,
             };
             match trestlectl::demo::run(&opts) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e @ trestlectl::demo::Error::Interrupted) => {
+                    eprintln!("trestlectl demo: {e}");
+                    ExitCode::from(130)
+                }
                 Err(e) => {
                     eprintln!("trestlectl demo: {}", cni_proto::error_chain(&e));
                     ExitCode::FAILURE

@@ -115,6 +115,42 @@ fn containerd_ctr_run_cni_ipam_daemon() {
     run_script("containerd.sh", Ipam::Daemon);
 }
 
+/// `trestlectl demo --runtime` in the runtime's isolation: the demo's own checks, the script's check that the
+/// runtime holds nothing of it afterwards, and the reply of the ping the runtime ran inside the container.
+fn demo_with(runtime: &str) {
+    let work = TempDir::new(&format!("demo-{runtime}"));
+    let out = isolated("demo.sh", &work.0, Ipam::Embedded)
+        .env("RUNTIME", runtime)
+        .output()
+        .unwrap();
+    assert_ok("demo.sh", &out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "64 bytes from 10.15.20.2: seq=0",
+        "the container reaches the first pod",
+        "eth0 10.15.20.2/24",
+        "eth0 10.15.20.3/24",
+        "eth0 10.15.20.4/24",
+        &format!("{runtime}: pause + app"),
+        "holds none of the demo's containers, and its image is gone",
+        "The walkthrough is complete",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root, podman"]
+fn demo_runtime_podman() {
+    demo_with("podman");
+}
+
+#[test]
+#[ignore = "privileged: needs root, containerd"]
+fn demo_runtime_containerd() {
+    demo_with("containerd");
+}
+
 /// containerd with CRI, running until the test touches `done`.
 struct Containerd {
     child: Child,

@@ -58,6 +58,12 @@ pub enum Error {
         #[source]
         source: nix::Error,
     },
+    /// The signal handlers could not be installed.
+    #[error("cannot install the Ctrl-C handler")]
+    Signals(#[source] std::io::Error),
+    /// The machine's mount namespace could not be kept for the runtime's clients.
+    #[error("cannot open /proc/self/ns/mnt")]
+    MountNs(#[source] std::io::Error),
     /// The demo's run directory could not be created.
     #[error("cannot create {RUN_DIR}")]
     RunDir(#[source] std::io::Error),
@@ -69,6 +75,9 @@ pub struct Isolation {
     /// The "host" namespace plugins run in; `None` means the machine's own.
     pub host: Option<NetNs>,
     machine: Option<MachineState>,
+    /// The machine's mount namespace, kept before the private one was made: a container runtime's client runs
+    /// there, where its socket and state are.
+    machine_mnt: Option<std::os::fd::OwnedFd>,
 }
 
 /// What the demo must put back when it ran in the machine's namespace.
@@ -85,8 +94,12 @@ impl Isolation {
             Isolation {
                 host: None,
                 machine: Some(machine_preflight()?),
+                machine_mnt: None,
             }
         } else {
+            let machine_mnt = std::fs::File::open("/proc/self/ns/mnt")
+                .map(std::os::fd::OwnedFd::from)
+                .map_err(Error::MountNs)?;
             private_mounts()?;
             let host = NetNs::new_anonymous().map_err(|source| Error::Netns {
                 what: "cannot create the private host namespace",
@@ -110,10 +123,17 @@ impl Isolation {
             Isolation {
                 host: Some(host),
                 machine: None,
+                machine_mnt: Some(machine_mnt),
             }
         };
         std::fs::create_dir_all(RUN_DIR).map_err(Error::RunDir)?;
         Ok(iso)
+    }
+
+    /// The machine's mount namespace when the demo runs in a private one.
+    pub fn machine_mount_ns(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.machine_mnt.as_ref().map(|fd| fd.as_fd())
     }
 
     /// Whether the demo runs in a private namespace.

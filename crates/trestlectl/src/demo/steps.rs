@@ -1,6 +1,12 @@
 //! The walkthrough's steps.
 
+mod container;
+mod wiring;
+
+use super::containers::{Container, Engine};
 use super::isolation::{reservations, Isolation, BRIDGE, RUN_DIR, STATE_DIR};
+use super::narrate::Interrupted;
+use super::picture::Charset;
 use super::{Narrator, Options, CLASSIC_CONFIG};
 use crate::runtime::Invocation;
 use crate::sandbox::{run_in_pod, Pause};
@@ -65,6 +71,27 @@ pub enum Error {
         #[source]
         source: trestle_netlink::Error,
     },
+    /// The container runtime failed.
+    #[error("{what}")]
+    Runtime {
+        /// What failed.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: super::containers::Error,
+    },
+    /// The demo's image could not be made.
+    #[error("cannot make the demo's image")]
+    Image(#[source] super::image::Error),
+    /// The wiring could not be read for the picture.
+    #[error("{what}")]
+    Wiring {
+        /// What failed.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: super::picture::Error,
+    },
     /// The masquerade state could not be read.
     #[error("{what}")]
     Firewall {
@@ -99,6 +126,18 @@ impl Cause for trestle_netlink::Error {
     }
 }
 
+impl Cause for super::containers::Error {
+    fn because(self, what: &'static str) -> Error {
+        Error::Runtime { what, source: self }
+    }
+}
+
+impl Cause for super::picture::Error {
+    fn because(self, what: &'static str) -> Error {
+        Error::Wiring { what, source: self }
+    }
+}
+
 impl Cause for trestle_firewall::Error {
     fn because(self, what: &'static str) -> Error {
         Error::Firewall { what, source: self }
@@ -114,11 +153,42 @@ const POD_A: &str = "1234567890";
 const POD_B: &str = "abcdef0123";
 const TIMEOUT: Duration = Duration::from_secs(3);
 
+/// What holds a pod's network namespace.
+enum Holder {
+    /// A sleeping process the demo started.
+    Process(Pause),
+    /// A runtime's pause container, its namespace linked at `link` as the classic walkthrough does.
+    Container {
+        /// The container's first process.
+        pid: u32,
+        /// `/var/run/netns/pause1`.
+        link: PathBuf,
+    },
+}
+
 /// One pod of the demo: its sandbox and whether it is still attached.
 struct Pod {
-    id: &'static str,
-    pause: Pause,
+    id: String,
+    holder: Holder,
     attached: bool,
+}
+
+impl Pod {
+    fn process(id: &str, pause: Pause) -> Pod {
+        Pod {
+            id: id.to_owned(),
+            holder: Holder::Process(pause),
+            attached: false,
+        }
+    }
+
+    /// `CNI_NETNS`.
+    fn netns_path(&self) -> PathBuf {
+        match &self.holder {
+            Holder::Process(p) => p.netns_path(),
+            Holder::Container { link, .. } => link.clone(),
+        }
+    }
 }
 
 /// The demo's state between steps.
@@ -128,20 +198,39 @@ pub struct Demo<'a> {
     n: &'a mut Narrator,
     conf_path: PathBuf,
     pods: Vec<Pod>,
+    engine: Option<Engine>,
+    /// The runtime's pause container and the one that joins it.
+    containers: Vec<Container>,
+    charset: Charset,
 }
 
 type StepResult<T = ()> = Result<T, super::Error>;
 
 impl<'a> Demo<'a> {
     /// Prepares the demo.
-    pub fn new(opts: &'a Options, iso: &'a Isolation, n: &'a mut Narrator) -> StepResult<Demo<'a>> {
+    pub fn new(
+        opts: &'a Options,
+        iso: &'a Isolation,
+        n: &'a mut Narrator,
+        engine: Option<Engine>,
+    ) -> StepResult<Demo<'a>> {
         Ok(Demo {
             opts,
             iso,
             n,
             conf_path: Path::new(RUN_DIR).join("net.d/mybridge.conf"),
             pods: Vec::new(),
+            engine,
+            containers: Vec::new(),
+            charset: opts.charset,
         })
+    }
+
+    /// Starts the next step (after Enter, with `--step`).
+    fn begin(&mut self, title: &str, why: &str) -> StepResult {
+        self.n
+            .step(title, why)
+            .map_err(|Interrupted| super::Error::Interrupted)
     }
 
     /// The demo's error for `source` in the current step.
@@ -157,7 +246,7 @@ impl<'a> Demo<'a> {
         move |e| self.fail(e.because(what))
     }
 
-    /// Runs every step; on failure still DELs what was added.
+    /// Runs every step; on failure (or Ctrl-C) still DELs what was added and removes the containers and image.
     pub fn run_all(&mut self) -> StepResult {
         self.intro();
         let r = self.steps();
@@ -165,6 +254,7 @@ impl<'a> Demo<'a> {
             for i in 0..self.pods.len() {
                 let _ = self.del_pod(i, false);
             }
+            self.remove_containers();
         }
         r
     }
@@ -174,8 +264,13 @@ impl<'a> Demo<'a> {
         self.write_config()?;
         self.add_pod(0)?;
         self.inspect_pod(0)?;
-        self.second_container()?;
+        if self.engine.is_some() {
+            self.container_steps()?;
+        } else {
+            self.second_container()?;
+        }
         self.second_pod_and_traffic()?;
+        self.draw_wiring()?;
         self.delete_all()?;
         self.n.say(
             "\nThe walkthrough is complete: the pods were wired, talked, and left nothing behind.",
@@ -192,6 +287,20 @@ impl<'a> Demo<'a> {
         self.n.say(
             "config on stdin. Every other container of the pod joins the sandbox's namespace.",
         );
+        if let Some(e) = &self.engine {
+            self.n.say(&format!(
+                "\nAfter the first pod, {} starts a real pause container, and the same plugin call wires it.",
+                e.kind().name()
+            ));
+        }
+        if self.n.waits() {
+            self.n
+                .say("\n--step: after each step the demo waits for Enter (Ctrl-C stops it and cleans up).");
+        } else if self.opts.pace == super::Pace::Step {
+            self.n.say(
+                "\n--step: stdin is not a terminal, so the demo runs through without waiting.",
+            );
+        }
         if self.iso.isolated() {
             self.n.say("\nThis run happens inside a private \"host\" network namespace and a private mount namespace,");
             self.n.say("so the machine is left exactly as it was (use --machine-netns for the classic, on-host run).");
@@ -203,11 +312,11 @@ impl<'a> Demo<'a> {
     }
 
     fn start_sandbox(&mut self) -> StepResult {
-        self.n.step(
+        self.begin(
             "start the pod sandbox",
             "The runtime starts the pause container: a process that only sleeps, in a new network namespace.\n\
              Kubernetes keeps the pod's network alive exactly as long as this process (classic: `ip netns add myns`).",
-        );
+        )?;
         let pause = Pause::start(&self.opts.exe, self.iso.host.as_ref())
             .map_err(self.failed("cannot start the pause sandbox"))?;
         self.n
@@ -225,20 +334,16 @@ impl<'a> Demo<'a> {
             pause.netns_path().display(),
             names.join(", ")
         ));
-        self.pods.push(Pod {
-            id: POD_A,
-            pause,
-            attached: false,
-        });
+        self.pods.push(Pod::process(POD_A, pause));
         Ok(())
     }
 
     fn write_config(&mut self) -> StepResult {
-        self.n.step(
+        self.begin(
             "write the network config",
             "The runtime reads its network from /etc/cni/net.d. This is the classic walkthrough's config, verbatim\n\
              but for the plugin types: `trestle` instead of `bridge`, `trestle-ipam` instead of `host-local`.",
-        );
+        )?;
         let dir = self
             .conf_path
             .parent()
@@ -256,8 +361,8 @@ impl<'a> Demo<'a> {
         Invocation::new(
             &self.opts.bin_dir.join("trestle"),
             command,
-            p.id,
-            &p.pause.netns_path().display().to_string(),
+            &p.id,
+            &p.netns_path().display().to_string(),
             "eth0",
         )
     }
@@ -288,12 +393,12 @@ impl<'a> Demo<'a> {
     }
 
     fn add_pod(&mut self, pod: usize) -> StepResult {
-        self.n.step(
+        self.begin(
             "call the plugin exactly as the runtime does",
             "CNI_COMMAND says what to do, CNI_CONTAINERID and CNI_IFNAME name the attachment, CNI_NETNS is the\n\
              sandbox's namespace, CNI_PATH is where plugins live (trestle runs trestle-ipam from there for an\n\
              address). The result JSON on stdout is in the config's cniVersion (0.2.0: the `ip4` shape).",
-        );
+        )?;
         let inv = self.invocation("ADD", pod);
         let stdout = self.call(&inv)?;
         self.pods[pod].attached = true;
@@ -306,17 +411,20 @@ impl<'a> Demo<'a> {
     }
 
     fn pod_ns(&self, pod: usize) -> StepResult<NetNs> {
-        self.pods[pod]
-            .pause
-            .netns()
+        NetNs::open(self.pods[pod].netns_path())
             .map_err(self.failed("cannot open the pod's network namespace"))
     }
 
+    /// The address the next pod gets: trestle-ipam hands them out in order from 10.15.20.2.
+    fn next_address(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 15, 20, 2 + self.pods.len() as u8)
+    }
+
     fn inspect_pod(&mut self, pod: usize) -> StepResult {
-        self.n.step(
+        self.begin(
             "look inside the pod",
             "What `ip netns exec myns ip addr show eth0` and `route -n` show, read here through netlink.",
-        );
+        )?;
         let ns = self.pod_ns(pod)?;
         let (addr, routes) = ns
             .run(|| -> Result<(String, String), trestle_netlink::Error> {
@@ -405,17 +513,17 @@ impl<'a> Demo<'a> {
     }
 
     fn second_container(&mut self) -> StepResult {
-        self.n.step(
+        self.begin(
             "a second container joins the pod",
             "Every other container of the pod is started in the pause sandbox's network namespace (`docker run\n\
              --net=container:pause`), so it sees the very same eth0. Here a new process joins the namespace.",
-        );
+        )?;
         let ns = self.pod_ns(0)?;
         let seen = run_in_pod(&self.opts.exe, &ns, &["show-netns", "eth0"])
             .map_err(self.failed("cannot run a second container in the pod"))?;
         self.n.cmd(&format!(
             "nsenter --net={} trestlectl show-netns eth0",
-            self.pods[0].pause.netns_path().display()
+            self.pods[0].netns_path().display()
         ));
         self.n.out(&seen);
         let own = ns
@@ -437,43 +545,41 @@ impl<'a> Demo<'a> {
     }
 
     fn second_pod_and_traffic(&mut self) -> StepResult {
-        self.n.step(
+        self.begin(
             "a second pod, and real packets",
             "Another sandbox and another ADD on the same network; trestle-ipam hands out the next address.\n\
              Then ICMP echo and a TCP exchange, done in-process, from pod to pod and from the host to a pod.",
-        );
+        )?;
+        let want = format!("{}/24", self.next_address());
         let pause = Pause::start(&self.opts.exe, self.iso.host.as_ref())
             .map_err(self.failed("cannot start the second pod's pause sandbox"))?;
-        self.pods.push(Pod {
-            id: POD_B,
-            pause,
-            attached: false,
-        });
-        let inv = self.invocation("ADD", 1);
+        self.pods.push(Pod::process(POD_B, pause));
+        let b = self.pods.len() - 1;
+        let inv = self.invocation("ADD", b);
         let stdout = self.call(&inv)?;
-        self.pods[1].attached = true;
+        self.pods[b].attached = true;
         self.n.out(&stdout);
-        if !stdout.contains("10.15.20.3/24") {
+        if !stdout.contains(&want) {
             return Err(self.fail(Error::Expectation {
-                wanted: "the second pod to get 10.15.20.3/24".into(),
+                wanted: format!("the second pod to get {want}"),
                 got: stdout,
             }));
         }
-        self.n.ok("pod B got 10.15.20.3/24");
-        self.traffic()
+        self.n.ok(&format!("pod B got {want}"));
+        self.traffic(b)
     }
 
-    fn traffic(&mut self) -> StepResult {
+    fn traffic(&mut self, b_index: usize) -> StepResult {
         let a = self.pod_ns(0)?;
-        let b = self.pod_ns(1)?;
+        let b = self.pod_ns(b_index)?;
         let pod_a = Ipv4Addr::new(10, 15, 20, 2);
-        let pod_b = Ipv4Addr::new(10, 15, 20, 3);
+        let pod_b = Ipv4Addr::new(10, 15, 20, 2 + b_index as u8);
         let rtt = a
             .run(|| probe::ping(pod_b, 1, TIMEOUT))
             .map_err(self.failed("cannot enter pod A's network namespace"))?;
         let rtt = rtt.map_err(self.failed("ICMP echo pod A -> pod B"))?;
         self.n.ok(&format!(
-            "ICMP echo pod A (10.15.20.2) -> pod B (10.15.20.3): reply in {:.3} ms",
+            "ICMP echo pod A ({pod_a}) -> pod B ({pod_b}): reply in {:.3} ms",
             rtt.as_secs_f64() * 1e3
         ));
         let rtt = self.iso.in_host(|| probe::ping(pod_a, 2, TIMEOUT));
@@ -529,24 +635,34 @@ impl<'a> Demo<'a> {
     }
 
     fn delete_all(&mut self) -> StepResult {
-        self.n.step(
-            "delete both pods",
+        self.begin(
+            "delete the pods",
             "When a pod stops, the runtime calls DEL with the same variables and config, then stops the sandbox.\n\
              DEL cuts the pod off (its eth0 goes down and is renamed out of the way, the host end leaves the\n\
              bridge), releases its address, and removes the network's masquerade with its last pod. The kernel's\n\
              slow destruction of the veth pair happens in a detached process after DEL has answered.",
-        );
+        )?;
         for pod in 0..self.pods.len() {
             self.del_pod(pod, true)?;
         }
         let step = self.n.current();
+        let mut killed = Vec::new();
         for pod in self.pods.drain(..) {
-            pod.pause.stop().map_err(|e| super::Error::Step {
-                step,
-                source: e.because("cannot stop a pause sandbox"),
-            })?;
+            if let Holder::Process(pause) = pod.holder {
+                killed.push(pause.pid().to_string());
+                pause.stop().map_err(|e| super::Error::Step {
+                    step,
+                    source: e.because("cannot stop a pause sandbox"),
+                })?;
+            }
         }
-        self.n.cmd("kill <pause pids>");
+        self.n.cmd(&format!(
+            "kill {}   # the pause processes",
+            killed.join(" ")
+        ));
+        if self.engine.is_some() {
+            self.stop_containers()?;
+        }
         self.verify_clean()
     }
 
@@ -582,7 +698,7 @@ impl<'a> Demo<'a> {
                 got: veths.join(", "),
             }));
         }
-        self.n.ok("both veth pairs are destroyed");
+        self.n.ok("every veth pair is destroyed");
         if state.1.contains("10.15.20.") {
             return Err(self.fail(Error::Expectation {
                 wanted: "no masquerade left for 10.15.20.0/24".into(),

@@ -1,0 +1,610 @@
+//! The container runtime of `demo --runtime`: docker, podman or containerd, driven through its own command-line
+//! client exactly as a person would type it. The clients run in the machine's mount namespace (the demo's private
+//! one hides `/run`, where their sockets and state are) and in a process group of their own, so a Ctrl-C at the
+//! terminal reaches the demo, which then removes what it made, and not a half-done `run`.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// A container runtime the demo can drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// Docker Engine, through `docker`.
+    Docker,
+    /// podman (no daemon).
+    Podman,
+    /// containerd, through its own client `ctr`.
+    Containerd,
+}
+
+impl Kind {
+    /// The runtime's client program.
+    pub fn program(self) -> &'static str {
+        match self {
+            Kind::Docker => "docker",
+            Kind::Podman => "podman",
+            Kind::Containerd => "ctr",
+        }
+    }
+
+    /// The runtime's name, as a person says it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Docker => "docker",
+            Kind::Podman => "podman",
+            Kind::Containerd => "containerd",
+        }
+    }
+
+    fn install_hint(self) -> &'static str {
+        match self {
+            Kind::Docker => "install Docker Engine (Debian: apt-get install docker.io) and start it",
+            Kind::Podman => "install podman (Debian: apt-get install podman)",
+            Kind::Containerd => {
+                "install containerd, which brings ctr (Debian: apt-get install containerd), and start it"
+            }
+        }
+    }
+}
+
+/// The containerd namespace the demo's containers and image live in, apart from Kubernetes' (`k8s.io`) and
+/// Docker's (`moby`).
+pub const CONTAINERD_NAMESPACE: &str = "trestle-demo";
+
+/// Why the runtime could not do what the demo asked.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The client is not installed.
+    #[error("--runtime {}: {} not found on PATH: {}", .0.name(), .0.program(), .0.install_hint())]
+    Missing(Kind),
+    /// The client cannot reach its daemon (or does not work at all).
+    #[error("--runtime {}: `{command}` failed: {stderr}", .kind.name())]
+    Unusable {
+        /// The runtime.
+        kind: Kind,
+        /// The check that failed.
+        command: String,
+        /// What it said.
+        stderr: String,
+    },
+    /// A command of the runtime failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// How it ended.
+        status: std::process::ExitStatus,
+        /// What it said, trimmed.
+        stderr: String,
+    },
+    /// The client could not be started.
+    #[error("cannot run {program}")]
+    Spawn {
+        /// The client.
+        program: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The runtime's answer could not be understood.
+    #[error("`{command}` printed {output:?}, not {wanted}")]
+    Unexpected {
+        /// The command line.
+        command: String,
+        /// What it printed.
+        output: String,
+        /// What was expected.
+        wanted: &'static str,
+    },
+}
+
+/// A container the demo started.
+#[derive(Debug, Clone)]
+pub struct Container {
+    /// The name the demo gave it.
+    pub name: String,
+    /// The runtime's ID for it (`CNI_CONTAINERID`): docker's and podman's 64 hex digits, containerd's name.
+    pub id: String,
+}
+
+/// A command and how it is shown in the narration.
+pub struct Shown {
+    /// The command line as a person would type it.
+    pub line: String,
+    /// What it printed on stdout.
+    pub stdout: String,
+}
+
+/// The runtime and what the demo made with it, so it can all be removed again.
+#[derive(Debug)]
+pub struct Engine {
+    kind: Kind,
+    program: PathBuf,
+    /// The machine's mount namespace, entered by every client before exec; `None` runs them in the demo's own.
+    mount_ns: Option<std::os::fd::RawFd>,
+    /// The image reference the demo loads.
+    pub image: String,
+    /// The pause container's name.
+    pub pause_name: String,
+    /// The second container's name.
+    pub app_name: String,
+    made_image: bool,
+    made_namespace: bool,
+    containers: Vec<String>,
+    exec_count: u32,
+}
+
+impl Engine {
+    /// Finds the runtime's client and checks that it works (that its daemon answers), before the demo makes
+    /// anything. `suffix` makes the names of this run's image and containers its own.
+    pub fn find(kind: Kind, suffix: &str) -> Result<Engine, Error> {
+        let program = find_on_path(kind.program()).ok_or(Error::Missing(kind))?;
+        let engine = Engine {
+            kind,
+            program,
+            mount_ns: None,
+            image: format!("localhost/trestle-demo-busybox:{suffix}"),
+            pause_name: format!("trestle-demo-pause-{suffix}"),
+            app_name: format!("trestle-demo-app-{suffix}"),
+            made_image: false,
+            made_namespace: false,
+            containers: Vec::new(),
+            exec_count: 0,
+        };
+        let check: &[&str] = match kind {
+            Kind::Docker => &["version", "--format", "{{.Server.Version}}"],
+            Kind::Podman => &["version", "--format", "{{.Version}}"],
+            Kind::Containerd => &["version"],
+        };
+        engine.run(check, None).map_err(|e| match e {
+            Error::Failed {
+                command, stderr, ..
+            } => Error::Unusable {
+                kind,
+                command,
+                stderr,
+            },
+            other => other,
+        })?;
+        Ok(engine)
+    }
+
+    /// The runtime.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Runs the clients in the mount namespace `fd` (which must stay open while the engine is used).
+    pub fn set_mount_namespace(&mut self, fd: BorrowedFd<'_>) {
+        self.mount_ns = Some(fd.as_raw_fd());
+    }
+
+    /// The client's arguments for `args`: containerd's `ctr` works in the demo's own namespace.
+    fn argv(&self, args: &[&str]) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.kind == Kind::Containerd {
+            v.extend(["-n".to_owned(), CONTAINERD_NAMESPACE.to_owned()]);
+        }
+        v.extend(args.iter().map(|a| (*a).to_owned()));
+        v
+    }
+
+    /// `args` as a person would type them.
+    pub fn line(&self, args: &[&str]) -> String {
+        std::iter::once(self.kind.program().to_owned())
+            .chain(self.argv(args).into_iter().map(|a| quote(&a)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Runs the client with `args` (and `stdin`); its stdout on success.
+    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<String, Error> {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(self.argv(args).iter().map(OsString::from))
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if let Some(fd) = self.mount_ns {
+            // SAFETY: runs in the forked child before exec, where only async-signal-safe calls are allowed;
+            // setns(2) is a plain system call. The child is single-threaded there, as entering a mount namespace
+            // requires, and `fd` is open: the engine's owner keeps it for as long as the engine lives.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNS) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let spawn = |source| Error::Spawn {
+            program: self.kind.program().to_owned(),
+            source,
+        };
+        let mut child = cmd.spawn().map_err(spawn)?;
+        if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(data).map_err(spawn)?;
+        }
+        let out = child.wait_with_output().map_err(spawn)?;
+        if !out.status.success() {
+            return Err(Error::Failed {
+                command: self.line(args),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn shown(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Shown, Error> {
+        let stdout = self.run(args, stdin)?;
+        Ok(Shown {
+            line: self.line(args),
+            stdout,
+        })
+    }
+
+    /// Loads the image archive `archive` (see [`super::image::docker_archive`]).
+    pub fn load_image(&mut self, archive: &[u8]) -> Result<Shown, Error> {
+        if self.kind == Kind::Containerd {
+            let spaces = self.run(&["namespaces", "ls", "-q"], None)?;
+            self.made_namespace = !spaces.lines().any(|l| l.trim() == CONTAINERD_NAMESPACE);
+        }
+        let args: &[&str] = match self.kind {
+            Kind::Docker | Kind::Podman => &["load"],
+            Kind::Containerd => &["images", "import", "-"],
+        };
+        // Marked first: a load that fails half-way may still have stored the image.
+        self.made_image = true;
+        let mut shown = self.shown(args, Some(archive))?;
+        shown.line.push_str(" < trestle-demo-busybox.tar");
+        Ok(shown)
+    }
+
+    /// Starts the pod's "pause" container: the image's sleep, with no network of the runtime's own (only `lo`).
+    pub fn start_pause(&mut self) -> Result<(Container, Shown), Error> {
+        let name = self.pause_name.clone();
+        self.containers.push(name.clone());
+        let image = self.image.clone();
+        let shown = match self.kind {
+            // --rm: a demo killed outright leaves a container for a day at most.
+            Kind::Docker | Kind::Podman => self.shown(
+                &[
+                    "run",
+                    "-d",
+                    "--rm",
+                    "--network",
+                    "none",
+                    "--name",
+                    &name,
+                    &image,
+                    "/bin/sleep",
+                    "86400",
+                ],
+                None,
+            )?,
+            // ctr gives a container a network namespace of its own unless told otherwise.
+            Kind::Containerd => {
+                self.shown(&["run", "-d", &image, &name, "/bin/sleep", "86400"], None)?
+            }
+        };
+        let id = match self.kind {
+            Kind::Containerd => name.clone(),
+            _ => self.container_id(&shown)?,
+        };
+        Ok((Container { name, id }, shown))
+    }
+
+    fn container_id(&self, shown: &Shown) -> Result<String, Error> {
+        let id = shown.stdout.trim();
+        if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(id.to_owned())
+        } else {
+            Err(Error::Unexpected {
+                command: shown.line.clone(),
+                output: shown.stdout.clone(),
+                wanted: "a container ID",
+            })
+        }
+    }
+
+    /// The process ID of a container's first process (in the machine's PID namespace).
+    pub fn pid(&self, c: &Container) -> Result<(u32, Shown), Error> {
+        let shown = match self.kind {
+            Kind::Docker | Kind::Podman => {
+                self.shown(&["inspect", "-f", "{{.State.Pid}}", &c.name], None)?
+            }
+            Kind::Containerd => self.shown(&["task", "ls"], None)?,
+        };
+        let mut shown = shown;
+        if self.kind == Kind::Containerd {
+            shown.line = format!("{} | awk '$1 == \"{}\" {{print $2}}'", shown.line, c.name);
+        }
+        let pid = match self.kind {
+            Kind::Containerd => shown.stdout.lines().find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.first() == Some(&c.name.as_str())).then(|| f.get(1)?.parse().ok())?
+            }),
+            _ => shown.stdout.trim().parse().ok(),
+        };
+        match pid {
+            Some(pid) if pid > 0 => Ok((pid, shown)),
+            _ => Err(Error::Unexpected {
+                command: shown.line,
+                output: shown.stdout,
+                wanted: "the container's process ID",
+            }),
+        }
+    }
+
+    /// Starts a second container in the network namespace of `pause` (whose first process is `pause_pid`).
+    pub fn start_joined(
+        &mut self,
+        pause: &Container,
+        pause_pid: u32,
+    ) -> Result<(Container, Shown), Error> {
+        let name = self.app_name.clone();
+        self.containers.push(name.clone());
+        let image = self.image.clone();
+        let shown = match self.kind {
+            Kind::Docker => {
+                let net = format!("--net=container:{}", pause.name);
+                self.shown(
+                    &[
+                        "run",
+                        "-d",
+                        "--rm",
+                        &net,
+                        "--name",
+                        &name,
+                        &image,
+                        "/bin/sleep",
+                        "86400",
+                    ],
+                    None,
+                )?
+            }
+            Kind::Podman => {
+                let net = format!("container:{}", pause.name);
+                self.shown(
+                    &[
+                        "run",
+                        "-d",
+                        "--rm",
+                        "--network",
+                        &net,
+                        "--name",
+                        &name,
+                        &image,
+                        "/bin/sleep",
+                        "86400",
+                    ],
+                    None,
+                )?
+            }
+            Kind::Containerd => {
+                let ns = format!("network:/proc/{pause_pid}/ns/net");
+                self.shown(
+                    &[
+                        "run",
+                        "-d",
+                        "--with-ns",
+                        &ns,
+                        &image,
+                        &name,
+                        "/bin/sleep",
+                        "86400",
+                    ],
+                    None,
+                )?
+            }
+        };
+        let id = match self.kind {
+            Kind::Containerd => name.clone(),
+            _ => self.container_id(&shown)?,
+        };
+        Ok((Container { name, id }, shown))
+    }
+
+    /// Runs `cmd` inside a running container, through the runtime's exec.
+    pub fn exec(&mut self, c: &Container, cmd: &[&str]) -> Result<Shown, Error> {
+        self.exec_count += 1;
+        let exec_id = format!("demo-{}", self.exec_count);
+        let mut args: Vec<&str> = match self.kind {
+            Kind::Docker | Kind::Podman => vec!["exec", &c.name],
+            Kind::Containerd => vec!["task", "exec", "--exec-id", &exec_id, &c.name],
+        };
+        args.extend_from_slice(cmd);
+        self.shown(&args, None)
+    }
+
+    /// The commands that remove everything the demo made, newest first (the second container before the pause
+    /// container it depends on).
+    pub fn removal_commands(&self) -> Vec<Vec<String>> {
+        let mut cmds: Vec<Vec<String>> = Vec::new();
+        for name in self.containers.iter().rev() {
+            let name = name.clone();
+            match self.kind {
+                Kind::Docker => cmds.push(vec!["rm".into(), "-f".into(), name]),
+                Kind::Podman => cmds.push(vec![
+                    "rm".into(),
+                    "-f".into(),
+                    "-t".into(),
+                    "0".into(),
+                    name,
+                ]),
+                Kind::Containerd => {
+                    cmds.push(vec!["task".into(), "rm".into(), "-f".into(), name.clone()]);
+                    cmds.push(vec!["containers".into(), "rm".into(), name]);
+                }
+            }
+        }
+        if self.made_image {
+            cmds.push(match self.kind {
+                Kind::Docker | Kind::Podman => vec!["rmi".into(), self.image.clone()],
+                Kind::Containerd => vec!["images".into(), "rm".into(), self.image.clone()],
+            });
+        }
+        if self.made_namespace {
+            cmds.push(vec![
+                "namespaces".into(),
+                "rm".into(),
+                CONTAINERD_NAMESPACE.into(),
+            ]);
+        }
+        cmds
+    }
+
+    /// Removes the containers and the image the demo made; returns the commands run. A command that fails (the
+    /// container was already gone) does not stop the rest: [`Engine::leftovers`] tells what is still there.
+    pub fn remove_all(&mut self) -> Vec<String> {
+        let cmds = self.removal_commands();
+        let mut lines = Vec::new();
+        for c in &cmds {
+            let args: Vec<&str> = c.iter().map(String::as_str).collect();
+            // A namespace may still be in use by another run of the demo; then it stays.
+            let _ = self.run(&args, None);
+            lines.push(self.line(&args));
+        }
+        self.containers.clear();
+        self.made_image = false;
+        self.made_namespace = false;
+        lines
+    }
+
+    /// What of this run's containers and image the runtime still has.
+    pub fn leftovers(&self) -> Result<Vec<String>, Error> {
+        let mut left = Vec::new();
+        let names = [self.pause_name.as_str(), self.app_name.as_str()];
+        match self.kind {
+            Kind::Docker | Kind::Podman => {
+                let all = self.run(&["ps", "-a", "--format", "{{.Names}}"], None)?;
+                left.extend(
+                    all.lines()
+                        .filter(|l| names.contains(&l.trim()))
+                        .map(str::to_owned),
+                );
+                if self.run(&["image", "inspect", &self.image], None).is_ok() {
+                    left.push(self.image.clone());
+                }
+            }
+            Kind::Containerd => {
+                let spaces = self.run(&["namespaces", "ls", "-q"], None)?;
+                if spaces.lines().any(|l| l.trim() == CONTAINERD_NAMESPACE) {
+                    let all = self.run(&["containers", "ls", "-q"], None)?;
+                    left.extend(
+                        all.lines()
+                            .filter(|l| names.contains(&l.trim()))
+                            .map(str::to_owned),
+                    );
+                    let images = self.run(&["images", "ls", "-q"], None)?;
+                    left.extend(
+                        images
+                            .lines()
+                            .filter(|l| l.trim() == self.image)
+                            .map(str::to_owned),
+                    );
+                }
+            }
+        }
+        Ok(left)
+    }
+}
+
+/// Single quotes around an argument a shell would split or expand.
+fn quote(arg: &str) -> String {
+    if !arg.is_empty()
+        && arg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@%+".contains(&b))
+    {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(kind: Kind) -> Engine {
+        Engine {
+            kind,
+            program: PathBuf::from(kind.program()),
+            mount_ns: None,
+            image: "localhost/trestle-demo-busybox:t1".into(),
+            pause_name: "trestle-demo-pause-t1".into(),
+            app_name: "trestle-demo-app-t1".into(),
+            made_image: true,
+            made_namespace: true,
+            containers: vec!["trestle-demo-pause-t1".into(), "trestle-demo-app-t1".into()],
+            exec_count: 0,
+        }
+    }
+
+    #[test]
+    fn commands_are_shown_as_typed() {
+        let d = engine(Kind::Docker);
+        assert_eq!(
+            d.line(&["inspect", "-f", "{{.State.Pid}}", "trestle-demo-pause-t1"]),
+            "docker inspect -f '{{.State.Pid}}' trestle-demo-pause-t1"
+        );
+        let c = engine(Kind::Containerd);
+        assert_eq!(c.line(&["task", "ls"]), "ctr -n trestle-demo task ls");
+        assert_eq!(quote("it's"), r"'it'\''s'");
+        assert_eq!(quote(""), "''");
+    }
+
+    #[test]
+    fn removal_goes_newest_first_and_ends_with_the_image() {
+        let d = engine(Kind::Docker).removal_commands();
+        assert_eq!(
+            d,
+            [
+                vec!["rm", "-f", "trestle-demo-app-t1"],
+                vec!["rm", "-f", "trestle-demo-pause-t1"],
+                vec!["rmi", "localhost/trestle-demo-busybox:t1"],
+            ]
+        );
+        let c = engine(Kind::Containerd).removal_commands();
+        assert_eq!(
+            c.first().unwrap(),
+            &vec!["task", "rm", "-f", "trestle-demo-app-t1"]
+        );
+        assert_eq!(c.last().unwrap(), &vec!["namespaces", "rm", "trestle-demo"]);
+        let mut kept = engine(Kind::Containerd);
+        kept.made_namespace = false;
+        kept.made_image = false;
+        assert!(kept
+            .removal_commands()
+            .iter()
+            .all(|c| c[0] != "namespaces" && c[0] != "images"));
+    }
+
+    #[test]
+    fn a_missing_client_says_how_to_get_one() {
+        let e = Error::Missing(Kind::Containerd);
+        assert_eq!(
+            e.to_string(),
+            "--runtime containerd: ctr not found on PATH: install containerd, which brings ctr (Debian: \
+             apt-get install containerd), and start it"
+        );
+    }
+}

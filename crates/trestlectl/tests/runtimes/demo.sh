@@ -1,0 +1,55 @@
+#!/bin/bash
+# `trestlectl demo --runtime $RUNTIME` (podman or containerd) against a runtime of the script's own, then checks
+# that the runtime holds nothing of the demo's: no container, image, namespace, link or rule.
+source "$(dirname "$0")/lib.sh"
+: "${RUNTIME:?podman or containerd}"
+private_state
+
+case $RUNTIME in
+podman)
+    # The settings of podman.sh (cgroupfs, no journald, vfs storage on the private /var/lib), as files podman
+    # reads by itself, so the demo runs the plain `podman` a person would type.
+    cat >"$WORK/containers.conf" <<CONF
+[containers]
+default_ulimits = []
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+runtime = "runc"
+CONF
+    cat >"$WORK/storage.conf" <<CONF
+[storage]
+driver = "vfs"
+runroot = "/run/containers/storage"
+graphroot = "/var/lib/containers/storage"
+CONF
+    export CONTAINERS_CONF=$WORK/containers.conf CONTAINERS_STORAGE_CONF=$WORK/storage.conf
+    ;;
+containerd)
+    start_containerd
+    # ctr reads its snapshotter from the environment; overlayfs is not usable on every private /var/lib.
+    export CONTAINERD_SNAPSHOTTER=native
+    ;;
+*) fail "RUNTIME=$RUNTIME" ;;
+esac
+
+step "trestlectl demo --runtime $RUNTIME"
+"$BINS/trestlectl" demo --runtime "$RUNTIME" --no-color --bin-dir "$BINS" >"$WORK/demo.out" 2>"$WORK/demo.err" \
+    || fail "demo failed: $(tail -30 "$WORK/demo.out") $(cat "$WORK/demo.err")"
+cat "$WORK/demo.out"
+
+step "nothing of the demo is left in $RUNTIME"
+case $RUNTIME in
+podman)
+    [[ -z $(podman ps -a -q) ]] || fail "containers left: $(podman ps -a)"
+    [[ -z $(podman images -q) ]] || fail "images left: $(podman images)"
+    ;;
+containerd)
+    ! ctr namespaces ls -q | grep -qx trestle-demo || fail "namespace trestle-demo left: $(ctr -n trestle-demo c ls)"
+    ;;
+esac
+[[ -z $(ls -A /run/netns) ]] || fail "namespaces left in /run/netns: $(ls /run/netns)"
+links=$(ip -o link show | awk -F': ' '{print $2}' | xargs)
+[[ $links == lo ]] || fail "links left in the runtime's host namespace: $links"
+[[ -z $(nft list ruleset) ]] || fail "rules left: $(nft list ruleset)"
+step "demo --runtime $RUNTIME: ok"
