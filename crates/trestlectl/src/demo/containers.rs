@@ -454,7 +454,7 @@ impl Engine {
                 Kind::Containerd => vec!["images".into(), "rm".into(), self.image.clone()],
             });
         }
-        if self.made_namespace {
+        if self.made_namespace && self.kind == Kind::Containerd {
             cmds.push(vec![
                 "namespaces".into(),
                 "rm".into(),
