@@ -108,8 +108,9 @@ pub fn run(opts: &Options) -> Result<(), Error> {
     // Everything the runtime mode needs is checked before anything is made.
     let mut engine = match opts.runtime {
         Some(kind) => {
+            let engine = containers::Engine::find(kind, &run_suffix()).map_err(Error::Runtime)?;
             image::busybox().map_err(Error::Image)?;
-            Some(containers::Engine::find(kind, &run_suffix()).map_err(Error::Runtime)?)
+            Some(engine)
         }
         None => None,
     };

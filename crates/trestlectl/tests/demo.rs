@@ -80,7 +80,7 @@ fn demo_with_docker_pings_from_inside_and_leaves_nothing() {
         "this test runs the demo against the machine's Docker engine, which does not answer: {engine:?}"
     );
     let bins = common::bin_dir();
-    let before = machine_state();
+    let before = (machine_state(), ruleset(), netns_dir());
     let out = Command::new(bins.join("trestlectl"))
         .args(["demo", "--runtime", "docker", "--no-color"])
         .output()
@@ -117,7 +117,57 @@ fn demo_with_docker_pings_from_inside_and_leaves_nothing() {
         !docker(&["image", "inspect", &image]).status.success(),
         "{image} left in docker"
     );
-    assert_eq!(before, machine_state());
+    assert_eq!(before, (machine_state(), ruleset(), netns_dir()));
+}
+
+/// The machine's nftables ruleset (Docker's own iptables-nft rules included, which a demo run must not change).
+fn ruleset() -> String {
+    let out = Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .expect("nft");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The machine's named network namespaces.
+fn netns_dir() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn a_missing_runtime_is_named_with_how_to_get_it_before_anything_is_made() {
+    let empty = common::TempDir::new("no-runtime");
+    for (runtime, says) in [
+        ("docker", "docker not found on PATH: install Docker Engine"),
+        (
+            "podman",
+            "podman not found on PATH: install podman (Debian: apt-get install podman)",
+        ),
+        ("containerd", "ctr not found on PATH: install containerd"),
+    ] {
+        let out = Command::new(common::bin_dir().join("trestlectl"))
+            .args(["demo", "--runtime", runtime])
+            .env("PATH", &empty.0)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(
+            out.stdout.is_empty(),
+            "started anyway: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 }
 
 /// A pseudo-terminal: the controlling side and the path of the terminal side.
