@@ -263,7 +263,12 @@ fn live_wiring(demo_pid: u32) -> (Vec<(u32, String, String)>, Vec<String>) {
                 .run(|| {
                     let mut nl = trestle_netlink::Netlink::open().unwrap();
                     let eth0 = nl.link_by_name("eth0").unwrap().expect("eth0 in a pod");
-                    let addr = nl.addresses(Some(eth0.index)).unwrap()[0]
+                    let addr = nl
+                        .addresses(Some(eth0.index))
+                        .unwrap()
+                        .iter()
+                        .find(|a| a.address.addr().is_ipv4())
+                        .expect("an IPv4 address on eth0")
                         .address
                         .to_string();
                     (addr, eth0.peer_index.unwrap())
