@@ -9,6 +9,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A container runtime the demo can drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -465,11 +466,19 @@ impl Engine {
     }
 
     /// Removes the containers and the image the demo made; returns the commands run. A command that fails (the
-    /// container was already gone) does not stop the rest: [`Engine::leftovers`] tells what is still there.
+    /// container was already gone) does not stop the rest: [`Engine::leftovers`] tells what is still there. The
+    /// image goes only once the containers are gone: docker's and podman's `--rm` removal of a killed container
+    /// can still be under way when `rm -f` returns, and an image in use is not removed.
     pub fn remove_all(&mut self) -> Vec<String> {
         let cmds = self.removal_commands();
         let mut lines = Vec::new();
+        let mut waited = false;
         for c in &cmds {
+            let is_container = matches!(c[0].as_str(), "rm" | "task" | "containers");
+            if !is_container && !waited {
+                self.wait_containers_gone(Duration::from_secs(20));
+                waited = true;
+            }
             let args: Vec<&str> = c.iter().map(String::as_str).collect();
             // A namespace may still be in use by another run of the demo; then it stays.
             let _ = self.run(&args, None);
@@ -481,18 +490,41 @@ impl Engine {
         lines
     }
 
+    /// Waits until the runtime lists none of this run's containers (or `timeout` passes).
+    fn wait_containers_gone(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.containers_present().is_ok_and(|c| !c.is_empty()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// This run's containers that the runtime still lists.
+    fn containers_present(&self) -> Result<Vec<String>, Error> {
+        let names = [self.pause_name.as_str(), self.app_name.as_str()];
+        let all = match self.kind {
+            Kind::Docker | Kind::Podman => {
+                self.run(&["ps", "-a", "--format", "{{.Names}}"], None)?
+            }
+            Kind::Containerd => {
+                let spaces = self.run(&["namespaces", "ls", "-q"], None)?;
+                if !spaces.lines().any(|l| l.trim() == CONTAINERD_NAMESPACE) {
+                    return Ok(Vec::new());
+                }
+                self.run(&["containers", "ls", "-q"], None)?
+            }
+        };
+        Ok(all
+            .lines()
+            .filter(|l| names.contains(&l.trim()))
+            .map(|l| l.trim().to_owned())
+            .collect())
+    }
+
     /// What of this run's containers and image the runtime still has.
     pub fn leftovers(&self) -> Result<Vec<String>, Error> {
-        let mut left = Vec::new();
-        let names = [self.pause_name.as_str(), self.app_name.as_str()];
+        let mut left = self.containers_present()?;
         match self.kind {
             Kind::Docker | Kind::Podman => {
-                let all = self.run(&["ps", "-a", "--format", "{{.Names}}"], None)?;
-                left.extend(
-                    all.lines()
-                        .filter(|l| names.contains(&l.trim()))
-                        .map(str::to_owned),
-                );
                 if self.run(&["image", "inspect", &self.image], None).is_ok() {
                     left.push(self.image.clone());
                 }
@@ -500,12 +532,6 @@ impl Engine {
             Kind::Containerd => {
                 let spaces = self.run(&["namespaces", "ls", "-q"], None)?;
                 if spaces.lines().any(|l| l.trim() == CONTAINERD_NAMESPACE) {
-                    let all = self.run(&["containers", "ls", "-q"], None)?;
-                    left.extend(
-                        all.lines()
-                            .filter(|l| names.contains(&l.trim()))
-                            .map(str::to_owned),
-                    );
                     let images = self.run(&["images", "ls", "-q"], None)?;
                     left.extend(
                         images
