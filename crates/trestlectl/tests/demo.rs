@@ -210,7 +210,7 @@ fn plain(text: &str) -> String {
 
 /// The demo's live wiring, read while it waits: each pause process's eth0 address with the name of its veth peer
 /// on the bridge, and the bridge's addresses.
-fn live_wiring(demo_pid: u32) -> (Vec<(u32, String, String)>, Vec<String>) {
+fn live_wiring(demo_pid: u32, others: &[u32]) -> (Vec<(u32, String, String)>, Vec<String>) {
     use trestle_netns::NetNs;
     let mut host = None;
     for fd in std::fs::read_dir(format!("/proc/{demo_pid}/fd"))
@@ -248,16 +248,21 @@ fn live_wiring(demo_pid: u32) -> (Vec<(u32, String, String)>, Vec<String>) {
         }
     }
     let (bridge_addrs, ports) = host.expect("the demo's host namespace with cni_bridge0");
-    let mut pods = Vec::new();
+    let mut pids: Vec<u32> = others.to_vec();
     for task in std::fs::read_dir(format!("/proc/{demo_pid}/task"))
         .unwrap()
         .flatten()
     {
         let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for pid in children
-            .split_whitespace()
-            .map(|p| p.parse::<u32>().unwrap())
-        {
+        pids.extend(
+            children
+                .split_whitespace()
+                .map(|p| p.parse::<u32>().unwrap()),
+        );
+    }
+    let mut pods = Vec::new();
+    {
+        for pid in pids {
             let ns = NetNs::open(format!("/proc/{pid}/ns/net")).unwrap();
             let (addr, peer) = ns
                 .run(|| {
@@ -416,7 +421,7 @@ fn step_mode_waits_for_enter_and_the_picture_matches_the_live_wiring() {
             "Step {step}: the wiring, drawn from the live state"
         )) {
             let picture = &now[now.find(&format!("Step {step}:")).unwrap()..];
-            let (pods, bridge) = live_wiring(demo.child.id());
+            let (pods, bridge) = live_wiring(demo.child.id(), &[]);
             assert_eq!(pods.len(), 2, "{pods:?}");
             assert!(
                 picture.contains('┌') && picture.contains("╌ masquerade boundary ╌"),
@@ -455,24 +460,60 @@ fn step_mode_waits_for_enter_and_the_picture_matches_the_live_wiring() {
 
 #[test]
 #[ignore = "privileged: needs root, a Docker engine"]
-fn ctrl_c_at_a_step_prompt_removes_the_containers_and_the_image() {
+fn docker_picture_matches_the_live_wiring_and_ctrl_c_removes_the_containers_and_image() {
     let mut demo = OnTerminal::start(&["demo", "--step", "--runtime", "docker"]);
-    for step in 1..=7 {
+    let picture_step = 10;
+    for step in 1..=picture_step {
         assert!(
             demo.wait_for(&format!("[step {step} done: press Enter")),
             "exited early:\n{}",
             demo.text()
         );
-        if step < 7 {
+        if step < picture_step {
             demo.type_keys(b"\n");
         }
     }
-    // After step 7 both containers run; ^C is what the terminal turns into SIGINT for the demo.
+    let now = demo.text();
+    let picture = &now[now
+        .find(&format!(
+            "Step {picture_step}: the wiring, drawn from the live state"
+        ))
+        .unwrap_or_else(|| panic!("no picture at step {picture_step}:\n{now}"))..];
+    let (_, containers) = runtime_names(&now);
+    let pause = docker(&["inspect", "-f", "{{.State.Pid}}", &containers[0]]);
+    let pause: u32 = String::from_utf8_lossy(&pause.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let (pods, bridge) = live_wiring(demo.child.id(), &[pause]);
+    assert_eq!(pods.len(), 3, "{pods:?}");
+    assert!(
+        picture.contains(&format!("│ gateway {}", bridge[0])),
+        "{picture}"
+    );
+    for (pid, addr, port) in &pods {
+        let a = column_of(picture, &format!("eth0 {addr}"));
+        let holder = if *pid == pause {
+            "docker: pause + app ".to_owned()
+        } else {
+            format!("pause: pid {pid} ")
+        };
+        assert_eq!(column_of(picture, &holder), a, "{picture}");
+        let p = column_of(picture, port);
+        assert!(
+            p + 2 >= a && p < a + 18,
+            "{port} at {p}, eth0 {addr} at {a}:\n{picture}"
+        );
+    }
+    // Both containers run; ^C is what the terminal turns into SIGINT for the demo.
     demo.type_keys(b"\x03");
     let (status, out) = demo.finish();
     assert_eq!(status.code(), Some(130), "{out}");
     assert!(out.contains("trestlectl demo: interrupted"), "{out}");
-    assert!(!out.contains("Step 8:"), "{out}");
+    assert!(
+        !out.contains(&format!("Step {}:", picture_step + 1)),
+        "{out}"
+    );
     let (image, containers) = runtime_names(&out);
     let all = docker(&["ps", "-a", "--format", "{{.Names}}"]);
     let all = String::from_utf8_lossy(&all.stdout);
