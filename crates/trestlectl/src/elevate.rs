@@ -55,7 +55,8 @@ fn sudo_command(sudo: &Path, exe: &Path, args: impl IntoIterator<Item = OsString
     cmd
 }
 
-fn find_on_path(program: &str) -> Option<PathBuf> {
+/// The first `program` in a directory of `PATH`.
+pub(crate) fn find_on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))

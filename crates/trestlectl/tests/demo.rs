@@ -19,21 +19,27 @@ fn machine_state() -> (Vec<String>, Vec<String>) {
     (links, addrs)
 }
 
-#[test]
-#[ignore = "privileged: needs root"]
-fn demo_runs_and_leaves_nothing() {
-    let bins = common::bin_dir();
-    let before = machine_state();
-    let out = Command::new(bins.join("trestlectl"))
-        .args(["demo", "--no-color"])
+/// `trestlectl demo ARGS`, which must succeed; its stdout.
+fn demo_ok(args: &[&str]) -> String {
+    let out = Command::new(common::bin_dir().join("trestlectl"))
+        .arg("demo")
+        .args(args)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "demo failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn demo_runs_and_leaves_nothing() {
+    let before = machine_state();
+    let stdout = demo_ok(&["--no-color"]);
     for needle in [
         "inet 10.15.20.2/24 scope global eth0",
         "CNI_COMMAND=ADD CNI_CONTAINERID=1234567890",
@@ -79,18 +85,8 @@ fn demo_with_docker_pings_from_inside_and_leaves_nothing() {
         engine.as_ref().is_ok_and(|o| o.status.success()),
         "this test runs the demo against the machine's Docker engine, which does not answer: {engine:?}"
     );
-    let bins = common::bin_dir();
     let before = (machine_state(), ruleset(), netns_dir());
-    let out = Command::new(bins.join("trestlectl"))
-        .args(["demo", "--runtime", "docker", "--no-color"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = demo_ok(&["--runtime", "docker", "--no-color"]);
     for needle in [
         "docker run -d --rm --network none --name trestle-demo-pause-",
         "ln -s /proc/",

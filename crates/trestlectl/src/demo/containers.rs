@@ -143,7 +143,7 @@ impl Engine {
     /// Finds the runtime's client and checks that it works (that its daemon answers), before the demo makes
     /// anything. `suffix` makes the names of this run's image and containers its own.
     pub fn find(kind: Kind, suffix: &str) -> Result<Engine, Error> {
-        let program = find_on_path(kind.program()).ok_or(Error::Missing(kind))?;
+        let program = crate::elevate::find_on_path(kind.program()).ok_or(Error::Missing(kind))?;
         let engine = Engine {
             kind,
             program,
@@ -274,28 +274,53 @@ impl Engine {
     /// Starts the pod's "pause" container: the image's sleep, with no network of the runtime's own (only `lo`).
     pub fn start_pause(&mut self) -> Result<(Container, Shown), Error> {
         let name = self.pause_name.clone();
+        match self.kind {
+            Kind::Docker | Kind::Podman => self.start_sleeper(name, &["--network", "none"]),
+            // ctr gives a container a network namespace of its own unless told otherwise.
+            Kind::Containerd => self.start_sleeper(name, &[]),
+        }
+    }
+
+    /// Starts a second container in the network namespace of `pause` (whose first process is `pause_pid`).
+    pub fn start_joined(
+        &mut self,
+        pause: &Container,
+        pause_pid: u32,
+    ) -> Result<(Container, Shown), Error> {
+        let name = self.app_name.clone();
+        match self.kind {
+            Kind::Docker => self.start_sleeper(name, &[&format!("--net=container:{}", pause.name)]),
+            Kind::Podman => {
+                self.start_sleeper(name, &["--network", &format!("container:{}", pause.name)])
+            }
+            Kind::Containerd => self.start_sleeper(
+                name,
+                &["--with-ns", &format!("network:/proc/{pause_pid}/ns/net")],
+            ),
+        }
+    }
+
+    /// `run -d` of the image's sleep as container `name`, with the network options `net`.
+    fn start_sleeper(&mut self, name: String, net: &[&str]) -> Result<(Container, Shown), Error> {
+        // Recorded first: a run that fails half-way may still have created the container.
         self.containers.push(name.clone());
         let image = self.image.clone();
+        let sleep = ["/bin/sleep", "86400"];
+        let mut args = vec!["run", "-d"];
         let shown = match self.kind {
-            // --rm: a demo killed outright leaves a container for a day at most.
-            Kind::Docker | Kind::Podman => self.shown(
-                &[
-                    "run",
-                    "-d",
-                    "--rm",
-                    "--network",
-                    "none",
-                    "--name",
-                    &name,
-                    &image,
-                    "/bin/sleep",
-                    "86400",
-                ],
-                None,
-            )?,
-            // ctr gives a container a network namespace of its own unless told otherwise.
+            Kind::Docker | Kind::Podman => {
+                // --rm: a demo killed outright leaves a container for a day at most.
+                args.push("--rm");
+                args.extend_from_slice(net);
+                args.extend(["--name", &name, &image]);
+                args.extend(sleep);
+                self.shown(&args, None)?
+            }
             Kind::Containerd => {
-                self.shown(&["run", "-d", &image, &name, "/bin/sleep", "86400"], None)?
+                args.extend_from_slice(net);
+                args.extend([image.as_str(), &name]);
+                args.extend(sleep);
+                self.shown(&args, None)?
             }
         };
         let id = match self.kind {
@@ -345,75 +370,6 @@ impl Engine {
                 wanted: "the container's process ID",
             }),
         }
-    }
-
-    /// Starts a second container in the network namespace of `pause` (whose first process is `pause_pid`).
-    pub fn start_joined(
-        &mut self,
-        pause: &Container,
-        pause_pid: u32,
-    ) -> Result<(Container, Shown), Error> {
-        let name = self.app_name.clone();
-        self.containers.push(name.clone());
-        let image = self.image.clone();
-        let shown = match self.kind {
-            Kind::Docker => {
-                let net = format!("--net=container:{}", pause.name);
-                self.shown(
-                    &[
-                        "run",
-                        "-d",
-                        "--rm",
-                        &net,
-                        "--name",
-                        &name,
-                        &image,
-                        "/bin/sleep",
-                        "86400",
-                    ],
-                    None,
-                )?
-            }
-            Kind::Podman => {
-                let net = format!("container:{}", pause.name);
-                self.shown(
-                    &[
-                        "run",
-                        "-d",
-                        "--rm",
-                        "--network",
-                        &net,
-                        "--name",
-                        &name,
-                        &image,
-                        "/bin/sleep",
-                        "86400",
-                    ],
-                    None,
-                )?
-            }
-            Kind::Containerd => {
-                let ns = format!("network:/proc/{pause_pid}/ns/net");
-                self.shown(
-                    &[
-                        "run",
-                        "-d",
-                        "--with-ns",
-                        &ns,
-                        &image,
-                        &name,
-                        "/bin/sleep",
-                        "86400",
-                    ],
-                    None,
-                )?
-            }
-        };
-        let id = match self.kind {
-            Kind::Containerd => name.clone(),
-            _ => self.container_id(&shown)?,
-        };
-        Ok((Container { name, id }, shown))
     }
 
     /// Runs `cmd` inside a running container, through the runtime's exec.
@@ -557,13 +513,6 @@ fn quote(arg: &str) -> String {
     } else {
         format!("'{}'", arg.replace('\'', r"'\''"))
     }
-}
-
-fn find_on_path(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
 }
 
 #[cfg(test)]

@@ -120,12 +120,7 @@ pub fn read_sandbox(title: String, holder: String, ifname: &str) -> Result<Sandb
     let link = nl
         .link_by_name(ifname)?
         .ok_or_else(|| Error::Missing(ifname.to_owned()))?;
-    let addresses = nl
-        .addresses(Some(link.index))?
-        .iter()
-        .filter(|a| a.address.addr().is_ipv4() || a.scope == 0)
-        .map(|a| a.address.to_string())
-        .collect();
+    let addresses = global_addresses(&mut nl, link.index)?;
     Ok(Sandbox {
         title,
         holder,
@@ -141,12 +136,7 @@ pub fn read_host(bridge: &str, masquerade: Vec<String>) -> Result<Host, Error> {
     let br = nl
         .link_by_name(bridge)?
         .ok_or_else(|| Error::Missing(bridge.to_owned()))?;
-    let bridge_addresses = nl
-        .addresses(Some(br.index))?
-        .iter()
-        .filter(|a| a.address.addr().is_ipv4() || a.scope == 0)
-        .map(|a| a.address.to_string())
-        .collect();
+    let bridge_addresses = global_addresses(&mut nl, br.index)?;
     let ports = nl
         .links_with_master(br.index)?
         .into_iter()
@@ -162,6 +152,17 @@ pub fn read_host(bridge: &str, masquerade: Vec<String>) -> Result<Host, Error> {
         masquerade,
         ip_forward,
     })
+}
+
+/// A link's IPv4 addresses and its global IPv6 ones (not the link-local address every interface has), with
+/// their prefix lengths.
+fn global_addresses(nl: &mut Netlink, index: u32) -> Result<Vec<String>, Error> {
+    Ok(nl
+        .addresses(Some(index))?
+        .iter()
+        .filter(|a| a.address.addr().is_ipv4() || a.scope == 0)
+        .map(|a| a.address.to_string())
+        .collect())
 }
 
 /// The name of the bridge port that is `sandbox`'s veth peer, if the bridge has it.

@@ -9,21 +9,14 @@ case $RUNTIME in
 podman)
     # The settings of podman.sh (cgroupfs, no journald, vfs storage on the private /var/lib), as files podman
     # reads by itself, so the demo runs the plain `podman` a person would type.
-    cat >"$WORK/containers.conf" <<CONF
-[containers]
-default_ulimits = []
-[engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-runtime = "runc"
-CONF
+    podman_conf
     cat >"$WORK/storage.conf" <<CONF
 [storage]
 driver = "vfs"
 runroot = "/run/containers/storage"
 graphroot = "/var/lib/containers/storage"
 CONF
-    export CONTAINERS_CONF=$WORK/containers.conf CONTAINERS_STORAGE_CONF=$WORK/storage.conf
+    export CONTAINERS_STORAGE_CONF=$WORK/storage.conf
     ;;
 containerd)
     start_containerd

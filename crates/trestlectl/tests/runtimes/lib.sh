@@ -123,3 +123,17 @@ import_image() {
         ctr -a "$CONTAINERD_SOCK" -n "$1" images import "$WORK/$img.tar" >/dev/null
     done
 }
+
+# podman's settings for these machines (cgroupfs, no journald, runc), written to $WORK/containers.conf and exported;
+# extra sections (podman.sh's [network]) are appended by the caller.
+podman_conf() {
+    cat >"$WORK/containers.conf" <<CONF
+[containers]
+default_ulimits = []
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+runtime = "runc"
+CONF
+    export CONTAINERS_CONF=$WORK/containers.conf
+}

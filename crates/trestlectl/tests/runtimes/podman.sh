@@ -7,19 +7,13 @@ busybox_rootfs
 step "install trestle as a network add-on would"
 install_trestle trpod0 10.77.0.0/24
 
-cat >"$WORK/containers.conf" <<CONF
-[containers]
-default_ulimits = []
-[engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-runtime = "runc"
+podman_conf
+cat >>"$WORK/containers.conf" <<CONF
 [network]
 network_backend = "cni"
 cni_plugin_dirs = ["/opt/cni/bin", "$REF"]
 network_config_dir = "/etc/cni/net.d"
 CONF
-export CONTAINERS_CONF=$WORK/containers.conf
 export TRESTLE_LOG_LEVEL=debug TRESTLE_LOG_FILE=$WORK/trestle.log
 P=(podman --root /var/lib/containers/storage --runroot /run/containers --storage-driver vfs)
 RUN=(--runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 --network trestlenet)

@@ -81,13 +81,7 @@ impl Demo<'_> {
             },
             attached: false,
         });
-        let ns = self.pod_ns(self.pods.len() - 1)?;
-        let text = ns
-            .run(|| Netlink::open().and_then(|mut nl| show::ip_addr(&mut nl, None)))
-            .map_err(self.failed("cannot enter the container's network namespace"))?
-            .map_err(self.failed("cannot read the container's links"))?;
-        self.n.cmd("ip netns exec pause1 ip a");
-        self.n.out(&text);
+        let text = self.show_container_netns()?;
         let names: Vec<&str> = text
             .lines()
             .filter(|l| !l.starts_with(' '))
@@ -104,6 +98,18 @@ impl Demo<'_> {
             pause.name
         ));
         Ok(())
+    }
+
+    /// `ip netns exec pause1 ip a`, read through netlink in the container's namespace (the last pod's).
+    fn show_container_netns(&mut self) -> StepResult<String> {
+        let ns = self.pod_ns(self.pods.len() - 1)?;
+        let text = ns
+            .run(|| Netlink::open().and_then(|mut nl| show::ip_addr(&mut nl, None)))
+            .map_err(self.failed("cannot enter the container's network namespace"))?
+            .map_err(self.failed("cannot read the container's links"))?;
+        self.n.cmd("ip netns exec pause1 ip a");
+        self.n.out(&text);
+        Ok(text)
     }
 
     /// `ln -s /proc/$pid/ns/net /var/run/netns/pause1`, in the demo's private mount namespace when isolated.
@@ -139,13 +145,7 @@ impl Demo<'_> {
         let stdout = self.call(&inv)?;
         self.pods[index].attached = true;
         self.n.out(&stdout);
-        let ns = self.pod_ns(index)?;
-        let text = ns
-            .run(|| Netlink::open().and_then(|mut nl| show::ip_addr(&mut nl, None)))
-            .map_err(self.failed("cannot enter the container's network namespace"))?
-            .map_err(self.failed("cannot read the container's links"))?;
-        self.n.cmd("ip netns exec pause1 ip a");
-        self.n.out(&text);
+        let text = self.show_container_netns()?;
         super::expect(&text, &format!("inet {want} scope global eth0"))
             .map_err(|e| self.fail(e))?;
         self.n.ok(&format!("the container's eth0 has {want}"));
