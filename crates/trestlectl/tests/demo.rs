@@ -71,6 +71,20 @@ fn runtime_names(stdout: &str) -> (String, Vec<String>) {
     )
 }
 
+/// Docker lists none of the containers and not the image of the run that printed `output`.
+fn assert_docker_has_none_of(output: &str) {
+    let (image, containers) = runtime_names(output);
+    let all = docker(&["ps", "-a", "--format", "{{.Names}}"]);
+    let all = String::from_utf8_lossy(&all.stdout);
+    for c in &containers {
+        assert!(!all.lines().any(|l| l == c), "{c} left in docker:\n{all}");
+    }
+    assert!(
+        !docker(&["image", "inspect", &image]).status.success(),
+        "{image} left in docker"
+    );
+}
+
 fn docker(args: &[&str]) -> std::process::Output {
     Command::new("docker").args(args).output().expect("docker")
 }
@@ -103,16 +117,7 @@ fn demo_with_docker_pings_from_inside_and_leaves_nothing() {
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
-    let (image, containers) = runtime_names(&stdout);
-    let all = docker(&["ps", "-a", "--format", "{{.Names}}"]);
-    let all = String::from_utf8_lossy(&all.stdout);
-    for c in &containers {
-        assert!(!all.lines().any(|l| l == c), "{c} left in docker:\n{all}");
-    }
-    assert!(
-        !docker(&["image", "inspect", &image]).status.success(),
-        "{image} left in docker"
-    );
+    assert_docker_has_none_of(&stdout);
     assert_eq!(before, (machine_state(), ruleset(), netns_dir()));
 }
 
@@ -510,17 +515,9 @@ fn docker_picture_matches_the_live_wiring_and_ctrl_c_removes_the_containers_and_
         !out.contains(&format!("Step {}:", picture_step + 1)),
         "{out}"
     );
-    let (image, containers) = runtime_names(&out);
-    let all = docker(&["ps", "-a", "--format", "{{.Names}}"]);
-    let all = String::from_utf8_lossy(&all.stdout);
-    for c in &containers {
-        assert!(!all.lines().any(|l| l == c), "{c} left in docker:\n{all}");
-    }
-    assert!(
-        !docker(&["image", "inspect", &image]).status.success(),
-        "{image} left in docker"
-    );
+    assert_docker_has_none_of(&out);
 }
+
 #[test]
 #[ignore = "privileged: needs root"]
 fn step_mode_without_a_terminal_does_not_wait_and_no_color_draws_ascii() {
