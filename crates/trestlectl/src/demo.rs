@@ -79,9 +79,12 @@ pub enum Error {
     /// No image can be made for the runtime.
     #[error("cannot make the demo's image")]
     Image(#[source] image::Error),
-    /// Ctrl-C, SIGTERM or SIGHUP; what the demo had made is gone.
-    #[error("interrupted: the pods were deleted and what the demo made was removed")]
-    Interrupted,
+    /// Ctrl-C, SIGTERM or SIGHUP; the pods were deleted and the containers removed, but for `left`.
+    #[error("interrupted: {}", interrupted_summary(.left))]
+    Interrupted {
+        /// What could not be removed.
+        left: Vec<String>,
+    },
     /// A step failed.
     #[error("step {step} failed")]
     Step {
@@ -117,20 +120,35 @@ pub fn run(opts: &Options) -> Result<(), Error> {
     interrupt::install().map_err(|e| Error::Isolation(IsolationError::Signals(e)))?;
     let isolation = Isolation::set_up(opts.machine_netns).map_err(Error::Isolation)?;
     if let (Some(engine), Some(fd)) = (engine.as_mut(), isolation.machine_mount_ns()) {
-        engine.set_mount_namespace(fd);
+        engine
+            .set_mount_namespace(fd)
+            .map_err(|e| Error::Isolation(IsolationError::MountNs(e)))?;
     }
     let mut narrator = Narrator::new(
         opts.color,
         opts.pace,
         std::io::IsTerminal::is_terminal(&std::io::stdin()),
     );
-    let result =
-        steps::Demo::new(opts, &isolation, &mut narrator, engine).and_then(|mut d| d.run_all());
+    let (result, left) = match steps::Demo::new(opts, &isolation, &mut narrator, engine) {
+        Ok(mut demo) => (demo.run_all(), demo.left_behind().to_vec()),
+        Err(e) => (Err(e), Vec::new()),
+    };
     isolation.tear_down();
     if result.is_err() && interrupt::requested() {
-        return Err(Error::Interrupted);
+        return Err(Error::Interrupted { left });
     }
     result
+}
+
+fn interrupted_summary(left: &[String]) -> String {
+    if left.is_empty() {
+        "the pods were deleted and what the demo made was removed".to_owned()
+    } else {
+        format!(
+            "the pods were deleted, but these are still there: {}",
+            left.join(", ")
+        )
+    }
 }
 
 /// Eight hex digits that make this run's image and container names its own: the process ID and the clock.

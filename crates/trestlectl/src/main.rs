@@ -274,7 +274,7 @@ fn main() -> ExitCode {
             };
             match trestlectl::demo::run(&opts) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e @ trestlectl::demo::Error::Interrupted) => {
+                Err(e @ trestlectl::demo::Error::Interrupted { .. }) => {
                     eprintln!("trestlectl demo: {e}");
                     ExitCode::from(130)
                 }

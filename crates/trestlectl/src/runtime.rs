@@ -29,6 +29,9 @@ pub struct Invocation {
     pub path: String,
     /// Extra environment (for example logging settings).
     pub extra_env: Vec<(String, String)>,
+    /// Runs the plugin in a process group of its own, so a Ctrl-C at the terminal reaches only the caller, which
+    /// then finishes (or undoes) the call instead of leaving it half-done (the demo).
+    pub own_process_group: bool,
 }
 
 /// What the plugin did.
@@ -77,6 +80,7 @@ impl Invocation {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
             extra_env: Vec::new(),
+            own_process_group: false,
         }
     }
 
@@ -102,6 +106,9 @@ impl Invocation {
             .stderr(Stdio::piped());
         if let Some(ns) = host {
             enter_on_exec(&mut cmd, ns);
+        }
+        if self.own_process_group {
+            cmd.process_group(0);
         }
         let start = Instant::now();
         let mut child = cmd.spawn()?;

@@ -15,6 +15,22 @@ pub struct Pause {
 impl Pause {
     /// Starts `<exe> pause` with a network namespace of its own, created inside (a child of) `host`'s.
     pub fn start(exe: &std::path::Path, host: Option<&NetNs>) -> std::io::Result<Pause> {
+        Pause::spawn(exe, host, false)
+    }
+
+    /// Like [`Pause::start`], but in a process group of its own, so a Ctrl-C at the terminal leaves the sandbox to
+    /// the caller (which DELs before it stops it, as a runtime does), and killed when the calling thread exits, so
+    /// a caller that dies, even by SIGKILL, takes it along. Call it from a thread that lives as long as the sandbox
+    /// should (the main thread).
+    pub fn start_detached(exe: &std::path::Path, host: Option<&NetNs>) -> std::io::Result<Pause> {
+        Pause::spawn(exe, host, true)
+    }
+
+    fn spawn(
+        exe: &std::path::Path,
+        host: Option<&NetNs>,
+        detached: bool,
+    ) -> std::io::Result<Pause> {
         let mut cmd = Command::new(exe);
         cmd.arg("pause")
             .stdin(Stdio::null())
@@ -32,6 +48,19 @@ impl Pause {
                 }
                 Ok(())
             });
+        }
+        if detached {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+            // SAFETY: prctl(2) is async-signal-safe; it only sets this child's parent-death signal.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         Ok(Pause {
             child: cmd.spawn()?,

@@ -123,8 +123,9 @@ fn demo_with_docker_pings_from_inside_and_leaves_nothing() {
 
 /// The machine's nftables ruleset (Docker's own iptables-nft rules included, which a demo run must not change).
 fn ruleset() -> String {
+    // -s: without counters, which Docker's rules keep and any forwarded packet changes.
     let out = Command::new("nft")
-        .args(["list", "ruleset"])
+        .args(["-s", "list", "ruleset"])
         .output()
         .expect("nft");
     String::from_utf8_lossy(&out.stdout).into_owned()

@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -126,7 +126,7 @@ pub struct Engine {
     kind: Kind,
     program: PathBuf,
     /// The machine's mount namespace, entered by every client before exec; `None` runs them in the demo's own.
-    mount_ns: Option<std::os::fd::RawFd>,
+    mount_ns: Option<OwnedFd>,
     /// The image reference the demo loads.
     pub image: String,
     /// The pause container's name.
@@ -179,9 +179,10 @@ impl Engine {
         self.kind
     }
 
-    /// Runs the clients in the mount namespace `fd` (which must stay open while the engine is used).
-    pub fn set_mount_namespace(&mut self, fd: BorrowedFd<'_>) {
-        self.mount_ns = Some(fd.as_raw_fd());
+    /// Runs the clients in the mount namespace `fd` (the engine keeps a duplicate of it).
+    pub fn set_mount_namespace(&mut self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+        self.mount_ns = Some(fd.try_clone_to_owned()?);
+        Ok(())
     }
 
     /// The client's arguments for `args`: containerd's `ctr` works in the demo's own namespace.
@@ -214,10 +215,10 @@ impl Engine {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        if let Some(fd) = self.mount_ns {
+        if let Some(fd) = self.mount_ns.as_ref().map(|fd| fd.as_raw_fd()) {
             // SAFETY: runs in the forked child before exec, where only async-signal-safe calls are allowed;
             // setns(2) is a plain system call. The child is single-threaded there, as entering a mount namespace
-            // requires, and `fd` is open: the engine's owner keeps it for as long as the engine lives.
+            // requires, and `fd` is open: the engine owns it, and `cmd` is spawned while `self` is borrowed.
             unsafe {
                 cmd.pre_exec(move || {
                     if libc::setns(fd, libc::CLONE_NEWNS) != 0 {
@@ -408,10 +409,18 @@ impl Engine {
         if self.made_image {
             cmds.push(match self.kind {
                 Kind::Docker | Kind::Podman => vec!["rmi".into(), self.image.clone()],
-                Kind::Containerd => vec!["images".into(), "rm".into(), self.image.clone()],
+                // --sync: the content goes now, not at a later garbage collection, so the namespace is empty.
+                Kind::Containerd => vec![
+                    "images".into(),
+                    "rm".into(),
+                    "--sync".into(),
+                    self.image.clone(),
+                ],
             });
         }
-        if self.made_namespace && self.kind == Kind::Containerd {
+        // Tried whether or not this run made it (a concurrent run may have, and finished first): containerd refuses
+        // to remove a namespace that still holds anything, so nothing of another run's goes with it.
+        if self.kind == Kind::Containerd {
             cmds.push(vec![
                 "namespaces".into(),
                 "rm".into(),
@@ -421,13 +430,13 @@ impl Engine {
         cmds
     }
 
-    /// Removes the containers and the image the demo made; returns the commands run. A command that fails (the
-    /// container was already gone) does not stop the rest: [`Engine::leftovers`] tells what is still there. The
-    /// image goes only once the containers are gone: docker's and podman's `--rm` removal of a killed container
-    /// can still be under way when `rm -f` returns, and an image in use is not removed.
-    pub fn remove_all(&mut self) -> Vec<String> {
+    /// Removes the containers and the image the demo made; returns each command run with what it said when it
+    /// failed. A failing command (the container was already gone) does not stop the rest: [`Engine::leftovers`]
+    /// tells what is still there. The image goes only once the containers are gone: docker's and podman's `--rm`
+    /// removal of a killed container can still be under way when `rm -f` returns, and an image in use stays.
+    pub fn remove_all(&mut self) -> Vec<(String, Option<String>)> {
         let cmds = self.removal_commands();
-        let mut lines = Vec::new();
+        let mut done = Vec::new();
         let mut waited = false;
         for c in &cmds {
             let is_container = matches!(c[0].as_str(), "rm" | "task" | "containers");
@@ -436,14 +445,15 @@ impl Engine {
                 waited = true;
             }
             let args: Vec<&str> = c.iter().map(String::as_str).collect();
-            // A namespace may still be in use by another run of the demo; then it stays.
-            let _ = self.run(&args, None);
-            lines.push(self.line(&args));
+            let failed = self.run(&args, None).err().map(|e| match e {
+                Error::Failed { stderr, .. } => stderr,
+                other => other.to_string(),
+            });
+            done.push((self.line(&args), failed));
         }
         self.containers.clear();
         self.made_image = false;
-        self.made_namespace = false;
-        lines
+        done
     }
 
     /// Waits until the runtime lists none of this run's containers (or `timeout` passes).
@@ -476,7 +486,7 @@ impl Engine {
             .collect())
     }
 
-    /// What of this run's containers and image the runtime still has.
+    /// What of this run's containers and image (and containerd namespace) the runtime still has.
     pub fn leftovers(&self) -> Result<Vec<String>, Error> {
         let mut left = self.containers_present()?;
         match self.kind {
@@ -489,12 +499,20 @@ impl Engine {
                 let spaces = self.run(&["namespaces", "ls", "-q"], None)?;
                 if spaces.lines().any(|l| l.trim() == CONTAINERD_NAMESPACE) {
                     let images = self.run(&["images", "ls", "-q"], None)?;
+                    let containers = self.run(&["containers", "ls", "-q"], None)?;
                     left.extend(
                         images
                             .lines()
                             .filter(|l| l.trim() == self.image)
                             .map(str::to_owned),
                     );
+                    // The namespace this run made is its own, unless another run now keeps things in it.
+                    if self.made_namespace
+                        && images.trim().is_empty()
+                        && containers.trim().is_empty()
+                    {
+                        left.push(format!("containerd namespace {CONTAINERD_NAMESPACE}"));
+                    }
                 }
             }
         }
@@ -567,10 +585,13 @@ mod tests {
         let mut kept = engine(Kind::Containerd);
         kept.made_namespace = false;
         kept.made_image = false;
-        assert!(kept
-            .removal_commands()
-            .iter()
-            .all(|c| c[0] != "namespaces" && c[0] != "images"));
+        let cmds = kept.removal_commands();
+        assert!(cmds.iter().all(|c| c[0] != "images"), "{cmds:?}");
+        // The namespace is always tried: containerd refuses to remove one that holds anything.
+        assert_eq!(
+            cmds.last().unwrap(),
+            &vec!["namespaces", "rm", "trestle-demo"]
+        );
     }
 
     #[test]

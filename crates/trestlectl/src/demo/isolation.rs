@@ -230,7 +230,14 @@ fn private_mounts() -> Result<(), Error> {
     } else {
         "/var/lib".into()
     };
-    for target in [Path::new("/run"), state_root.as_path()] {
+    let mut targets = vec![PathBuf::from("/run"), state_root];
+    // Where /var/run is a directory of its own rather than a link to /run, it gets a tmpfs too: the runtime mode
+    // links a container's namespace under /var/run/netns, which must not reach the machine.
+    let var_run = Path::new("/var/run");
+    if var_run.is_dir() && std::fs::canonicalize(var_run).is_ok_and(|p| p != Path::new("/run")) {
+        targets.push(var_run.to_owned());
+    }
+    for target in &targets {
         mount(
             Some("tmpfs"),
             target,

@@ -65,10 +65,10 @@ impl Narrator {
         }
         self.step += 1;
         let head = format!("Step {}: {title}", self.step);
-        println!("\n{}", self.paint("1", &head));
-        println!("{}", self.paint("1", &"=".repeat(head.len())));
+        put(&format!("\n{}", self.paint("1", &head)));
+        put(&self.paint("1", &"=".repeat(head.len())));
         for line in why.lines() {
-            println!("{line}");
+            put(line);
         }
         let _ = std::io::stdout().flush();
         Ok(())
@@ -80,7 +80,7 @@ impl Narrator {
         if !self.waiting {
             return Ok(());
         }
-        print!(
+        let prompt = format!(
             "\n{}",
             self.paint(
                 "2",
@@ -91,10 +91,11 @@ impl Narrator {
                 )
             )
         );
+        let _ = std::io::stdout().write_all(prompt.as_bytes());
         let _ = std::io::stdout().flush();
         loop {
             if super::interrupt::requested() {
-                println!();
+                put("");
                 return Err(Interrupted);
             }
             match read_line_or_timeout(Duration::from_millis(100)) {
@@ -112,28 +113,35 @@ impl Narrator {
     /// A command or shell equivalent, as the person would type it.
     pub fn cmd(&self, text: &str) {
         for line in text.lines() {
-            println!("  {}", self.paint("36", &format!("$ {line}")));
+            put(&format!("  {}", self.paint("36", &format!("$ {line}"))));
         }
     }
 
     /// Output, indented.
     pub fn out(&self, text: &str) {
         for line in text.trim_end().lines() {
-            println!("    {line}");
+            put(&format!("    {line}"));
         }
         let _ = std::io::stdout().flush();
     }
 
     /// A remark.
     pub fn say(&self, text: &str) {
-        println!("{text}");
+        put(text);
     }
 
     /// A verified fact.
     pub fn ok(&self, text: &str) {
-        println!("  {} {text}", self.paint("32", "ok"));
+        put(&format!("  {} {text}", self.paint("32", "ok")));
         let _ = std::io::stdout().flush();
     }
+}
+
+/// One line of narration on stdout. A stdout that has gone away (a closed terminal, a pipe whose reader quit) is
+/// not a reason to stop before cleaning up, so errors are ignored, where `println!` would panic.
+fn put(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
 }
 
 enum Read {

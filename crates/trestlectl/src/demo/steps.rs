@@ -201,7 +201,11 @@ pub struct Demo<'a> {
     engine: Option<Engine>,
     /// The runtime's pause container and the one that joins it.
     containers: Vec<Container>,
+    /// `/var/run/netns/pause1`, once the demo has made it.
+    netns_link: Option<PathBuf>,
     charset: Charset,
+    /// What a failed or interrupted run could not remove.
+    left_behind: Vec<String>,
 }
 
 type StepResult<T = ()> = Result<T, super::Error>;
@@ -222,7 +226,9 @@ impl<'a> Demo<'a> {
             pods: Vec::new(),
             engine,
             containers: Vec::new(),
+            netns_link: None,
             charset: opts.charset,
+            left_behind: Vec::new(),
         })
     }
 
@@ -230,7 +236,7 @@ impl<'a> Demo<'a> {
     fn begin(&mut self, title: &str, why: &str) -> StepResult {
         self.n
             .step(title, why)
-            .map_err(|Interrupted| super::Error::Interrupted)
+            .map_err(|Interrupted| super::Error::Interrupted { left: Vec::new() })
     }
 
     /// The demo's error for `source` in the current step.
@@ -254,9 +260,14 @@ impl<'a> Demo<'a> {
             for i in 0..self.pods.len() {
                 let _ = self.del_pod(i, false);
             }
-            self.remove_containers();
+            self.left_behind = self.remove_containers();
         }
         r
+    }
+
+    /// What a failed or interrupted run could not remove (empty after a clean run).
+    pub fn left_behind(&self) -> &[String] {
+        &self.left_behind
     }
 
     fn steps(&mut self) -> StepResult {
@@ -317,7 +328,7 @@ impl<'a> Demo<'a> {
             "The runtime starts the pause container: a process that only sleeps, in a new network namespace.\n\
              Kubernetes keeps the pod's network alive exactly as long as this process (classic: `ip netns add myns`).",
         )?;
-        let pause = Pause::start(&self.opts.exe, self.iso.host.as_ref())
+        let pause = Pause::start_detached(&self.opts.exe, self.iso.host.as_ref())
             .map_err(self.failed("cannot start the pause sandbox"))?;
         self.n
             .cmd(&format!("trestlectl pause &   # pid {}", pause.pid()));
@@ -358,13 +369,16 @@ impl<'a> Demo<'a> {
 
     fn invocation(&self, command: &str, pod: usize) -> Invocation {
         let p = &self.pods[pod];
-        Invocation::new(
+        let mut inv = Invocation::new(
             &self.opts.bin_dir.join("trestle"),
             command,
             &p.id,
             &p.netns_path().display().to_string(),
             "eth0",
-        )
+        );
+        // A Ctrl-C then waits for the call, and the demo's clean-up DELs what it added.
+        inv.own_process_group = true;
+        inv
     }
 
     fn call(&mut self, inv: &Invocation) -> StepResult<String> {
@@ -400,8 +414,9 @@ impl<'a> Demo<'a> {
              address). The result JSON on stdout is in the config's cniVersion (0.2.0: the `ip4` shape).",
         )?;
         let inv = self.invocation("ADD", pod);
-        let stdout = self.call(&inv)?;
+        // Marked before the call: a runtime DELs after an ADD that failed or was cut short.
         self.pods[pod].attached = true;
+        let stdout = self.call(&inv)?;
         let pretty = serde_json::from_str::<serde_json::Value>(&stdout)
             .ok()
             .and_then(|v| serde_json::to_string_pretty(&v).ok())
@@ -551,13 +566,13 @@ impl<'a> Demo<'a> {
              Then ICMP echo and a TCP exchange, done in-process, from pod to pod and from the host to a pod.",
         )?;
         let want = format!("{}/24", self.next_address());
-        let pause = Pause::start(&self.opts.exe, self.iso.host.as_ref())
+        let pause = Pause::start_detached(&self.opts.exe, self.iso.host.as_ref())
             .map_err(self.failed("cannot start the second pod's pause sandbox"))?;
         self.pods.push(Pod::process(POD_B, pause));
         let b = self.pods.len() - 1;
         let inv = self.invocation("ADD", b);
-        let stdout = self.call(&inv)?;
         self.pods[b].attached = true;
+        let stdout = self.call(&inv)?;
         self.n.out(&stdout);
         if !stdout.contains(&want) {
             return Err(self.fail(Error::Expectation {
