@@ -308,20 +308,27 @@ impl Engine {
         let image = self.image.clone();
         let sleep = ["/bin/sleep", "86400"];
         let mut args = vec!["run", "-d"];
-        let shown = match self.kind {
+        match self.kind {
             Kind::Docker | Kind::Podman => {
                 // --rm: a demo killed outright leaves a container for a day at most.
                 args.push("--rm");
                 args.extend_from_slice(net);
                 args.extend(["--name", &name, &image]);
-                args.extend(sleep);
-                self.shown(&args, None)?
             }
             Kind::Containerd => {
                 args.extend_from_slice(net);
                 args.extend([image.as_str(), &name]);
-                args.extend(sleep);
-                self.shown(&args, None)?
+            }
+        }
+        args.extend(sleep);
+        let shown = match self.shown(&args, None) {
+            Ok(shown) => shown,
+            Err(e) => {
+                if is_name_conflict(&e) {
+                    // The name is another run's container: not this run's to remove.
+                    self.containers.retain(|c| *c != name);
+                }
+                return Err(e);
             }
         };
         let id = match self.kind {
@@ -520,6 +527,12 @@ impl Engine {
     }
 }
 
+/// Whether a `run` failed because a container of that name exists already (docker: "is already in use",
+/// podman: "already in use", ctr: "already exists").
+fn is_name_conflict(e: &Error) -> bool {
+    matches!(e, Error::Failed { stderr, .. } if stderr.contains("already in use") || stderr.contains("already exists"))
+}
+
 /// Single quotes around an argument a shell would split or expand.
 fn quote(arg: &str) -> String {
     if !arg.is_empty()
@@ -592,6 +605,25 @@ mod tests {
             cmds.last().unwrap(),
             &vec!["namespaces", "rm", "trestle-demo"]
         );
+    }
+
+    #[test]
+    fn a_name_taken_by_another_container_is_told_apart() {
+        use std::os::unix::process::ExitStatusExt;
+        let failed = |stderr: &str| Error::Failed {
+            command: "docker run".into(),
+            status: std::process::ExitStatus::from_raw(125 << 8),
+            stderr: stderr.into(),
+        };
+        assert!(is_name_conflict(&failed(
+            "docker: Error response from daemon: Conflict. The container name \"/x\" is already in use by container"
+        )));
+        assert!(is_name_conflict(&failed(
+            "ctr: container \"x\": already exists"
+        )));
+        assert!(!is_name_conflict(&failed(
+            "docker: Error response from daemon: No such image"
+        )));
     }
 
     #[test]
