@@ -39,6 +39,12 @@ impl Ipam {
 
 /// `unshare` running `script` with the binaries, the reference plugins and a scratch dir.
 fn isolated(name: &str, work: &Path, ipam: Ipam) -> Command {
+    unshared(name, work, ipam, true)
+}
+
+/// [`isolated`], with or without a PID namespace of the script's own. Without one, the script sees the
+/// machine's process IDs, as the pids Docker reports (`docker inspect -f '{{.State.Pid}}'`) are.
+fn unshared(name: &str, work: &Path, ipam: Ipam, pid_ns: bool) -> Command {
     for tool in ["podman", "containerd", "ctr", "runc", "busybox"] {
         assert!(
             which(tool),
@@ -48,23 +54,18 @@ fn isolated(name: &str, work: &Path, ipam: Ipam) -> Command {
     let reference =
         reference_dir().expect("reference plugins missing: tools/install-test-deps installs them");
     let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--mount",
-        "--net",
-        "--pid",
-        "--fork",
-        "--mount-proc",
-        "--propagation",
-        "private",
-        "bash",
-    ])
-    .arg(script(name))
-    .env("BINS", bin_dir())
-    .env("WORK", work)
-    .env("REF", reference)
-    .env("IPAM_MODE", ipam.mode())
-    .env_remove("CNI_PATH")
-    .env_remove("NETCONFPATH");
+    cmd.args(["--mount", "--net", "--fork", "--propagation", "private"]);
+    if pid_ns {
+        cmd.args(["--pid", "--mount-proc"]);
+    }
+    cmd.arg("bash")
+        .arg(script(name))
+        .env("BINS", bin_dir())
+        .env("WORK", work)
+        .env("REF", reference)
+        .env("IPAM_MODE", ipam.mode())
+        .env_remove("CNI_PATH")
+        .env_remove("NETCONFPATH");
     cmd
 }
 
@@ -115,40 +116,78 @@ fn containerd_ctr_run_cni_ipam_daemon() {
     run_script("containerd.sh", Ipam::Daemon);
 }
 
-/// `trestlectl demo --runtime` in the runtime's isolation: the demo's own checks, the script's check that the
-/// runtime holds nothing of it afterwards, and the reply of the ping the runtime ran inside the container.
-fn demo_with(runtime: &str) {
+/// `trestlectl demo [--runtime RUNTIME] [--machine-netns]` in the runtime tests' isolation (docker: the machine's
+/// engine through its socket): the demo's own checks, the script's check that the runtime holds nothing of it
+/// afterwards (and, with `--machine-netns`, that the script's own namespaces are as they were), and the reply of
+/// the ping the runtime ran inside the container.
+fn demo_with(runtime: &str, machine: bool) {
     let work = TempDir::new(&format!("demo-{runtime}"));
-    let out = isolated("demo.sh", &work.0, Ipam::Embedded)
+    let out = unshared("demo.sh", &work.0, Ipam::Embedded, runtime != "docker")
         .env("RUNTIME", runtime)
+        .env("MACHINE", if machine { "1" } else { "0" })
         .output()
         .unwrap();
     assert_ok("demo.sh", &out);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for needle in [
-        "64 bytes from 10.15.20.2: seq=0",
-        "the container reaches the first pod",
-        "eth0 10.15.20.2/24",
-        "eth0 10.15.20.3/24",
-        "eth0 10.15.20.4/24",
-        &format!("{runtime}: pause + app"),
-        "holds none of the demo's containers, and its image is gone",
-        "The walkthrough is complete",
-    ] {
-        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    let mut needles = vec![
+        "eth0 10.15.20.2/24".to_owned(),
+        "The walkthrough is complete".to_owned(),
+    ];
+    if runtime != "none" {
+        needles.extend(
+            [
+                "64 bytes from 10.15.20.2: seq=0",
+                "the container reaches the first pod",
+                "eth0 10.15.20.3/24",
+                "eth0 10.15.20.4/24",
+                "holds none of the demo's containers, and its image is gone",
+            ]
+            .map(str::to_owned),
+        );
+        needles.push(format!("{runtime}: pause + app"));
+    }
+    for needle in &needles {
+        assert!(
+            stdout.contains(needle.as_str()),
+            "missing {needle:?} in:\n{stdout}"
+        );
     }
 }
 
 #[test]
 #[ignore = "privileged: needs root, podman"]
 fn demo_runtime_podman() {
-    demo_with("podman");
+    demo_with("podman", false);
 }
 
 #[test]
 #[ignore = "privileged: needs root, containerd"]
 fn demo_runtime_containerd() {
-    demo_with("containerd");
+    demo_with("containerd", false);
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn demo_machine_netns_puts_the_namespace_back() {
+    demo_with("none", true);
+}
+
+#[test]
+#[ignore = "privileged: needs root, podman"]
+fn demo_machine_netns_runtime_podman() {
+    demo_with("podman", true);
+}
+
+#[test]
+#[ignore = "privileged: needs root, containerd"]
+fn demo_machine_netns_runtime_containerd() {
+    demo_with("containerd", true);
+}
+
+#[test]
+#[ignore = "privileged: needs root, a Docker engine"]
+fn demo_machine_netns_runtime_docker() {
+    demo_with("docker", true);
 }
 
 /// containerd with CRI, running until the test touches `done`.

@@ -1,12 +1,23 @@
 #!/bin/bash
-# `trestlectl demo --runtime $RUNTIME` (podman or containerd) against a runtime of the script's own, then checks
-# that the runtime holds nothing of the demo's: no container, image or containerd namespace, no container process.
-# (The demo's links and rules live in its own private namespaces, which die with it.)
+# `trestlectl demo --runtime $RUNTIME` against a runtime of the script's own (podman, containerd) or the machine's
+# Docker engine (docker), or none (RUNTIME=none), then checks that the runtime holds nothing of the demo's: no
+# container, image or containerd namespace, no container process. With MACHINE=1 the demo runs with
+# --machine-netns, so its bridge, rules, state directory and /var/run/netns/pause1 are in the script's "machine"
+# (its own namespaces), and the script checks those are gone and ip_forward is as it was.
 source "$(dirname "$0")/lib.sh"
-: "${RUNTIME:?podman or containerd}"
+: "${RUNTIME:?none, docker, podman or containerd}"
+MACHINE=${MACHINE:-0}
+
+if [[ $RUNTIME == docker ]]; then
+    # The machine's engine, reached through its socket bound under $WORK before /run becomes the script's own.
+    : >"$WORK/docker.sock"
+    mount --bind /run/docker.sock "$WORK/docker.sock"
+    export DOCKER_HOST=unix://$WORK/docker.sock
+fi
 private_state
 
 case $RUNTIME in
+none | docker) ;;
 podman)
     # The settings of podman.sh (cgroupfs, no journald, vfs storage on the private /var/lib), as files podman
     # reads by itself, so the demo runs the plain `podman` a person would type.
@@ -27,8 +38,13 @@ containerd)
 *) fail "RUNTIME=$RUNTIME" ;;
 esac
 
-step "trestlectl demo --runtime $RUNTIME"
-"$BINS/trestlectl" demo --runtime "$RUNTIME" --no-color --bin-dir "$BINS" >"$WORK/demo.out" 2>"$WORK/demo.err" \
+args=(demo --no-color --bin-dir "$BINS")
+[[ $RUNTIME == none ]] || args+=(--runtime "$RUNTIME")
+[[ $MACHINE == 1 ]] && args+=(--machine-netns)
+forward_before=$(cat /proc/sys/net/ipv4/ip_forward)
+
+step "trestlectl ${args[*]}"
+"$BINS/trestlectl" "${args[@]}" >"$WORK/demo.out" 2>"$WORK/demo.err" \
     || fail "demo failed: $(tail -30 "$WORK/demo.out") $(cat "$WORK/demo.err")"
 cat "$WORK/demo.out"
 
@@ -41,7 +57,26 @@ podman)
 containerd)
     ! ctr namespaces ls -q | grep -qx trestle-demo || fail "namespace trestle-demo left: $(ctr -n trestle-demo c ls)"
     ;;
+docker)
+    suffix=$(grep -o 'trestle-demo-pause-[0-9a-f]*' "$WORK/demo.out" | head -1 | cut -d- -f4)
+    [[ -n $suffix ]] || fail "no pause container in the output"
+    ! docker ps -a --format '{{.Names}}' | grep -q -- "-$suffix\$" || fail "containers left: $(docker ps -a)"
+    ! docker image inspect "localhost/trestle-demo-busybox:$suffix" >/dev/null 2>&1 || fail "image left"
+    ;;
 esac
-# The containers' processes are gone too (they would be in this PID namespace, below the runtime's).
-! pgrep -f '/bin/sleep 86400' >/dev/null || fail "container processes left: $(pgrep -af '/bin/sleep 86400')"
-step "demo --runtime $RUNTIME: ok"
+# The containers' processes are gone too (podman's and containerd's would be in this PID namespace; docker's are
+# the machine's, where other tests' containers run, and `docker ps` above has answered for them).
+if [[ $RUNTIME != docker ]]; then
+    ! pgrep -f '/bin/sleep 86400' >/dev/null || fail "container processes left: $(pgrep -af '/bin/sleep 86400')"
+fi
+
+if [[ $MACHINE == 1 ]]; then
+    step "--machine-netns: the script's own namespaces are as they were"
+    links=$(ip -o link show | awk -F': ' '{print $2}' | xargs)
+    [[ $links == lo ]] || fail "links left: $links"
+    [[ -z $(nft list ruleset) ]] || fail "rules left: $(nft list ruleset)"
+    [[ -z $(ls -A /run/netns) ]] || fail "left in /run/netns: $(ls /run/netns)"
+    [[ ! -e /var/lib/cni/networks/mybridge ]] || fail "state left: $(ls /var/lib/cni/networks/mybridge)"
+    [[ $(cat /proc/sys/net/ipv4/ip_forward) == "$forward_before" ]] || fail "ip_forward not put back"
+fi
+step "demo ${args[*]}: ok"
