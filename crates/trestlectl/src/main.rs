@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -275,11 +276,16 @@ fn main() -> ExitCode {
             match trestlectl::demo::run(&opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e @ trestlectl::demo::Error::Interrupted { .. }) => {
-                    eprintln!("trestlectl demo: {e}");
+                    // The terminal may be gone (SIGHUP): eprintln! would panic, and the status would lie.
+                    let _ = writeln!(std::io::stderr(), "trestlectl demo: {e}");
                     ExitCode::from(130)
                 }
                 Err(e) => {
-                    eprintln!("trestlectl demo: {}", cni_proto::error_chain(&e));
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "trestlectl demo: {}",
+                        cni_proto::error_chain(&e)
+                    );
                     ExitCode::FAILURE
                 }
             }
