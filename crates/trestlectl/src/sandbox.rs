@@ -52,11 +52,17 @@ impl Pause {
         if detached {
             use std::os::unix::process::CommandExt;
             cmd.process_group(0);
-            // SAFETY: prctl(2) is async-signal-safe; it only sets this child's parent-death signal.
+            // SAFETY: getpid(2) has no preconditions.
+            let parent = unsafe { libc::getpid() };
+            // SAFETY: prctl(2), getppid(2) and _exit(2) are async-signal-safe system calls. A parent that died
+            // before prctl took effect is seen by getppid, and the child goes at once.
             unsafe {
-                cmd.pre_exec(|| {
+                cmd.pre_exec(move || {
                     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                         return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::getppid() != parent {
+                        libc::_exit(1);
                     }
                     Ok(())
                 });

@@ -85,6 +85,24 @@ fn assert_docker_has_none_of(output: &str) {
     );
 }
 
+/// Removes, when dropped, whatever docker still holds of the run whose output is on `screen`: a failing test
+/// must not leave the machine's Docker a container or an image (on success there is nothing to remove).
+struct DockerSweep(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl Drop for DockerSweep {
+    fn drop(&mut self) {
+        let text = plain(&self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        if !text.contains("trestle-demo-pause-") {
+            return;
+        }
+        let (image, containers) = runtime_names(&text);
+        for c in &containers {
+            let _ = docker(&["rm", "-f", c]);
+        }
+        let _ = docker(&["rmi", &image]);
+    }
+}
+
 fn docker(args: &[&str]) -> std::process::Output {
     Command::new("docker").args(args).output().expect("docker")
 }
@@ -414,7 +432,17 @@ impl OnTerminal {
         self.reader.take().unwrap().join().unwrap();
         let text = self.text();
         drop(self.master);
-        (self.child.wait().unwrap(), text)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, text);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the demo did not exit after its terminal closed:\n{text}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// Waits for the demo to exit; its status and everything it printed.
@@ -489,6 +517,7 @@ fn step_mode_waits_for_enter_and_the_picture_matches_the_live_wiring() {
 #[ignore = "privileged: needs root, a Docker engine"]
 fn docker_picture_matches_the_live_wiring_and_ctrl_c_removes_the_containers_and_image() {
     let mut demo = OnTerminal::start(&["demo", "--step", "--runtime", "docker"]);
+    let _sweep = DockerSweep(std::sync::Arc::clone(&demo.screen));
     let picture_step = 10;
     for step in 1..=picture_step {
         assert!(
@@ -548,6 +577,7 @@ fn docker_picture_matches_the_live_wiring_and_ctrl_c_removes_the_containers_and_
 #[ignore = "privileged: needs root, a Docker engine"]
 fn a_closed_terminal_still_gets_the_containers_and_image_removed() {
     let mut demo = OnTerminal::start(&["demo", "--step", "--runtime", "docker"]);
+    let _sweep = DockerSweep(std::sync::Arc::clone(&demo.screen));
     for step in 1..=7 {
         assert!(
             demo.wait_for(&format!("[step {step} done: press Enter")),

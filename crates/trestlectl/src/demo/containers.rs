@@ -513,11 +513,15 @@ impl Engine {
                             .filter(|l| l.trim() == self.image)
                             .map(str::to_owned),
                     );
-                    // The namespace this run made is its own, unless another run now keeps things in it.
-                    if self.made_namespace
-                        && images.trim().is_empty()
-                        && containers.trim().is_empty()
-                    {
+                    // The namespace this run made is its own, unless another run now keeps anything in it (an
+                    // import under way has content before it has an image; a container, snapshots).
+                    let content = self.run(&["content", "ls", "-q"], None)?;
+                    let snapshots = self.run(&["snapshots", "ls"], None)?;
+                    let empty = [&images, &containers, &content]
+                        .iter()
+                        .all(|o| o.trim().is_empty())
+                        && snapshots.lines().skip(1).all(|l| l.trim().is_empty());
+                    if self.made_namespace && empty {
                         left.push(format!("containerd namespace {CONTAINERD_NAMESPACE}"));
                     }
                 }

@@ -257,10 +257,22 @@ impl<'a> Demo<'a> {
         self.intro();
         let r = self.steps();
         if r.is_err() {
+            let mut left = Vec::new();
             for i in 0..self.pods.len() {
-                let _ = self.del_pod(i, false);
+                if let Err(e) = self.del_pod(i, false) {
+                    left.push(format!(
+                        "pod {} ({})",
+                        self.pods[i].id,
+                        cni_proto::error_chain(&e)
+                    ));
+                }
             }
-            self.left_behind = self.remove_containers();
+            left.extend(self.remove_containers());
+            if !left.is_empty() {
+                self.n
+                    .say(&format!("\nCould not clean up: {}", left.join("; ")));
+            }
+            self.left_behind = left;
         }
         r
     }
@@ -642,8 +654,16 @@ impl<'a> Demo<'a> {
         if narrate {
             self.call(&inv)?;
         } else {
-            inv.run(CLASSIC_CONFIG.as_bytes(), self.iso.host.as_ref())
+            let out = inv
+                .run(CLASSIC_CONFIG.as_bytes(), self.iso.host.as_ref())
                 .map_err(self.failed("cannot run the plugin"))?;
+            if !out.success {
+                return Err(self.fail(Error::Plugin {
+                    command: inv.command.clone(),
+                    stdout: out.stdout,
+                    stderr: out.stderr.trim().to_owned(),
+                }));
+            }
         }
         self.pods[pod].attached = false;
         Ok(())

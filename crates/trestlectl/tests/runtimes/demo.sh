@@ -10,6 +10,16 @@ MACHINE=${MACHINE:-0}
 
 if [[ $RUNTIME == docker ]]; then
     # The machine's engine, reached through its socket bound under $WORK before /run becomes the script's own.
+    [[ -S /run/docker.sock ]] || fail "no Docker engine socket at /run/docker.sock"
+    # Without a PID namespace nothing dies with the script: whatever a failed run leaves in Docker goes here.
+    sweep() {
+        local suffix
+        suffix=$(grep -o 'trestle-demo-pause-[0-9a-f]*' "$WORK/demo.out" 2>/dev/null | head -1 | cut -d- -f4)
+        [[ -n $suffix ]] || return 0
+        docker rm -f "trestle-demo-app-$suffix" "trestle-demo-pause-$suffix" >/dev/null 2>&1 || true
+        docker rmi "localhost/trestle-demo-busybox:$suffix" >/dev/null 2>&1 || true
+    }
+    trap sweep EXIT
     : >"$WORK/docker.sock"
     mount --bind /run/docker.sock "$WORK/docker.sock"
     export DOCKER_HOST=unix://$WORK/docker.sock

@@ -258,9 +258,11 @@ impl Demo<'_> {
                 self.n.out(&format!("(failed: {why})"));
             }
         }
-        if let Some(link) = self.netns_link.take() {
+        if let Some(link) = self.netns_link.clone() {
             self.n.cmd(&format!("rm {}", link.display()));
+            // Forgotten only once gone, so a failure here is still cleaned up (and named) on the way out.
             std::fs::remove_file(&link).map_err(self.failed("cannot remove the namespace link"))?;
+            self.netns_link = None;
         }
         let left = self
             .engine()
