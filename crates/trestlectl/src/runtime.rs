@@ -3,7 +3,7 @@
 //! inside a chosen "host" namespace, so tests and the demo never touch the machine's own.
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -128,12 +128,19 @@ impl Invocation {
 
 /// Makes `cmd` enter the network namespace `ns` between fork and exec.
 pub fn enter_on_exec(cmd: &mut Command, ns: &NetNs) {
-    let fd = ns.fd().as_raw_fd();
+    setns_on_exec(cmd, ns.fd(), libc::CLONE_NEWNET);
+}
+
+/// Makes `cmd` enter the namespace `fd` (of type `nstype`, e.g. `CLONE_NEWNS`) between fork and exec. The caller
+/// keeps `fd` open until `cmd` is spawned.
+pub fn setns_on_exec(cmd: &mut Command, fd: BorrowedFd<'_>, nstype: libc::c_int) {
+    let fd = fd.as_raw_fd();
     // SAFETY: the closure runs in the forked child before exec and only calls setns(2), which is
-    // async-signal-safe; `fd` stays open in the parent (and so in the child) until spawn returns.
+    // async-signal-safe (the child is single-threaded there, as entering a mount namespace requires); `fd` stays
+    // open in the parent (and so in the child) until spawn returns, as the caller promises.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+            if libc::setns(fd, nstype) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -130,9 +130,9 @@ pub struct Engine {
     /// The image reference the demo loads.
     pub image: String,
     /// The pause container's name.
-    pub pause_name: String,
+    pause_name: String,
     /// The second container's name.
-    pub app_name: String,
+    app_name: String,
     made_image: bool,
     made_namespace: bool,
     containers: Vec<String>,
@@ -215,18 +215,9 @@ impl Engine {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        if let Some(fd) = self.mount_ns.as_ref().map(|fd| fd.as_raw_fd()) {
-            // SAFETY: runs in the forked child before exec, where only async-signal-safe calls are allowed;
-            // setns(2) is a plain system call. The child is single-threaded there, as entering a mount namespace
-            // requires, and `fd` is open: the engine owns it, and `cmd` is spawned while `self` is borrowed.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setns(fd, libc::CLONE_NEWNS) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+        // The engine owns the descriptor, and `cmd` is spawned below while `self` is borrowed.
+        if let Some(fd) = &self.mount_ns {
+            crate::runtime::setns_on_exec(&mut cmd, fd.as_fd(), libc::CLONE_NEWNS);
         }
         let spawn = |source| Error::Spawn {
             program: self.kind.program().to_owned(),
@@ -258,8 +249,7 @@ impl Engine {
     /// Loads the image archive `archive` (see [`super::image::docker_archive`]).
     pub fn load_image(&mut self, archive: &[u8]) -> Result<Shown, Error> {
         if self.kind == Kind::Containerd {
-            let spaces = self.run(&["namespaces", "ls", "-q"], None)?;
-            self.made_namespace = !spaces.lines().any(|l| l.trim() == CONTAINERD_NAMESPACE);
+            self.made_namespace = !self.namespace_exists()?;
         }
         let args: &[&str] = match self.kind {
             Kind::Docker | Kind::Podman => &["load"],
@@ -353,22 +343,21 @@ impl Engine {
 
     /// The process ID of a container's first process (in the machine's PID namespace).
     pub fn pid(&self, c: &Container) -> Result<(u32, Shown), Error> {
-        let shown = match self.kind {
+        let (shown, pid) = match self.kind {
             Kind::Docker | Kind::Podman => {
-                self.shown(&["inspect", "-f", "{{.State.Pid}}", &c.name], None)?
+                let shown = self.shown(&["inspect", "-f", "{{.State.Pid}}", &c.name], None)?;
+                let pid = shown.stdout.trim().parse().ok();
+                (shown, pid)
             }
-            Kind::Containerd => self.shown(&["task", "ls"], None)?,
-        };
-        let mut shown = shown;
-        if self.kind == Kind::Containerd {
-            shown.line = format!("{} | awk '$1 == \"{}\" {{print $2}}'", shown.line, c.name);
-        }
-        let pid = match self.kind {
-            Kind::Containerd => shown.stdout.lines().find_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.first() == Some(&c.name.as_str())).then(|| f.get(1)?.parse().ok())?
-            }),
-            _ => shown.stdout.trim().parse().ok(),
+            Kind::Containerd => {
+                let mut shown = self.shown(&["task", "ls"], None)?;
+                let pid = shown.stdout.lines().find_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.first() == Some(&c.name.as_str())).then(|| f.get(1)?.parse().ok())?
+                });
+                shown.line = format!("{} | awk '$1 == \"{}\" {{print $2}}'", shown.line, c.name);
+                (shown, pid)
+            }
         };
         match pid {
             Some(pid) if pid > 0 => Ok((pid, shown)),
@@ -395,6 +384,13 @@ impl Engine {
     /// The commands that remove everything the demo made, newest first (the second container before the pause
     /// container it depends on).
     pub fn removal_commands(&self) -> Vec<Vec<String>> {
+        let (mut cmds, rest) = self.removals();
+        cmds.extend(rest);
+        cmds
+    }
+
+    /// [`Engine::removal_commands`] in two parts: the containers', then the image's and the namespace's.
+    fn removals(&self) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
         let mut cmds: Vec<Vec<String>> = Vec::new();
         for name in self.containers.iter().rev() {
             let name = name.clone();
@@ -413,8 +409,9 @@ impl Engine {
                 }
             }
         }
+        let mut rest = Vec::new();
         if self.made_image {
-            cmds.push(match self.kind {
+            rest.push(match self.kind {
                 Kind::Docker | Kind::Podman => vec!["rmi".into(), self.image.clone()],
                 // --sync: the content goes now, not at a later garbage collection, so the namespace is empty.
                 Kind::Containerd => vec![
@@ -428,13 +425,13 @@ impl Engine {
         // Tried whether or not this run made it (a concurrent run may have, and finished first): containerd refuses
         // to remove a namespace that still holds anything, so nothing of another run's goes with it.
         if self.kind == Kind::Containerd {
-            cmds.push(vec![
+            rest.push(vec![
                 "namespaces".into(),
                 "rm".into(),
                 CONTAINERD_NAMESPACE.into(),
             ]);
         }
-        cmds
+        (cmds, rest)
     }
 
     /// Removes the containers and the image the demo made; returns each command run with what it said when it
@@ -442,25 +439,23 @@ impl Engine {
     /// tells what is still there. The image goes only once the containers are gone: docker's and podman's `--rm`
     /// removal of a killed container can still be under way when `rm -f` returns, and an image in use stays.
     pub fn remove_all(&mut self) -> Vec<(String, Option<String>)> {
-        let cmds = self.removal_commands();
-        let mut done = Vec::new();
-        let mut waited = false;
-        for c in &cmds {
-            let is_container = matches!(c[0].as_str(), "rm" | "task" | "containers");
-            if !is_container && !waited {
-                self.wait_containers_gone(Duration::from_secs(20));
-                waited = true;
-            }
-            let args: Vec<&str> = c.iter().map(String::as_str).collect();
-            let failed = self.run(&args, None).err().map(|e| match e {
-                Error::Failed { stderr, .. } => stderr,
-                other => other.to_string(),
-            });
-            done.push((self.line(&args), failed));
-        }
+        let (containers, rest) = self.removals();
+        let mut done: Vec<_> = containers.iter().map(|c| self.run_reporting(c)).collect();
+        self.wait_containers_gone(Duration::from_secs(20));
+        done.extend(rest.iter().map(|c| self.run_reporting(c)));
         self.containers.clear();
         self.made_image = false;
         done
+    }
+
+    /// Runs `args`; the command line, and what it said when it failed.
+    fn run_reporting(&self, args: &[String]) -> (String, Option<String>) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let failed = self.run(&args, None).err().map(|e| match e {
+            Error::Failed { stderr, .. } => stderr,
+            other => other.to_string(),
+        });
+        (self.line(&args), failed)
     }
 
     /// Waits until the runtime lists none of this run's containers (or `timeout` passes).
@@ -471,6 +466,12 @@ impl Engine {
         }
     }
 
+    /// Whether containerd has the demo's namespace.
+    fn namespace_exists(&self) -> Result<bool, Error> {
+        let spaces = self.run(&["namespaces", "ls", "-q"], None)?;
+        Ok(spaces.lines().any(|l| l.trim() == CONTAINERD_NAMESPACE))
+    }
+
     /// This run's containers that the runtime still lists.
     fn containers_present(&self) -> Result<Vec<String>, Error> {
         let names = [self.pause_name.as_str(), self.app_name.as_str()];
@@ -479,8 +480,7 @@ impl Engine {
                 self.run(&["ps", "-a", "--format", "{{.Names}}"], None)?
             }
             Kind::Containerd => {
-                let spaces = self.run(&["namespaces", "ls", "-q"], None)?;
-                if !spaces.lines().any(|l| l.trim() == CONTAINERD_NAMESPACE) {
+                if !self.namespace_exists()? {
                     return Ok(Vec::new());
                 }
                 self.run(&["containers", "ls", "-q"], None)?
@@ -503,8 +503,7 @@ impl Engine {
                 }
             }
             Kind::Containerd => {
-                let spaces = self.run(&["namespaces", "ls", "-q"], None)?;
-                if spaces.lines().any(|l| l.trim() == CONTAINERD_NAMESPACE) {
+                if self.namespace_exists()? {
                     let images = self.run(&["images", "ls", "-q"], None)?;
                     let containers = self.run(&["containers", "ls", "-q"], None)?;
                     left.extend(

@@ -442,9 +442,9 @@ impl<'a> Demo<'a> {
             .map_err(self.failed("cannot open the pod's network namespace"))
     }
 
-    /// The address the next pod gets: trestle-ipam hands them out in order from 10.15.20.2.
-    fn next_address(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, 15, 20, 2 + self.pods.len() as u8)
+    /// The address of the demo's pod number `pod` (from 0): trestle-ipam hands them out in order from 10.15.20.2.
+    fn address_of(pod: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 15, 20, 2 + pod as u8)
     }
 
     fn inspect_pod(&mut self, pod: usize) -> StepResult {
@@ -577,7 +577,7 @@ impl<'a> Demo<'a> {
             "Another sandbox and another ADD on the same network; trestle-ipam hands out the next address.\n\
              Then ICMP echo and a TCP exchange, done in-process, from pod to pod and from the host to a pod.",
         )?;
-        let want = format!("{}/24", self.next_address());
+        let want = format!("{}/24", Self::address_of(self.pods.len()));
         let pause = Pause::start_detached(&self.opts.exe, self.iso.host.as_ref())
             .map_err(self.failed("cannot start the second pod's pause sandbox"))?;
         self.pods.push(Pod::process(POD_B, pause));
@@ -599,8 +599,8 @@ impl<'a> Demo<'a> {
     fn traffic(&mut self, b_index: usize) -> StepResult {
         let a = self.pod_ns(0)?;
         let b = self.pod_ns(b_index)?;
-        let pod_a = Ipv4Addr::new(10, 15, 20, 2);
-        let pod_b = Ipv4Addr::new(10, 15, 20, 2 + b_index as u8);
+        let pod_a = Self::address_of(0);
+        let pod_b = Self::address_of(b_index);
         let rtt = a
             .run(|| probe::ping(pod_b, 1, TIMEOUT))
             .map_err(self.failed("cannot enter pod A's network namespace"))?;
@@ -782,13 +782,17 @@ fn wait_no_veth() -> Vec<String> {
     }
 }
 
-/// The masquerade state of the current namespace, one line per covered subnet.
-fn masquerade_listing() -> Result<String, Error> {
+/// The masqueraded subnets of every trestle network in the current namespace.
+fn masquerade_entries() -> Result<Vec<trestle_firewall::MasqEntry>, Error> {
     let mut fw = trestle_firewall::Firewall::open(Path::new(trestle_firewall::LOCK_PATH))
         .map_err(failed("cannot open the firewall"))?;
-    let entries = fw
-        .list()
-        .map_err(failed("cannot list the masquerade rules"))?;
+    fw.list()
+        .map_err(failed("cannot list the masquerade rules"))
+}
+
+/// The masquerade state of the current namespace, one line per covered subnet.
+fn masquerade_listing() -> Result<String, Error> {
+    let entries = masquerade_entries()?;
     if entries.is_empty() {
         return Ok("(nothing)".into());
     }

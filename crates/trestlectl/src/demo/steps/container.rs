@@ -137,11 +137,8 @@ impl Demo<'_> {
             "The runtime's container is wired exactly like the first pod: the same config on stdin, CNI_CONTAINERID\n\
              the runtime's container ID, CNI_NETNS the namespace linked above.",
         )?;
-        let want = format!(
-            "{}/24",
-            super::Ipv4Addr::new(10, 15, 20, 1 + self.pods.len() as u8)
-        );
         let index = self.pods.len() - 1;
+        let want = format!("{}/24", Self::address_of(index));
         let inv = self.invocation("ADD", index);
         self.pods[index].attached = true;
         let stdout = self.call(&inv)?;
@@ -187,10 +184,7 @@ impl Demo<'_> {
             .map_err(self.failed("cannot enter the container's network namespace"))?
             .map_err(self.failed("cannot read the container's eth0"))?;
         let mac = eth0.and_then(|l| l.mac).map(format_mac).unwrap_or_default();
-        let want = format!(
-            "inet {}/24",
-            super::Ipv4Addr::new(10, 15, 20, 1 + self.pods.len() as u8)
-        );
+        let want = format!("inet {}/24", Self::address_of(index));
         if mac.is_empty() || !seen.stdout.contains(&mac) || !seen.stdout.contains(&want) {
             return Err(self.fail(Error::Expectation {
                 wanted: format!("the second container to see eth0 with {mac} and {want}"),

@@ -1,7 +1,7 @@
 //! The step that draws the wiring from the live state.
 
 use super::super::picture::{self, Sandbox};
-use super::{failed, Demo, Error, Holder, StepResult, BRIDGE};
+use super::{failed, masquerade_entries, Demo, Error, Holder, StepResult, BRIDGE};
 
 impl Demo<'_> {
     /// What the picture's box of pod `i` says: which pod, and what holds its namespace.
@@ -41,13 +41,7 @@ impl Demo<'_> {
         let host = self
             .iso
             .in_host(|| -> Result<picture::Host, Error> {
-                let mut fw = trestle_firewall::Firewall::open(std::path::Path::new(
-                    trestle_firewall::LOCK_PATH,
-                ))
-                .map_err(failed("cannot open the firewall"))?;
-                let masq = fw
-                    .list()
-                    .map_err(failed("cannot list the masquerade rules"))?
+                let masq = masquerade_entries()?
                     .iter()
                     .map(|e| e.subnet.to_string())
                     .collect();
