@@ -54,17 +54,57 @@ impl TlsFiles {
 }
 
 /// Why a request failed.
+///
+/// Each message says everything, the cause included, and none has a `source()`: trestled passes
+/// these errors on as text (to the plugin over its socket, or as its start-up error), and that
+/// text is all an operator sees.
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
-    /// No endpoint answered within the deadline (unreachable, no leader, ...).
+    /// No endpoint answered within the deadline (unreachable, no leader, ...). The text is what
+    /// the last attempt met, for the log; nothing decides on it.
     #[error("etcd unavailable: {0}")]
     Unavailable(String),
+    /// The lease named in the request does not exist (expired or revoked).
+    #[error("etcd lease not found (expired or revoked)")]
+    LeaseNotFound,
     /// etcd answered with an error that retrying will not fix.
-    #[error("etcd refused: {0}")]
-    Refused(String),
-    /// The configuration is unusable.
-    #[error("etcd configuration: {0}")]
-    Config(String),
+    #[error("etcd refused: {code:?}: {message}")]
+    Refused {
+        /// The gRPC status code etcd answered with.
+        code: Code,
+        /// etcd's message.
+        message: String,
+    },
+    /// The configuration names no endpoint.
+    #[error("no etcd endpoints")]
+    NoEndpoints,
+    /// An endpoint is not a usable URL.
+    #[error("etcd endpoint {endpoint:?}: {error}")]
+    Endpoint {
+        /// The endpoint as configured.
+        endpoint: String,
+        /// What is wrong with it.
+        error: tonic::transport::Error,
+    },
+    /// The TLS settings cannot be applied to an endpoint.
+    #[error("TLS for etcd endpoint {endpoint:?}: {error}")]
+    Tls {
+        /// The endpoint as configured.
+        endpoint: String,
+        /// What is wrong with them.
+        error: tonic::transport::Error,
+    },
+    /// A certificate or key file cannot be read.
+    #[error("cannot read {}: {error}", path.display())]
+    ReadPem {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// [`Etcd::status`] was asked about an endpoint the client does not have.
+    #[error("no etcd endpoint {0}")]
+    NoSuchEndpoint(usize),
 }
 
 /// Requests sent, by kind.
@@ -117,7 +157,7 @@ impl Etcd {
     /// A client over `cfg`'s endpoints; nothing is connected until the first request.
     pub fn new(cfg: &EtcdConfig) -> Result<Etcd, EtcdError> {
         if cfg.endpoints.is_empty() {
-            return Err(EtcdError::Config("no endpoints".into()));
+            return Err(EtcdError::NoEndpoints);
         }
         let tls = cfg.tls.as_ref().map(tls_config).transpose()?;
         let mut channels = Vec::new();
@@ -130,16 +170,20 @@ impl Etcd {
                 format!("http://{e}")
             };
             let mut ep = Endpoint::from_shared(url.clone())
-                .map_err(|err| EtcdError::Config(format!("endpoint {e:?}: {err}")))?
+                .map_err(|error| EtcdError::Endpoint {
+                    endpoint: e.clone(),
+                    error,
+                })?
                 .connect_timeout(cfg.timeout)
                 .timeout(cfg.timeout)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(5))
                 .keep_alive_timeout(cfg.timeout.max(Duration::from_secs(1)));
             if let Some(t) = &tls {
-                ep = ep
-                    .tls_config(t.clone())
-                    .map_err(|err| EtcdError::Config(format!("TLS for {e:?}: {err}")))?;
+                ep = ep.tls_config(t.clone()).map_err(|error| EtcdError::Tls {
+                    endpoint: e.clone(),
+                    error,
+                })?;
             }
             channels.push(ep.connect_lazy());
         }
@@ -149,11 +193,6 @@ impl Etcd {
             timeout: cfg.timeout,
             counters: Arc::new(Counters::default()),
         })
-    }
-
-    /// The per-request deadline.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
     }
 
     /// Runs `f` against the current endpoint, moving to the next one on a failure that another
@@ -179,13 +218,7 @@ impl Etcd {
             let ch = self.channels[i].clone();
             match tokio::time::timeout(left, f(ch)).await {
                 Ok(Ok(v)) => return Ok(v),
-                Ok(Err(s)) if !retryable(&s) => {
-                    return Err(EtcdError::Refused(format!(
-                        "{}: {}",
-                        code_name(s.code()),
-                        s.message()
-                    )))
-                }
+                Ok(Err(s)) if !retryable(s.code()) => return Err(refused(s)),
                 Ok(Err(s)) => last = s.message().to_string(),
                 Err(_) => last = "deadline exceeded".into(),
             }
@@ -270,8 +303,13 @@ impl Etcd {
                 Ok(lease(ch).lease_grant(req).await?.into_inner())
             })
             .await?;
+        // etcd refuses a grant with a gRPC status and never fills this field (it has no code);
+        // it is checked in case something between fills it.
         if !r.error.is_empty() {
-            return Err(EtcdError::Refused(r.error));
+            return Err(EtcdError::Refused {
+                code: Code::Unknown,
+                message: r.error,
+            });
         }
         Ok((r.id, r.ttl))
     }
@@ -285,7 +323,7 @@ impl Etcd {
             })
             .await
         {
-            Err(EtcdError::Refused(m)) if m.contains("not found") => Ok(()),
+            Err(EtcdError::LeaseNotFound) => Ok(()),
             r => r.map(drop),
         }
     }
@@ -310,7 +348,7 @@ impl Etcd {
         let ch = self
             .channels
             .get(i)
-            .ok_or_else(|| EtcdError::Config(format!("no endpoint {i}")))?
+            .ok_or(EtcdError::NoSuchEndpoint(i))?
             .clone();
         let r = tokio::time::timeout(self.timeout, async move {
             pb::maintenance_client::MaintenanceClient::new(ch)
@@ -335,7 +373,10 @@ fn lease(ch: Channel) -> pb::lease_client::LeaseClient<Channel> {
 
 fn tls_config(t: &TlsFiles) -> Result<ClientTlsConfig, EtcdError> {
     let read = |p: &PathBuf| {
-        std::fs::read(p).map_err(|e| EtcdError::Config(format!("{}: {e}", p.display())))
+        std::fs::read(p).map_err(|error| EtcdError::ReadPem {
+            path: p.clone(),
+            error,
+        })
     };
     let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&t.ca)?));
     if let Some((cert, key)) = &t.identity {
@@ -346,19 +387,38 @@ fn tls_config(t: &TlsFiles) -> Result<ClientTlsConfig, EtcdError> {
 
 /// Failures another member (or a moment later) may not have: transport errors, no leader,
 /// leader changes, timeouts. Everything else is etcd's considered answer.
-fn retryable(s: &Status) -> bool {
+///
+/// The code alone tells them apart. etcd (`api/v3rpc/rpctypes/error.go`) answers "no leader"
+/// (since 3.0), "leader changed" (since 3.4, where it appeared), "request timed out" (also
+/// "possibly due to previous leader failure"), "server stopped", "not capable" and "unhealthy
+/// cluster" with `Unavailable`, and an internal error it has no code for (3.3's "leader transfer
+/// took too long", say) with `Unknown`. Its other errors naming the leader ("not leader", "bad
+/// leader transferee", a learner "not in sync with leader") are `FailedPrecondition` answers of
+/// the member-promotion and leader-transfer requests, which this client never makes.
+fn retryable(code: Code) -> bool {
     matches!(
-        s.code(),
+        code,
         Code::Unavailable
             | Code::DeadlineExceeded
             | Code::Unknown
             | Code::Cancelled
             | Code::Aborted
-    ) || s.message().contains("leader")
+    )
 }
 
-fn code_name(c: Code) -> String {
-    format!("{c:?}")
+/// etcd's considered answer as an error.
+fn refused(s: Status) -> EtcdError {
+    match s.code() {
+        // The only `NotFound` of the KV and Lease services (rpctypes.ErrGRPCLeaseNotFound): a
+        // revoke, or a put in a transaction, naming a lease that expired or was revoked (a
+        // keep-alive of one is answered with a TTL of 0 instead). The other `NotFound`,
+        // ErrGRPCMemberNotFound, is the Cluster service's, which this client does not call.
+        Code::NotFound => EtcdError::LeaseNotFound,
+        code => EtcdError::Refused {
+            code,
+            message: s.message().to_string(),
+        },
+    }
 }
 
 /// The end of the range of every key starting with `prefix`.
@@ -413,17 +473,6 @@ impl Txn {
             key,
             CompareTarget::Create,
             CompareResult::Equal,
-            TargetUnion::CreateRevision(0),
-        ));
-        self
-    }
-
-    /// Only if `key` exists.
-    pub fn if_present(mut self, key: &str) -> Txn {
-        self.compare.push(cmp(
-            key,
-            CompareTarget::Create,
-            CompareResult::Greater,
             TargetUnion::CreateRevision(0),
         ));
         self
@@ -548,6 +597,50 @@ mod tests {
             tls: None,
             timeout: Duration::from_secs(1),
         };
-        assert!(matches!(Etcd::new(&cfg), Err(EtcdError::Config(_))));
+        assert!(matches!(Etcd::new(&cfg), Err(EtcdError::NoEndpoints)));
+    }
+
+    #[test]
+    fn a_missing_lease_is_told_by_its_code_alone() {
+        let e = refused(Status::not_found("etcdserver: requested lease not found"));
+        assert!(matches!(e, EtcdError::LeaseNotFound));
+        let e = refused(Status::invalid_argument("etcdserver: key not found"));
+        assert!(matches!(
+            e,
+            EtcdError::Refused {
+                code: Code::InvalidArgument,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn leader_trouble_is_retried_by_its_code_and_other_answers_are_not() {
+        // etcd's "no leader" and "leader changed" are Unavailable.
+        assert!(retryable(Code::Unavailable));
+        assert!(retryable(Code::Unknown));
+        // "etcdserver: not leader" answers only member promotion and leader transfer.
+        assert!(!retryable(Code::FailedPrecondition));
+        assert!(!retryable(Code::NotFound));
+        assert!(!retryable(Code::InvalidArgument));
+    }
+
+    #[test]
+    fn an_unreadable_certificate_names_the_file_and_the_os_error() {
+        let e = tls_config(&TlsFiles {
+            ca: PathBuf::from("/nonexistent/ca.pem"),
+            identity: None,
+        })
+        .unwrap_err();
+        match &e {
+            EtcdError::ReadPem { path, error } => {
+                assert_eq!(path, &PathBuf::from("/nonexistent/ca.pem"));
+                assert_eq!(error.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(e
+            .to_string()
+            .starts_with("cannot read /nonexistent/ca.pem: "));
     }
 }

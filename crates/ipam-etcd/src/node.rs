@@ -427,6 +427,36 @@ impl Node {
         subnets.into_iter().any(|s| self.covers(network, s, ip))
     }
 
+    /// Every address this node holds in etcd (its blocks' reservations, draining ones and
+    /// shrinking ones included, and its borrowed addresses), by network: what a daemon whose
+    /// store was lost must treat as possibly in use.
+    pub fn held_addresses(&self) -> Vec<(String, IpAddr)> {
+        let h = self.holdings();
+        let mut out = Vec::new();
+        for ((network, _), hold) in h.iter() {
+            for (n, o) in &hold.owned {
+                let start = hold.pool.block_start(*n);
+                out.extend(
+                    o.block
+                        .held
+                        .iter()
+                        .map(|i| hold.pool.address(start, i))
+                        .filter(|ip| hold.pool.usable(*ip))
+                        .map(|ip| (network.clone(), ip)),
+                );
+            }
+            for (n, b) in &hold.borrowed {
+                let start = hold.pool.block_start(*n);
+                out.extend(
+                    b.bits
+                        .iter()
+                        .map(|i| (network.clone(), hold.pool.address(start, i))),
+                );
+            }
+        }
+        out
+    }
+
     /// Usage per pool.
     pub fn usage(&self) -> Vec<PoolUsage> {
         let h = self.holdings();

@@ -49,22 +49,22 @@ impl CallError {
     }
 }
 
-/// A connection to the daemon, with the runtime that drives it.
-pub struct Daemon {
+/// trestle-ipam's client of `trestled`: a connection to the daemon, with the runtime that drives it.
+pub struct DaemonClient {
     rt: tokio::runtime::Runtime,
     settings: DaemonSettings,
     client: Option<IpamClient<Channel>>,
 }
 
-impl Daemon {
+impl DaemonClient {
     /// Prepares calls to the daemon of `settings` (connects on the first call).
-    pub fn new(settings: DaemonSettings) -> Daemon {
+    pub fn new(settings: DaemonSettings) -> DaemonClient {
         // One thread: a plugin process makes one call at a time.
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a current-thread runtime only needs a timer and an epoll descriptor");
-        Daemon {
+        DaemonClient {
             rt,
             settings,
             client: None,

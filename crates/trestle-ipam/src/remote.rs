@@ -13,7 +13,7 @@ use trestle_ipam_core::{
     IpamConfig, QueuedRelease,
 };
 
-use crate::daemon::{CallError, Daemon};
+use crate::daemon::{CallError, DaemonClient};
 
 fn client() -> Option<v1::Peer> {
     Some(peer("trestle-ipam"))
@@ -50,7 +50,7 @@ pub fn add(
         (&req.env.netns, netns_inode),
         peer("trestle-ipam"),
     );
-    let mut daemon = Daemon::new(d.clone());
+    let mut daemon = DaemonClient::new(d.clone());
     let reply = daemon
         .call(|mut c| {
             let r = request.clone();
@@ -101,7 +101,7 @@ pub fn del(cfg: &IpamConfig, att: &Attachment, d: &DaemonSettings) -> Result<(),
         attachment: Some(attachment_to_proto(att)),
         queued_at_ns: 0,
     };
-    let mut daemon = Daemon::new(d.clone());
+    let mut daemon = DaemonClient::new(d.clone());
     let err = match daemon.call(|mut c| {
         let r = request.clone();
         async move { c.release(r).await }
@@ -136,7 +136,7 @@ pub fn check(cfg: &IpamConfig, att: &Attachment, d: &DaemonSettings) -> Result<(
         network: cfg.network.clone(),
         attachment: Some(attachment_to_proto(att)),
     };
-    Daemon::new(d.clone())
+    DaemonClient::new(d.clone())
         .call(|mut c| {
             let r = request.clone();
             async move { c.check(r).await }
@@ -152,7 +152,7 @@ pub fn gc(cfg: &IpamConfig, valid: &[Attachment], d: &DaemonSettings) -> Result<
         network: cfg.network.clone(),
         valid: valid.iter().map(attachment_to_proto).collect(),
     };
-    let reply = Daemon::new(d.clone())
+    let reply = DaemonClient::new(d.clone())
         .call(|mut c| {
             let r = request.clone();
             async move { c.gc(r).await }
@@ -176,7 +176,7 @@ pub fn status(cfg: &IpamConfig, d: &DaemonSettings) -> Result<(), CniError> {
         client: client(),
         network: cfg.network.clone(),
     };
-    let reply = Daemon::new(d.clone()).call(|mut c| {
+    let reply = DaemonClient::new(d.clone()).call(|mut c| {
         let r = request.clone();
         async move { c.status(r).await }
     });

@@ -39,7 +39,8 @@ impl Listener {
 /// systemd's first passed descriptor.
 const SD_LISTEN_FDS_START: i32 = 3;
 
-/// The activated socket, if `LISTEN_FDS`/`LISTEN_PID` pass one to this process.
+/// The activated socket, if `LISTEN_FDS`/`LISTEN_PID` pass one to this process. Call it
+/// while the process has one thread: it changes the environment.
 pub fn from_environment() -> Option<std::os::unix::net::UnixListener> {
     let fds: i32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
     let pid_ok = std::env::var("LISTEN_PID")
@@ -65,15 +66,15 @@ pub fn from_environment() -> Option<std::os::unix::net::UnixListener> {
 
 /// True if `fd` is an open socket (taking ownership of anything else would be a bug).
 fn is_socket(fd: i32) -> bool {
-    // SAFETY: fstat writes into the zeroed struct; an invalid fd only makes it fail.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
-    }
+    // SAFETY: the descriptor is only looked at, not owned; an fd that is not open makes
+    // fstat fail (EBADF), which answers false.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    nix::sys::stat::fstat(fd).is_ok_and(|st| (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK)
 }
 
 /// Binds `path` with `mode` (and `gid` as its group). A stale socket file is replaced, but
-/// never one that a live daemon (of another state directory) still answers on.
+/// never one that a live daemon (of another state directory) still answers on. Call it while
+/// the process has one thread: it changes the umask for the bind.
 pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> std::io::Result<Listener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -90,11 +91,10 @@ pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> std::io::Result<Listene
     }
     // Bound with a restrictive umask-free mode from the start, then set exactly: a client
     // never finds the socket more open than configured.
-    // SAFETY: umask only changes this process's file creation mask.
-    let old = unsafe { libc::umask(0o177) };
+    use nix::sys::stat::{umask, Mode};
+    let old = umask(Mode::from_bits_truncate(0o177));
     let bound = std::os::unix::net::UnixListener::bind(path);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
+    umask(old);
     let listener = bound?;
     if let Some(gid) = gid {
         std::os::unix::fs::chown(path, None, Some(gid))?;

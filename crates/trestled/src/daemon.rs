@@ -2,10 +2,12 @@
 //! changes the in-memory state under one lock, hands the changes to the store's writer in the
 //! same critical section, and waits for the commit before it answers.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use trestle_ipam_api::convert::AllocateInput;
 use trestle_ipam_core::{Attachment, BootIdSource, IpamError};
@@ -51,14 +53,23 @@ pub struct Daemon {
     writer: Writer,
     /// False while starting and draining.
     pub ready: Arc<AtomicBool>,
+    /// True while a damaged store is being rebuilt (see [`crate::recovery`]).
+    pub recovering: AtomicBool,
     /// False after a failed store commit, until one succeeds.
     pub store_ok: Arc<AtomicBool>,
     /// The boot the store belongs to.
     pub boot_id: String,
     host_local: Option<HostLocal>,
+    /// Networks whose import failed, and when to try again.
+    import_failed: Mutex<HashMap<String, Instant>>,
     cluster: Option<Arc<Node>>,
     grow_timeout: std::time::Duration,
+    /// What an operator should know although Allocate is served, by problem.
+    warnings: Mutex<BTreeMap<&'static str, String>>,
 }
+
+/// How long a failed host-local import waits before it is tried again.
+const IMPORT_RETRY: Duration = Duration::from_secs(30);
 
 impl Daemon {
     /// A daemon over a loaded state and its store's writer.
@@ -72,11 +83,14 @@ impl Daemon {
             state: Mutex::new(state),
             writer,
             ready: Arc::new(AtomicBool::new(false)),
+            recovering: AtomicBool::new(false),
             store_ok,
             boot_id,
             host_local,
+            import_failed: Mutex::new(HashMap::new()),
             cluster: None,
             grow_timeout: std::time::Duration::from_millis(1500),
+            warnings: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -103,6 +117,8 @@ impl Daemon {
     pub fn not_ready(&self) -> Option<&'static str> {
         if !self.ready.load(Ordering::Acquire) {
             Some("starting or stopping")
+        } else if self.recovering.load(Ordering::Acquire) {
+            Some("rebuilding the allocations of a damaged store")
         } else if !self.store_ok.load(Ordering::Acquire) {
             Some("the last store commit failed")
         } else if self.cluster.as_ref().is_some_and(|n| !n.lease_valid()) {
@@ -110,6 +126,28 @@ impl Daemon {
         } else {
             None
         }
+    }
+
+    /// Sets (or with `None` clears) the warning about `problem`; logs and counts a change.
+    pub fn warn(&self, problem: &'static str, text: Option<String>) {
+        let mut w = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = match &text {
+            Some(t) => w.insert(problem, t.clone()).as_ref() != Some(t),
+            None => w.remove(problem).is_some(),
+        };
+        if changed {
+            match &text {
+                Some(t) => log::error!("{t}"),
+                None => log::info!("resolved: {problem}"),
+            }
+        }
+        metrics::problem(problem, text.is_some());
+    }
+
+    /// The warnings in force (STATUS, `trestlectl ipam show`).
+    pub fn warnings(&self) -> Vec<String> {
+        let w = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+        w.values().cloned().collect()
     }
 
     fn ensure_ready(&self) -> Result<(), OpError> {
@@ -127,6 +165,17 @@ impl Daemon {
         self.writer.submit(ops)
     }
 
+    /// Queues `ops` for the store (with the state lock held, so the store sees changes in
+    /// the order memory did); await [`Daemon::wait_commit`] after releasing it.
+    pub fn commit(&self, ops: Vec<Op>) -> Commit {
+        self.submit(ops)
+    }
+
+    /// Waits until `commit` is durable.
+    pub async fn wait_commit(&self, commit: Commit) -> Result<(), OpError> {
+        self.wait(commit).await
+    }
+
     /// Allocate.
     pub async fn allocate(&self, input: &AllocateInput) -> Result<Allocated, OpError> {
         if let Some(node) = &self.cluster {
@@ -134,10 +183,11 @@ impl Daemon {
         }
         self.ensure_ready()?;
         let network = &input.config.network;
+        let imported = self.read_import(network).await;
         let (allocated, commit) = {
             let mut st = self.lock();
             let mut ops = Vec::new();
-            self.import_new(&mut st, network, &mut ops);
+            apply_import(&mut st, network, imported, &mut ops);
             let result = st.allocate(input, clock::now(), &mut ops);
             // The import's changes stand even if the allocation failed.
             let commit = self.submit(ops);
@@ -159,6 +209,11 @@ impl Daemon {
         if !self.ready.load(Ordering::Acquire) {
             return Err(OpError::NotReady("starting or stopping"));
         }
+        if self.recovering.load(Ordering::Acquire) {
+            return Err(OpError::NotReady(
+                "rebuilding the allocations of a damaged store",
+            ));
+        }
         let network = &input.config.network;
         let deadline = tokio::time::Instant::now() + self.grow_timeout;
         loop {
@@ -166,7 +221,6 @@ impl Daemon {
             let (outcome, commit) = {
                 let mut st = self.lock();
                 let mut ops = Vec::new();
-                self.import_new(&mut st, network, &mut ops);
                 let outcome = st.allocate_cluster(input, clock::now(), &mut ops, node);
                 let commit = self.submit(ops);
                 publish(&st, network);
@@ -294,21 +348,22 @@ impl Daemon {
         Ok(done)
     }
 
-    /// Commits `commit`'s changes (on this thread, unless another one is committing already)
-    /// and waits for the outcome.
+    /// Has `commit`'s changes committed (on a blocking thread: an fsync must never pin one of
+    /// the runtime's workers) and waits for the outcome.
     async fn wait(&self, commit: Commit) -> Result<(), OpError> {
-        // A short block of this worker (a commit on tmpfs is tens of µs) costs less than
-        // waking another thread to do it; past two rounds (this request's batch is in them)
-        // a blocking thread takes over, so a busy queue never holds a worker or this answer.
-        if !self.writer.flush_rounds(2) {
-            let w = self.writer.clone();
-            tokio::task::spawn_blocking(move || w.flush());
-        }
+        self.flush_in_background();
         match commit.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(OpError::Store(e)),
             Err(_) => Err(OpError::Store("the store has stopped".into())),
         }
+    }
+
+    /// Commits what is queued on a blocking thread. Of concurrent flushers only the one that
+    /// takes the database commits (for everybody), so the others return at once.
+    fn flush_in_background(&self) {
+        let w = self.writer.clone();
+        tokio::task::spawn_blocking(move || w.flush());
     }
 
     /// Publishes every network's usage (at start: the gauges exist before the first request).
@@ -321,16 +376,17 @@ impl Daemon {
 
     /// After a failed commit, tries an empty one, so readiness comes back once the store is
     /// writable again even on a node where nothing else is committed.
-    pub fn probe_store(&self) {
+    pub async fn probe_store(&self) {
         if !self.store_ok.load(Ordering::Acquire) {
-            self.writer.submit_detached(vec![Op::Probe]);
-            self.writer.flush();
+            let commit = self.writer.submit(vec![Op::Probe]);
+            let _ = self.wait(commit).await;
         }
     }
 
     /// Commits whatever is still queued (shutdown).
-    pub fn stop_store(&self) {
-        self.writer.flush();
+    pub async fn stop_store(&self) {
+        let w = self.writer.clone();
+        let _ = tokio::task::spawn_blocking(move || w.flush()).await;
     }
 
     /// Ends reuse delays that are over (housekeeping: not awaited).
@@ -347,7 +403,7 @@ impl Daemon {
                 publish(&st, &n);
             }
         }
-        self.writer.flush();
+        self.flush_in_background();
     }
 
     /// Imports every network found in host-local's `dataDir` that the daemon does not know
@@ -356,47 +412,114 @@ impl Daemon {
         let Some(hl) = &self.host_local else {
             return Ok(());
         };
-        let names = import::networks(&hl.dir);
-        let commit = {
-            let mut st = self.lock();
-            let mut ops = Vec::new();
-            for name in names {
-                self.import_new(&mut st, &name, &mut ops);
-            }
-            self.submit(ops)
-        };
-        self.wait(commit).await
+        let dir = hl.dir.clone();
+        let names = tokio::task::spawn_blocking(move || import::networks(&dir))
+            .await
+            .unwrap_or_default();
+        for name in names {
+            let found = self.read_import(&name).await;
+            let commit = {
+                let mut st = self.lock();
+                let mut ops = Vec::new();
+                apply_import(&mut st, &name, found, &mut ops);
+                self.submit(ops)
+            };
+            self.wait(commit).await?;
+        }
+        Ok(())
     }
 
-    /// Imports `network`'s host-local directory unless the store records that it did. The
-    /// allocations and the record go in one commit, so a daemon killed in between imports
-    /// again, and one that finished never imports twice (which would bring back released
-    /// addresses).
-    fn import_new(&self, st: &mut State, network: &str, ops: &mut Vec<Op>) {
-        let Some(hl) = &self.host_local else {
-            return;
+    /// Tries the failed imports whose retry is due (housekeeping, every second).
+    pub async fn retry_imports(&self) {
+        let due: Vec<String> = {
+            let failed = self.import_failed.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            failed
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(n, _)| n.clone())
+                .collect()
         };
-        if st.imported.contains(network) {
-            return;
-        }
-        match import::hand_over(hl, network) {
-            Ok(found) => {
-                let pool = st.pools.entry(network.to_string()).or_default();
-                for (ip, rec) in found {
-                    // An address the daemon already holds keeps its owner.
-                    if pool.by_ip.contains_key(&ip) {
-                        continue;
-                    }
-                    ops.push(Op::Put(network.to_string(), ip, rec.clone()));
-                    pool.insert(ip, rec);
-                }
-                ops.push(Op::Imported(network.to_string()));
-                st.imported.insert(network.to_string());
-            }
-            // The daemon allocates regardless: the import only adds what embedded mode held.
-            Err(e) => log::error!("import of host-local network {network}: {e}"),
+        for network in due {
+            let found = self.read_import(&network).await;
+            let commit = {
+                let mut st = self.lock();
+                let mut ops = Vec::new();
+                apply_import(&mut st, &network, found, &mut ops);
+                self.submit(ops)
+            };
+            let _ = self.wait(commit).await;
         }
     }
+
+    /// `network`'s host-local reservations, read (under host-local's file lock, on a blocking
+    /// thread) unless the store records the network imported, or its last failure is recent:
+    /// a failed import is retried on a schedule, not by every ADD.
+    async fn read_import(&self, network: &str) -> Option<Vec<(IpAddr, Record)>> {
+        let hl = self.host_local.clone()?;
+        if self.lock().imported.contains(network) {
+            return None;
+        }
+        {
+            let failed = self.import_failed.lock().unwrap_or_else(|p| p.into_inner());
+            if failed.get(network).is_some_and(|at| *at > Instant::now()) {
+                return None;
+            }
+        }
+        let name = network.to_string();
+        let read = tokio::task::spawn_blocking(move || import::hand_over(&hl, &name)).await;
+        let mut failed = self.import_failed.lock().unwrap_or_else(|p| p.into_inner());
+        match read {
+            Ok(Ok(found)) => {
+                if failed.remove(network).is_some() && failed.is_empty() {
+                    drop(failed);
+                    self.warn("import_failed", None);
+                }
+                Some(found)
+            }
+            Ok(Err(e)) => {
+                // The daemon allocates regardless: the import only adds what embedded mode held.
+                failed.insert(network.to_string(), Instant::now() + IMPORT_RETRY);
+                drop(failed);
+                self.warn(
+                    "import_failed",
+                    Some(format!(
+                        "import of host-local network {network} failed (retried every {}s): {e}",
+                        IMPORT_RETRY.as_secs()
+                    )),
+                );
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// Enters `found` (a network's host-local reservations) into the state unless the network
+/// was imported meanwhile. The allocations and the record of the import go in one commit, so
+/// a daemon killed in between imports again, and one that finished never imports twice
+/// (which would bring back released addresses).
+fn apply_import(
+    st: &mut State,
+    network: &str,
+    found: Option<Vec<(IpAddr, Record)>>,
+    ops: &mut Vec<Op>,
+) {
+    let Some(found) = found else { return };
+    if st.imported.contains(network) {
+        return;
+    }
+    let pool = st.pools.entry(network.to_string()).or_default();
+    for (ip, rec) in found {
+        // An address the daemon already holds keeps its owner.
+        if pool.by_ip.contains_key(&ip) {
+            continue;
+        }
+        ops.push(Op::Put(network.to_string(), ip, rec.clone()));
+        pool.insert(ip, rec);
+    }
+    ops.push(Op::Imported(network.to_string()));
+    st.imported.insert(network.to_string());
 }
 
 /// Publishes a network's usage to the metrics.

@@ -9,10 +9,14 @@
 mod activation;
 pub mod clock;
 mod cluster;
+pub mod conn;
 pub mod daemon;
 mod import;
+pub mod intake;
+pub mod list;
 pub mod logger;
 pub mod metrics;
+pub mod recovery;
 pub mod repair;
 pub mod service;
 pub mod state;
@@ -24,7 +28,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use trestle_ipam_api::v1::ipam_server::IpamServer;
 use trestle_ipam_core::{BootIdSource, DeleteQueue};
@@ -74,9 +78,22 @@ pub struct Options {
     /// Serve Prometheus metrics, /readyz and /healthz here (off unless set).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
-    /// Requests served at once, over all connections.
+    /// Requests served at once, over all connections (one client process may hold half).
     #[arg(long, default_value_t = 256)]
     pub max_concurrency: usize,
+    /// Connections held at once; lowered to fit the open-file limit (raised to its hard
+    /// limit at start), of which a quarter stays free.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Connections one client process may hold.
+    #[arg(long, default_value_t = 64)]
+    pub max_connections_per_client: usize,
+    /// Seconds a request's message may take to arrive after its headers.
+    #[arg(long, default_value_t = 10.0)]
+    pub read_timeout: f64,
+    /// The runtimes' CNI result cache, read to rebuild a damaged store (libcni's cacheDir).
+    #[arg(long, default_value = "/var/lib/cni/results", value_parser = any_path)]
+    pub cni_cache_dir: PathBuf,
     /// Read the boot ID from this file instead of the kernel (tests simulate reboots with it).
     #[arg(long, hide = true)]
     pub boot_id_file: Option<PathBuf>,
@@ -149,14 +166,11 @@ fn parse_group(s: &str) -> Result<u32, String> {
     if let Ok(gid) = s.parse() {
         return Ok(gid);
     }
-    let name = std::ffi::CString::new(s).map_err(|_| "bad group name".to_string())?;
-    // SAFETY: getgrnam reads the group database; the pointer is only read before the next call.
-    let gr = unsafe { libc::getgrnam(name.as_ptr()) };
-    if gr.is_null() {
-        return Err(format!("no group {s:?}"));
+    match nix::unistd::Group::from_name(s) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("no group {s:?}")),
+        Err(e) => Err(format!("group {s:?}: {e}")),
     }
-    // SAFETY: non-null, so it points at a valid group entry.
-    Ok(unsafe { (*gr).gr_gid })
 }
 
 fn parse_block_size(s: &str) -> Result<(ipnet::IpNet, u8), String> {
@@ -225,22 +239,14 @@ fn seconds(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
 
-/// Runs the daemon until SIGTERM or SIGINT. Errors are start-up failures.
+/// Runs the daemon until SIGTERM or SIGINT. Errors are start-up failures (and a server that
+/// stopped unasked): the caller exits non-zero.
 pub fn run(opts: Options) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    // On a worker, not on the main thread that block_on drives: the accept loop then runs
-    // where the requests run, instead of handing every new connection across threads.
-    rt.block_on(async { tokio::spawn(serve(opts)).await })
-        .map_err(|e| format!("trestled panicked: {e}"))?
-}
-
-async fn serve(opts: Options) -> Result<(), String> {
+    // Process-wide state is settled while this is the only thread: the environment
+    // (activation's variables), the umask (bind) and the open-file limit.
+    let nofile = raise_open_file_limit();
     private_dir(&opts.state_dir)?;
-    let _instance = activation::lock_instance(&opts.state_dir)?;
+    let instance = activation::lock_instance(&opts.state_dir)?;
     // Listening before the store is loaded: a client that connects meanwhile waits in the
     // backlog instead of finding no socket.
     let listener = match activation::from_environment() {
@@ -248,18 +254,55 @@ async fn serve(opts: Options) -> Result<(), String> {
         None => activation::bind(&opts.socket, opts.socket_mode, opts.socket_group)
             .map_err(|e| format!("cannot bind {}: {e}", opts.socket.display()))?,
     };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    // On a worker, not on the main thread that block_on drives: the accept loop then runs
+    // where the requests run, instead of handing every new connection across threads.
+    let served = rt
+        .block_on(async { tokio::spawn(serve(opts, listener, nofile)).await })
+        .map_err(|e| format!("trestled panicked: {e}"))?;
+    drop(instance);
+    served
+}
+
+/// Raises the soft open-file limit to the hard one (systemd's default soft limit is 1,024,
+/// which a few hundred connections and a store exhaust); the limit in force.
+fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
+    }
+    soft
+}
+
+async fn serve(opts: Options, listener: Listener, nofile: u64) -> Result<(), String> {
     let socket = listener.path().unwrap_or_else(|| opts.socket.clone());
     let boot = match &opts.boot_id_file {
         Some(f) => BootIdSource::File(f.clone()),
         None => BootIdSource::Kernel,
     };
     let boot_id = boot.current().unwrap_or_else(|| "unknown".into());
-    let mut state = State {
+    let state = State {
         reuse_delay_ns: seconds(opts.reuse_delay).as_nanos() as u64,
         ..State::default()
     };
     let path = opts.state_dir.join("ipam.redb");
-    let (db, opened) = store::open(&path, &boot_id, &mut state).map_err(|e| e.to_string())?;
+    let (db, opened, state) = {
+        let (path, boot_id) = (path.clone(), boot_id.clone());
+        let mut state = state;
+        tokio::task::spawn_blocking(move || {
+            store::open(&path, &boot_id, &mut state).map(|(db, o)| (db, o, state))
+        })
+        .await
+        .map_err(|e| format!("opening the store: {e}"))?
+        .map_err(|e| e.to_string())?
+    };
     metrics::reclaimed("earlier-boot", opened.dropped_earlier_boot);
     let store_ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let writer = store::Writer::new(db, path, store_ok.clone());
@@ -287,6 +330,9 @@ async fn serve(opts: Options) -> Result<(), String> {
         );
     }
     let daemon = Arc::new(daemon);
+    // Not ready for Allocate until the rebuild is done (in etcd mode it needs the node's
+    // blocks, known once the node has registered: so in the background).
+    daemon.recovering.store(opened.damaged, Ordering::Release);
     daemon.publish_all();
     daemon.import_all().await.map_err(|e| e.to_string())?;
     private_dir(&opts.delete_queue)?;
@@ -298,14 +344,33 @@ async fn serve(opts: Options) -> Result<(), String> {
     std_listener
         .set_nonblocking(true)
         .map_err(|e| format!("listener: {e}"))?;
-    let incoming = UnixListenerStream::new(
-        tokio::net::UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?,
+    let tokio_listener =
+        tokio::net::UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
+    let uid = nix::unistd::geteuid().as_raw();
+    let limits = conn::limits_for(
+        nofile,
+        opts.max_connections,
+        opts.max_connections_per_client,
     );
-
-    let tasks = spawn_background(&daemon, &opts, queue);
+    let admission = conn::Admission::new(limits, uid);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut tasks = spawn_background(&daemon, &opts, queue);
+    if opened.damaged {
+        let hold = seconds(opts.netns_grace.max(opts.reuse_delay));
+        tasks.push(tokio::spawn(recovery::recover(
+            daemon.clone(),
+            opts.cni_cache_dir.clone(),
+            hold,
+        )));
+    }
+    tasks.push(tokio::spawn(conn::accept_loop(
+        conn::Listener::new(tokio_listener),
+        admission,
+        tx,
+    )));
     daemon.ready.store(true, Ordering::Release);
     log::info!(
-        "trestled {} serving on {} ({}), store {}",
+        "trestled {} serving on {} ({}), store {}, up to {} connections ({} per client)",
         env!("CARGO_PKG_VERSION"),
         socket.display(),
         if matches!(listener, Listener::Activated(_)) {
@@ -313,24 +378,29 @@ async fn serve(opts: Options) -> Result<(), String> {
         } else {
             "bound"
         },
-        opts.state_dir.display()
+        opts.state_dir.display(),
+        limits.total,
+        limits.per_client,
     );
 
     let access = Access {
-        // SAFETY: geteuid has no preconditions.
-        uid: unsafe { libc::geteuid() },
+        uid,
         gid: opts.socket_group,
     };
-    let server = IpamServer::new(Service(daemon.clone()))
+    let slots = intake::Slots::new(opts.max_concurrency, SLOT_WAIT);
+    let server = IpamServer::new(Service::new(daemon.clone(), slots))
         .max_decoding_message_size(trestle_ipam_api::MAX_MESSAGE_BYTES);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let served = tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(64)
         .max_concurrent_streams(64)
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            opts.max_concurrency,
-        ))
+        .layer(intake::IntakeLayer {
+            read_timeout: seconds(opts.read_timeout).max(Duration::from_millis(10)),
+        })
         .add_service(InterceptedService::new(server, move |r| access.check(r)))
-        .serve_with_incoming_shutdown(incoming, shutdown(daemon.clone()))
+        .serve_with_incoming_shutdown(
+            ReceiverStream::new(rx),
+            shutdown(daemon.clone(), stop.clone()),
+        )
         .await;
     for t in &tasks {
         t.abort();
@@ -340,11 +410,18 @@ async fn serve(opts: Options) -> Result<(), String> {
     }
     activation::unbind(&listener);
     // In-flight requests are done (tonic drained them): commit whatever is still queued.
-    daemon.stop_store();
+    daemon.stop_store().await;
     drop(daemon);
+    served.map_err(|e| format!("serving: {e}"))?;
+    if !stop.load(Ordering::Acquire) {
+        return Err("the server stopped although nobody asked it to".into());
+    }
     log::info!("trestled stopped");
-    served.map_err(|e| format!("serving: {e}"))
+    Ok(())
 }
+
+/// How long a request whose message has arrived waits for a slot before it hears "busy".
+const SLOT_WAIT: Duration = Duration::from_secs(2);
 
 /// Creates `dir` if needed and makes it the daemon's alone (0700): the store holds pod names,
 /// and whoever can write the delete queue can free any pod's address.
@@ -374,7 +451,8 @@ fn spawn_background(
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            d.probe_store();
+            d.probe_store().await;
+            d.retry_imports().await;
             repair::apply_queue(&d, &queue).await;
         }
     }));
@@ -400,7 +478,7 @@ fn spawn_background(
 
 /// Resolves at SIGTERM or SIGINT, after marking the daemon not ready (STATUS and /readyz say
 /// so while in-flight requests finish).
-async fn shutdown(daemon: Arc<Daemon>) {
+async fn shutdown(daemon: Arc<Daemon>, asked: Arc<std::sync::atomic::AtomicBool>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -414,5 +492,6 @@ async fn shutdown(daemon: Arc<Daemon>) {
         _ = int.recv() => {}
     }
     log::info!("stopping: finishing in-flight requests");
+    asked.store(true, Ordering::Release);
     daemon.ready.store(false, Ordering::Release);
 }

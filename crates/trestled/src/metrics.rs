@@ -31,6 +31,14 @@ pub struct Metrics {
     commit_failures: Counter,
     batch: Histogram,
     cluster: Family<Labels, Gauge>,
+    accept_errors: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
+    evicted: Counter,
+    connections: Gauge,
+    slow_requests: Counter,
+    slots_refused: Family<Labels, Counter>,
+    problems: Family<Labels, Gauge>,
+    recovered: Family<Labels, Counter>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -54,6 +62,14 @@ fn metrics() -> &'static Metrics {
             commit_failures: Counter::default(),
             batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             cluster: Family::default(),
+            accept_errors: Family::default(),
+            refused: Family::default(),
+            evicted: Counter::default(),
+            connections: Gauge::default(),
+            slow_requests: Counter::default(),
+            slots_refused: Family::default(),
+            problems: Family::default(),
+            recovered: Family::default(),
         };
         registry.register(
             "addresses_in_use",
@@ -112,6 +128,44 @@ fn metrics() -> &'static Metrics {
              requests by kind, and what the node did (claims, extends, reclaims, borrows, \
              releases, shrinks, fencings, conflicts), all labelled with the node",
             m.cluster.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accepts of the gRPC socket, by errno (the daemon backs off and goes on)",
+            m.accept_errors.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at once, by reason (per-client, per-user, full, descriptors)",
+            m.refused.clone(),
+        );
+        registry.register(
+            "connections_evicted",
+            "Idle connections given up for a newcomer at the connection bound",
+            m.evicted.clone(),
+        );
+        registry.register("connections", "Connections held", m.connections.clone());
+        registry.register(
+            "slow_requests",
+            "Requests whose message did not arrive within --read-timeout",
+            m.slow_requests.clone(),
+        );
+        registry.register(
+            "requests_refused",
+            "Requests refused a slot, by reason (client-share, busy)",
+            m.slots_refused.clone(),
+        );
+        registry.register(
+            "problem",
+            "1 while a condition an operator must fix holds, by problem \
+             (delete_queue_untrusted, store_recovered, import_failed)",
+            m.problems.clone(),
+        );
+        registry.register(
+            "recovered_allocations",
+            "Allocations rebuilt after a damaged store, by source (cni-cache, namespace, \
+             etcd-hold)",
+            m.recovered.clone(),
         );
         Metrics { registry, ..m }
     })
@@ -172,6 +226,66 @@ pub fn commit(batch: usize, ok: bool) {
     }
 }
 
+/// Counts a failed accept.
+pub fn accept_error(e: &std::io::Error) {
+    let errno = e
+        .raw_os_error()
+        .map(|n| nix::errno::Errno::from_raw(n).to_string())
+        .unwrap_or_else(|| format!("{:?}", e.kind()));
+    let errno = errno.split(':').next().unwrap_or_default().to_string();
+    metrics()
+        .accept_errors
+        .get_or_create(&vec![("errno", errno)])
+        .inc();
+}
+
+/// Counts a connection closed at once.
+pub fn connection_refused(reason: &'static str) {
+    metrics()
+        .refused
+        .get_or_create(&vec![("reason", reason.to_string())])
+        .inc();
+}
+
+/// Counts an idle connection given up.
+pub fn connection_evicted() {
+    metrics().evicted.inc();
+}
+
+/// Sets the connections held.
+pub fn connections(n: usize) {
+    metrics().connections.set(n as i64);
+}
+
+/// Counts a request whose message came too late.
+pub fn slow_request() {
+    metrics().slow_requests.inc();
+}
+
+/// Counts a request refused a slot.
+pub fn slot_refused(reason: &'static str) {
+    metrics()
+        .slots_refused
+        .get_or_create(&vec![("reason", reason.to_string())])
+        .inc();
+}
+
+/// Sets whether `problem` holds.
+pub fn problem(problem: &'static str, holds: bool) {
+    metrics()
+        .problems
+        .get_or_create(&vec![("problem", problem.to_string())])
+        .set(i64::from(holds));
+}
+
+/// Counts allocations rebuilt from `source` after a damaged store.
+pub fn recovered(source: &'static str, n: usize) {
+    metrics()
+        .recovered
+        .get_or_create(&vec![("source", source.to_string())])
+        .inc_by(n as u64);
+}
+
 /// The metrics in Prometheus' text format.
 pub fn render() -> String {
     let mut out = String::new();
@@ -184,6 +298,8 @@ pub fn render() -> String {
 pub async fn serve(addr: SocketAddr, daemon: Arc<crate::daemon::Daemon>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     log::info!("metrics on http://{}", listener.local_addr()?);
+    // Scrapers and probes need a handful; past the bound a connection is closed at once.
+    let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -193,6 +309,9 @@ pub async fn serve(addr: SocketAddr, daemon: Arc<crate::daemon::Daemon>) -> std:
                 continue;
             }
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
         let daemon = daemon.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
@@ -200,12 +319,23 @@ pub async fn serve(addr: SocketAddr, daemon: Arc<crate::daemon::Daemon>) -> std:
                 async move { Ok::<_, std::convert::Infallible>(route(&req, ready)) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(METRICS_HEADER_TIMEOUT)
+                .serve_connection(io, svc);
+            // A connection lasts a few requests' time at most: a scraper reconnects.
+            let _ = tokio::time::timeout(METRICS_CONNECTION_LIFE, conn).await;
+            drop(permit);
         });
     }
 }
+
+/// Connections the metrics endpoint serves at once.
+const METRICS_CONNECTIONS: usize = 16;
+/// How long a request's headers may take.
+const METRICS_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long one connection is served.
+const METRICS_CONNECTION_LIFE: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn route(req: &Request<hyper::body::Incoming>, ready: bool) -> Response<Full<Bytes>> {
     let (status, body) = match req.uri().path() {

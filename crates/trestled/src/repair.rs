@@ -37,8 +37,7 @@ type Key = (String, IpAddr);
 /// Runs leak repair forever (only as root: another user's view of /proc misses namespaces
 /// that other users' processes hold, and would call live pods dead).
 pub async fn run(daemon: Arc<Daemon>, settings: RepairSettings) {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = nix::unistd::geteuid().is_root();
     if !root {
         log::warn!("leak repair is off: trestled does not run as root");
     }
@@ -217,8 +216,7 @@ fn mountinfo_netns(line: &str) -> Option<u64> {
 fn untrusted(dir: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let m = std::fs::symlink_metadata(dir).ok()?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = nix::unistd::geteuid().as_raw();
     if !m.is_dir() || m.uid() != me || m.permissions().mode() & 0o022 != 0 {
         return Some(format!(
             "{} must be a directory owned by uid {me} and writable by it alone",
@@ -228,18 +226,33 @@ fn untrusted(dir: &Path) -> Option<String> {
     None
 }
 
-/// Applies every queued DEL; returns how many allocations it released.
+/// Applies every queued DEL; returns how many allocations it released. A queue that cannot
+/// be trusted is not read, and says so (log, metric, STATUS warnings) until it is fixed.
 pub async fn apply_queue(daemon: &Daemon, queue: &DeleteQueue) -> usize {
-    if let Some(why) = untrusted(queue.dir()) {
-        log::error!("delete queue ignored: {why}");
-        return 0;
-    }
-    let entries = match queue.list() {
-        Ok(e) => e,
-        Err(e) => {
+    // The directory is read on a blocking thread: never on one of the runtime's workers.
+    let q = queue.clone();
+    let listed = tokio::task::spawn_blocking(move || match untrusted(q.dir()) {
+        Some(why) => Err(why),
+        None => Ok(q.list()),
+    })
+    .await;
+    let entries = match listed {
+        Ok(Ok(Ok(e))) => {
+            daemon.warn("delete_queue_untrusted", None);
+            e
+        }
+        Ok(Err(why)) => {
+            daemon.warn(
+                "delete_queue_untrusted",
+                Some(format!("delete queue ignored: {why}")),
+            );
+            return 0;
+        }
+        Ok(Ok(Err(e))) => {
             log::warn!("delete queue: {e}");
             return 0;
         }
+        Err(_) => return 0,
     };
     let mut released = 0;
     for (path, entry) in entries {
@@ -250,7 +263,7 @@ pub async fn apply_queue(daemon: &Daemon, queue: &DeleteQueue) -> usize {
                     "delete queue: dropping unreadable {}: {why}",
                     path.display()
                 );
-                let _ = queue.remove(&path);
+                remove(queue, path).await;
                 continue;
             }
         };
@@ -258,7 +271,7 @@ pub async fn apply_queue(daemon: &Daemon, queue: &DeleteQueue) -> usize {
             && cni_like_attachment(&entry.attachment());
         if !valid {
             log::warn!("delete queue: dropping invalid {}", path.display());
-            let _ = queue.remove(&path);
+            remove(queue, path).await;
             continue;
         }
         match daemon
@@ -277,9 +290,7 @@ pub async fn apply_queue(daemon: &Daemon, queue: &DeleteQueue) -> usize {
                     entry.container_id,
                     entry.ifname
                 );
-                if let Err(e) = queue.remove(&path) {
-                    log::warn!("delete queue: {e}");
-                }
+                remove(queue, path).await;
             }
             // Left in the queue for the next round.
             Err(e) => log::warn!("delete queue: {}: {e}", path.display()),
@@ -287,6 +298,15 @@ pub async fn apply_queue(daemon: &Daemon, queue: &DeleteQueue) -> usize {
     }
     metrics::reclaimed("queue", released);
     released
+}
+
+/// Removes a queue entry, on a blocking thread.
+async fn remove(queue: &DeleteQueue, path: std::path::PathBuf) {
+    let q = queue.clone();
+    let done = tokio::task::spawn_blocking(move || q.remove(&path)).await;
+    if let Ok(Err(e)) = done {
+        log::warn!("delete queue: {e}");
+    }
 }
 
 fn cni_like_attachment(att: &Attachment) -> bool {

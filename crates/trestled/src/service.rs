@@ -3,22 +3,40 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Code, Request, Response, Status};
 use trestle_ipam_api::codes::grpc_code;
-use trestle_ipam_api::convert::{
-    self, attachment_to_proto, dns_to_proto, route_to_proto, FieldError,
-};
+use trestle_ipam_api::convert::{self, dns_to_proto, route_to_proto, FieldError};
 use trestle_ipam_api::v1::{self, ipam_server::Ipam};
 use trestle_ipam_api::version;
 
+use crate::conn::ConnInfo;
 use crate::daemon::{Daemon, OpError};
+use crate::intake::{Slot, Slots};
 use crate::metrics;
-use crate::state::Record;
 
-/// The service: a handle on the daemon.
+/// The service: a handle on the daemon, and the request slots.
 #[derive(Clone)]
-pub struct Service(pub Arc<Daemon>);
+pub struct Service {
+    daemon: Arc<Daemon>,
+    slots: Arc<Slots>,
+}
+
+impl Service {
+    /// Serves `daemon`, each request holding one of `slots` once its message has arrived.
+    pub fn new(daemon: Arc<Daemon>, slots: Arc<Slots>) -> Service {
+        Service { daemon, slots }
+    }
+
+    /// A slot for `req`, whose message tonic has read in full by now.
+    async fn slot<T>(&self, req: &Request<T>) -> Result<Slot, Status> {
+        let pid = req
+            .extensions()
+            .get::<ConnInfo>()
+            .map(|i| i.peer.pid)
+            .unwrap_or(0);
+        self.slots.take(pid).await
+    }
+}
 
 fn server() -> Option<v1::Peer> {
     Some(version::peer("trestled"))
@@ -66,23 +84,6 @@ async fn timed<T>(
     r.map(Response::new)
 }
 
-fn allocation(network: &str, ip: std::net::IpAddr, r: &Record) -> v1::Allocation {
-    v1::Allocation {
-        network: network.to_string(),
-        address: ip.to_string(),
-        attachment: Some(attachment_to_proto(&r.attachment())),
-        pod: Some(v1::Pod {
-            namespace: r.pod_namespace.clone(),
-            name: r.pod_name.clone(),
-            uid: r.pod_uid.clone(),
-        }),
-        netns: r.netns.clone(),
-        netns_inode: r.netns_inode,
-        since_unix_ms: r.since_unix_ms,
-        set_index: r.set_index,
-    }
-}
-
 #[tonic::async_trait]
 impl Ipam for Service {
     async fn hello(
@@ -90,13 +91,14 @@ impl Ipam for Service {
         req: Request<v1::HelloRequest>,
     ) -> Result<Response<v1::HelloReply>, Status> {
         timed("hello", async {
+            let _slot = self.slot(&req).await?;
             let req = req.into_inner();
             refuse_version(req.client.as_ref())?;
             Ok(v1::HelloReply {
                 server: server(),
                 min_client_minor: version::MIN_CLIENT_MINOR,
-                ready: self.0.not_ready().is_none(),
-                boot_id: self.0.boot_id.clone(),
+                ready: self.daemon.not_ready().is_none(),
+                boot_id: self.daemon.boot_id.clone(),
             })
         })
         .await
@@ -107,10 +109,11 @@ impl Ipam for Service {
         req: Request<v1::AllocateRequest>,
     ) -> Result<Response<v1::AllocateReply>, Status> {
         timed("allocate", async {
+            let _slot = self.slot(&req).await?;
             let req = req.into_inner();
             refuse_version(req.client.as_ref())?;
             let input = convert::allocate_input(&req).map_err(invalid)?;
-            let a = self.0.allocate(&input).await.map_err(op_status)?;
+            let a = self.daemon.allocate(&input).await.map_err(op_status)?;
             let ips: Vec<String> = a
                 .allocation
                 .ips
@@ -153,6 +156,7 @@ impl Ipam for Service {
         req: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseReply>, Status> {
         timed("release", async {
+            let _slot = self.slot(&req).await?;
             let req = req.into_inner();
             refuse_version(req.client.as_ref())?;
             let network = convert::network(&req.network).map_err(invalid)?;
@@ -160,7 +164,7 @@ impl Ipam for Service {
                 convert::attachment(req.attachment.as_ref(), "attachment").map_err(invalid)?;
             let before = (req.queued_at_ns > 0).then_some(req.queued_at_ns);
             let freed = self
-                .0
+                .daemon
                 .release(&network, &att, before)
                 .await
                 .map_err(op_status)?;
@@ -184,12 +188,13 @@ impl Ipam for Service {
         req: Request<v1::CheckRequest>,
     ) -> Result<Response<v1::CheckReply>, Status> {
         timed("check", async {
+            let _slot = self.slot(&req).await?;
             let req = req.into_inner();
             refuse_version(req.client.as_ref())?;
             let network = convert::network(&req.network).map_err(invalid)?;
             let att =
                 convert::attachment(req.attachment.as_ref(), "attachment").map_err(invalid)?;
-            let held = self.0.check(&network, &att).map_err(op_status)?;
+            let held = self.daemon.check(&network, &att).map_err(op_status)?;
             Ok(v1::CheckReply {
                 server: server(),
                 addresses: held.iter().map(ToString::to_string).collect(),
@@ -200,11 +205,12 @@ impl Ipam for Service {
 
     async fn gc(&self, req: Request<v1::GcRequest>) -> Result<Response<v1::GcReply>, Status> {
         timed("gc", async {
+            let _slot = self.slot(&req).await?;
             let req = req.into_inner();
             refuse_version(req.client.as_ref())?;
             let network = convert::network(&req.network).map_err(invalid)?;
             let valid = convert::valid_attachments(&req.valid).map_err(invalid)?;
-            let freed = self.0.gc(&network, &valid).await.map_err(op_status)?;
+            let freed = self.daemon.gc(&network, &valid).await.map_err(op_status)?;
             for (ip, r) in &freed {
                 log::info!(
                     "gc network={network} container={} ifname={} address={ip}",
@@ -216,7 +222,7 @@ impl Ipam for Service {
                 server: server(),
                 released: freed
                     .iter()
-                    .map(|(ip, r)| allocation(&network, *ip, r))
+                    .map(|(ip, r)| crate::list::allocation(&network, *ip, r))
                     .collect(),
             })
         })
@@ -228,15 +234,17 @@ impl Ipam for Service {
         req: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         timed("status", async {
+            let _slot = self.slot(&req).await?;
             let req = req.into_inner();
             refuse_version(req.client.as_ref())?;
-            let why = self.0.not_ready();
+            let why = self.daemon.not_ready();
             Ok(v1::StatusReply {
                 server: server(),
                 ready: why.is_none(),
                 reason: why
                     .map(|w| format!("trestled is not ready: {w}"))
                     .unwrap_or_default(),
+                warnings: self.daemon.warnings(),
             })
         })
         .await
@@ -244,49 +252,26 @@ impl Ipam for Service {
 
     async fn list(&self, req: Request<v1::ListRequest>) -> Result<Response<v1::ListReply>, Status> {
         timed("list", async {
+            let _slot = self.slot(&req).await?;
             let req = req.into_inner();
             refuse_version(req.client.as_ref())?;
             if !req.network.is_empty() {
                 convert::network(&req.network).map_err(invalid)?;
             }
-            let st = self.0.lock();
-            let mut reply = v1::ListReply {
-                server: server(),
-                ..Default::default()
-            };
-            for (name, pool) in st
-                .pools
-                .iter()
-                .filter(|(n, _)| req.network.is_empty() || **n == req.network)
-            {
-                reply.pools.push(v1::Pool {
-                    network: name.clone(),
-                    range_sets: pool.range_sets.clone(),
-                    used: pool.by_ip.len() as u64,
-                    free: u64::try_from(pool.free()).unwrap_or(u64::MAX),
-                    cooling: pool.cooling.len() as u64,
-                });
-                reply
-                    .allocations
-                    .extend(pool.by_ip.iter().map(|(ip, r)| allocation(name, *ip, r)));
-            }
-            Ok(reply)
+            let after = crate::list::parse_token(&req.page_token).map_err(invalid_token)?;
+            Ok(crate::list::list(
+                &self.daemon,
+                &req.network,
+                after,
+                req.page_size,
+            ))
         })
         .await
     }
 }
 
-/// True if process `pid` has `gid` among its supplementary groups (SO_PEERCRED carries only
-/// the primary one).
-fn in_group(pid: Option<i32>, gid: u32) -> bool {
-    let Some(pid) = pid else { return false };
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+fn invalid_token(e: crate::list::BadToken) -> Status {
+    Status::invalid_argument(e.to_string())
 }
 
 /// Who may call: root, the daemon's own user, and members (primary or supplementary) of
@@ -300,31 +285,31 @@ pub struct Access {
 }
 
 impl Access {
-    /// The interceptor: checks the caller's peer credentials (SO_PEERCRED, taken by the kernel
-    /// at connect time, so a client cannot forge them).
+    /// The interceptor: checks the caller's peer credentials (`SO_PEERCRED` and
+    /// `SO_PEERGROUPS`, taken by the kernel at connect time, so a client cannot forge them).
     pub fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {
-        let cred = req
-            .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|i| i.peer_cred);
-        let Some(cred) = cred else {
+        let Some(info) = req.extensions().get::<ConnInfo>() else {
             return Err(Status::permission_denied(
                 "no peer credentials on this connection",
             ));
         };
-        let allowed = cred.uid() == 0
-            || cred.uid() == self.uid
-            || self
-                .gid
-                .is_some_and(|g| g == cred.gid() || in_group(cred.pid(), g));
-        if allowed {
+        if self.allows(&info.peer) {
             Ok(req)
         } else {
             Err(Status::permission_denied(format!(
                 "uid {} gid {} may not use trestled",
-                cred.uid(),
-                cred.gid()
+                info.peer.uid, info.peer.gid
             )))
         }
+    }
+
+    /// True for root, the daemon's own user and members (primary or supplementary) of the
+    /// group.
+    pub fn allows(&self, peer: &crate::conn::Peer) -> bool {
+        peer.uid == 0
+            || peer.uid == self.uid
+            || self
+                .gid
+                .is_some_and(|g| g == peer.gid || peer.groups.contains(&g))
     }
 }

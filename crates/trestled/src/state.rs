@@ -86,6 +86,8 @@ pub enum Op {
     Imported(String),
     /// Nothing: a commit that only proves the store writable again.
     Probe,
+    /// The namespace addresses a store recovery found that no network has taken yet.
+    Evidence(Vec<crate::recovery::Seen>),
 }
 
 /// One network's allocations.
@@ -141,11 +143,12 @@ impl Pool {
         ips
     }
 
-    /// True if `ip` is waiting out its reuse delay at `now`.
+    /// True if `ip` is waiting out its reuse delay at `now`. A delay that starts in the
+    /// future (an address a store recovery holds back) has not even begun.
     fn is_cooling(&self, ip: IpAddr, now: u64, delay: u64) -> bool {
         self.cooling
             .get(&ip)
-            .is_some_and(|at| now.saturating_sub(*at) < delay)
+            .is_some_and(|at| cooling(*at, now, delay))
     }
 
     /// Addresses neither allocated nor cooling, over the last known range sets.
@@ -164,6 +167,14 @@ pub struct State {
     pub reuse_delay_ns: u64,
     /// Networks whose host-local directory was imported.
     pub imported: std::collections::HashSet<String>,
+    /// Addresses a store recovery found in live namespaces, for the network whose ranges hold
+    /// them to take at its next Allocate (see [`crate::recovery`]).
+    pub evidence: Vec<crate::recovery::Seen>,
+}
+
+/// True while a reuse delay that started (or starts) at `at` is not over at `now`.
+fn cooling(at: u64, now: u64, delay: u64) -> bool {
+    now < at || now - at < delay
 }
 
 /// What an Allocate did.
@@ -205,6 +216,7 @@ impl State {
         ops: &mut Vec<Op>,
     ) -> Result<Allocated, IpamError> {
         let cfg = &input.config;
+        self.take_evidence(cfg, now, ops);
         let delay = self.reuse_delay_ns;
         let pool = self.pools.entry(cfg.network.clone()).or_default();
         note_ranges(pool, cfg, ops);
@@ -250,6 +262,7 @@ impl State {
         node: &Node,
     ) -> Result<ClusterOutcome, IpamError> {
         let cfg = &input.config;
+        self.take_evidence(cfg, now, ops);
         let delay = self.reuse_delay_ns;
         let pool = self.pools.entry(cfg.network.clone()).or_default();
         note_ranges(pool, cfg, ops);
@@ -405,6 +418,37 @@ impl State {
         stale
     }
 
+    /// Takes the recovery's namespace addresses that fall in `cfg`'s ranges as allocations of
+    /// its network, each owned by the namespace that holds it (leak repair frees it once that
+    /// namespace is gone); the rest wait for their own network.
+    fn take_evidence(&mut self, cfg: &IpamConfig, now: Now, ops: &mut Vec<Op>) {
+        if self.evidence.is_empty() {
+            return;
+        }
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.evidence)
+            .into_iter()
+            .partition(|s| cfg.range_sets.iter().any(|set| set.contains(s.ip)));
+        self.evidence = rest;
+        if mine.is_empty() {
+            return;
+        }
+        let pool = self.pools.entry(cfg.network.clone()).or_default();
+        for s in mine {
+            if pool.by_ip.contains_key(&s.ip) {
+                continue;
+            }
+            let owner = Attachment::new(format!("recovered-netns-{}", s.netns_inode), s.ifname);
+            let rec = Record {
+                netns: s.netns,
+                netns_inode: s.netns_inode,
+                ..Record::imported(owner, now.unix_ms)
+            };
+            ops.push(Op::Put(cfg.network.clone(), s.ip, rec.clone()));
+            pool.insert(s.ip, rec);
+        }
+        ops.push(Op::Evidence(self.evidence.clone()));
+    }
+
     /// Ends the reuse delays that are over.
     pub fn expire_cooling(&mut self, now: Now, ops: &mut Vec<Op>) -> usize {
         let delay = self.reuse_delay_ns;
@@ -413,7 +457,7 @@ impl State {
             let done: Vec<IpAddr> = pool
                 .cooling
                 .iter()
-                .filter(|(_, at)| now.boot_ns.saturating_sub(**at) >= delay)
+                .filter(|(_, at)| !cooling(**at, now.boot_ns, delay))
                 .map(|(ip, _)| *ip)
                 .collect();
             for ip in done {

@@ -30,6 +30,10 @@ const RANGES: TableDefinition<&str, &[u8]> = TableDefinition::new("range_sets");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 /// META key prefix recording a network's host-local import.
 const IMPORTED: &str = "imported:";
+/// META key of the namespace addresses a recovery found that no network took yet (JSON).
+const EVIDENCE: &str = "recovery-evidence";
+/// Damaged store files kept (moved aside) for a post-mortem; older ones are removed.
+const KEEP_DAMAGED: usize = 3;
 
 /// The most requests one commit carries.
 pub const MAX_BATCH: usize = 512;
@@ -59,6 +63,9 @@ fn db_err(path: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
 pub struct Opened {
     /// Allocations dropped because they were made during an earlier boot.
     pub dropped_earlier_boot: usize,
+    /// The file was not a readable store: moved aside, and a new one started (see
+    /// [`crate::recovery`]).
+    pub damaged: bool,
 }
 
 /// Opens (or creates) the store at `path` and loads it into `state`. A file redb cannot open
@@ -82,6 +89,8 @@ pub fn open(
                 aside.display()
             );
             std::fs::rename(path, &aside).map_err(|e| db_err(path, "move aside", e))?;
+            prune_damaged(path);
+            opened.damaged = true;
             Database::builder()
                 .set_cache_size(4 << 20)
                 .create(path)
@@ -92,6 +101,32 @@ pub fn open(
     opened.dropped_earlier_boot = check_boot(&db, path, boot_id)?;
     load(&db, path, state)?;
     Ok((db, opened))
+}
+
+/// Removes all but the newest [`KEEP_DAMAGED`] moved-aside copies of the store at `path`.
+fn prune_damaged(path: &Path) {
+    let (Some(dir), Some(stem)) = (path.parent(), path.file_stem()) else {
+        return;
+    };
+    let prefix = format!("{}.corrupt-", stem.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut aside: Vec<(u64, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ms = name.strip_prefix(&prefix)?.parse().ok()?;
+            Some((ms, e.path()))
+        })
+        .collect();
+    aside.sort_unstable_by_key(|(ms, _)| std::cmp::Reverse(*ms));
+    for (_, old) in aside.into_iter().skip(KEEP_DAMAGED) {
+        match std::fs::remove_file(&old) {
+            Ok(()) => log::info!("removed the old damaged store {}", old.display()),
+            Err(e) => log::warn!("cannot remove {}: {e}", old.display()),
+        }
+    }
 }
 
 /// True for errors that say the file's content is not a store: garbage, truncation, a torn
@@ -189,9 +224,15 @@ fn load(db: &Database, path: &Path, state: &mut State) -> Result<(), StoreError>
     }
     let meta = txn.open_table(META).map_err(|x| e("open")(x.into()))?;
     for row in meta.iter().map_err(|x| e("read")(x.into()))? {
-        let (k, _) = row.map_err(|x| e("read")(x.into()))?;
+        let (k, v) = row.map_err(|x| e("read")(x.into()))?;
         if let Some(net) = k.value().strip_prefix(IMPORTED) {
             state.imported.insert(net.to_string());
+        }
+        if k.value() == EVIDENCE {
+            match serde_json::from_str(v.value()) {
+                Ok(seen) => state.evidence = seen,
+                Err(err) => log::warn!("store: unreadable recovery evidence: {err}"),
+            }
         }
     }
     let ranges = txn.open_table(RANGES).map_err(|x| e("open")(x.into()))?;
@@ -326,14 +367,18 @@ impl Writer {
                 }
                 continue;
             }
-            let result = commit(&db, &batches).map_err(|e| {
-                let msg = format!("store {}: {e}", sh.path.display());
-                log::error!("{msg}");
-                msg
-            });
+            let result =
+                commit(&db, &batches).map_err(|e| format!("store {}: {e}", sh.path.display()));
             drop(db);
             crate::metrics::commit(batches.len(), result.is_ok());
-            sh.healthy.store(result.is_ok(), Ordering::Release);
+            let was = sh.healthy.swap(result.is_ok(), Ordering::AcqRel);
+            // Logged here when the store turns bad (the requests' own errors are logged by
+            // the service, once each), and when it recovers.
+            match (&result, was) {
+                (Err(msg), true) => log::error!("{msg}"),
+                (Ok(()), false) => log::info!("store {}: writable again", sh.path.display()),
+                _ => {}
+            }
             for b in batches {
                 if let Some(done) = b.done {
                     let _ = done.send(result.clone());
@@ -382,6 +427,10 @@ fn commit(db: &Database, batches: &[Batch]) -> Result<(), redb::Error> {
                 Op::Imported(net) => {
                     meta.insert(format!("{IMPORTED}{net}").as_str(), "1")?;
                 }
+                Op::Evidence(seen) => {
+                    let v = serde_json::to_string(seen).expect("addresses always serialize");
+                    meta.insert(EVIDENCE, v.as_str())?;
+                }
                 Op::Probe => {
                     meta.insert("probe", crate::clock::unix_ms().to_string().as_str())?;
                 }
@@ -397,6 +446,32 @@ mod tests {
     use super::*;
     use crate::state::Record;
     use trestle_ipam_core::Attachment;
+
+    #[test]
+    fn a_damaged_store_is_moved_aside_and_only_the_newest_copies_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipam.redb");
+        for ms in [10, 20, 30, 40] {
+            std::fs::write(dir.path().join(format!("ipam.corrupt-{ms}")), "old").unwrap();
+        }
+        std::fs::write(dir.path().join("ipam.corrupt-notes"), "not ours").unwrap();
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let mut state = State::default();
+        let (_, opened) = open(&path, "boot", &mut state).unwrap();
+        assert!(opened.damaged);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("ipam.corrupt-"))
+            .collect();
+        left.sort();
+        // The one just moved aside (a current timestamp) and the two newest before it.
+        assert_eq!(left.len(), 4, "{left:?}");
+        assert!(left.contains(&"ipam.corrupt-notes".to_string()));
+        assert!(left.contains(&"ipam.corrupt-40".to_string()));
+        assert!(left.contains(&"ipam.corrupt-30".to_string()));
+        assert!(!left.contains(&"ipam.corrupt-20".to_string()));
+    }
 
     /// Many threads queue and flush at once: every change is committed exactly once, none
     /// waits forever (a flusher that found the database taken relies on the committer).

@@ -594,3 +594,31 @@ fn a_pool_overlapping_another_of_the_same_network_is_refused_naming_both() {
     b.add_retrying(&b.conf("other", "10.67.0.0/17"), "b1", 20)
         .unwrap();
 }
+
+#[test]
+fn a_store_of_random_bytes_never_hands_out_what_etcd_records_as_this_nodes() {
+    let (_one, _dir, _etcd, eps) = cluster3();
+    let mut a = started("node-a", &eps, "/t9");
+    let conf = a.conf("c", "10.69.0.0/16");
+    let first: Vec<String> = (0..12)
+        .map(|i| a.add_retrying(&conf, &format!("a{i}"), 50).unwrap())
+        .collect();
+    a.kill9();
+    let mut noise = vec![0u8; 64 * 1024];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").unwrap(),
+        &mut noise,
+    )
+    .unwrap();
+    std::fs::write(a.path("state/ipam.redb"), noise).unwrap();
+    a.start();
+    assert!(a.log().contains("store rebuilt"), "{}", a.log());
+    for i in 0..12 {
+        let ip = a.add_retrying(&conf, &format!("b{i}"), 50).unwrap();
+        assert!(
+            !first.contains(&ip),
+            "{ip} handed out again: the pods before the damage hold {first:?}"
+        );
+    }
+    assert_eq!(unique(&[&a]).len(), 12);
+}

@@ -246,3 +246,89 @@ fn a_populated_host_local_data_dir_migrates_without_conflict() {
 fn reference(bin: &str, cmd: &str, id: &str, conf: &serde_json::Value) -> std::process::Output {
     common::run_plugin(std::path::Path::new(bin), cmd, id, NO_NETNS, conf, None)
 }
+
+/// Puts `address` on a link named `eth0` inside the namespace at `netns`, as a plugin would
+/// have (a bridge stands in for the veth end: only the address matters here).
+fn put_address(netns: &str, address: &str) {
+    let net: ipnet::IpNet = address.parse().unwrap();
+    trestle_netns::NetNs::open(netns)
+        .unwrap()
+        .run(|| {
+            let mut nl = trestle_netlink::Netlink::open().unwrap();
+            nl.create_bridge("eth0", None, false).unwrap();
+            let link = nl.link_by_name("eth0").unwrap().unwrap();
+            nl.add_address(link.index, net, true).unwrap();
+        })
+        .unwrap();
+}
+
+/// A libcni result cache entry, as podman, containerd and CRI-O write them.
+fn cache_entry(dir: &std::path::Path, network: &str, id: &str, netns: &str, address: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let entry = serde_json::json!({
+        "kind": "cniCacheV1",
+        "containerId": id,
+        "config": "e30=",
+        "ifName": "eth0",
+        "networkName": network,
+        "netns": netns,
+        "result": {"cniVersion": "1.1.0", "ips": [{"address": address}]},
+    });
+    std::fs::write(dir.join(format!("{network}-{id}-eth0")), entry.to_string()).unwrap();
+}
+
+/// Overwrites the store with random bytes, as a bad disk or a stray write would.
+fn damage_store(node: &Node) {
+    let mut noise = vec![0u8; 64 * 1024];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").unwrap(),
+        &mut noise,
+    )
+    .unwrap();
+    std::fs::write(node.path("state/ipam.redb"), noise).unwrap();
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn a_store_of_random_bytes_under_12_live_pods_never_hands_their_addresses_out_again() {
+    need_root();
+    let mut node = Node::new();
+    node.start();
+    let conf = node.conf("rebuilt", "10.72.0.0/24");
+    let pods: Vec<NsHolder> = (0..12).map(|_| NsHolder::spawn("exec sleep 600")).collect();
+    let mut live = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let netns = format!("/proc/{}/ns/net", pod.pid());
+        let id = format!("live{i}");
+        let ip = address(&plugin("ADD", &id, &netns, &conf));
+        // Half are known from the runtime's result cache alone, half only from the address
+        // on their interface: each source must be enough.
+        if i < 6 {
+            cache_entry(&node.path("cni-cache"), "rebuilt", &id, &netns, &ip);
+        } else {
+            put_address(&netns, &ip);
+        }
+        live.push(ip);
+    }
+    node.kill9();
+    damage_store(&node);
+    node.start();
+    assert!(node.log().contains("store rebuilt"), "{}", node.log());
+    let mut given = Vec::new();
+    for i in 0..12 {
+        let ip = address(&plugin("ADD", &format!("new{i}"), NO_NETNS, &conf));
+        assert!(
+            !live.contains(&ip),
+            "{ip} handed out again: live pods hold {live:?}"
+        );
+        given.push(ip);
+    }
+    // Every live pod's address is held, by its container or by its namespace.
+    let held: Vec<String> = node.allocations().into_iter().map(|a| a.1).collect();
+    for ip in &live {
+        let bare = ip.split('/').next().unwrap();
+        assert!(held.iter().any(|h| h == bare), "{bare} not held: {held:?}");
+    }
+    assert_eq!(held.len(), 24);
+    drop(pods);
+}

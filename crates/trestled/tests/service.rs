@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{address, error_code, plugin, Node, NO_NETNS};
+use trestle_ipam::daemon::DaemonClient;
 use trestle_ipam_api::convert::{allocate_request, PodMeta};
 use trestle_ipam_api::v1;
 use trestle_ipam_core::{Attachment, IpamConfig, Range, RangeSet};
@@ -45,7 +46,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 /// Allocate over `d`, which must succeed.
-fn allocate(d: &mut trestle_ipam::daemon::Daemon, cfg: &IpamConfig, id: &str) -> v1::AllocateReply {
+fn allocate(d: &mut DaemonClient, cfg: &IpamConfig, id: &str) -> v1::AllocateReply {
     let req = allocate_req(cfg, id);
     d.call(|mut c| {
         let r = req.clone();
@@ -229,6 +230,98 @@ fn a_delete_queue_others_can_write_is_not_trusted() {
     });
     assert_eq!(node.allocations().len(), 1, "{:?}", node.allocations());
     assert!(queued.exists());
+    // Said once in the log, and for as long as it lasts in STATUS and `trestlectl ipam show`.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(node.log().matches("delete queue ignored").count(), 1);
+    let warnings = || {
+        node.client()
+            .call(|mut c| async move { c.status(v1::StatusRequest::default()).await })
+            .unwrap()
+            .warnings
+    };
+    assert!(
+        warnings()
+            .iter()
+            .any(|w| w.contains("delete queue ignored")),
+        "{:?}",
+        warnings()
+    );
+    let show = std::process::Command::new(common::bin("trestlectl"))
+        .args(["ipam", "show", "--socket"])
+        .arg(node.socket())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(shown.contains("warning: delete queue ignored"), "{shown}");
+    // Fixed: the warning goes, and the queue is applied again.
+    std::fs::set_permissions(node.queue(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    wait_for("the queue to be applied", || node.allocations().is_empty());
+    assert!(warnings().is_empty());
+}
+
+#[test]
+fn list_pages_through_every_allocation_exactly_once() {
+    let mut node = Node::new();
+    node.start();
+    let mut d = node.client();
+    let (a, b) = (
+        config("pages-a", "10.60.0.0/21"),
+        config("pages-b", "10.61.0.0/24"),
+    );
+    for i in 0..1200 {
+        allocate(&mut d, &a, &format!("a{i}"));
+    }
+    for i in 0..100 {
+        allocate(&mut d, &b, &format!("b{i}"));
+    }
+    let page = |network: &str, token: String| {
+        let req = v1::ListRequest {
+            network: network.into(),
+            page_size: 500,
+            page_token: token,
+            ..Default::default()
+        };
+        node.client()
+            .call(|mut c| {
+                let r = req.clone();
+                async move { c.list(r).await }
+            })
+            .unwrap()
+    };
+    let mut seen = HashSet::new();
+    let mut pages = 0;
+    let mut token = String::new();
+    loop {
+        let reply = page("", token);
+        pages += 1;
+        assert_eq!(reply.pools.len(), if pages == 1 { 2 } else { 0 });
+        assert!(reply.allocations.len() <= 500);
+        for x in reply.allocations {
+            assert!(seen.insert((x.network, x.address)), "listed twice");
+        }
+        if reply.next_page_token.is_empty() {
+            break;
+        }
+        token = reply.next_page_token;
+    }
+    assert_eq!((seen.len(), pages), (1300, 3));
+    // One network's pages hold that network alone; an unpaged List (API minor 0) has all.
+    let only_b = page("pages-b", String::new());
+    assert_eq!(only_b.allocations.len(), 100);
+    assert!(only_b.next_page_token.is_empty());
+    assert_eq!(node.allocations().len(), 1300);
+    let bad = node
+        .client()
+        .call(|mut c| async move {
+            c.list(v1::ListRequest {
+                page_size: 10,
+                page_token: "garbage".into(),
+                ..Default::default()
+            })
+            .await
+        })
+        .unwrap_err();
+    assert!(format!("{bad:?}").contains("invalid page token"), "{bad:?}");
 }
 
 #[test]

@@ -7,6 +7,7 @@
 pub mod binary;
 pub mod cluster;
 mod floor;
+pub mod memory;
 mod progress;
 mod report;
 pub mod service;
@@ -135,7 +136,7 @@ pub enum Error {
         side: &'static str,
         /// The cause.
         #[source]
-        source: std::io::Error,
+        source: memory::Error,
     },
     /// The DEL after the memory measurement could not be run.
     #[error("{side}: DEL after the memory measurement")]
@@ -436,7 +437,7 @@ fn run_case(
 }
 
 /// Peak memory of one ADD (plugin and IPAM child) per side, with masquerade on.
-fn memory(sides: &[Side]) -> Result<Vec<(String, i64)>, Error> {
+fn memory(sides: &[Side]) -> Result<Vec<(String, u64)>, Error> {
     let mut out = Vec::new();
     for side in sides {
         let conf = side.config("benchnet", "10.128.0.0/16", true);

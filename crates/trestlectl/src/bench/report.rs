@@ -229,8 +229,9 @@ pub struct Report {
     pub rounds: usize,
     /// The cases.
     pub cases: Vec<CaseResult>,
-    /// Peak RSS (KiB) of one ADD with its IPAM child, per side.
-    pub memory: Vec<(String, i64)>,
+    /// Peak resident memory (KiB) of one ADD: the largest `VmHWM` of the plugin and the processes it starts, per
+    /// side.
+    pub memory: Vec<(String, u64)>,
     /// The measured executables: size, link mode, exec cost.
     pub binaries: Vec<Binary>,
     /// Density runs.
@@ -404,7 +405,10 @@ impl Report {
         }
         self.floor_markdown(&mut s);
         self.daemon_markdown(&mut s);
-        s.push_str("\nPeak memory of one ADD (plugin and IPAM child, max RSS; trestle-daemon: the plugin only):\n");
+        s.push_str(
+            "\nPeak memory of one ADD (the largest VmHWM of the plugin and the processes it starts, each read at \
+             its exit; trestle-daemon: without trestled):\n",
+        );
         for (side, kib) in &self.memory {
             let _ = writeln!(s, "- {side}: {kib} KiB");
         }

@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
-use trestle_ipam::daemon::Daemon;
+use trestle_ipam::daemon::DaemonClient;
 use trestle_ipam_api::convert::{allocate_request, PodMeta};
 use trestle_ipam_api::v1;
 use trestle_ipam_core::{Attachment, DaemonSettings, IpamConfig, Range, RangeSet};
@@ -167,14 +167,14 @@ fn call_error(what: &str) -> impl FnOnce(trestle_ipam::daemon::CallError) -> Err
 
 /// A client of the daemon with one Allocate and one Release.
 struct Client {
-    daemon: Daemon,
+    daemon: DaemonClient,
     cfg: Arc<IpamConfig>,
 }
 
 impl Client {
     fn new(settings: &DaemonSettings, cfg: Arc<IpamConfig>) -> Client {
         Client {
-            daemon: Daemon::new(settings.clone()),
+            daemon: DaemonClient::new(settings.clone()),
             cfg,
         }
     }
@@ -472,8 +472,9 @@ fn listed(settings: &DaemonSettings) -> Result<Vec<(String, String)>, Error> {
     let req = v1::ListRequest {
         client: Some(peer()),
         network: NETWORK.into(),
+        ..Default::default()
     };
-    let reply = Daemon::new(settings.clone())
+    let reply = DaemonClient::new(settings.clone())
         .call(|mut c| {
             let r = req.clone();
             async move { c.list(r).await }

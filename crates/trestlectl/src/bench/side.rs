@@ -1,7 +1,7 @@
 //! One implementation under test ("side"): its plugin, its own host namespace, its pods and state directory, and
 //! batches of ADD/DEL run against it at a given concurrency.
 
-use super::Error;
+use super::{memory, Error};
 use crate::runtime::Invocation;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -222,8 +222,9 @@ impl Side {
             let req = trestle_ipam_api::v1::ListRequest {
                 client: Some(trestle_ipam_api::version::peer("trestlectl-bench")),
                 network: network.to_owned(),
+                ..Default::default()
             };
-            return trestle_ipam::daemon::Daemon::new(d.clone())
+            return trestle_ipam::daemon::DaemonClient::new(d.clone())
                 .call(|mut c| {
                     let r = req.clone();
                     async move { c.list(r).await }
@@ -248,39 +249,11 @@ impl Side {
     }
 }
 
-/// Peak resident memory (KiB) of one plugin call and its children, from wait4(2)'s rusage.
-pub fn peak_memory_kib(inv: &Invocation, stdin: &[u8], host: &NetNs) -> std::io::Result<i64> {
-    use std::io::{Read, Write};
-    use std::process::{Command, Stdio};
-    let mut cmd = Command::new(&inv.plugin);
-    cmd.envs(inv.env())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+/// Peak resident memory (KiB) of one plugin call: the largest `VmHWM` of the plugin and of every process it starts,
+/// each read at its exit (see [`mod@memory`], which says why wait4(2)'s `ru_maxrss` cannot tell it).
+pub fn peak_memory_kib(inv: &Invocation, stdin: &[u8], host: &NetNs) -> Result<u64, memory::Error> {
+    let mut cmd = std::process::Command::new(&inv.plugin);
+    cmd.envs(inv.env()).stderr(std::process::Stdio::null());
     crate::runtime::enter_on_exec(&mut cmd, host);
-    let mut child = cmd.spawn()?;
-    if let Some(mut s) = child.stdin.take() {
-        let _ = s.write_all(stdin);
-    }
-    let mut out = Vec::new();
-    if let Some(mut o) = child.stdout.take() {
-        o.read_to_end(&mut out)?;
-    }
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: the pid is our unreaped child; status and usage are valid for writing. std's Child is not waited
-    // afterwards, so the pid is reaped exactly once.
-    let rc = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    drop(child);
-    if status != 0 {
-        return Err(std::io::Error::other(format!(
-            "plugin failed: {}",
-            String::from_utf8_lossy(&out)
-        )));
-    }
-    Ok(usage.ru_maxrss)
+    memory::measure(cmd, stdin).map(|m| m.peak_kib)
 }

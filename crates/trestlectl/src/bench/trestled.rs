@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use trestle_ipam::daemon::Daemon;
+use trestle_ipam::daemon::DaemonClient;
 use trestle_ipam_core::DaemonSettings;
 
 /// How long a start may take before the bench gives up.
@@ -104,7 +104,7 @@ impl Trestled {
 
     /// Polls STATUS (a fresh connection attempt every 0.5 ms) until it says ready.
     fn wait_ready(&mut self, since: Instant) -> Result<Duration, Error> {
-        let mut client = Daemon::new(DaemonSettings {
+        let mut client = DaemonClient::new(DaemonSettings {
             connect_timeout_ms: 1,
             timeout_ms: 1000,
             ..self.settings()

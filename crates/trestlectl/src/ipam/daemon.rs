@@ -6,8 +6,8 @@ pub(super) fn client() -> Option<v1::Peer> {
     Some(peer("trestlectl"))
 }
 
-pub(super) fn daemon(socket: &Path) -> Daemon {
-    Daemon::new(DaemonSettings {
+pub(super) fn daemon(socket: &Path) -> DaemonClient {
+    DaemonClient::new(DaemonSettings {
         socket: socket.to_owned(),
         ..DaemonSettings::default()
     })
@@ -28,32 +28,64 @@ pub(super) fn call_error(e: CallError) -> Error {
 }
 
 pub(super) fn show_daemon(socket: &Path, network: Option<&str>) -> Result<Listing, Error> {
-    let request = v1::ListRequest {
-        client: client(),
-        network: network.unwrap_or_default().to_owned(),
-    };
-    let reply = daemon(socket)
-        .call(|mut c| {
-            let r = request.clone();
-            async move { c.list(r).await }
-        })
-        .map_err(call_error)?;
-    if let Some(n) = network.filter(|_| reply.pools.is_empty()) {
+    let mut d = daemon(socket);
+    let mut pools = Vec::new();
+    let mut allocations = Vec::new();
+    let mut server = None;
+    let mut token = String::new();
+    // Page by page: the daemon holds its lock for one page at a time.
+    loop {
+        let request = v1::ListRequest {
+            client: client(),
+            network: network.unwrap_or_default().to_owned(),
+            page_size: LIST_PAGE,
+            page_token: std::mem::take(&mut token),
+        };
+        let reply = d
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.list(r).await }
+            })
+            .map_err(call_error)?;
+        server = server.or(reply.server.map(|p| p.software));
+        pools.extend(reply.pools.into_iter().map(pool_of));
+        allocations.extend(reply.allocations.into_iter().map(allocation_of));
+        if reply.next_page_token.is_empty() {
+            break;
+        }
+        token = reply.next_page_token;
+    }
+    if let Some(n) = network.filter(|_| pools.is_empty()) {
         return Err(Error::UnknownNetwork {
             socket: socket.to_owned(),
             network: n.to_owned(),
         });
     }
+    let status = v1::StatusRequest {
+        client: client(),
+        network: String::new(),
+    };
+    let warnings = d
+        .call(|mut c| {
+            let r = status.clone();
+            async move { c.status(r).await }
+        })
+        .map_err(call_error)?
+        .warnings;
     Ok(Listing {
         source: SourceInfo {
             kind: SourceKind::Daemon,
             path: socket.display().to_string(),
-            server: reply.server.map(|p| p.software),
+            server,
+            warnings,
         },
-        pools: reply.pools.into_iter().map(pool_of).collect(),
-        allocations: reply.allocations.into_iter().map(allocation_of).collect(),
+        pools,
+        allocations,
     })
 }
+
+/// Allocations per List page.
+const LIST_PAGE: u32 = 1000;
 
 pub(super) fn pool_of(p: v1::Pool) -> Pool {
     Pool {

@@ -18,6 +18,7 @@ pub(super) fn show_data_dir(dir: &Path, network: Option<&str>) -> Result<Listing
             kind: SourceKind::DataDir,
             path: dir.display().to_string(),
             server: None,
+            warnings: vec![],
         },
         pools: Vec::new(),
         allocations: Vec::new(),

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 mod cluster;
 
 use serde::Serialize;
-use trestle_ipam::daemon::{CallError, Daemon};
+use trestle_ipam::daemon::{CallError, DaemonClient};
 use trestle_ipam_api::v1;
 use trestle_ipam_api::version::peer;
 use trestle_ipam_core::{
@@ -259,6 +259,10 @@ pub struct SourceInfo {
     pub path: String,
     /// The daemon's software and version, as it names itself.
     pub server: Option<String>,
+    /// What the daemon says an operator should know (STATUS warnings: an untrusted delete
+    /// queue, a failed import).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The two kinds of source.

@@ -65,6 +65,12 @@ pub fn render_listing(l: &Listing, now_ms: i64) -> String {
         (SourceKind::Daemon, None) => format!("trestled at {}\n\n", l.source.path),
         (SourceKind::DataDir, _) => format!("dataDir {}\n\n", l.source.path),
     };
+    for w in &l.source.warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    if !l.source.warnings.is_empty() {
+        out.push('\n');
+    }
     if l.pools.is_empty() {
         out.push_str("no networks\n");
         return out;

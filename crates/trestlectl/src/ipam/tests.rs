@@ -64,6 +64,7 @@ fn listing_is_readable_at_a_glance() {
             kind: SourceKind::Daemon,
             path: "/run/trestle/ipam.sock".into(),
             server: Some("trestled 0.1.0".into()),
+            warnings: vec![],
         },
         pools: vec![Pool {
             network: "trestle".into(),
@@ -107,6 +108,7 @@ fn data_dir_listing_marks_unknowns_and_handovers() {
             kind: SourceKind::DataDir,
             path: "/var/lib/cni/networks".into(),
             server: None,
+            warnings: vec![],
         },
         pools: vec![Pool {
             network: "trestle".into(),
@@ -138,6 +140,7 @@ fn empty_listings_say_so() {
             kind: SourceKind::DataDir,
             path: "/d".into(),
             server: None,
+            warnings: vec![],
         },
         pools: Vec::new(),
         allocations: Vec::new(),

@@ -9,7 +9,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use trestle_ipam::daemon::Daemon;
+use trestle_ipam::daemon::DaemonClient;
 use trestle_ipam_core::DaemonSettings;
 
 /// Where cargo put the workspace binaries.
@@ -30,8 +30,7 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// True when running as root (the privileged tests need it).
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// One node: a daemon's directory and, while it runs, the daemon.
@@ -42,6 +41,8 @@ pub struct Node {
     pub args: Vec<String>,
     /// A listening socket the test holds, as systemd would (socket activation).
     pub activation: Option<std::os::unix::net::UnixListener>,
+    /// The open-file limit (soft and hard) every start gets, as `LimitNOFILE=` would.
+    pub nofile: Option<u64>,
 }
 
 impl Node {
@@ -56,6 +57,7 @@ impl Node {
             child: None,
             args: vec!["--reuse-delay".into(), "0".into()],
             activation: None,
+            nofile: None,
         }
     }
 
@@ -114,6 +116,8 @@ impl Node {
             .arg("")
             .arg("--boot-id-file")
             .arg(self.path("boot_id"))
+            .arg("--cni-cache-dir")
+            .arg(self.path("cni-cache"))
             .arg("--log-level")
             .arg("info")
             .args(&self.args)
@@ -126,6 +130,21 @@ impl Node {
                     .open(self.path("trestled.log"))
                     .unwrap(),
             );
+        if let Some(n) = self.nofile {
+            // SAFETY: setrlimit is async-signal-safe; the child only execs afterwards.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd
     }
 
@@ -191,8 +210,8 @@ impl Node {
     /// SIGTERM, and wait for a graceful exit.
     pub fn stop(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("running");
-        // SAFETY: kill with a valid pid and signal.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         c.wait().unwrap()
     }
 
@@ -214,8 +233,8 @@ impl Node {
     }
 
     /// A client as the plugin makes them.
-    pub fn client(&self) -> Daemon {
-        Daemon::new(DaemonSettings {
+    pub fn client(&self) -> DaemonClient {
+        DaemonClient::new(DaemonSettings {
             connect_timeout_ms: 200,
             ..self.settings()
         })
@@ -271,7 +290,43 @@ pub fn plugin_as(command: &str, id: &str, netns: &str, conf: &Value, uid: Option
     run_plugin(&bin("trestle-ipam"), command, id, netns, conf, uid)
 }
 
-/// Runs the plugin binary `plugin` as a runtime would, optionally as another user.
+/// A copy of a binary that another user can run, in a 0755 directory of its own under the
+/// temporary directory; dropping it removes both. The build's own copy may sit where that user
+/// cannot go: a checkout in a 0700 home makes the exec fail with EACCES.
+pub struct Staged {
+    /// Held for its removal on drop.
+    dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Staged {
+    /// Copies `bin`.
+    pub fn new(bin: &Path) -> Staged {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("trestle-staged-")
+            .tempdir()
+            .expect("a staging directory");
+        // tempfile makes it 0700.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir
+            .path()
+            .join(bin.file_name().expect("a binary's file name"));
+        std::fs::copy(bin, &path)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", bin.display(), path.display()));
+        // The copy keeps the build's mode, which follows the builder's umask (0700 under 077).
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Staged { dir, path }
+    }
+
+    /// The copy.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Runs the plugin binary `plugin` as a runtime would, optionally as another user (uid = gid),
+/// who runs a [`Staged`] copy of it.
 pub fn run_plugin(
     plugin: &Path,
     command: &str,
@@ -281,7 +336,9 @@ pub fn run_plugin(
     uid: Option<u32>,
 ) -> Output {
     use std::io::Write;
-    let mut cmd = Command::new(plugin);
+    let staged = uid.map(|_| Staged::new(plugin));
+    let program = staged.as_ref().map_or(plugin, Staged::path);
+    let mut cmd = Command::new(program);
     cmd.env_clear()
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", id)
@@ -294,14 +351,41 @@ pub fn run_plugin(
     if let Some(uid) = uid {
         cmd.uid(uid).gid(uid);
     }
-    let mut child = cmd.spawn().expect("spawn the plugin");
+    let mut child = spawn_fresh(&mut cmd).unwrap_or_else(|e| {
+        panic!(
+            "spawn the plugin {} as uid {uid:?}: {e}{}",
+            program.display(),
+            if staged.is_some() {
+                " (the temporary directory, TMPDIR, must be one that user can enter)"
+            } else {
+                ""
+            }
+        )
+    });
     child
         .stdin
         .take()
         .unwrap()
         .write_all(conf.to_string().as_bytes())
         .unwrap();
-    child.wait_with_output().unwrap()
+    let out = child.wait_with_output().unwrap();
+    drop(staged);
+    out
+}
+
+/// Spawns `cmd`, whose program may have just been written. Another test thread that forks while
+/// the copy's descriptor is open holds it until that child execs (CLOEXEC closes it only then),
+/// and an exec of a file open for writing fails with ETXTBSY, so that is tried again for a while.
+fn spawn_fresh(cmd: &mut Command) -> std::io::Result<Child> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            r => return r,
+        }
+    }
 }
 
 /// The CNI error code of a failed plugin run (and asserts it failed).

@@ -1,0 +1,105 @@
+//! The stream tonic serves: a unix connection that knows its peer and its place among the
+//! admitted connections, and reads as closed once that place was given up.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UnixStream;
+use tonic::transport::server::{Connected, UdsConnectInfo};
+
+use super::admission::{ConnState, Peer, Ticket};
+
+/// What a request learns of its connection (a request extension).
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// The peer's credentials.
+    pub peer: Arc<Peer>,
+    /// The connection's shared state (requests in flight).
+    pub state: Arc<ConnState>,
+    /// tonic's own connection info.
+    pub uds: UdsConnectInfo,
+}
+
+/// An admitted connection.
+pub struct Conn {
+    io: UnixStream,
+    info: ConnInfo,
+    ticket: Ticket,
+}
+
+impl Conn {
+    /// Wraps an admitted `io`.
+    pub fn new(io: UnixStream, peer: Peer, ticket: Ticket) -> Conn {
+        let uds = io.connect_info();
+        let info = ConnInfo {
+            peer: Arc::new(peer),
+            state: ticket.state().clone(),
+            uds,
+        };
+        Conn { io, info, ticket }
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let state = this.ticket.state();
+        // Parked before the check: an eviction after it wakes this task.
+        state.park(cx.waker());
+        if state.evicted() {
+            // End of stream: hyper closes the connection.
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            state.touched(this.ticket.admission().now_ms());
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
