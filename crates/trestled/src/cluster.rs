@@ -18,7 +18,9 @@ pub async fn housekeeping(daemon: Arc<Daemon>, node: Arc<Node>, every: Duration)
     loop {
         tick.tick().await;
         publish(&node);
-        if !node.lease_valid() {
+        // While a damaged store is rebuilt, the state does not yet show what is in use:
+        // housekeeping would give back blocks and borrowed addresses live pods hold.
+        if !node.lease_valid() || daemon.recovering.load(Ordering::Acquire) {
             continue;
         }
         let fencings = node.stats.fencings.load(Ordering::Relaxed);
@@ -32,6 +34,7 @@ pub async fn housekeeping(daemon: Arc<Daemon>, node: Arc<Node>, every: Duration)
                 st.pools
                     .get(net)
                     .is_some_and(|p| p.by_ip.contains_key(&ip) || p.cooling.contains_key(&ip))
+                    || st.evidence.iter().any(|s| s.ip == ip)
             })
         })
         .await;

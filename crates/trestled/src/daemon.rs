@@ -150,6 +150,18 @@ impl Daemon {
         w.values().cloned().collect()
     }
 
+    /// Release and GC wait for a rebuild: one served before it would free nothing, and the
+    /// rebuild would then enter the address again from a cache entry its DEL made stale.
+    /// The plugin resends (or queues) them.
+    fn refuse_while_recovering(&self) -> Result<(), OpError> {
+        if self.recovering.load(Ordering::Acquire) {
+            return Err(OpError::NotReady(
+                "rebuilding the allocations of a damaged store",
+            ));
+        }
+        Ok(())
+    }
+
     fn ensure_ready(&self) -> Result<(), OpError> {
         match self.not_ready() {
             None => Ok(()),
@@ -287,9 +299,14 @@ impl Daemon {
         att: &Attachment,
         before_ns: Option<u64>,
     ) -> Result<Vec<IpAddr>, OpError> {
+        self.refuse_while_recovering()?;
+        // A network not imported yet is imported first: its host-local reservation of this
+        // attachment must be there to be released, not imported after the release.
+        let imported = self.read_import(network).await;
         let (freed, commit) = {
             let mut st = self.lock();
             let mut ops = Vec::new();
+            apply_import(&mut st, network, imported, &mut ops);
             let freed = st.release(network, att, before_ns, clock::now(), &mut ops);
             let commit = self.submit(ops);
             publish(&st, network);
@@ -321,9 +338,12 @@ impl Daemon {
         network: &str,
         valid: &[Attachment],
     ) -> Result<Vec<(IpAddr, Record)>, OpError> {
+        self.refuse_while_recovering()?;
+        let imported = self.read_import(network).await;
         let (freed, commit) = {
             let mut st = self.lock();
             let mut ops = Vec::new();
+            apply_import(&mut st, network, imported, &mut ops);
             let freed = st.gc(network, valid, clock::now(), &mut ops);
             let commit = self.submit(ops);
             publish(&st, network);
@@ -490,7 +510,10 @@ impl Daemon {
                 );
                 None
             }
-            Err(_) => None,
+            Err(_) => {
+                failed.insert(network.to_string(), Instant::now() + IMPORT_RETRY);
+                None
+            }
         }
     }
 }

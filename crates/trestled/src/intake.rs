@@ -68,6 +68,7 @@ where
                 inner: body,
                 sleep: Box::pin(tokio::time::sleep(self.read_timeout)),
                 done: false,
+                expired: false,
             })
         });
         let fut = self.inner.call(req);
@@ -95,11 +96,15 @@ impl Drop for InFlight {
     }
 }
 
-/// A request body that fails once its deadline passes before its end.
+/// A request body that fails once its deadline passes before its end (and ends after
+/// that error).
 struct Deadline {
     inner: BoxBody,
     sleep: Pin<Box<tokio::time::Sleep>>,
+    /// The inner body ended in time: no deadline any more.
     done: bool,
+    /// The deadline passed first.
+    expired: bool,
 }
 
 impl Body for Deadline {
@@ -111,6 +116,9 @@ impl Body for Deadline {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
+        if this.expired {
+            return Poll::Ready(None);
+        }
         if this.done {
             return Pin::new(&mut this.inner).poll_frame(cx);
         }
@@ -121,7 +129,7 @@ impl Body for Deadline {
             }
             Poll::Pending => match this.sleep.as_mut().poll(cx) {
                 Poll::Ready(()) => {
-                    this.done = true;
+                    this.expired = true;
                     metrics::slow_request();
                     Poll::Ready(Some(Err(Status::deadline_exceeded(
                         "the request's message did not arrive in time",
@@ -134,7 +142,7 @@ impl Body for Deadline {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.expired || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -91,6 +91,9 @@ pub struct Options {
     /// Seconds a request's message may take to arrive after its headers.
     #[arg(long, default_value_t = 10.0)]
     pub read_timeout: f64,
+    /// Seconds a damaged store's rebuild waits before it looks (tests lengthen it).
+    #[arg(long, default_value_t = 2.0, hide = true)]
+    pub rebuild_settle: f64,
     /// The runtimes' CNI result cache, read to rebuild a damaged store (libcni's cacheDir).
     #[arg(long, default_value = "/var/lib/cni/results", value_parser = any_path)]
     pub cni_cache_dir: PathBuf,
@@ -246,6 +249,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     // (activation's variables), the umask (bind) and the open-file limit.
     let nofile = raise_open_file_limit();
     private_dir(&opts.state_dir)?;
+    private_dir(&opts.delete_queue)?;
     let instance = activation::lock_instance(&opts.state_dir)?;
     // Listening before the store is loaded: a client that connects meanwhile waits in the
     // backlog instead of finding no socket.
@@ -335,7 +339,6 @@ async fn serve(opts: Options, listener: Listener, nofile: u64) -> Result<(), Str
     daemon.recovering.store(opened.damaged, Ordering::Release);
     daemon.publish_all();
     daemon.import_all().await.map_err(|e| e.to_string())?;
-    private_dir(&opts.delete_queue)?;
     let queue = DeleteQueue::new(&opts.delete_queue);
     // Before serving: a DEL queued while the daemon was down is applied before any Allocate.
     repair::apply_queue(&daemon, &queue).await;
@@ -361,6 +364,7 @@ async fn serve(opts: Options, listener: Listener, nofile: u64) -> Result<(), Str
             daemon.clone(),
             opts.cni_cache_dir.clone(),
             hold,
+            seconds(opts.rebuild_settle),
         )));
     }
     tasks.push(tokio::spawn(conn::accept_loop(

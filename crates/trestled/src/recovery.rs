@@ -71,12 +71,17 @@ pub struct Evidence {
     pub seen: Vec<Seen>,
 }
 
+/// How long a failed attempt waits before the next.
+const RETRY: Duration = Duration::from_secs(1);
+
 /// Rebuilds the state after a damaged store (see the module), then lets Allocate through.
-pub async fn recover(daemon: Arc<Daemon>, cache_dir: PathBuf, hold: Duration) {
+/// It fails closed: until the rebuild is committed the daemon stays not ready, and a restart
+/// meanwhile rebuilds again (the store is marked until then). It waits `settle` before it
+/// looks: a plugin that was handed an address just before the damage puts it on its
+/// interface within milliseconds, and two seconds (the default) cover a loaded node.
+pub async fn recover(daemon: Arc<Daemon>, cache_dir: PathBuf, hold: Duration, settle: Duration) {
     log::warn!("rebuilding allocations from the CNI result cache and the live namespaces");
-    let evidence = tokio::task::spawn_blocking(move || gather(&cache_dir))
-        .await
-        .unwrap_or_default();
+    tokio::time::sleep(settle).await;
     let held = match daemon.cluster().cloned() {
         None => Vec::new(),
         Some(node) => {
@@ -92,17 +97,15 @@ pub async fn recover(daemon: Arc<Daemon>, cache_dir: PathBuf, hold: Duration) {
             node.held_addresses()
         }
     };
-    let now = crate::clock::now();
-    let (summary, commit) = {
-        let mut st = daemon.lock();
-        let mut ops = Vec::new();
-        let summary = rebuild(&mut st, evidence, &held, now, hold, &mut ops);
-        (summary, daemon.commit(ops))
+    let summary = loop {
+        match attempt(&daemon, &cache_dir, &held, hold).await {
+            Ok(s) => break s,
+            Err(e) => {
+                log::error!("store rebuild: {e}; trying again");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
     };
-    if let Err(e) = daemon.wait_commit(commit).await {
-        log::error!("store recovery: {e}");
-        return;
-    }
     metrics::recovered("cni-cache", summary.cached);
     metrics::recovered("namespace", summary.seen);
     metrics::recovered("etcd-hold", summary.held);
@@ -119,6 +122,41 @@ pub async fn recover(daemon: Arc<Daemon>, cache_dir: PathBuf, hold: Duration) {
     );
 }
 
+/// Why an attempt to rebuild failed.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("reading the CNI result cache")]
+    Cache(#[source] std::io::Error),
+    #[error("the evidence could not be gathered")]
+    Gather,
+    #[error(transparent)]
+    Commit(#[from] crate::daemon::OpError),
+}
+
+/// One attempt: gather (on a blocking thread), enter, commit.
+async fn attempt(
+    daemon: &Daemon,
+    cache_dir: &Path,
+    held: &[(String, IpAddr)],
+    hold: Duration,
+) -> Result<Summary, AttemptError> {
+    let dir = cache_dir.to_path_buf();
+    let evidence = tokio::task::spawn_blocking(move || gather(&dir))
+        .await
+        .map_err(|_| AttemptError::Gather)?
+        .map_err(AttemptError::Cache)?;
+    let now = crate::clock::now();
+    let (summary, commit) = {
+        let mut st = daemon.lock();
+        let mut ops = Vec::new();
+        let summary = rebuild(&mut st, evidence, held, now, hold, &mut ops);
+        ops.push(Op::Rebuilt);
+        (summary, daemon.commit(ops))
+    };
+    daemon.wait_commit(commit).await?;
+    Ok(summary)
+}
+
 /// What [`rebuild`] entered.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -130,9 +168,11 @@ pub struct Summary {
     pub held: usize,
 }
 
-/// Enters the evidence into `st`: cached results as allocations, namespace addresses as
-/// pending evidence (unless a cached result names them), and `held` addresses that neither
-/// proves in use as cooling until `hold` has passed.
+/// Enters the evidence into `st`: cached results as allocations; namespace addresses that
+/// etcd names as this node's as allocations of that network, the others as pending evidence
+/// (unless a cached result names them); and `held` addresses that nothing proves in use as
+/// cooling until `hold` has passed. A cached result's record is as old as anything (created
+/// 0): a DEL of its container still in the queue was sent after its ADD, and frees it.
 pub fn rebuild(
     st: &mut State,
     evidence: Evidence,
@@ -165,25 +205,57 @@ pub fn rebuild(
             summary.cached += 1;
         }
     }
-    let pending: Vec<Seen> = evidence
-        .seen
-        .into_iter()
-        .filter(|s| !named.contains(&s.ip))
-        .collect();
-    summary.seen = pending.len();
+    let held_by: HashMap<IpAddr, &str> = held.iter().map(|(n, ip)| (*ip, n.as_str())).collect();
+    let mut pending = Vec::new();
+    for s in evidence.seen.into_iter().filter(|s| !named.contains(&s.ip)) {
+        summary.seen += 1;
+        match held_by.get(&s.ip) {
+            // Its network is known: an allocation now, so housekeeping never gives it back.
+            Some(network) => {
+                let (network, ip) = (network.to_string(), s.ip);
+                let rec = s.into_record(now);
+                let pool = st.pools.entry(network.clone()).or_default();
+                if !pool.by_ip.contains_key(&ip) {
+                    ops.push(Op::Put(network, ip, rec.clone()));
+                    pool.insert(ip, rec);
+                }
+            }
+            None => pending.push(s),
+        }
+    }
     st.evidence.extend(pending);
     ops.push(Op::Evidence(st.evidence.clone()));
+    // Cooling ends `reuse delay` after its start: starting it at `until - delay` ends it at
+    // `until` (and never earlier than a reuse delay from now).
     let until = now.boot_ns + hold.as_nanos() as u64;
+    let start = until.saturating_sub(st.reuse_delay_ns).max(now.boot_ns);
     for (network, ip) in held {
         let pool = st.pools.entry(network.clone()).or_default();
         if pool.by_ip.contains_key(ip) || by_ip.contains_key(ip) {
             continue;
         }
-        pool.cooling.insert(*ip, until);
-        ops.push(Op::Cool(network.clone(), *ip, until));
+        pool.cooling.insert(*ip, start);
+        ops.push(Op::Cool(network.clone(), *ip, start));
         summary.held += 1;
     }
     summary
+}
+
+impl Seen {
+    /// The allocation of an address seen in a namespace: owned by the namespace (its
+    /// inode names it), so leak repair frees it once the namespace is gone.
+    pub fn into_record(self, now: crate::state::Now) -> Record {
+        let owner = trestle_ipam_core::Attachment::new(
+            format!("recovered-netns-{}", self.netns_inode),
+            self.ifname,
+        );
+        Record {
+            netns: self.netns,
+            netns_inode: self.netns_inode,
+            created_ns: now.boot_ns,
+            ..Record::imported(owner, now.unix_ms)
+        }
+    }
 }
 
 fn inode_of(path: &str) -> u64 {
@@ -194,22 +266,27 @@ fn inode_of(path: &str) -> u64 {
 }
 
 /// Gathers the evidence (blocking: reads files and enters namespaces).
-pub fn gather(cache_dir: &Path) -> Evidence {
-    let cached = read_cache(cache_dir);
+pub fn gather(cache_dir: &Path) -> std::io::Result<Evidence> {
+    let cached = read_cache(cache_dir)?;
     let seen = namespaces()
         .into_iter()
         .flat_map(|(ino, path)| addresses_in(ino, &path))
         .collect();
-    Evidence { cached, seen }
+    Ok(Evidence { cached, seen })
 }
 
 /// Every readable result in the cache directory whose namespace, if recorded, still exists.
-pub fn read_cache(dir: &Path) -> Vec<Cached> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
+/// No directory is no cache (a node whose runtimes keep none); a directory that cannot be
+/// read is an error: the rebuild must not go on without what it holds.
+pub fn read_cache(dir: &Path) -> std::io::Result<Vec<Cached>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
     let mut out = Vec::new();
-    for e in entries.flatten() {
+    for e in entries {
+        let e = e?;
         let Ok(text) = std::fs::read(e.path()) else {
             continue;
         };
@@ -222,7 +299,7 @@ pub fn read_cache(dir: &Path) -> Vec<Cached> {
         }
         out.push(c);
     }
-    out
+    Ok(out)
 }
 
 /// A libcni cache entry (`cniCacheV1`): its network, owner and the addresses of its result
@@ -273,8 +350,26 @@ pub fn namespaces() -> HashMap<u64, PathBuf> {
             continue;
         }
         let dir = p.path();
-        if let Ok(m) = std::fs::metadata(dir.join("ns/net")) {
-            found.entry(m.ino()).or_insert_with(|| dir.join("ns/net"));
+        // The process, each of its threads, and each namespace it holds open.
+        let mut paths = vec![dir.join("ns/net")];
+        for sub in ["task", "fd"] {
+            if let Ok(entries) = std::fs::read_dir(dir.join(sub)) {
+                paths.extend(entries.flatten().map(|e| match sub {
+                    "task" => e.path().join("ns/net"),
+                    _ => e.path(),
+                }));
+            }
+        }
+        for path in paths {
+            let is_net = path.ends_with("ns/net")
+                || std::fs::read_link(&path)
+                    .is_ok_and(|l| l.to_string_lossy().starts_with("net:["));
+            if !is_net {
+                continue;
+            }
+            if let Ok(m) = std::fs::metadata(&path) {
+                found.entry(m.ino()).or_insert(path);
+            }
         }
         let mnt = std::fs::metadata(dir.join("ns/mnt"))
             .map(|m| m.ino())
@@ -418,7 +513,11 @@ mod tests {
                 netns: String::new(),
                 ips: vec!["10.0.0.2".parse().unwrap()],
             }],
-            seen: vec![seen("10.0.0.2", 7), seen("10.0.0.3", 8)],
+            seen: vec![
+                seen("10.0.0.2", 7),
+                seen("10.0.0.3", 8),
+                seen("10.9.0.9", 9),
+            ],
         };
         let held: Vec<(String, IpAddr)> = ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
             .iter()
@@ -440,15 +539,25 @@ mod tests {
             summary,
             Summary {
                 cached: 1,
-                seen: 1,
+                seen: 2,
                 held: 1
             }
         );
         let pool = &st.pools["n"];
         let rec = &pool.by_ip[&"10.0.0.2".parse().unwrap()];
-        assert_eq!((rec.container_id.as_str(), rec.netns_inode), ("c1", 7));
-        assert_eq!(st.evidence, [seen("10.0.0.3", 8)]);
+        assert_eq!(
+            (rec.container_id.as_str(), rec.netns_inode, rec.created_ns),
+            ("c1", 7, 0)
+        );
+        // Seen and held by this node: an allocation of the held network at once.
+        let rec = &pool.by_ip[&"10.0.0.3".parse().unwrap()];
+        assert_eq!(
+            (rec.container_id.as_str(), rec.netns_inode),
+            ("recovered-netns-8", 8)
+        );
+        // Seen only: waits for the network whose ranges hold it.
+        assert_eq!(st.evidence, [seen("10.9.0.9", 9)]);
+        assert!(ops.contains(&Op::Evidence(vec![seen("10.9.0.9", 9)])));
         assert_eq!(pool.cooling[&"10.0.0.4".parse().unwrap()], 1_500);
-        assert!(ops.contains(&Op::Evidence(vec![seen("10.0.0.3", 8)])));
     }
 }

@@ -88,6 +88,8 @@ pub enum Op {
     Probe,
     /// The namespace addresses a store recovery found that no network has taken yet.
     Evidence(Vec<crate::recovery::Seen>),
+    /// A damaged store's rebuild is complete (committed with what it entered).
+    Rebuilt,
 }
 
 /// One network's allocations.
@@ -437,14 +439,10 @@ impl State {
             if pool.by_ip.contains_key(&s.ip) {
                 continue;
             }
-            let owner = Attachment::new(format!("recovered-netns-{}", s.netns_inode), s.ifname);
-            let rec = Record {
-                netns: s.netns,
-                netns_inode: s.netns_inode,
-                ..Record::imported(owner, now.unix_ms)
-            };
-            ops.push(Op::Put(cfg.network.clone(), s.ip, rec.clone()));
-            pool.insert(s.ip, rec);
+            let ip = s.ip;
+            let rec = s.into_record(now);
+            ops.push(Op::Put(cfg.network.clone(), ip, rec.clone()));
+            pool.insert(ip, rec);
         }
         ops.push(Op::Evidence(self.evidence.clone()));
     }

@@ -32,6 +32,9 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const IMPORTED: &str = "imported:";
 /// META key of the namespace addresses a recovery found that no network took yet (JSON).
 const EVIDENCE: &str = "recovery-evidence";
+/// META key present while a damaged store's rebuild has not been committed: a restart before
+/// then rebuilds again instead of trusting a store that merely looks clean.
+const PENDING: &str = "recovery-pending";
 /// Damaged store files kept (moved aside) for a post-mortem; older ones are removed.
 const KEEP_DAMAGED: usize = 3;
 
@@ -69,8 +72,8 @@ pub struct Opened {
 }
 
 /// Opens (or creates) the store at `path` and loads it into `state`. A file redb cannot open
-/// is moved aside and a new one started: the daemon must come up (see docs/ipam-service.md
-/// for what that costs). Allocations of another boot than `boot_id` are dropped.
+/// is replaced by a new store marked for a rebuild (see [`crate::recovery`]): the daemon must
+/// come up. Allocations of another boot than `boot_id` are dropped.
 pub fn open(
     path: &Path,
     boot_id: &str,
@@ -82,25 +85,64 @@ pub fn open(
         // Only a file that is not a readable store is replaced; anything else (permissions, a
         // full disk, a newer format) stops the start with the error.
         Err(e) if is_corrupt(&e) => {
-            let aside = path.with_extension(format!("corrupt-{}", crate::clock::unix_ms()));
-            log::error!(
-                "cannot open store {}: {e}; moving it to {}",
-                path.display(),
-                aside.display()
-            );
-            std::fs::rename(path, &aside).map_err(|e| db_err(path, "move aside", e))?;
-            prune_damaged(path);
-            opened.damaged = true;
+            replace_damaged(path, &e)?;
             Database::builder()
                 .set_cache_size(4 << 20)
                 .create(path)
-                .map_err(|e| db_err(path, "create", e))?
+                .map_err(|e| db_err(path, "open the new store", e))?
         }
         Err(e) => return Err(db_err(path, "open", e)),
     };
     opened.dropped_earlier_boot = check_boot(&db, path, boot_id)?;
-    load(&db, path, state)?;
+    let loaded = load(&db, path, state)?;
+    opened.damaged = loaded.pending || loaded.skipped > 0;
+    if loaded.skipped > 0 && !loaded.pending {
+        log::error!(
+            "store {}: {} unreadable records: rebuilding",
+            path.display(),
+            loaded.skipped
+        );
+        mark_pending(&db, path)?;
+    }
     Ok((db, opened))
+}
+
+/// Keeps the damaged file beside `path` (`<stem>.corrupt-<unix ms>`) and puts a new store
+/// marked [`PENDING`] in its place with one rename: whenever the daemon dies, `path` is
+/// either still the damaged file (found again at the next start) or the marked new store,
+/// never a clean-looking empty one.
+fn replace_damaged(path: &Path, why: &redb::DatabaseError) -> Result<(), StoreError> {
+    let aside = path.with_extension(format!("corrupt-{}", crate::clock::unix_ms()));
+    log::error!(
+        "cannot open store {}: {why}; keeping it as {} and rebuilding",
+        path.display(),
+        aside.display()
+    );
+    std::fs::hard_link(path, &aside).map_err(|e| db_err(path, "keep the damaged file", e))?;
+    let fresh = path.with_extension("new");
+    let _ = std::fs::remove_file(&fresh);
+    {
+        let db = Database::builder()
+            .create(&fresh)
+            .map_err(|e| db_err(&fresh, "create", e))?;
+        mark_pending(&db, &fresh)?;
+    }
+    std::fs::rename(&fresh, path).map_err(|e| db_err(path, "replace", e))?;
+    prune_damaged(path);
+    Ok(())
+}
+
+/// Records that the store needs a rebuild.
+fn mark_pending(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let e = |what| move |err: redb::Error| db_err(path, what, err);
+    let mut txn = db.begin_write().map_err(|x| e("begin")(x.into()))?;
+    txn.set_durability(redb::Durability::Immediate);
+    {
+        let mut meta = txn.open_table(META).map_err(|x| e("open meta")(x.into()))?;
+        meta.insert(PENDING, "1")
+            .map_err(|x| e("write meta")(x.into()))?;
+    }
+    txn.commit().map_err(|x| e("commit")(x.into()))
 }
 
 /// Removes all but the newest [`KEEP_DAMAGED`] moved-aside copies of the store at `path`.
@@ -168,6 +210,11 @@ fn check_boot(db: &Database, path: &Path, boot_id: &str) -> Result<usize, StoreE
             meta.insert("boot_id", boot_id)
                 .map_err(|x| e("write meta")(x.into()))?;
             if recorded.is_some() {
+                // Nothing of an earlier boot is live: its evidence and rebuild are void too.
+                meta.remove(EVIDENCE)
+                    .map_err(|x| e("write meta")(x.into()))?;
+                meta.remove(PENDING)
+                    .map_err(|x| e("write meta")(x.into()))?;
                 log::info!("boot ID changed: dropped {dropped} allocations of the earlier boot");
             }
         }
@@ -176,7 +223,17 @@ fn check_boot(db: &Database, path: &Path, boot_id: &str) -> Result<usize, StoreE
     Ok(dropped)
 }
 
-fn load(db: &Database, path: &Path, state: &mut State) -> Result<(), StoreError> {
+/// What loading found besides the state.
+#[derive(Debug, Default)]
+struct Loaded {
+    /// Records that could not be read (skipped).
+    skipped: usize,
+    /// A rebuild is pending.
+    pending: bool,
+}
+
+fn load(db: &Database, path: &Path, state: &mut State) -> Result<Loaded, StoreError> {
+    let mut loaded = Loaded::default();
     let e = |what| move |err: redb::Error| db_err(path, what, err);
     let txn = db.begin_read().map_err(|x| e("begin read")(x.into()))?;
     let alloc = txn.open_table(ALLOC).map_err(|x| e("open")(x.into()))?;
@@ -188,6 +245,7 @@ fn load(db: &Database, path: &Path, state: &mut State) -> Result<(), StoreError>
             serde_json::from_slice::<Record>(v.value()),
         ) else {
             log::warn!("store: skipping unreadable allocation {net}/{ip}");
+            loaded.skipped += 1;
             continue;
         };
         state
@@ -200,14 +258,16 @@ fn load(db: &Database, path: &Path, state: &mut State) -> Result<(), StoreError>
     for row in cool.iter().map_err(|x| e("read")(x.into()))? {
         let (k, v) = row.map_err(|x| e("read")(x.into()))?;
         let (net, ip) = k.value();
-        if let Ok(ip) = ip.parse::<IpAddr>() {
-            state
-                .pools
-                .entry(net.to_string())
-                .or_default()
-                .cooling
-                .insert(ip, v.value());
-        }
+        let Ok(ip) = ip.parse::<IpAddr>() else {
+            loaded.skipped += 1;
+            continue;
+        };
+        state
+            .pools
+            .entry(net.to_string())
+            .or_default()
+            .cooling
+            .insert(ip, v.value());
     }
     let last = txn.open_table(LAST).map_err(|x| e("open")(x.into()))?;
     for row in last.iter().map_err(|x| e("read")(x.into()))? {
@@ -231,9 +291,13 @@ fn load(db: &Database, path: &Path, state: &mut State) -> Result<(), StoreError>
         if k.value() == EVIDENCE {
             match serde_json::from_str(v.value()) {
                 Ok(seen) => state.evidence = seen,
-                Err(err) => log::warn!("store: unreadable recovery evidence: {err}"),
+                Err(err) => {
+                    log::warn!("store: unreadable recovery evidence: {err}");
+                    loaded.skipped += 1;
+                }
             }
         }
+        loaded.pending |= k.value() == PENDING;
     }
     let ranges = txn.open_table(RANGES).map_err(|x| e("open")(x.into()))?;
     for row in ranges.iter().map_err(|x| e("read")(x.into()))? {
@@ -244,7 +308,7 @@ fn load(db: &Database, path: &Path, state: &mut State) -> Result<(), StoreError>
             pool.range_sets = sets;
         }
     }
-    Ok(())
+    Ok(loaded)
 }
 
 /// The size of a displayed range set ("a-b,c-d"), for usage reports after a restart.
@@ -426,6 +490,9 @@ fn commit(db: &Database, batches: &[Batch]) -> Result<(), redb::Error> {
                 }
                 Op::Imported(net) => {
                     meta.insert(format!("{IMPORTED}{net}").as_str(), "1")?;
+                }
+                Op::Rebuilt => {
+                    meta.remove(PENDING)?;
                 }
                 Op::Evidence(seen) => {
                     let v = serde_json::to_string(seen).expect("addresses always serialize");

@@ -554,10 +554,36 @@ fn a_corrupt_store_file_does_not_stop_the_daemon() {
     let mut node = Node::new();
     std::fs::create_dir_all(node.path("state")).unwrap();
     std::fs::write(node.path("state/ipam.redb"), vec![0xa5u8; 8192]).unwrap();
+    // Killed while it rebuilds (told to wait a minute before it looks): the next start must
+    // rebuild again, not trust the new store that merely looks clean.
+    let mut first = node
+        .command_for_test()
+        .args(["--rebuild-settle", "60"])
+        .spawn()
+        .unwrap();
+    wait_for("the rebuild to start", || {
+        node.log().contains("rebuilding allocations")
+    });
+    let status = node
+        .client()
+        .call(|mut c| async move { c.status(v1::StatusRequest::default()).await });
+    let reply = status.unwrap();
+    assert!(!reply.ready, "not ready while rebuilding");
+    assert!(reply.reason.contains("rebuilding"), "{}", reply.reason);
+    first.kill().unwrap();
+    first.wait().unwrap();
     node.start();
-    assert!(node.log().contains("moving it to"), "{}", node.log());
+    let log = node.log();
+    assert_eq!(log.matches("keeping it as").count(), 1, "{log}");
+    assert_eq!(log.matches("rebuilding allocations").count(), 2, "{log}");
+    assert!(log.contains("store rebuilt"), "{log}");
     let conf = node.conf("corrupt", "10.55.0.0/24");
     address(&plugin("ADD", "c1", NO_NETNS, &conf));
+    // Rebuilt and committed: a third start has nothing to rebuild.
+    node.kill9();
+    node.start();
+    assert_eq!(node.log().matches("rebuilding allocations").count(), 2);
+    assert_eq!(node.allocations().len(), 1);
 }
 
 /// The v1.0-era minimum of a request: only the fields a first client would send.

@@ -4,13 +4,17 @@
 //! Why evict instead of refusing the newcomer: a bound that idle connections can fill lets one
 //! client lock every other out (the plugins of the next ADDs among them). A client process
 //! holding more connections than the newcomer's would after admission gives one of its idle
-//! ones up; a connection with a request in flight is never taken.
+//! ones up; a connection with a request in flight, or that read or wrote anything in the last
+//! [`QUIET`] (an answer on its way out), is never taken.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a connection must have been silent, both ways, before it may be given up.
+pub const QUIET: Duration = Duration::from_millis(100);
 
 /// The connection bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +69,7 @@ pub struct ConnState {
     evicted: AtomicBool,
     waker: Mutex<Option<Waker>>,
     in_flight: AtomicUsize,
-    last_read_ms: AtomicU64,
+    last_active_ms: AtomicU64,
 }
 
 impl ConnState {
@@ -82,9 +86,9 @@ impl ConnState {
         }
     }
 
-    /// Notes that the connection read something at `ms` (since admission started).
+    /// Notes that the connection read or wrote something at `ms` (since admission started).
     pub fn touched(&self, ms: u64) {
-        self.last_read_ms.store(ms, Ordering::Relaxed);
+        self.last_active_ms.store(ms, Ordering::Relaxed);
     }
 
     /// A request started on the connection.
@@ -128,16 +132,18 @@ impl Table {
     }
 
     /// The idle connection to give up for a newcomer of `pid`: of the process holding the
-    /// most, provided it holds more than the newcomer's would; the longest silent first.
-    fn victim(&self, pid: i32) -> Option<u64> {
+    /// most, provided it holds more than the newcomer's would; silent for `quiet` ms at `now`
+    /// at least; the longest silent first.
+    fn victim(&self, pid: i32, now: u64, quiet: u64) -> Option<u64> {
         let newcomer = self.per_pid.get(&pid).copied().unwrap_or(0) + 1;
         self.conns
             .iter()
             .filter(|(_, t)| t.state.in_flight.load(Ordering::Acquire) == 0)
+            .filter(|(_, t)| t.state.last_active_ms.load(Ordering::Relaxed) + quiet <= now)
             .filter(|(_, t)| self.per_pid.get(&t.pid).copied().unwrap_or(0) > newcomer)
             .max_by_key(|(_, t)| {
                 let held = self.per_pid.get(&t.pid).copied().unwrap_or(0);
-                let silent = u64::MAX - t.state.last_read_ms.load(Ordering::Relaxed);
+                let silent = u64::MAX - t.state.last_active_ms.load(Ordering::Relaxed);
                 (held, silent)
             })
             .map(|(id, _)| *id)
@@ -158,6 +164,7 @@ pub struct Admission {
     limits: Limits,
     /// Users never held to a share: root and the daemon's own.
     privileged: [u32; 2],
+    quiet: Duration,
     start: Instant,
     table: Mutex<Table>,
 }
@@ -165,9 +172,15 @@ pub struct Admission {
 impl Admission {
     /// Admission under `limits`; `own_uid` (and root) are never held to a user's share.
     pub fn new(limits: Limits, own_uid: u32) -> Arc<Admission> {
+        Admission::with_quiet(limits, own_uid, QUIET)
+    }
+
+    /// [`Admission::new`] with another quiet time before a connection may be given up.
+    pub fn with_quiet(limits: Limits, own_uid: u32, quiet: Duration) -> Arc<Admission> {
         Arc::new(Admission {
             limits,
             privileged: [0, own_uid],
+            quiet,
             start: Instant::now(),
             table: Mutex::new(Table::default()),
         })
@@ -191,6 +204,7 @@ impl Admission {
     /// Admits a connection of `peer`, giving up another's idle connection if the bound is
     /// reached; the ticket holds the place until dropped.
     pub fn admit(self: &Arc<Self>, peer: &Peer) -> Result<(Ticket, Option<Refusal>), Refusal> {
+        let now = self.now_ms();
         let mut t = lock(&self.table);
         if t.per_pid.get(&peer.pid).copied().unwrap_or(0) >= self.limits.per_client {
             return Err(Refusal::PerClient);
@@ -201,7 +215,8 @@ impl Admission {
         }
         let mut evicted = None;
         if t.conns.len() >= self.limits.total {
-            let id = t.victim(peer.pid).ok_or(Refusal::Full)?;
+            let quiet = self.quiet.as_millis() as u64;
+            let id = t.victim(peer.pid, now, quiet).ok_or(Refusal::Full)?;
             if let Some(victim) = t.remove(id) {
                 victim.state.evict();
             }
@@ -210,7 +225,7 @@ impl Admission {
         let id = t.next;
         t.next += 1;
         let state = Arc::new(ConnState::default());
-        state.touched(self.now_ms());
+        state.touched(now);
         t.conns.insert(
             id,
             Tracked {
@@ -221,6 +236,7 @@ impl Admission {
         );
         *t.per_pid.entry(peer.pid).or_default() += 1;
         *t.per_uid.entry(peer.uid).or_default() += 1;
+        crate::metrics::connections(t.conns.len());
         let ticket = Ticket {
             id,
             state,
@@ -306,7 +322,7 @@ mod tests {
 
     #[test]
     fn at_the_bound_the_biggest_holder_gives_up_an_idle_connection() {
-        let a = Admission::new(limits(4, 10, 10), 0);
+        let a = Admission::with_quiet(limits(4, 10, 10), 0, Duration::ZERO);
         let flood: Vec<_> = (0..4).map(|_| a.admit(&peer(1, 0)).unwrap().0).collect();
         // One of the flood's connections is busy: never the one taken.
         flood[0].state().begin();
@@ -316,6 +332,10 @@ mod tests {
         let gone: Vec<bool> = flood.iter().map(|t| t.state().evicted()).collect();
         assert_eq!(gone.iter().filter(|g| **g).count(), 1);
         assert!(!gone[0]);
+        // A connection that was just active is not taken either.
+        let b = Admission::new(limits(2, 10, 10), 0);
+        let _fresh = [b.admit(&peer(1, 0)).unwrap(), b.admit(&peer(1, 0)).unwrap()];
+        assert_eq!(b.admit(&peer(2, 0)).err(), Some(Refusal::Full));
         // Dropping an evicted ticket gives nothing back twice.
         drop(flood);
         assert_eq!(a.held(), 1);

@@ -45,7 +45,13 @@ impl Listener {
 
 impl Acceptor for Listener {
     async fn accept(&mut self) -> io::Result<UnixStream> {
-        self.listener.accept().await.map(|(s, _)| s)
+        let accepted = self.listener.accept().await.map(|(s, _)| s);
+        // A spare that could not be reopened after a shed (another thread took the descriptor)
+        // is tried again once accepting works.
+        if accepted.is_ok() && self.spare.is_none() {
+            self.spare = std::fs::File::open("/dev/null").ok();
+        }
+        accepted
     }
 
     fn shed(&mut self) -> bool {
@@ -214,9 +220,7 @@ fn admit(stream: UnixStream, admission: &Arc<Admission>) -> Option<Conn> {
             if evicted.is_some() {
                 metrics::connection_evicted();
             }
-            let conn = Conn::new(stream, peer, ticket);
-            metrics::connections(admission.held());
-            Some(conn)
+            Some(Conn::new(stream, peer, ticket))
         }
         Err(why) => {
             log::debug!(

@@ -1,5 +1,5 @@
 //! The stream tonic serves: a unix connection that knows its peer and its place among the
-//! admitted connections, and reads as closed once that place was given up.
+//! admitted connections, and reads as closed (and fails writes) once that place was given up.
 
 use std::io;
 use std::pin::Pin;
@@ -74,21 +74,52 @@ impl AsyncRead for Conn {
     }
 }
 
+impl Conn {
+    /// Before a write: an evicted connection fails it (so a peer that never reads cannot keep
+    /// it open); otherwise the task is remembered for an eviction to wake.
+    fn check_write(&self, cx: &Context<'_>) -> io::Result<()> {
+        let state = self.ticket.state();
+        state.park(cx.waker());
+        if state.evicted() {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        Ok(())
+    }
+
+    fn wrote(&self, r: &Poll<io::Result<usize>>) {
+        if matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
+            let now = self.ticket.admission().now_ms();
+            self.ticket.state().touched(now);
+        }
+    }
+}
+
 impl AsyncWrite for Conn {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.check_write(cx)?;
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.wrote(&r);
+        r
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        this.check_write(cx)?;
+        Pin::new(&mut this.io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.ticket.state().evicted() {
+            // Nothing more will be sent: the descriptor closes when hyper drops it.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -96,7 +127,11 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.check_write(cx)?;
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.wrote(&r);
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
