@@ -380,10 +380,18 @@ mod tests {
     const PROBE: &str = "TRESTLE_BENCH_MEMORY_PROBE";
     const MIB: u64 = 1024;
 
-    /// The measured program when `PROBE` is set; passes at once otherwise.
+    /// The measured program when `PROBE` is set. Run as a test, it measures itself as that
+    /// program touching nothing, which must come out small: the bench's (this test
+    /// process's) own memory must not leak into a child's figure.
     #[test]
     fn probe() {
         let Ok(spec) = std::env::var(PROBE) else {
+            let idle = peak("0");
+            assert!(
+                idle.peak_kib < 16 * MIB,
+                "an idle probe reports {} KiB",
+                idle.peak_kib
+            );
             return;
         };
         if spec == "fail" {
