@@ -437,16 +437,21 @@ impl Daemon {
             .await
             .unwrap_or_default();
         for name in names {
-            let found = self.read_import(&name).await;
-            let commit = {
-                let mut st = self.lock();
-                let mut ops = Vec::new();
-                apply_import(&mut st, &name, found, &mut ops);
-                self.submit(ops)
-            };
-            self.wait(commit).await?;
+            self.import(&name).await?;
         }
         Ok(())
+    }
+
+    /// Imports `network` unless it was (see [`Daemon::read_import`]), durably.
+    async fn import(&self, network: &str) -> Result<(), OpError> {
+        let found = self.read_import(network).await;
+        let commit = {
+            let mut st = self.lock();
+            let mut ops = Vec::new();
+            apply_import(&mut st, network, found, &mut ops);
+            self.submit(ops)
+        };
+        self.wait(commit).await
     }
 
     /// Tries the failed imports whose retry is due (housekeeping, every second).
@@ -461,14 +466,8 @@ impl Daemon {
                 .collect()
         };
         for network in due {
-            let found = self.read_import(&network).await;
-            let commit = {
-                let mut st = self.lock();
-                let mut ops = Vec::new();
-                apply_import(&mut st, &network, found, &mut ops);
-                self.submit(ops)
-            };
-            let _ = self.wait(commit).await;
+            // A failed commit leaves the import unrecorded: the next Allocate imports again.
+            let _ = self.import(&network).await;
         }
     }
 
