@@ -368,22 +368,14 @@ impl Daemon {
         Ok(done)
     }
 
-    /// Has `commit`'s changes committed (on a blocking thread: an fsync must never pin one of
-    /// the runtime's workers) and waits for the outcome.
+    /// Waits for `commit`, which the store's writer thread makes (an fsync never pins one of
+    /// the runtime's workers).
     async fn wait(&self, commit: Commit) -> Result<(), OpError> {
-        self.flush_in_background();
         match commit.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(OpError::Store(e)),
             Err(_) => Err(OpError::Store("the store has stopped".into())),
         }
-    }
-
-    /// Commits what is queued on a blocking thread. Of concurrent flushers only the one that
-    /// takes the database commits (for everybody), so the others return at once.
-    fn flush_in_background(&self) {
-        let w = self.writer.clone();
-        tokio::task::spawn_blocking(move || w.flush());
     }
 
     /// Publishes every network's usage (at start: the gauges exist before the first request).
@@ -423,7 +415,6 @@ impl Daemon {
                 publish(&st, &n);
             }
         }
-        self.flush_in_background();
     }
 
     /// Imports every network found in host-local's `dataDir` that the daemon does not know

@@ -268,6 +268,9 @@ pub fn run(opts: Options) -> Result<(), String> {
     let served = rt
         .block_on(async { tokio::spawn(serve(opts, listener, nofile)).await })
         .map_err(|e| format!("trestled panicked: {e}"))?;
+    // The runtime goes first: dropping it waits for blocking work (a last flush) that may
+    // still hold the store, and only then may another daemon take the state directory.
+    drop(rt);
     drop(instance);
     served
 }

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, TryLockError};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::oneshot;
@@ -337,24 +337,74 @@ struct Batch {
 
 /// The handle requests use to make their changes durable.
 ///
-/// Group commit without a writer thread: a request queues its changes (in the order memory
-/// saw them: under the state lock), then calls [`Writer::flush`]. The first flusher to take
-/// the database commits everything queued, in order, up to [`MAX_BATCH`] requests a
-/// transaction, and goes on until the queue is empty; a flusher that finds the database
-/// taken returns at once, because the one holding it will commit its changes too. So an
-/// idle daemon commits on the request's own thread (no handoff to another thread, which on
-/// a VM costs a wakeup of an idle vCPU), and a busy one shares each commit among the
-/// requests that queued while the previous one ran.
+/// Group commit on a thread of its own: a request queues its changes (in the order memory
+/// saw them: under the state lock) and awaits its commit; the writer thread, woken when the
+/// queue stops being empty, commits everything queued, in order, up to [`MAX_BATCH`] requests
+/// a transaction, and goes on until the queue is empty. So a commit's write and fsync never
+/// run on an async worker, a busy daemon shares each commit among the requests that queued
+/// while the previous one ran, and the thread is woken once per burst, not per request.
+/// [`Writer::flush`] commits on the caller's thread instead (shutdown, tests); a flusher that
+/// finds the database taken returns at once, because its holder commits what is queued.
 #[derive(Clone)]
 pub struct Writer {
     shared: Arc<Shared>,
+    _thread: Arc<WriterThread>,
 }
 
 struct Shared {
     db: Mutex<Database>,
     queue: Mutex<VecDeque<Batch>>,
+    /// Signalled when the queue stops being empty, and at stop.
+    queued: Condvar,
+    stop: AtomicBool,
     path: PathBuf,
     healthy: Arc<AtomicBool>,
+}
+
+/// How many times the writer thread looks for more work before it sleeps.
+const SPINS: usize = 20;
+
+/// The writer thread, stopped and joined when the last [`Writer`] goes.
+struct WriterThread {
+    shared: Arc<Shared>,
+    handle: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        {
+            let _q = lock(&self.shared.queue);
+            self.shared.queued.notify_all();
+        }
+        if let Some(h) = lock(&self.handle).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The writer thread's loop: sleep while nothing is queued, commit everything that is.
+fn write_loop(sh: &Arc<Shared>) {
+    loop {
+        // Under load the next batch is usually microseconds away: look a few times before
+        // sleeping, which saves a futex sleep and wake-up per commit.
+        for _ in 0..SPINS {
+            if !lock(&sh.queue).is_empty() {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        {
+            let mut q = lock(&sh.queue);
+            while q.is_empty() && !sh.stop.load(Ordering::Acquire) {
+                q = sh.queued.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            if q.is_empty() {
+                return;
+            }
+        }
+        flush_rounds(sh, usize::MAX, true);
+    }
 }
 
 /// A commit to wait for.
@@ -364,18 +414,30 @@ impl Writer {
     /// A writer over `db`. `healthy` follows the last commit: false after a failed one, true
     /// again after the next that succeeds (readiness reports it).
     pub fn new(db: Database, path: PathBuf, healthy: Arc<AtomicBool>) -> Writer {
+        let shared = Arc::new(Shared {
+            db: Mutex::new(db),
+            queue: Mutex::new(VecDeque::new()),
+            queued: Condvar::new(),
+            stop: AtomicBool::new(false),
+            path,
+            healthy,
+        });
+        let sh = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("trestled-store".into())
+            .spawn(move || write_loop(&sh))
+            .expect("a thread for the store's commits");
         Writer {
-            shared: Arc::new(Shared {
-                db: Mutex::new(db),
-                queue: Mutex::new(VecDeque::new()),
-                path,
-                healthy,
+            _thread: Arc::new(WriterThread {
+                shared: shared.clone(),
+                handle: Mutex::new(Some(handle)),
             }),
+            shared,
         }
     }
 
     /// Queues `ops` (in order after everything queued before) and returns the commit to
-    /// await. Call it while holding the state lock, and [`Writer::flush`] after releasing it.
+    /// await (the writer thread commits it). Call it while holding the state lock.
     pub fn submit(&self, ops: Vec<Op>) -> Commit {
         let (done, rx) = oneshot::channel();
         self.push(Batch {
@@ -392,7 +454,12 @@ impl Writer {
     }
 
     fn push(&self, batch: Batch) {
-        lock(&self.shared.queue).push_back(batch);
+        let mut q = lock(&self.shared.queue);
+        q.push_back(batch);
+        // Only the first of a burst wakes the thread: a busy one finds the rest queued.
+        if q.len() == 1 {
+            self.shared.queued.notify_one();
+        }
     }
 
     /// Commits what is queued, unless another thread is committing (which then commits it).
@@ -405,7 +472,14 @@ impl Writer {
     /// queued and nobody else committing: the caller must then have them flushed (the
     /// holder of the database is the only one who will).
     pub fn flush_rounds(&self, rounds: usize) -> bool {
-        let sh = &*self.shared;
+        flush_rounds(&self.shared, rounds, false)
+    }
+}
+
+/// Commits what is queued, `rounds` commits at most. With `wait`, waits for a database that
+/// another flusher holds (the writer thread must not spin); without, leaves the work to it.
+fn flush_rounds(sh: &Shared, rounds: usize, wait: bool) -> bool {
+    {
         let mut done = 0;
         loop {
             if done == rounds {
@@ -415,6 +489,7 @@ impl Writer {
             let db = match sh.db.try_lock() {
                 Ok(db) => db,
                 Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) if wait => lock(&sh.db),
                 Err(TryLockError::WouldBlock) => return true,
             };
             let batches: Vec<Batch> = {
