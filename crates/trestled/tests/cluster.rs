@@ -604,13 +604,7 @@ fn a_store_of_random_bytes_never_hands_out_what_etcd_records_as_this_nodes() {
         .map(|i| a.add_retrying(&conf, &format!("a{i}"), 50).unwrap())
         .collect();
     a.kill9();
-    let mut noise = vec![0u8; 64 * 1024];
-    std::io::Read::read_exact(
-        &mut std::fs::File::open("/dev/urandom").unwrap(),
-        &mut noise,
-    )
-    .unwrap();
-    std::fs::write(a.path("state/ipam.redb"), noise).unwrap();
+    a.damage_store();
     a.start();
     assert!(a.log().contains("store rebuilt"), "{}", a.log());
     for i in 0..12 {

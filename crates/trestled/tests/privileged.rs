@@ -277,17 +277,6 @@ fn cache_entry(dir: &std::path::Path, network: &str, id: &str, netns: &str, addr
     std::fs::write(dir.join(format!("{network}-{id}-eth0")), entry.to_string()).unwrap();
 }
 
-/// Overwrites the store with random bytes, as a bad disk or a stray write would.
-fn damage_store(node: &Node) {
-    let mut noise = vec![0u8; 64 * 1024];
-    std::io::Read::read_exact(
-        &mut std::fs::File::open("/dev/urandom").unwrap(),
-        &mut noise,
-    )
-    .unwrap();
-    std::fs::write(node.path("state/ipam.redb"), noise).unwrap();
-}
-
 #[test]
 #[ignore = "privileged: needs root"]
 fn a_store_of_random_bytes_under_12_live_pods_never_hands_their_addresses_out_again() {
@@ -311,7 +300,7 @@ fn a_store_of_random_bytes_under_12_live_pods_never_hands_their_addresses_out_ag
         live.push(ip);
     }
     node.kill9();
-    damage_store(&node);
+    node.damage_store();
     node.start();
     assert!(node.log().contains("store rebuilt"), "{}", node.log());
     let mut given = Vec::new();

@@ -148,6 +148,17 @@ impl Node {
         cmd
     }
 
+    /// Overwrites the store with 64 KiB of random bytes, as a bad disk or a stray write would.
+    pub fn damage_store(&self) {
+        let mut noise = vec![0u8; 64 * 1024];
+        std::io::Read::read_exact(
+            &mut std::fs::File::open("/dev/urandom").unwrap(),
+            &mut noise,
+        )
+        .unwrap();
+        std::fs::write(self.path("state/ipam.redb"), noise).unwrap();
+    }
+
     /// The daemon's command, for a test that starts it itself.
     pub fn command_for_test(&self) -> Command {
         self.command()
