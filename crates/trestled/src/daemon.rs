@@ -68,6 +68,9 @@ pub struct Daemon {
     warnings: Mutex<BTreeMap<&'static str, String>>,
 }
 
+/// Why Allocate, Release and GC wait while a damaged store is rebuilt.
+const REBUILDING: &str = "rebuilding the allocations of a damaged store";
+
 /// How long a failed host-local import waits before it is tried again.
 const IMPORT_RETRY: Duration = Duration::from_secs(30);
 
@@ -118,7 +121,7 @@ impl Daemon {
         if !self.ready.load(Ordering::Acquire) {
             Some("starting or stopping")
         } else if self.recovering.load(Ordering::Acquire) {
-            Some("rebuilding the allocations of a damaged store")
+            Some(REBUILDING)
         } else if !self.store_ok.load(Ordering::Acquire) {
             Some("the last store commit failed")
         } else if self.cluster.as_ref().is_some_and(|n| !n.lease_valid()) {
@@ -150,14 +153,12 @@ impl Daemon {
         w.values().cloned().collect()
     }
 
-    /// Release and GC wait for a rebuild: one served before it would free nothing, and the
-    /// rebuild would then enter the address again from a cache entry its DEL made stale.
-    /// The plugin resends (or queues) them.
+    /// Every change waits for a rebuild: an Allocate must see what it enters, and a Release
+    /// or GC served before it would free nothing, the rebuild then entering the address again
+    /// from a cache entry its DEL made stale. The plugin resends (or queues) them.
     fn refuse_while_recovering(&self) -> Result<(), OpError> {
         if self.recovering.load(Ordering::Acquire) {
-            return Err(OpError::NotReady(
-                "rebuilding the allocations of a damaged store",
-            ));
+            return Err(OpError::NotReady(REBUILDING));
         }
         Ok(())
     }
@@ -173,19 +174,8 @@ impl Daemon {
     /// Even with no changes: the answer then still waits for every commit queued before it,
     /// so nothing is acknowledged on the strength of memory a commit has not made durable yet
     /// (a Release of nothing right after a Release whose commit is pending, say).
-    fn submit(&self, ops: Vec<Op>) -> Commit {
+    pub(crate) fn submit(&self, ops: Vec<Op>) -> Commit {
         self.writer.submit(ops)
-    }
-
-    /// Queues `ops` for the store (with the state lock held, so the store sees changes in
-    /// the order memory did); await [`Daemon::wait_commit`] after releasing it.
-    pub fn commit(&self, ops: Vec<Op>) -> Commit {
-        self.submit(ops)
-    }
-
-    /// Waits until `commit` is durable.
-    pub async fn wait_commit(&self, commit: Commit) -> Result<(), OpError> {
-        self.wait(commit).await
     }
 
     /// Allocate.
@@ -221,11 +211,7 @@ impl Daemon {
         if !self.ready.load(Ordering::Acquire) {
             return Err(OpError::NotReady("starting or stopping"));
         }
-        if self.recovering.load(Ordering::Acquire) {
-            return Err(OpError::NotReady(
-                "rebuilding the allocations of a damaged store",
-            ));
-        }
+        self.refuse_while_recovering()?;
         let network = &input.config.network;
         let deadline = tokio::time::Instant::now() + self.grow_timeout;
         loop {
@@ -370,7 +356,7 @@ impl Daemon {
 
     /// Waits for `commit`, which the store's writer thread makes (an fsync never pins one of
     /// the runtime's workers).
-    async fn wait(&self, commit: Commit) -> Result<(), OpError> {
+    pub(crate) async fn wait(&self, commit: Commit) -> Result<(), OpError> {
         match commit.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(OpError::Store(e)),
@@ -395,10 +381,10 @@ impl Daemon {
         }
     }
 
-    /// Commits whatever is still queued (shutdown).
+    /// Waits until whatever is queued is committed (shutdown): an empty commit is made after
+    /// everything queued before it.
     pub async fn stop_store(&self) {
-        let w = self.writer.clone();
-        let _ = tokio::task::spawn_blocking(move || w.flush()).await;
+        let _ = self.wait(self.writer.submit(Vec::new())).await;
     }
 
     /// Ends reuse delays that are over (housekeeping: not awaited).

@@ -268,8 +268,8 @@ pub fn run(opts: Options) -> Result<(), String> {
     let served = rt
         .block_on(async { tokio::spawn(serve(opts, listener, nofile)).await })
         .map_err(|e| format!("trestled panicked: {e}"))?;
-    // The runtime goes first: dropping it waits for blocking work (a last flush) that may
-    // still hold the store, and only then may another daemon take the state directory.
+    // The runtime goes first: dropping it waits for blocking work still running (an import,
+    // a rebuild's scan), and only then may another daemon take the state directory.
     drop(rt);
     drop(instance);
     served
@@ -295,14 +295,13 @@ async fn serve(opts: Options, listener: Listener, nofile: u64) -> Result<(), Str
         None => BootIdSource::Kernel,
     };
     let boot_id = boot.current().unwrap_or_else(|| "unknown".into());
-    let state = State {
+    let mut state = State {
         reuse_delay_ns: seconds(opts.reuse_delay).as_nanos() as u64,
         ..State::default()
     };
     let path = opts.state_dir.join("ipam.redb");
     let (db, opened, state) = {
         let (path, boot_id) = (path.clone(), boot_id.clone());
-        let mut state = state;
         tokio::task::spawn_blocking(move || {
             store::open(&path, &boot_id, &mut state).map(|(db, o)| (db, o, state))
         })

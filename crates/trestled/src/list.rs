@@ -56,9 +56,9 @@ pub fn list(daemon: &Daemon, network: &str, after: Cursor, page_size: u32) -> v1
     let mut cursor = after;
     loop {
         let room = (want - reply.allocations.len()).min(MAX_PAGE);
-        let (chunk, more) = chunk(daemon, network, &cursor, room);
-        if let Some(last) = chunk.last() {
-            cursor = Some((last.network.clone(), last.address.parse().expect("ours")));
+        let (chunk, last, more) = chunk(daemon, network, &cursor, room);
+        if last.is_some() {
+            cursor = last;
         }
         reply.allocations.extend(chunk);
         if !more {
@@ -88,15 +88,17 @@ fn pools(daemon: &Daemon, network: &str) -> Vec<v1::Pool> {
         .collect()
 }
 
-/// Up to `room` allocations after `cursor`, under the lock once; true if more follow.
+/// Up to `room` allocations after `cursor`, under the lock once; the last one's cursor, and
+/// true if more follow.
 fn chunk(
     daemon: &Daemon,
     network: &str,
     cursor: &Cursor,
     room: usize,
-) -> (Vec<v1::Allocation>, bool) {
+) -> (Vec<v1::Allocation>, Cursor, bool) {
     let st = daemon.lock();
     let mut out = Vec::new();
+    let mut last = None;
     let start = cursor.as_ref().map(|(n, _)| n.as_str()).unwrap_or("");
     for (name, pool) in st
         .pools
@@ -111,12 +113,13 @@ fn chunk(
         };
         for (ip, r) in pool.by_ip.range((from, Bound::Unbounded)) {
             if out.len() == room {
-                return (out, true);
+                return (out, last, true);
             }
             out.push(allocation(name, *ip, r));
+            last = Some((name.clone(), *ip));
         }
     }
-    (out, false)
+    (out, last, false)
 }
 
 /// An allocation as List shows it.

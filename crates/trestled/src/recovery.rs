@@ -151,9 +151,9 @@ async fn attempt(
         let mut ops = Vec::new();
         let summary = rebuild(&mut st, evidence, held, now, hold, &mut ops);
         ops.push(Op::Rebuilt);
-        (summary, daemon.commit(ops))
+        (summary, daemon.submit(ops))
     };
-    daemon.wait_commit(commit).await?;
+    daemon.wait(commit).await?;
     Ok(summary)
 }
 
@@ -182,7 +182,13 @@ pub fn rebuild(
     ops: &mut Vec<Op>,
 ) -> Summary {
     let mut summary = Summary::default();
-    let by_ip: HashMap<IpAddr, Seen> = evidence.seen.iter().map(|s| (s.ip, s.clone())).collect();
+    // Where each seen address is in `evidence.seen` (indices: the list is consumed below).
+    let by_ip: HashMap<IpAddr, usize> = evidence
+        .seen
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.ip, i))
+        .collect();
     let mut named: HashSet<IpAddr> = HashSet::new();
     for c in &evidence.cached {
         let pool = st.pools.entry(c.network.clone()).or_default();
@@ -191,7 +197,7 @@ pub fn rebuild(
             if pool.by_ip.contains_key(ip) {
                 continue;
             }
-            let seen = by_ip.get(ip);
+            let seen = by_ip.get(ip).map(|&i| &evidence.seen[i]);
             let rec = Record {
                 netns: seen.map_or(c.netns.clone(), |s| s.netns.clone()),
                 netns_inode: seen.map_or_else(|| inode_of(&c.netns), |s| s.netns_inode),

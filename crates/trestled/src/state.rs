@@ -424,16 +424,16 @@ impl State {
     /// its network, each owned by the namespace that holds it (leak repair frees it once that
     /// namespace is gone); the rest wait for their own network.
     fn take_evidence(&mut self, cfg: &IpamConfig, now: Now, ops: &mut Vec<Op>) {
-        if self.evidence.is_empty() {
+        let in_ranges = |s: &crate::recovery::Seen| cfg.range_sets.iter().any(|r| r.contains(s.ip));
+        // Addresses of no network (the host's own, another plugin's) stay for good: most ADDs
+        // only look.
+        if !self.evidence.iter().any(in_ranges) {
             return;
         }
         let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.evidence)
             .into_iter()
-            .partition(|s| cfg.range_sets.iter().any(|set| set.contains(s.ip)));
+            .partition(in_ranges);
         self.evidence = rest;
-        if mine.is_empty() {
-            return;
-        }
         let pool = self.pools.entry(cfg.network.clone()).or_default();
         for s in mine {
             if pool.by_ip.contains_key(&s.ip) {

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, TryLockError};
+use std::sync::{Arc, Condvar, Mutex};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::oneshot;
@@ -337,14 +337,14 @@ struct Batch {
 
 /// The handle requests use to make their changes durable.
 ///
-/// Group commit on a thread of its own: a request queues its changes (in the order memory
-/// saw them: under the state lock) and awaits its commit; the writer thread, woken when the
-/// queue stops being empty, commits everything queued, in order, up to [`MAX_BATCH`] requests
-/// a transaction, and goes on until the queue is empty. So a commit's write and fsync never
-/// run on an async worker, a busy daemon shares each commit among the requests that queued
-/// while the previous one ran, and the thread is woken once per burst, not per request.
-/// [`Writer::flush`] commits on the caller's thread instead (shutdown, tests); a flusher that
-/// finds the database taken returns at once, because its holder commits what is queued.
+/// Group commit on a thread of its own, the only one that touches the database: a request
+/// queues its changes (in the order memory saw them: under the state lock) and awaits its
+/// commit; the writer thread, woken when the queue stops being empty, commits everything
+/// queued, in order, up to [`MAX_BATCH`] requests a transaction, and goes on until the queue
+/// is empty. So a commit's write and fsync never run on an async worker, a busy daemon shares
+/// each commit among the requests that queued while the previous one ran, and the thread is
+/// woken once per burst, not per request. When the last handle goes, the thread commits what
+/// is still queued and ends.
 #[derive(Clone)]
 pub struct Writer {
     shared: Arc<Shared>,
@@ -352,13 +352,10 @@ pub struct Writer {
 }
 
 struct Shared {
-    db: Mutex<Database>,
     queue: Mutex<VecDeque<Batch>>,
     /// Signalled when the queue stops being empty, and at stop.
     queued: Condvar,
     stop: AtomicBool,
-    path: PathBuf,
-    healthy: Arc<AtomicBool>,
 }
 
 /// How many times the writer thread looks for more work before it sleeps.
@@ -383,8 +380,16 @@ impl Drop for WriterThread {
     }
 }
 
-/// The writer thread's loop: sleep while nothing is queued, commit everything that is.
-fn write_loop(sh: &Arc<Shared>) {
+/// What the writer thread owns: the database, and what it reports to.
+struct Store {
+    db: Database,
+    path: PathBuf,
+    healthy: Arc<AtomicBool>,
+}
+
+/// The writer thread's loop: sleep while nothing is queued, commit everything that is; at
+/// stop, end once the queue is empty.
+fn write_loop(store: &Store, sh: &Shared) {
     loop {
         // Under load the next batch is usually microseconds away: look a few times before
         // sleeping, which saves a futex sleep and wake-up per commit.
@@ -394,7 +399,7 @@ fn write_loop(sh: &Arc<Shared>) {
             }
             std::thread::yield_now();
         }
-        {
+        let batches: Vec<Batch> = {
             let mut q = lock(&sh.queue);
             while q.is_empty() && !sh.stop.load(Ordering::Acquire) {
                 q = sh.queued.wait(q).unwrap_or_else(|p| p.into_inner());
@@ -402,8 +407,32 @@ fn write_loop(sh: &Arc<Shared>) {
             if q.is_empty() {
                 return;
             }
+            let n = q.len().min(MAX_BATCH);
+            q.drain(..n).collect()
+        };
+        store.commit_batches(batches);
+    }
+}
+
+impl Store {
+    /// Commits `batches` in one transaction and answers each.
+    fn commit_batches(&self, batches: Vec<Batch>) {
+        let result =
+            commit(&self.db, &batches).map_err(|e| format!("store {}: {e}", self.path.display()));
+        crate::metrics::commit(batches.len(), result.is_ok());
+        let was = self.healthy.swap(result.is_ok(), Ordering::AcqRel);
+        // Logged here when the store turns bad (the requests' own errors are logged by the
+        // service, once each), and when it recovers.
+        match (&result, was) {
+            (Err(msg), true) => log::error!("{msg}"),
+            (Ok(()), false) => log::info!("store {}: writable again", self.path.display()),
+            _ => {}
         }
-        flush_rounds(sh, usize::MAX, true);
+        for b in batches {
+            if let Some(done) = b.done {
+                let _ = done.send(result.clone());
+            }
+        }
     }
 }
 
@@ -415,17 +444,15 @@ impl Writer {
     /// again after the next that succeeds (readiness reports it).
     pub fn new(db: Database, path: PathBuf, healthy: Arc<AtomicBool>) -> Writer {
         let shared = Arc::new(Shared {
-            db: Mutex::new(db),
             queue: Mutex::new(VecDeque::new()),
             queued: Condvar::new(),
             stop: AtomicBool::new(false),
-            path,
-            healthy,
         });
+        let store = Store { db, path, healthy };
         let sh = shared.clone();
         let handle = std::thread::Builder::new()
             .name("trestled-store".into())
-            .spawn(move || write_loop(&sh))
+            .spawn(move || write_loop(&store, &sh))
             .expect("a thread for the store's commits");
         Writer {
             _thread: Arc::new(WriterThread {
@@ -448,7 +475,7 @@ impl Writer {
     }
 
     /// Queues `ops` without a commit to wait for (housekeeping whose loss a crash only
-    /// repeats: expired reuse delays, the readiness probe). Flush afterwards.
+    /// repeats: expired reuse delays).
     pub fn submit_detached(&self, ops: Vec<Op>) {
         self.push(Batch { ops, done: None });
     }
@@ -459,70 +486,6 @@ impl Writer {
         // Only the first of a burst wakes the thread: a busy one finds the rest queued.
         if q.len() == 1 {
             self.shared.queued.notify_one();
-        }
-    }
-
-    /// Commits what is queued, unless another thread is committing (which then commits it).
-    /// Blocks for the commits it makes.
-    pub fn flush(&self) {
-        while !self.flush_rounds(usize::MAX) {}
-    }
-
-    /// [`Writer::flush`] for at most `rounds` commits. False if it stopped with changes still
-    /// queued and nobody else committing: the caller must then have them flushed (the
-    /// holder of the database is the only one who will).
-    pub fn flush_rounds(&self, rounds: usize) -> bool {
-        flush_rounds(&self.shared, rounds, false)
-    }
-}
-
-/// Commits what is queued, `rounds` commits at most. With `wait`, waits for a database that
-/// another flusher holds (the writer thread must not spin); without, leaves the work to it.
-fn flush_rounds(sh: &Shared, rounds: usize, wait: bool) -> bool {
-    {
-        let mut done = 0;
-        loop {
-            if done == rounds {
-                return lock(&sh.queue).is_empty();
-            }
-            done += 1;
-            let db = match sh.db.try_lock() {
-                Ok(db) => db,
-                Err(TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(TryLockError::WouldBlock) if wait => lock(&sh.db),
-                Err(TryLockError::WouldBlock) => return true,
-            };
-            let batches: Vec<Batch> = {
-                let mut q = lock(&sh.queue);
-                let n = q.len().min(MAX_BATCH);
-                q.drain(..n).collect()
-            };
-            if batches.is_empty() {
-                drop(db);
-                // A request that queued after the drain and found the database taken counts
-                // on this thread: look again now that it is released.
-                if lock(&sh.queue).is_empty() {
-                    return true;
-                }
-                continue;
-            }
-            let result =
-                commit(&db, &batches).map_err(|e| format!("store {}: {e}", sh.path.display()));
-            drop(db);
-            crate::metrics::commit(batches.len(), result.is_ok());
-            let was = sh.healthy.swap(result.is_ok(), Ordering::AcqRel);
-            // Logged here when the store turns bad (the requests' own errors are logged by
-            // the service, once each), and when it recovers.
-            match (&result, was) {
-                (Err(msg), true) => log::error!("{msg}"),
-                (Ok(()), false) => log::info!("store {}: writable again", sh.path.display()),
-                _ => {}
-            }
-            for b in batches {
-                if let Some(done) = b.done {
-                    let _ = done.send(result.clone());
-                }
-            }
         }
     }
 }
@@ -615,10 +578,10 @@ mod tests {
         assert!(!left.contains(&"ipam.corrupt-20".to_string()));
     }
 
-    /// Many threads queue and flush at once: every change is committed exactly once, none
-    /// waits forever (a flusher that found the database taken relies on the committer).
+    /// Many threads submit at once: every change is committed exactly once, none waits
+    /// forever (a batch queued while the writer thread commits is found by its next look).
     #[test]
-    fn concurrent_flushers_commit_everything_and_nobody_is_left_waiting() {
+    fn concurrent_submitters_commit_everything_and_nobody_is_left_waiting() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ipam.redb");
         let mut state = State::default();
@@ -632,7 +595,6 @@ mod tests {
                     let ip = IpAddr::from([10, t as u8, (i / 256) as u8, (i % 256) as u8]);
                     let rec = Record::imported(Attachment::new(format!("c{t}-{i}"), "eth0"), 0);
                     let commit = w.submit(vec![Op::Put("n".into(), ip, rec)]);
-                    w.flush();
                     commit.blocking_recv().unwrap().unwrap();
                 }
                 // Its handle goes before it says it is done: the reopen below needs the file free.
@@ -643,7 +605,7 @@ mod tests {
         for _ in 0..8 {
             done_rx
                 .recv_timeout(std::time::Duration::from_secs(60))
-                .expect("a flusher was left waiting");
+                .expect("a submitter was left waiting");
         }
         drop(writer);
         let mut reloaded = State::default();

@@ -196,31 +196,37 @@ fn wait_any(flags: libc::c_int) -> Result<Waited, Error> {
 
 /// Restarts a stopped tracee, delivering `signal` (0: none).
 fn cont(pid: libc::pid_t, signal: libc::c_int) -> Result<(), Error> {
-    // SAFETY: PTRACE_CONT takes no address and reads its data word as a signal number: no memory of ours is touched.
-    let rc = unsafe {
-        libc::ptrace(
-            libc::PTRACE_CONT,
-            pid,
-            std::ptr::null_mut::<libc::c_void>(),
-            signal as usize as *mut libc::c_void,
-        )
-    };
-    checked(rc, "PTRACE_CONT")
+    request(libc::PTRACE_CONT, pid, signal as usize, "PTRACE_CONT")
 }
 
 /// Sets [`OPTIONS`] on a stopped tracee.
 fn set_options(pid: libc::pid_t) -> Result<(), Error> {
-    // SAFETY: PTRACE_SETOPTIONS takes no address and reads its data word as option bits: no memory of ours is
-    // touched.
+    request(
+        libc::PTRACE_SETOPTIONS,
+        pid,
+        OPTIONS as usize,
+        "PTRACE_SETOPTIONS",
+    )
+}
+
+/// A ptrace(2) request that takes no address and a plain number as its data word.
+fn request(
+    req: libc::c_uint,
+    pid: libc::pid_t,
+    data: usize,
+    call: &'static str,
+) -> Result<(), Error> {
+    // SAFETY: PTRACE_CONT and PTRACE_SETOPTIONS take no address and read their data word as a
+    // number (a signal, option bits): no memory of ours is touched.
     let rc = unsafe {
         libc::ptrace(
-            libc::PTRACE_SETOPTIONS,
+            req,
             pid,
             std::ptr::null_mut::<libc::c_void>(),
-            OPTIONS as usize as *mut libc::c_void,
+            data as *mut libc::c_void,
         )
     };
-    checked(rc, "PTRACE_SETOPTIONS")
+    checked(rc, call)
 }
 
 /// A ptrace(2) return code as a result. A tracee that is gone (ESRCH: killed meanwhile, e.g. by another thread's
