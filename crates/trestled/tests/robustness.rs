@@ -51,8 +51,10 @@ struct Flood {
 impl Flood {
     fn start(socket: &std::path::Path, processes: usize, per: usize) -> Flood {
         let addr = sockaddr(socket);
-        let (rx, tx) = nix::unistd::pipe().unwrap();
-        let (ready_rx, ready_tx) = nix::unistd::pipe().unwrap();
+        // Close-on-exec: a process that another test spawns meanwhile must not hold the
+        // release pipe open (the children would then never hear it close).
+        let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (ready_rx, ready_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let mut pids = Vec::new();
         for _ in 0..processes {
             // SAFETY: the child calls only async-signal-safe functions (socket, connect,
@@ -75,11 +77,22 @@ impl Flood {
         }
     }
 
-    /// Lets the children go (their connections close with them) and reaps them.
+    /// Lets the children go (their connections close with them) and reaps them; one still
+    /// there after 10 s is killed (a reap never waits on it forever).
     fn stop(&mut self) {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
         self.release.take();
+        let deadline = Instant::now() + Duration::from_secs(10);
         for pid in self.pids.drain(..) {
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            let pid = nix::unistd::Pid::from_raw(pid);
+            while let Ok(WaitStatus::StillAlive) = waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                if Instant::now() > deadline {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    let _ = waitpid(pid, None);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 }
@@ -110,6 +123,9 @@ fn sockaddr(path: &std::path::Path) -> libc::sockaddr_un {
 
 /// A flood child: `per` connections, a byte to say so, then wait for the release pipe (its
 /// read end, and its write end to close here so that only the parent holds it) to close.
+/// Every other descriptor the fork copied is closed first: those of tests running beside this
+/// one (a plugin's output pipe, say) would otherwise stay open until the flood ends, and a test
+/// waiting on them could wait on this one.
 ///
 /// # Safety
 /// Only after fork, in the child.
@@ -123,6 +139,16 @@ unsafe fn flood_child(
     // SAFETY: async-signal-safe calls on valid pointers, per this function's contract.
     unsafe {
         libc::close(parent_end.as_raw_fd());
+        let mut keep = [release.as_raw_fd() as u32, ready.as_raw_fd() as u32];
+        keep.sort_unstable();
+        let mut from = 3u32;
+        for fd in keep {
+            if fd > from {
+                libc::syscall(libc::SYS_close_range, from, fd - 1, 0u32);
+            }
+            from = fd + 1;
+        }
+        libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32);
         for _ in 0..per {
             let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
             if fd < 0 {
@@ -296,8 +322,10 @@ fn a_client_holding_256_half_sent_requests_starves_nobody_and_its_streams_are_en
     // Past the read deadline every half-sent request is answered with an error.
     let ended = rt.block_on(async move {
         let mut ended = 0;
+        // One deadline for all: the read deadline is 3 s, and they all started together.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         for (resp, _body) in pending {
-            let r = tokio::time::timeout(Duration::from_secs(15), resp).await;
+            let r = tokio::time::timeout_at(deadline, resp).await;
             let Ok(r) = r else { continue };
             let failed = match r {
                 Err(_) => true,
