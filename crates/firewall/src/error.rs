@@ -37,6 +37,48 @@ pub enum Error {
         /// The subnet without masquerade.
         subnet: IpNet,
     },
+    /// The legacy (x_tables) `filter` table could not be read.
+    #[error("cannot read the legacy {program} filter table")]
+    LegacyRead {
+        /// `iptables` or `ip6tables`, whichever family.
+        program: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `iptables-legacy-restore` (or the IPv6 one) could not be run or refused the change.
+    #[error("{program} failed: {detail}")]
+    LegacyRestore {
+        /// The program run.
+        program: &'static str,
+        /// Its exit status and what it printed, or why it could not start.
+        detail: String,
+    },
+    /// A subnet's traffic would be dropped by the `FORWARD` chain of a `filter` table: trestle's accept rule (or
+    /// the jump to them) is missing (CHECK found it).
+    #[error("no forward accept for {subnet} of network {network} in the {backend} filter table")]
+    ForwardMissing {
+        /// The network checked.
+        network: String,
+        /// The subnet whose traffic is dropped.
+        subnet: IpNet,
+        /// `iptables-nft`, `ip6tables-nft`, `iptables-legacy` or `ip6tables-legacy`.
+        backend: &'static str,
+    },
+    /// A forward chain of an nftables table trestle does not manage drops by policy, so the network's forwarded
+    /// traffic may be dropped; trestle leaves other tables alone (CHECK reports it).
+    #[error(
+        "nftables chain {family} {table} {chain} drops forwarded packets by policy; add an accept for the pod \
+         subnets to it, or set forwardAccept to false once the host's firewall lets them through"
+    )]
+    ForeignDrop {
+        /// `ip`, `ip6` or `inet`.
+        family: &'static str,
+        /// The table.
+        table: String,
+        /// The base chain.
+        chain: String,
+    },
 }
 
 /// A masquerade backend name that is not `"nftables"`, `"iptables"` or `"none"` (the value as given).

@@ -47,6 +47,7 @@
 mod attr;
 mod backend;
 mod error;
+mod forward;
 // The fixtures hold netlink headers in host byte order, as they were written on a little-endian host.
 #[cfg(all(test, target_endian = "little"))]
 mod golden;
@@ -57,6 +58,7 @@ mod sock;
 
 pub use backend::{open_backend, Backend, BackendKind};
 pub use error::{Error, UnknownBackend};
+pub use forward::ForeignChain;
 pub use names::network_id;
 pub use none::NoneBackend;
 
@@ -95,6 +97,10 @@ pub struct Firewall {
     sock: NfSocket,
     lock: File,
     lock_path: PathBuf,
+    /// The namespace the socket was opened in: legacy x_tables are reached through the calling thread's
+    /// namespace (a raw socket, `/proc/thread-self/net`, a child process), so they are read and changed in this
+    /// one whatever thread calls.
+    netns: std::sync::Arc<File>,
 }
 
 impl Firewall {
@@ -119,6 +125,7 @@ impl Firewall {
             sock: NfSocket::open()?,
             lock,
             lock_path: lock_path.to_owned(),
+            netns: std::sync::Arc::new(File::open("/proc/thread-self/ns/net").map_err(Error::Io)?),
         })
     }
 

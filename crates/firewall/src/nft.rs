@@ -77,7 +77,7 @@ fn msg(kind: u16, flags: u16, op: &'static str, attrs: AttrWriter) -> Msg {
     }
 }
 
-fn comment_udata(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn comment_udata(text: &str) -> Option<Vec<u8>> {
     if text.len() > COMMENT_MAX || text.contains('\0') {
         return None;
     }
@@ -88,7 +88,7 @@ fn comment_udata(text: &str) -> Option<Vec<u8>> {
 }
 
 /// The comment TLV's text in table or rule userdata.
-fn parse_comment(udata: &[u8]) -> Option<String> {
+pub(crate) fn parse_comment(udata: &[u8]) -> Option<String> {
     let mut data = udata;
     while let [ty, len, rest @ ..] = data {
         let value = rest.get(..usize::from(*len))?;
@@ -270,13 +270,13 @@ pub(crate) fn ensure_msgs(table: &str, network: &str, missing: &[IpNet]) -> Vec<
     msgs
 }
 
-fn expr(e: &mut AttrWriter, name: &str, data: impl FnOnce(&mut AttrWriter)) {
+pub(crate) fn expr(e: &mut AttrWriter, name: &str, data: impl FnOnce(&mut AttrWriter)) {
     e.nested(NFTA_LIST_ELEM, |x| {
         x.str(NFTA_EXPR_NAME, name).nested(NFTA_EXPR_DATA, data);
     });
 }
 
-fn data_value(a: &mut AttrWriter, ty: u16, value: &[u8]) {
+pub(crate) fn data_value(a: &mut AttrWriter, ty: u16, value: &[u8]) {
     a.nested(ty, |d| {
         d.bytes(NFTA_DATA_VALUE, value);
     });
@@ -291,7 +291,7 @@ fn meta_nfproto(e: &mut AttrWriter, family: Family) {
 }
 
 /// Loads `len` bytes at `offset` of the network header into register 1.
-fn payload(e: &mut AttrWriter, offset: u32, len: u32) {
+pub(crate) fn payload(e: &mut AttrWriter, offset: u32, len: u32) {
     expr(e, "payload", |d| {
         // NFTA_PAYLOAD_DREG, _BASE, _OFFSET, _LEN
         d.u32_be(1, REG_1)
@@ -301,7 +301,7 @@ fn payload(e: &mut AttrWriter, offset: u32, len: u32) {
     });
 }
 
-fn cmp(e: &mut AttrWriter, op: u32, value: &[u8]) {
+pub(crate) fn cmp(e: &mut AttrWriter, op: u32, value: &[u8]) {
     expr(e, "cmp", |d| {
         d.u32_be(1, REG_1).u32_be(2, op); // NFTA_CMP_SREG, NFTA_CMP_OP
         data_value(d, 3, value); // NFTA_CMP_DATA
@@ -309,7 +309,7 @@ fn cmp(e: &mut AttrWriter, op: u32, value: &[u8]) {
 }
 
 /// Masks register 1 with the prefix of `net` and compares it with the network address (`==` or `!=`).
-fn in_net(e: &mut AttrWriter, net: IpNet, op: u32) {
+pub(crate) fn in_net(e: &mut AttrWriter, net: IpNet, op: u32) {
     let mask = addr_bytes(net.netmask());
     expr(e, "bitwise", |d| {
         // NFTA_BITWISE_SREG, _DREG, _LEN

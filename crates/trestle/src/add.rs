@@ -17,6 +17,7 @@ struct Undo {
     ipam: bool,
     host_veth: Option<u32>,
     masquerade: bool,
+    forward: bool,
 }
 
 /// Sockets and handles of one ADD.
@@ -124,6 +125,13 @@ fn build(ctx: &mut Ctx, undo: &mut Undo) -> Result<CniResult, CniError> {
             .map_err(error::firewall)?;
         undo.masquerade = true;
         phase("masquerade");
+    }
+    if ctx.cfg.forward_accept && !result.ips.is_empty() {
+        let subnets: Vec<IpNet> = result.ips.iter().map(|ip| ip.address.trunc()).collect();
+        // Per subnet too, and the port is on the bridge already, as for masquerade.
+        masq::ensure_forward(&ctx.req.conf.name, &subnets)?;
+        undo.forward = true;
+        phase("forward accept");
     }
     finish_result(ctx, &mut result, &bridge, &veth, &container);
     Ok(result)
@@ -306,13 +314,18 @@ fn rollback(ctx: &mut Ctx, undo: Undo) {
             Err(e) => log::warn!("rollback: delete veth: {e}"),
         }
     }
+    let bridge = masq::Bridge {
+        name: &ctx.cfg.bridge,
+        index: None,
+    };
+    let (kind, name) = (ctx.cfg.masq_backend, &ctx.req.conf.name);
     if undo.masquerade {
-        let bridge = masq::Bridge {
-            name: &ctx.cfg.bridge,
-            index: None,
-        };
-        let (kind, name) = (ctx.cfg.masq_backend, &ctx.req.conf.name);
         if let Err(e) = masq::remove_if_unused(kind, &mut ctx.sides.host, name, &bridge) {
+            log::warn!("rollback: {}", e.msg);
+        }
+    }
+    if undo.forward {
+        if let Err(e) = masq::remove_forward_if_unused(&mut ctx.sides.host, name, &bridge) {
             log::warn!("rollback: {}", e.msg);
         }
     }

@@ -35,6 +35,12 @@ pub fn check(req: &Request) -> Result<(), CniError> {
             .check(&req.conf.name, &subnets)
             .map_err(error::firewall)?;
     }
+    if cfg.forward_accept {
+        let subnets: Vec<ipnet::IpNet> = prev.ips.iter().map(|ip| ip.address.trunc()).collect();
+        masq::nftables()?
+            .check_forward(&req.conf.name, &subnets)
+            .map_err(error::firewall)?;
+    }
     Ok(())
 }
 

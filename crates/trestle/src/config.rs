@@ -45,6 +45,9 @@ pub struct BridgeConfig {
     pub ipam_type: Option<String>,
     /// Who installs the masquerade rules (`ipMasqBackend`).
     pub masq_backend: BackendKind,
+    /// Let the network's traffic through a host `FORWARD` chain whose policy drops (`forwardAccept`, on unless
+    /// set to false).
+    pub forward_accept: bool,
     /// MAC for the container interface (CNI_ARGS < args.cni.mac < runtimeConfig.mac).
     pub mac: Option<[u8; 6]>,
 }
@@ -54,8 +57,12 @@ fn invalid(key: &str, why: impl std::fmt::Display) -> CniError {
 }
 
 fn get_bool(raw: &Map<String, Value>, key: &str) -> Result<bool, CniError> {
+    get_bool_or(raw, key, false)
+}
+
+fn get_bool_or(raw: &Map<String, Value>, key: &str, default: bool) -> Result<bool, CniError> {
     match raw.get(key) {
-        None | Some(Value::Null) => Ok(false),
+        None | Some(Value::Null) => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
         Some(v) => Err(invalid(key, format!("expected true or false, got {v}"))),
     }
@@ -114,6 +121,7 @@ impl BridgeConfig {
             port_isolation: get_bool(raw, "portIsolation")?,
             ipam_type: ipam_type(conf)?,
             masq_backend: masq_backend(raw)?,
+            forward_accept: get_bool_or(raw, "forwardAccept", true)?,
             mac: mac(conf, cni_args)?,
         };
         cfg.check_combinations()?;
@@ -281,6 +289,23 @@ pub(crate) mod tests {
                 err.msg
             );
         }
+    }
+
+    #[test]
+    fn forward_accept_is_on_unless_turned_off() {
+        assert!(minimal().forward_accept);
+        assert!(
+            !parse(&with(r#""forwardAccept":false"#), "")
+                .unwrap()
+                .forward_accept
+        );
+        assert!(
+            parse(&with(r#""forwardAccept":null"#), "")
+                .unwrap()
+                .forward_accept
+        );
+        let err = parse(&with(r#""forwardAccept":"no""#), "").unwrap_err();
+        assert!(err.msg.contains("forwardAccept"), "{}", err.msg);
     }
 
     #[test]

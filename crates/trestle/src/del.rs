@@ -21,6 +21,7 @@ use trestle_netns::NetNs;
 /// MAC, which DEL does not need.
 struct Target {
     ip_masq: bool,
+    forward_accept: bool,
     backend: BackendKind,
     ipam_type: Option<String>,
     bridge: String,
@@ -31,6 +32,7 @@ impl Target {
         match BridgeConfig::parse(&req.conf, "") {
             Ok(cfg) => Target {
                 ip_masq: cfg.ip_masq,
+                forward_accept: cfg.forward_accept,
                 backend: cfg.masq_backend,
                 ipam_type: cfg.ipam_type,
                 bridge: cfg.bridge,
@@ -47,6 +49,7 @@ impl Target {
                 let backend = req.conf.raw.get("ipMasqBackend").and_then(|b| b.as_str());
                 Target {
                     ip_masq: true,
+                    forward_accept: true,
                     backend: backend.and_then(|b| b.parse().ok()).unwrap_or_default(),
                     ipam_type: lenient_ipam_type(&req.conf),
                     bridge: bridge.to_owned(),
@@ -70,8 +73,8 @@ pub fn del(req: &Request, reaping: Reaping) -> Result<(), CniError> {
     log::debug!("DEL cut off at {:?}", start.elapsed());
     let parked = cut.as_ref().is_some_and(|c| c.parked);
     let mut first_err = None;
-    if target.ip_masq {
-        if let Err(e) = remove_masquerade(req, &target, cut) {
+    if target.ip_masq || target.forward_accept {
+        if let Err(e) = remove_firewall(req, &target, cut) {
             first_err.get_or_insert(e);
         }
     } else {
@@ -88,10 +91,10 @@ pub fn del(req: &Request, reaping: Reaping) -> Result<(), CniError> {
     first_err.map_or(Ok(()), Err)
 }
 
-/// The network's masquerade is shared by its attachments: it goes when none that needs it is left. The pod is
-/// already off the bridge (cut_off), so its own port does not count. `cut` brings cut_off's socket and the bridge
-/// index it found, when it has them.
-fn remove_masquerade(req: &Request, target: &Target, cut: Option<CutOff>) -> Result<(), CniError> {
+/// The network's masquerade and forward accept are shared by its attachments: each goes when none that needs it
+/// is left. The pod is already off the bridge (cut_off), so its own port does not count. `cut` brings cut_off's
+/// socket and the bridge index it found, when it has them.
+fn remove_firewall(req: &Request, target: &Target, cut: Option<CutOff>) -> Result<(), CniError> {
     let (mut host, index) = match cut {
         Some(c) => (c.host, c.bridge),
         None => (ns::host_netlink()?, None),
@@ -100,7 +103,15 @@ fn remove_masquerade(req: &Request, target: &Target, cut: Option<CutOff>) -> Res
         name: &target.bridge,
         index,
     };
-    masq::remove_if_unused(target.backend, &mut host, &req.conf.name, &bridge).map(drop)
+    let masquerade = match target.ip_masq {
+        true => {
+            masq::remove_if_unused(target.backend, &mut host, &req.conf.name, &bridge).map(drop)
+        }
+        false => Ok(()),
+    };
+    // Also when the config turned it off: rules an earlier config made must not outlive the network.
+    let forward = masq::remove_forward_if_unused(&mut host, &req.conf.name, &bridge).map(drop);
+    masquerade.and(forward)
 }
 
 /// The addresses of `prevResult`, for the log: shows which runtime state (the result cache) DEL was given.

@@ -11,7 +11,7 @@ pub mod code {
     pub const INTERFACE_EXISTS: u32 = 101;
     /// The bridge device conflicts with the config (not a bridge, or another address).
     pub const BRIDGE_CONFLICT: u32 = 102;
-    /// The masquerade rules could not be applied.
+    /// The masquerade or forward rules could not be applied.
     pub const FIREWALL: u32 = 103;
     /// CHECK found the live state differs from the ADD result.
     pub const CHECK_FAILED: u32 = 104;
@@ -35,9 +35,14 @@ pub fn netns(e: trestle_netns::Error) -> CniError {
     }
 }
 
-/// Converts a firewall failure.
+/// Converts a firewall failure; what CHECK finds missing is a CHECK failure, not a firewall that failed.
 pub fn firewall(e: trestle_firewall::Error) -> CniError {
-    CniError::from_error(code::FIREWALL, "masquerade", &e)
+    use trestle_firewall::Error as E;
+    let code = match e {
+        E::Missing { .. } | E::ForwardMissing { .. } | E::ForeignDrop { .. } => code::CHECK_FAILED,
+        _ => code::FIREWALL,
+    };
+    CniError::from_error(code, "firewall", &e)
 }
 
 /// A sysctl write failure.

@@ -1,6 +1,6 @@
 //! GC (cni-spec.md §6, 1.1.0): every attachment of this network not in `cni.dev/valid-attachments` loses its
 //! addresses (through IPAM GC); parked pairs left by a killed DEL or reaper are destroyed; the network's
-//! masquerade goes when no attachment is valid. Keeps going past errors and reports the first.
+//! masquerade and forward accept go when no attachment is valid. Keeps going past errors and reports the first.
 
 use crate::config::BridgeConfig;
 use crate::masq::{self, DEAD_GROUP};
@@ -23,6 +23,16 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
             .and_then(|mut f| f.remove(&req.conf.name).map_err(error::firewall))
         {
             Ok(true) => log::info!("gc: masquerade of {} removed", req.conf.name),
+            Ok(false) => {}
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+        // Whatever forwardAccept says now: an earlier config may have made them.
+        match masq::nftables()
+            .and_then(|mut f| f.remove_forward(&req.conf.name).map_err(error::firewall))
+        {
+            Ok(true) => log::info!("gc: forward accept of {} removed", req.conf.name),
             Ok(false) => {}
             Err(e) => {
                 first_err.get_or_insert(e);

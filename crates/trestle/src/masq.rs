@@ -7,7 +7,8 @@
 
 use crate::error;
 use cni_proto::CniError;
-use trestle_firewall::{Backend, BackendKind};
+use ipnet::IpNet;
+use trestle_firewall::{Backend, BackendKind, Firewall};
 use trestle_netlink::{Link, Netlink};
 
 /// Link group of host ends that DEL has cut off and that await destruction ("tr" and 1).
@@ -54,11 +55,28 @@ pub struct Bridge<'a> {
     pub index: Option<u32>,
 }
 
+/// Whether `port` keeps `network`'s forward accept: any attachment with addresses does, with or without
+/// masquerade. Ports of attachments without addresses, and of other networks without masquerade on the same
+/// bridge, count too (they share [`PLAIN_GROUP`]): rules kept a little longer are harmless, a pod cut off is not.
+fn keeps_forward(port: &Link, group: u32) -> bool {
+    keeps(port, group) || port.group == PLAIN_GROUP
+}
+
 /// Whether `network` still has an attachment on `bridge` that needs masquerade. Called under the firewall lock
 /// (see `Firewall::remove_if_unused`): an ADD's port is on the bridge, in its group, before that ADD ensures the
 /// rules under the same lock, so a DEL seeing no user cannot strand a new pod.
 pub fn in_use(host: &mut Netlink, bridge: &Bridge, network: &str) -> bool {
-    let group = masq_group(network);
+    any_port(host, bridge, |p| keeps(p, masq_group(network)))
+}
+
+/// Whether `network` still has an attachment on `bridge` that needs its forward accept; called under the
+/// firewall lock, like [`in_use`].
+pub fn forward_in_use(host: &mut Netlink, bridge: &Bridge, network: &str) -> bool {
+    any_port(host, bridge, |p| keeps_forward(p, masq_group(network)))
+}
+
+/// Whether a port of `bridge` passes `test`; true when the ports cannot be listed (when in doubt, keep the rules).
+fn any_port(host: &mut Netlink, bridge: &Bridge, test: impl Fn(&Link) -> bool) -> bool {
     let index = match bridge.index {
         Some(index) => Ok(Some(index)),
         None => host.link_by_name(bridge.name).map(|br| br.map(|b| b.index)),
@@ -68,11 +86,10 @@ pub fn in_use(host: &mut Netlink, bridge: &Bridge, network: &str) -> bool {
         None => Ok(Vec::new()),
     });
     match ports {
-        Ok(ports) => ports.iter().any(|p| keeps(p, group)),
-        // When in doubt, keep the rules.
+        Ok(ports) => ports.iter().any(test),
         Err(e) => {
             log::warn!(
-                "cannot list the ports of {}, keeping masquerade: {e}",
+                "cannot list the ports of {}, keeping its firewall rules: {e}",
                 bridge.name
             );
             true
@@ -83,6 +100,40 @@ pub fn in_use(host: &mut Netlink, bridge: &Bridge, network: &str) -> bool {
 /// Opens the masquerade backend in the plugin's namespace.
 pub fn firewall(kind: BackendKind) -> Result<Box<dyn Backend>, CniError> {
     trestle_firewall::open_backend(kind, std::path::Path::new(trestle_firewall::LOCK_PATH))
+        .map_err(error::firewall)
+}
+
+/// Opens the nftables side of the firewall (forward accept) in the plugin's namespace.
+pub fn nftables() -> Result<Firewall, CniError> {
+    Firewall::open(std::path::Path::new(trestle_firewall::LOCK_PATH)).map_err(error::firewall)
+}
+
+/// ADD: lets `subnets` of `network` through the host's forward filter, and says so when a foreign nftables chain
+/// may drop them anyway.
+pub fn ensure_forward(network: &str, subnets: &[IpNet]) -> Result<(), CniError> {
+    let foreign = nftables()?
+        .ensure_forward(network, subnets)
+        .map_err(error::firewall)?;
+    for f in foreign {
+        log::warn!(
+            "nftables chain {} {} {} drops forwarded packets by policy: the pods of {network} may be cut off \
+             (trestle does not edit other tables; see forwardAccept in trestle's README)",
+            f.family,
+            f.table,
+            f.chain
+        );
+    }
+    Ok(())
+}
+
+/// Removes `network`'s forward accept unless an attachment on `bridge` still needs it.
+pub fn remove_forward_if_unused(
+    host: &mut Netlink,
+    network: &str,
+    bridge: &Bridge,
+) -> Result<bool, CniError> {
+    nftables()?
+        .remove_forward_if_unused(network, || forward_in_use(host, bridge, network))
         .map_err(error::firewall)
 }
 
@@ -138,5 +189,11 @@ mod tests {
         assert!(!keeps(&port("veth0123abcd", PLAIN_GROUP), g));
         assert!(!keeps(&port("veth0123abcd", masq_group("other")), g));
         assert!(!keeps(&port("eno1", 0), g), "an uplink is no pod");
+        assert!(keeps_forward(&port("veth0123abcd", PLAIN_GROUP), g));
+        assert!(keeps_forward(&port("veth0123abcd", g), g));
+        assert!(!keeps_forward(
+            &port("veth0123abcd", masq_group("other")),
+            g
+        ));
     }
 }

@@ -3,6 +3,7 @@
 source "$(dirname "$0")/lib.sh"
 private_state
 busybox_rootfs
+docker_like_firewall legacy
 
 step "install trestle; ctr also wants the loopback plugin beside it"
 install_trestle trctr0 10.78.0.0/24
@@ -37,4 +38,5 @@ step "stopping the task makes ctr DEL it"
 wait "$web_ctr" || true
 [[ -z $(reserved trestlenet) ]] || fail "addresses left: $(reserved trestlenet | xargs)"
 [[ -z $(ls /var/lib/cni/results 2>/dev/null) ]] || fail "cache entries left: $(ls /var/lib/cni/results)"
+firewall_unchanged
 step "containerd (ctr): ok"

@@ -19,6 +19,28 @@ private_state() {
     mkdir -p /run/netns /etc/cni/net.d /opt/cni/bin /var/lib/cni
 }
 
+# A firewall like the one Docker leaves on a host, in the script's own namespace: br_netfilter sending bridged
+# frames through iptables, a FORWARD policy of DROP, a DOCKER-USER chain; through iptables-nft (Docker's way here,
+# the default) or iptables-legacy ($1 = legacy). firewall_unchanged checks, at the end, that the filter table is
+# exactly as it was (rule by rule, counters aside): trestle's forward rules came and went with its networks.
+docker_like_firewall() {
+    FIREWALL_IPT=iptables-${1:-nft}
+    local nf=/proc/sys/net/bridge/bridge-nf-call-iptables
+    [[ -e $nf ]] || fail "$nf missing: br_netfilter is not loaded (a Docker engine loads it)"
+    echo 1 >"$nf"
+    "$FIREWALL_IPT" -P FORWARD DROP
+    "$FIREWALL_IPT" -N DOCKER-USER
+    "$FIREWALL_IPT" -A DOCKER-USER -j RETURN
+    "$FIREWALL_IPT" -A FORWARD -j DOCKER-USER
+    FIREWALL_BEFORE=$(filter_table)
+}
+filter_table() { "$FIREWALL_IPT-save" -t filter | grep -v '^#' | sed 's/ \[[0-9]*:[0-9]*\]$//'; }
+firewall_unchanged() {
+    local now
+    now=$(filter_table)
+    [[ $now == "$FIREWALL_BEFORE" ]] || fail "the filter table is not as it was: $(diff <(echo "$FIREWALL_BEFORE") <(echo "$now"))"
+}
+
 # A busybox image built locally (no registry is reachable): /bin/busybox, its applets, and a page for httpd.
 busybox_rootfs() {
     local root=$WORK/rootfs

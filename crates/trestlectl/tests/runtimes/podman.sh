@@ -3,6 +3,7 @@
 source "$(dirname "$0")/lib.sh"
 private_state
 busybox_rootfs
+docker_like_firewall nft
 
 step "install trestle as a network add-on would"
 install_trestle trpod0 10.77.0.0/24
@@ -56,4 +57,5 @@ step "stopping and removing containers releases their addresses"
 "${P[@]}" rm -f -t 0 web web2 >/dev/null
 [[ -z $(reserved trestlenet) ]] || fail "addresses left after rm: $(reserved trestlenet | xargs)"
 [[ -z $(ls /var/lib/cni/results 2>/dev/null) ]] || fail "cache entries left: $(ls /var/lib/cni/results)"
+firewall_unchanged
 step "podman: ok"

@@ -1,0 +1,478 @@
+//! The nf_tables side of forward accept: the `filter` tables of families `ip` and `ip6` that iptables-nft (and so
+//! Docker on most hosts) writes, read and changed over netlink.
+//!
+//! Rules are encoded exactly as iptables-nft encodes them, so that `iptables-nft -S`, `iptables-nft-save` and
+//! every later `iptables` call of Docker or an administrator keep working on the table (iptables-nft refuses a
+//! table holding expressions it cannot translate): addresses as `payload` + `bitwise` + `cmp`, the state match as
+//! the x_tables `conntrack` match (revision 3) through `nft_compat`, a `counter`, an `immediate` verdict, and the
+//! comment as the rule's userdata comment (what `-m comment` becomes in iptables-nft).
+
+use super::rules::{Kind, Rule, View, CHAIN, FORWARD, JUMP_COMMENT};
+use crate::attr::{AttrWriter, Attrs};
+use crate::names::{addr_bytes, Family};
+use crate::nft::{comment_udata, expr, in_net, parse_comment, payload};
+use crate::sock::{Msg, NfSocket};
+use crate::Error;
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+/// The table iptables-nft keeps its `filter` chains in.
+const TABLE: &str = "filter";
+
+const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFT_MSG_DELCHAIN: u16 = 5;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_GETRULE: u16 = 7;
+const NFT_MSG_DELRULE: u16 = 8;
+
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_HANDLE: u16 = 3;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_RULE_USERDATA: u16 = 7;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+const NFTA_IMMEDIATE_DREG: u16 = 1;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+const NFTA_PAYLOAD_OFFSET: u16 = 3;
+const NFTA_PAYLOAD_LEN: u16 = 4;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_CMP_OP: u16 = 2;
+const NFTA_CMP_DATA: u16 = 3;
+const NFTA_MATCH_NAME: u16 = 1;
+const NFTA_MATCH_REV: u16 = 2;
+const NFTA_MATCH_INFO: u16 = 3;
+
+/// `NFT_REG_VERDICT`.
+const REG_VERDICT: u32 = 0;
+/// `NF_DROP`, as a chain policy.
+const NF_DROP: u32 = 0;
+/// `NF_ACCEPT`.
+const NF_ACCEPT: u32 = 1;
+/// `NFT_JUMP` (-3).
+const NFT_JUMP: u32 = (-3i32) as u32;
+/// `NF_INET_FORWARD`.
+const HOOK_FORWARD: u32 = 2;
+const CMP_EQ: u32 = 0;
+/// `sizeof(struct xt_conntrack_mtinfo3)` rounded up by `XT_ALIGN`, as nft_compat checks it.
+const CONNTRACK_INFO_LEN: usize = 168;
+/// Offsets in `struct xt_conntrack_mtinfo3`: eight 16-byte addresses, two u32 expiry bounds, the protocol and four
+/// ports come first.
+const CONNTRACK_MATCH_FLAGS: usize = 146;
+const CONNTRACK_STATE_MASK: usize = 150;
+/// `XT_CONNTRACK_STATE`.
+const XT_CONNTRACK_STATE: u16 = 1;
+/// `XT_CONNTRACK_STATE_BIT(IP_CT_ESTABLISHED) | XT_CONNTRACK_STATE_BIT(IP_CT_RELATED)`.
+const STATES_ESTABLISHED_RELATED: u16 = (1 << 1) | (1 << 2);
+
+/// Which table, as iptables-nft names its programs.
+pub(crate) fn backend_name(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "iptables-nft",
+        Family::V6 => "ip6tables-nft",
+    }
+}
+
+fn msg(family: Family, kind: u16, flags: u16, op: &'static str, attrs: AttrWriter) -> Msg {
+    Msg {
+        kind,
+        flags,
+        family: family.nfproto(),
+        attrs: attrs.into_bytes(),
+        op,
+    }
+}
+
+fn chain_attrs(chain: &str) -> AttrWriter {
+    let mut a = AttrWriter::new();
+    a.str(NFTA_CHAIN_TABLE, TABLE).str(NFTA_CHAIN_NAME, chain);
+    a
+}
+
+fn rule_attrs(chain: &str) -> AttrWriter {
+    let mut a = AttrWriter::new();
+    a.str(NFTA_RULE_TABLE, TABLE).str(NFTA_RULE_CHAIN, chain);
+    a
+}
+
+/// Reads what `family`'s `filter` table holds of trestle's; `None` when the table has no `FORWARD` base chain
+/// (iptables-nft was never used for `filter` in this namespace).
+pub(crate) fn read(sock: &mut NfSocket, family: Family) -> Result<Option<View<u64>>, Error> {
+    let Some(forward) = sock.get(&get_chain(family, FORWARD))? else {
+        return Ok(None);
+    };
+    let drops = Attrs::new(&forward).get(NFTA_CHAIN_POLICY) == Some(&NF_DROP.to_be_bytes()[..]);
+    let jumps = sock
+        .dump(&get_rules(family, FORWARD))?
+        .iter()
+        .filter(|r| comment(r).as_deref() == Some(JUMP_COMMENT))
+        .filter_map(|r| handle(r))
+        .collect();
+    // A rule dump filtered by a chain that does not exist is empty, not an error: ask for the chain itself.
+    let chain = sock.get(&get_chain(family, CHAIN))?.is_some();
+    let dumped = match chain {
+        true => sock.dump(&get_rules(family, CHAIN))?,
+        false => Vec::new(),
+    };
+    let rules: Vec<(Rule, u64)> = dumped
+        .iter()
+        .filter_map(|r| Some((parse_rule(r, family)?, handle(r)?)))
+        .collect();
+    Ok(Some(View {
+        drops,
+        chain,
+        jumps,
+        foreign: dumped.len() - rules.len(),
+        rules,
+    }))
+}
+
+fn get_chain(family: Family, chain: &str) -> Msg {
+    msg(family, NFT_MSG_GETCHAIN, 0, "get chain", chain_attrs(chain))
+}
+
+fn get_rules(family: Family, chain: &str) -> Msg {
+    msg(family, NFT_MSG_GETRULE, 0, "list rules", rule_attrs(chain))
+}
+
+fn handle(rule: &[u8]) -> Option<u64> {
+    let raw = Attrs::new(rule).get(NFTA_RULE_HANDLE)?;
+    Some(u64::from_be_bytes(raw.try_into().ok()?))
+}
+
+fn comment(rule: &[u8]) -> Option<String> {
+    Attrs::new(rule)
+        .get(NFTA_RULE_USERDATA)
+        .and_then(parse_comment)
+}
+
+/// The messages of one change (see [`super::rules::Op`]).
+pub(crate) fn op_msg(family: Family, op: &super::rules::Op<u64>) -> Msg {
+    use super::rules::Op;
+    match op {
+        Op::NewChain => msg(
+            family,
+            NFT_MSG_NEWCHAIN,
+            NLM_F_CREATE,
+            "add chain",
+            chain_attrs(CHAIN),
+        ),
+        Op::InsertJump => jump_rule(family),
+        Op::Append(rule) => new_rule(family, rule),
+        Op::Delete(h) => del_rule(family, CHAIN, *h),
+        Op::DeleteJump(h) => del_rule(family, FORWARD, *h),
+        Op::DeleteChain => msg(
+            family,
+            NFT_MSG_DELCHAIN,
+            0,
+            "delete chain",
+            chain_attrs(CHAIN),
+        ),
+    }
+}
+
+fn del_rule(family: Family, chain: &str, handle: u64) -> Msg {
+    let mut a = rule_attrs(chain);
+    a.bytes(NFTA_RULE_HANDLE, &handle.to_be_bytes());
+    msg(family, NFT_MSG_DELRULE, 0, "delete rule", a)
+}
+
+/// `-I FORWARD 1 -m comment --comment "trestle: pod networks" -j TRESTLE-FORWARD`: a new rule without
+/// `NLM_F_APPEND` or a position goes first.
+fn jump_rule(family: Family) -> Msg {
+    let mut a = rule_attrs(FORWARD);
+    a.nested(NFTA_RULE_EXPRESSIONS, |e| {
+        counter(e);
+        verdict(e, NFT_JUMP, Some(CHAIN));
+    });
+    let udata = comment_udata(JUMP_COMMENT).expect("a short comment");
+    a.bytes(NFTA_RULE_USERDATA, &udata);
+    msg(family, NFT_MSG_NEWRULE, NLM_F_CREATE, "insert rule", a)
+}
+
+/// `-A TRESTLE-FORWARD -s <subnet> ... -j ACCEPT` or `-d <subnet> -m conntrack --ctstate RELATED,ESTABLISHED`.
+fn new_rule(family: Family, rule: &Rule) -> Msg {
+    let (saddr, daddr) = family.addr_offsets();
+    let mut a = rule_attrs(CHAIN);
+    a.nested(NFTA_RULE_EXPRESSIONS, |e| {
+        let offset = match rule.kind {
+            Kind::From => saddr,
+            Kind::RepliesTo => daddr,
+        };
+        payload(e, offset, family.addr_len());
+        in_net(e, rule.subnet, CMP_EQ);
+        if rule.kind == Kind::RepliesTo {
+            conntrack_established(e);
+        }
+        counter(e);
+        verdict(e, NF_ACCEPT, None);
+    });
+    let udata = comment_udata(&rule.comment).expect("rule_comment fits");
+    a.bytes(NFTA_RULE_USERDATA, &udata);
+    msg(
+        family,
+        NFT_MSG_NEWRULE,
+        NLM_F_CREATE | NLM_F_APPEND,
+        "add rule",
+        a,
+    )
+}
+
+fn counter(e: &mut AttrWriter) {
+    expr(e, "counter", |_| {});
+}
+
+fn verdict(e: &mut AttrWriter, code: u32, chain: Option<&str>) {
+    expr(e, "immediate", |d| {
+        d.u32_be(NFTA_IMMEDIATE_DREG, REG_VERDICT)
+            .nested(NFTA_IMMEDIATE_DATA, |v| {
+                v.nested(NFTA_DATA_VERDICT, |v| {
+                    v.u32_be(NFTA_VERDICT_CODE, code);
+                    if let Some(chain) = chain {
+                        v.str(NFTA_VERDICT_CHAIN, chain);
+                    }
+                });
+            });
+    });
+}
+
+/// `-m conntrack --ctstate RELATED,ESTABLISHED`, as iptables-nft writes it.
+fn conntrack_established(e: &mut AttrWriter) {
+    let mut info = [0u8; CONNTRACK_INFO_LEN];
+    info[CONNTRACK_MATCH_FLAGS..CONNTRACK_MATCH_FLAGS + 2]
+        .copy_from_slice(&XT_CONNTRACK_STATE.to_ne_bytes());
+    info[CONNTRACK_STATE_MASK..CONNTRACK_STATE_MASK + 2]
+        .copy_from_slice(&STATES_ESTABLISHED_RELATED.to_ne_bytes());
+    expr(e, "match", |d| {
+        d.str(NFTA_MATCH_NAME, "conntrack")
+            .u32_be(NFTA_MATCH_REV, 3)
+            .bytes(NFTA_MATCH_INFO, &info);
+    });
+}
+
+/// The trestle rule a dumped rule of [`CHAIN`] is, if it is one: a comment, one address match (with or without a
+/// `bitwise` mask: iptables-nft writes a byte-aligned prefix as a shorter `payload`, so a table it has restored
+/// reads back too), the conntrack match exactly for a destination, and an accept.
+pub(crate) fn parse_rule(rule: &[u8], family: Family) -> Option<Rule> {
+    let comment = comment(rule)?;
+    let exprs = Attrs::new(rule).get(NFTA_RULE_EXPRESSIONS)?;
+    let (saddr, daddr) = family.addr_offsets();
+    let mut loaded = None;
+    let mut mask = None;
+    let mut value = None;
+    let mut conntrack = false;
+    let mut accept = false;
+    for (_, e) in Attrs::new(exprs) {
+        let e = Attrs::new(e);
+        let data = Attrs::new(e.get(NFTA_EXPR_DATA).unwrap_or_default());
+        match e.get_str(NFTA_EXPR_NAME)? {
+            "payload" => {
+                loaded = Some((
+                    be32(data.get(NFTA_PAYLOAD_OFFSET)?)?,
+                    be32(data.get(NFTA_PAYLOAD_LEN)?)?,
+                ));
+            }
+            "bitwise" => {
+                mask = Some(
+                    Attrs::new(data.get(NFTA_BITWISE_MASK)?)
+                        .get(NFTA_DATA_VALUE)?
+                        .to_vec(),
+                )
+            }
+            "cmp" => {
+                if be32(data.get(NFTA_CMP_OP)?)? != CMP_EQ || value.is_some() {
+                    return None;
+                }
+                value = Some(
+                    Attrs::new(data.get(NFTA_CMP_DATA)?)
+                        .get(NFTA_DATA_VALUE)?
+                        .to_vec(),
+                );
+            }
+            "match" => conntrack = data.get_str(NFTA_MATCH_NAME) == Some("conntrack"),
+            "immediate" => {
+                let v = Attrs::new(data.get(NFTA_IMMEDIATE_DATA)?);
+                let v = Attrs::new(v.get(NFTA_DATA_VERDICT)?);
+                accept = be32(v.get(NFTA_VERDICT_CODE)?)? == NF_ACCEPT;
+            }
+            "counter" => {}
+            _ => return None,
+        }
+    }
+    let (offset, len) = loaded?;
+    let kind = match (offset, conntrack) {
+        (o, false) if o == saddr => Kind::From,
+        (o, true) if o == daddr => Kind::RepliesTo,
+        _ => return None,
+    };
+    let subnet = subnet(family, len, &value?, mask.as_deref())?;
+    accept.then_some(Rule {
+        kind,
+        subnet,
+        comment,
+    })
+}
+
+fn be32(raw: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(raw.try_into().ok()?))
+}
+
+/// The subnet of an address match: `len` loaded bytes compared with `value`, after a contiguous `mask` if any.
+fn subnet(family: Family, len: u32, value: &[u8], mask: Option<&[u8]>) -> Option<IpNet> {
+    let full = family.addr_len() as usize;
+    let len = len as usize;
+    if len == 0 || len > full || value.len() != len {
+        return None;
+    }
+    let prefix = match mask {
+        None => len * 8,
+        Some(m) if m.len() == len => {
+            let ones: u32 = m.iter().map(|b| b.count_ones()).sum();
+            let contiguous = m
+                .iter()
+                .flat_map(|b| (0..8).rev().map(move |i| b >> i & 1))
+                .skip(ones as usize)
+                .all(|bit| bit == 0);
+            if !contiguous {
+                return None;
+            }
+            ones as usize
+        }
+        Some(_) => return None,
+    };
+    let mut bytes = value.to_vec();
+    bytes.resize(full, 0);
+    let addr = match family {
+        Family::V4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        Family::V6 => IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+    };
+    let net = IpNet::new(addr, u8::try_from(prefix).ok()?).ok()?;
+    (net.trunc() == net && addr_bytes(net.network()).len() == full).then_some(net)
+}
+
+/// A base chain of an nftables table trestle does not manage that hooks forward and drops by policy: the
+/// administrator's, left alone and reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignChain {
+    /// `ip`, `ip6` or `inet`.
+    pub family: &'static str,
+    /// The table.
+    pub table: String,
+    /// The chain.
+    pub chain: String,
+}
+
+/// The forward base chains with a policy of drop outside iptables-nft's own `filter FORWARD` chains.
+pub(crate) fn foreign_drops(sock: &mut NfSocket) -> Result<Vec<ForeignChain>, Error> {
+    let mut out = Vec::new();
+    for (family, name) in [(2u8, "ip"), (10, "ip6"), (1, "inet")] {
+        let dump = Msg {
+            kind: NFT_MSG_GETCHAIN,
+            flags: 0,
+            family,
+            attrs: Vec::new(),
+            op: "list chains",
+        };
+        for chain in sock.dump(&dump)? {
+            let a = Attrs::new(&chain);
+            let (Some(table), Some(name_)) =
+                (a.get_str(NFTA_CHAIN_TABLE), a.get_str(NFTA_CHAIN_NAME))
+            else {
+                continue;
+            };
+            let hook = a
+                .get(NFTA_CHAIN_HOOK)
+                .and_then(|h| Attrs::new(h).get(NFTA_HOOK_HOOKNUM))
+                .and_then(be32);
+            let drops = a.get(NFTA_CHAIN_POLICY).and_then(be32) == Some(NF_DROP);
+            let iptables = family != 1 && table == TABLE && name_ == FORWARD;
+            if hook == Some(HOOK_FORWARD) && drops && !iptables {
+                out.push(ForeignChain {
+                    family: name,
+                    table: table.to_owned(),
+                    chain: name_.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::rules::wanted;
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn rules_parse_back_from_their_requests() {
+        for (family, s) in [(Family::V4, "10.15.20.0/24"), (Family::V6, "fd00:1::/64")] {
+            for rule in wanted("my net", &[net(s)]) {
+                let m = new_rule(family, &rule);
+                assert_eq!(parse_rule(&m.attrs, family), Some(rule.clone()), "{rule:?}");
+                let other = if family == Family::V4 {
+                    Family::V6
+                } else {
+                    Family::V4
+                };
+                assert_eq!(parse_rule(&m.attrs, other), None);
+            }
+        }
+        let jump = jump_rule(Family::V4);
+        assert_eq!(comment(&jump.attrs).as_deref(), Some(JUMP_COMMENT));
+        assert_eq!(parse_rule(&jump.attrs, Family::V4), None);
+    }
+
+    #[test]
+    fn byte_aligned_prefixes_without_a_mask_read_back() {
+        assert_eq!(
+            subnet(Family::V4, 3, &[10, 1, 2], None),
+            Some(net("10.1.2.0/24"))
+        );
+        assert_eq!(
+            subnet(Family::V4, 4, &[10, 1, 2, 0], Some(&[255, 255, 254, 0])),
+            Some(net("10.1.2.0/23"))
+        );
+        assert_eq!(
+            subnet(Family::V4, 4, &[10, 1, 2, 0], Some(&[255, 0, 255, 0])),
+            None
+        );
+        assert_eq!(
+            subnet(Family::V4, 4, &[10, 1, 2, 1], Some(&[255, 255, 255, 0])),
+            None
+        );
+        assert_eq!(
+            subnet(Family::V6, 8, &[0xfd, 0, 0, 1, 0, 0, 0, 0], None),
+            Some(net("fd00:1::/64"))
+        );
+    }
+
+    #[test]
+    fn the_conntrack_info_has_the_kernel_layout() {
+        let mut e = AttrWriter::new();
+        conntrack_established(&mut e);
+        let bytes = e.into_bytes();
+        let x = Attrs::new(&bytes).next().unwrap().1;
+        let data = Attrs::new(Attrs::new(x).get(NFTA_EXPR_DATA).unwrap());
+        let info = data.get(NFTA_MATCH_INFO).unwrap();
+        assert_eq!(info.len(), 168);
+        assert_eq!(info.iter().filter(|b| **b != 0).count(), 2);
+        assert_eq!(info[146], 1);
+        assert_eq!(info[150], 6);
+    }
+}
