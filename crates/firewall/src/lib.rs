@@ -58,7 +58,7 @@ mod sock;
 
 pub use backend::{open_backend, Backend, BackendKind};
 pub use error::{Error, UnknownBackend};
-pub use forward::ForeignChain;
+pub use forward::{ForeignChain, ForwardState};
 pub use names::network_id;
 pub use none::NoneBackend;
 

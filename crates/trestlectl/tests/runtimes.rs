@@ -133,6 +133,18 @@ fn demo_with(runtime: &str, machine: bool) {
         "eth0 10.15.20.2/24".to_owned(),
         "The walkthrough is complete".to_owned(),
     ];
+    if machine {
+        // The script's "machine" has a Docker-like firewall (demo.sh).
+        needles.extend(
+            [
+                "The host's FORWARD policy is DROP (iptables-nft)",
+                "iptables-nft: from 10.15.20.0/24 accepted",
+                "the network's traffic passes the host's forward filter",
+                "no forward rule is left",
+            ]
+            .map(str::to_owned),
+        );
+    }
     if runtime != "none" {
         needles.extend(
             [

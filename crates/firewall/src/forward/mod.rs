@@ -164,6 +164,51 @@ fn in_netns<R: Send>(netns: &File, f: impl FnOnce() -> R + Send) -> Result<R, Er
     })
 }
 
+/// What [`Firewall::forward_state`] reports: which `filter` tables drop forwarded packets, and trestle's rules in
+/// them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardState {
+    /// The backends (`iptables-nft`, `ip6tables-legacy`, ...) whose `FORWARD` policy is `DROP`.
+    pub dropping: Vec<&'static str>,
+    /// The subnets trestle lets through, per backend, with the rules' comment (`trestle <network> <subnet>`).
+    pub subnets: Vec<(&'static str, IpNet, String)>,
+}
+
+impl Firewall {
+    /// The forward filters of this namespace and trestle's rules in them (read-only, no lock).
+    pub fn forward_state(&mut self) -> Result<ForwardState, Error> {
+        let mut state = ForwardState::default();
+        for family in [Family::V4, Family::V6] {
+            let nft =
+                nft::read(&mut self.sock, family)?.map(|v| (nft::backend_name(family), strip(v)));
+            let legacy = in_netns(&self.netns, || legacy::read(family))??
+                .map(|v| (legacy_name(family), strip(v)));
+            for (backend, view) in nft.into_iter().chain(legacy) {
+                if view.drops {
+                    state.dropping.push(backend);
+                }
+                for (rule, ()) in view.rules {
+                    if rule.kind == rules::Kind::From {
+                        state.subnets.push((backend, rule.subnet, rule.comment));
+                    }
+                }
+            }
+        }
+        Ok(state)
+    }
+}
+
+/// A view without its handles.
+fn strip<H>(view: rules::View<H>) -> rules::View<()> {
+    rules::View {
+        drops: view.drops,
+        chain: view.chain,
+        jumps: view.jumps.into_iter().map(drop).collect(),
+        rules: view.rules.into_iter().map(|(r, _)| (r, ())).collect(),
+        foreign: view.foreign,
+    }
+}
+
 fn of_family(subnets: &[IpNet], family: Family) -> Vec<IpNet> {
     subnets
         .iter()

@@ -1,7 +1,10 @@
 //! The walkthrough's steps.
 
 mod container;
+mod firewall;
 mod wiring;
+
+use firewall::{forward_listing, masquerade_entries, masquerade_listing};
 
 use super::containers::{Container, Engine};
 use super::isolation::{reservations, Isolation, BRIDGE, RUN_DIR, STATE_DIR};
@@ -500,9 +503,9 @@ impl<'a> Demo<'a> {
 
     fn show_host_side(&mut self) -> StepResult {
         self.n.say("\nOn the host side, the bridge carries the gateway and the pod's veth is one of its ports:");
-        let (text, masq) = self
+        let (text, masq, forward) = self
             .iso
-            .in_host(|| -> Result<(String, String), Error> {
+            .in_host(|| -> Result<(String, String, firewall::Forward), Error> {
                 let mut nl = Netlink::open().map_err(failed("cannot open netlink in the host"))?;
                 let br = nl
                     .link_by_name(BRIDGE)
@@ -518,7 +521,7 @@ impl<'a> Demo<'a> {
                 {
                     text.push_str(&format!("port {} (master {BRIDGE})\n", port.name));
                 }
-                Ok((text, masquerade_listing()?))
+                Ok((text, masquerade_listing()?, forward_listing()?))
             })
             .map_err(|e| self.fail(e))?;
         self.n.cmd(&format!("ip addr show {BRIDGE}; bridge link"));
@@ -536,6 +539,23 @@ impl<'a> Demo<'a> {
         }
         self.n
             .ok("masquerade covers 10.15.20.2 (its subnet 10.15.20.0/24)");
+        self.forward_rules(forward)
+    }
+
+    /// The forward filter: on a host running Docker its `FORWARD` policy drops, and trestle's rules let the
+    /// network through (forwardAccept); elsewhere nothing is needed.
+    fn forward_rules(&mut self, forward: firewall::Forward) -> StepResult {
+        self.n.say(&forward.intro);
+        self.n
+            .cmd("iptables -S TRESTLE-FORWARD   # read here through netlink (and legacy tables in-process)");
+        self.n.out(&forward.listing);
+        if !forward.covers("10.15.20.0/24") {
+            return Err(self.fail(Error::Expectation {
+                wanted: "forward rules for 10.15.20.0/24 in every filter table that drops".into(),
+                got: forward.listing,
+            }));
+        }
+        self.n.ok(&forward.verdict);
         Ok(())
     }
 
@@ -704,7 +724,7 @@ impl<'a> Demo<'a> {
     fn verify_clean(&mut self) -> StepResult {
         let state = self
             .iso
-            .in_host(|| -> Result<(usize, String), Error> {
+            .in_host(|| -> Result<(usize, String, firewall::Forward), Error> {
                 let mut nl = Netlink::open().map_err(failed("cannot open netlink in the host"))?;
                 let br = nl
                     .link_by_name(BRIDGE)
@@ -716,7 +736,7 @@ impl<'a> Demo<'a> {
                     .iter()
                     .filter(|l| l.master == Some(br.index))
                     .count();
-                Ok((ports, masquerade_listing()?))
+                Ok((ports, masquerade_listing()?, forward_listing()?))
             })
             .map_err(|e| self.fail(e))?;
         if state.0 != 0 {
@@ -742,6 +762,14 @@ impl<'a> Demo<'a> {
         }
         self.n
             .ok("no masquerade rule is left (the network's table went with its last pod)");
+        if !state.2.subnets.is_empty() {
+            return Err(self.fail(Error::Expectation {
+                wanted: "no forward rule left".into(),
+                got: state.2.listing,
+            }));
+        }
+        self.n
+            .ok("no forward rule is left (the host's filter table is as it was found)");
         let left = reservations(Path::new(STATE_DIR)).unwrap_or_default();
         if !left.is_empty() {
             return Err(self.fail(Error::Expectation {
@@ -780,34 +808,6 @@ fn wait_no_veth() -> Vec<String> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// The masqueraded subnets of every trestle network in the current namespace.
-fn masquerade_entries() -> Result<Vec<trestle_firewall::MasqEntry>, Error> {
-    let mut fw = trestle_firewall::Firewall::open(Path::new(trestle_firewall::LOCK_PATH))
-        .map_err(failed("cannot open the firewall"))?;
-    fw.list()
-        .map_err(failed("cannot list the masquerade rules"))
-}
-
-/// The masquerade state of the current namespace, one line per covered subnet.
-fn masquerade_listing() -> Result<String, Error> {
-    let entries = masquerade_entries()?;
-    if entries.is_empty() {
-        return Ok("(nothing)".into());
-    }
-    Ok(entries
-        .iter()
-        .map(|e| {
-            format!(
-                "network {}: traffic from {} to anywhere outside {} is masqueraded",
-                e.network.as_deref().unwrap_or(&e.network_id),
-                e.subnet,
-                e.subnet
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n"))
 }
 
 /// Whether `text` holds `needle`.
