@@ -59,7 +59,7 @@ const CMP_NEQ: u32 = 1;
 /// `NFTNL_UDATA_*_COMMENT`, the comment TLV of table and rule userdata.
 const UDATA_COMMENT: u8 = 0;
 /// Longest comment text `nft` accepts (`NFT_USERDATA_MAXLEN`-bounded, 128 with the NUL).
-const COMMENT_MAX: usize = 127;
+pub(crate) const COMMENT_MAX: usize = 127;
 
 /// The expressions of a masquerade rule, by name, in order (see [`new_masq_rule`]).
 const MASQ_EXPRS: [&str; 12] = [

@@ -108,6 +108,16 @@ impl NfSocket {
     /// Runs a dump (`NLM_F_DUMP`) and returns the attributes of every object in it. A dump that the kernel
     /// flags as interrupted by a concurrent change is retried.
     pub(crate) fn dump(&mut self, msg: &Msg) -> Result<Vec<Vec<u8>>, Error> {
+        Ok(self
+            .dump_families(msg)?
+            .into_iter()
+            .map(|(_, attrs)| attrs)
+            .collect())
+    }
+
+    /// [`NfSocket::dump`], each object with the `NFPROTO_*` family of its table: a dump of family
+    /// `NFPROTO_UNSPEC` covers every family in one request.
+    pub(crate) fn dump_families(&mut self, msg: &Msg) -> Result<Vec<(u8, Vec<u8>)>, Error> {
         for _ in 0..DUMP_ATTEMPTS {
             let (objects, interrupted) = self.request(msg, DUMP_FLAGS)?;
             if !interrupted {
@@ -123,14 +133,14 @@ impl NfSocket {
     /// Fetches a single object; `None` if it does not exist.
     pub(crate) fn get(&mut self, msg: &Msg) -> Result<Option<Vec<u8>>, Error> {
         match self.request(msg, GET_FLAGS) {
-            Ok((mut objects, _)) => Ok(objects.pop()),
+            Ok((mut objects, _)) => Ok(objects.pop().map(|(_, attrs)| attrs)),
             Err(Error::Kernel { errno, .. }) if errno == libc::ENOENT => Ok(None),
             Err(e) => Err(e),
         }
     }
 
     /// Sends one request and collects the objects of its reply until `NLMSG_DONE` or its acknowledgement.
-    fn request(&mut self, msg: &Msg, flags: u16) -> Result<(Vec<Vec<u8>>, bool), Error> {
+    fn request(&mut self, msg: &Msg, flags: u16) -> Result<(Vec<(u8, Vec<u8>)>, bool), Error> {
         let seq = self.next_seq();
         self.send(&encode_request(msg, flags, seq))?;
         let (mut objects, mut interrupted) = (Vec::new(), false);
@@ -140,10 +150,11 @@ impl NfSocket {
                     Reply::Object {
                         seq: s,
                         flags,
+                        family,
                         attrs,
                     } if s == seq => {
                         interrupted |= flags & NLM_F_DUMP_INTR != 0;
-                        objects.push(attrs);
+                        objects.push((family, attrs));
                     }
                     Reply::Done { seq: s } if s == seq => return Ok((objects, interrupted)),
                     Reply::Error { seq: s, errno } if s == seq => {
@@ -240,10 +251,11 @@ enum Reply {
     Error { seq: u32, errno: i32 },
     /// `NLMSG_DONE`: the end of a dump.
     Done { seq: u32 },
-    /// An object, with the attributes after its `nfgenmsg`.
+    /// An object: its `nfgenmsg`'s family and the attributes after it.
     Object {
         seq: u32,
         flags: u16,
+        family: u8,
         attrs: Vec<u8>,
     },
 }
@@ -271,6 +283,7 @@ fn parse_replies(mut data: &[u8]) -> Result<Vec<Reply>, Error> {
             _ => Reply::Object {
                 seq,
                 flags,
+                family: body.first().copied().unwrap_or_default(),
                 attrs: body.get(NFGENMSG_LEN..).unwrap_or_default().to_vec(),
             },
         });
@@ -357,6 +370,7 @@ mod tests {
             Reply::Object {
                 seq: 5,
                 flags: NLM_F_DUMP_INTR,
+                family: 1,
                 attrs: vec![8, 0, 1, 0, b'x', 0, 0, 0]
             }
         );

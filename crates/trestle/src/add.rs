@@ -128,9 +128,10 @@ fn build(ctx: &mut Ctx, undo: &mut Undo) -> Result<CniResult, CniError> {
     }
     if ctx.cfg.forward_accept && !result.ips.is_empty() {
         let subnets: Vec<IpNet> = result.ips.iter().map(|ip| ip.address.trunc()).collect();
-        // Per subnet too, and the port is on the bridge already, as for masquerade.
-        masq::ensure_forward(&ctx.req.conf.name, &subnets)?;
+        // Per subnet too, and the port is on the bridge already, as for masquerade. Marked before: it may
+        // commit for one family or backend and then fail for another.
         undo.forward = true;
+        masq::ensure_forward(&ctx.req.conf.name, &subnets)?;
         phase("forward accept");
     }
     finish_result(ctx, &mut result, &bridge, &veth, &container);

@@ -21,7 +21,6 @@ use trestle_netns::NetNs;
 /// MAC, which DEL does not need.
 struct Target {
     ip_masq: bool,
-    forward_accept: bool,
     backend: BackendKind,
     ipam_type: Option<String>,
     bridge: String,
@@ -32,7 +31,6 @@ impl Target {
         match BridgeConfig::parse(&req.conf, "") {
             Ok(cfg) => Target {
                 ip_masq: cfg.ip_masq,
-                forward_accept: cfg.forward_accept,
                 backend: cfg.masq_backend,
                 ipam_type: cfg.ipam_type,
                 bridge: cfg.bridge,
@@ -49,7 +47,6 @@ impl Target {
                 let backend = req.conf.raw.get("ipMasqBackend").and_then(|b| b.as_str());
                 Target {
                     ip_masq: true,
-                    forward_accept: true,
                     backend: backend.and_then(|b| b.parse().ok()).unwrap_or_default(),
                     ipam_type: lenient_ipam_type(&req.conf),
                     bridge: bridge.to_owned(),
@@ -73,13 +70,9 @@ pub fn del(req: &Request, reaping: Reaping) -> Result<(), CniError> {
     log::debug!("DEL cut off at {:?}", start.elapsed());
     let parked = cut.as_ref().is_some_and(|c| c.parked);
     let mut first_err = None;
-    if target.ip_masq || target.forward_accept {
-        if let Err(e) = remove_firewall(req, &target, cut) {
-            first_err.get_or_insert(e);
-        }
-    } else {
-        // Not inherited by the reaper `finish` may fork.
-        drop(cut);
+    // Whatever forwardAccept says now: rules an earlier config made must not outlive the network.
+    if let Err(e) = remove_firewall(req, &target, cut) {
+        first_err.get_or_insert(e);
     }
     if let Err(e) = ipam::del(req, target.ipam_type.as_deref()) {
         first_err.get_or_insert(e);
@@ -109,7 +102,6 @@ fn remove_firewall(req: &Request, target: &Target, cut: Option<CutOff>) -> Resul
         }
         false => Ok(()),
     };
-    // Also when the config turned it off: rules an earlier config made must not outlive the network.
     let forward = masq::remove_forward_if_unused(&mut host, &req.conf.name, &bridge).map(drop);
     masquerade.and(forward)
 }

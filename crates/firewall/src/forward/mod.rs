@@ -6,20 +6,21 @@
 //!
 //! Rules are per network and subnet, never per pod: added by the first ADD that needs them, removed by the DEL
 //! of the network's last attachment (or GC), under the same lock as the masquerade, with the same "in use"
-//! protocol (see [`Firewall::remove_if_unused`]). An ADD only reads (a few netlink requests) when everything is in
-//! place.
+//! protocol (see [`Firewall::remove_if_unused`]). An ADD in a namespace without any `filter` table costs one
+//! netlink request (a dump of every chain) and one read of `/proc/thread-self/net/ip_tables_names` per family;
+//! when everything is in place it only reads.
 
 pub(crate) mod legacy;
 pub(crate) mod nft;
 pub(crate) mod rules;
 
-use self::rules::{first_missing, plan_ensure, plan_remove, wanted, Op};
+use self::rules::{first_missing, plan_ensure, plan_remove, wanted, Op, View};
 use crate::names::{distinct_subnets, Family};
 use crate::sock::NfSocket;
 use crate::{Error, Firewall};
 use ipnet::IpNet;
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 
 pub use self::nft::ForeignChain;
@@ -43,19 +44,22 @@ impl Firewall {
             return Ok(Vec::new());
         }
         let netns = self.netns.clone();
-        self.locked(|sock| {
+        self.locked_with_fd(|sock, lock| {
+            let chains = nft::chains(sock)?;
             for family in [Family::V4, Family::V6] {
                 let want = wanted(network, &of_family(&subnets, family));
                 if want.is_empty() {
                     continue;
                 }
-                change_nft(sock, family, |view| plan_ensure(view, &want))?;
+                if chains.relevant(family) {
+                    change_nft(sock, family, &chains, |view| plan_ensure(view, &want))?;
+                }
                 in_netns(&netns, || match legacy::read(family)? {
-                    Some(view) => legacy::apply(family, &plan_ensure(&view, &want)),
+                    Some(view) => legacy::apply(family, &plan_ensure(&view, &want), lock),
                     None => Ok(()),
                 })??;
             }
-            nft::foreign_drops(sock)
+            Ok(chains.foreign_drops())
         })
     }
 
@@ -68,15 +72,21 @@ impl Firewall {
         in_use: impl FnOnce() -> bool,
     ) -> Result<bool, Error> {
         let netns = self.netns.clone();
-        self.locked(|sock| {
-            let mut nft_views = Vec::new();
+        self.locked_with_fd(|sock, lock| {
+            let chains = nft::chains(sock)?;
+            let mut nft_families = Vec::new();
             let mut legacy_ops = Vec::new();
             for family in [Family::V4, Family::V6] {
-                if let Some(view) = nft::read(sock, family)? {
+                if !chains.relevant(family) {
+                    continue;
+                }
+                if let Some(view) = nft::read(sock, family, &chains)? {
                     if !plan_remove(&view, network).is_empty() {
-                        nft_views.push(family);
+                        nft_families.push(family);
                     }
                 }
+            }
+            for family in [Family::V4, Family::V6] {
                 if let Some(view) = in_netns(&netns, || legacy::read(family))?? {
                     let ops = plan_remove(&view, network);
                     if !ops.is_empty() {
@@ -84,14 +94,14 @@ impl Firewall {
                     }
                 }
             }
-            if (nft_views.is_empty() && legacy_ops.is_empty()) || in_use() {
+            if (nft_families.is_empty() && legacy_ops.is_empty()) || in_use() {
                 return Ok(false);
             }
-            for family in nft_views {
-                change_nft(sock, family, |view| plan_remove(view, network))?;
+            for family in nft_families {
+                change_nft(sock, family, &chains, |view| plan_remove(view, network))?;
             }
             for (family, ops) in legacy_ops {
-                in_netns(&netns, || legacy::apply(family, &ops))??;
+                in_netns(&netns, || legacy::apply(family, &ops, lock))??;
             }
             log::debug!("forward accept of {network}: removed");
             Ok(true)
@@ -109,6 +119,7 @@ impl Firewall {
     /// [`Error::ForwardMissing`] or [`Error::ForeignDrop`] otherwise. Read-only, so it takes no lock.
     pub fn check_forward(&mut self, network: &str, subnets: &[IpNet]) -> Result<(), Error> {
         let subnets = distinct_subnets(subnets);
+        let chains = nft::chains(&mut self.sock)?;
         for family in [Family::V4, Family::V6] {
             let want = wanted(network, &of_family(&subnets, family));
             let missing = |backend| {
@@ -118,7 +129,7 @@ impl Firewall {
                     backend,
                 }
             };
-            if let Some(view) = nft::read(&mut self.sock, family)? {
+            if let Some(view) = nft::read(&mut self.sock, family, &chains)? {
                 if let Some(rule) = first_missing(&view, &want) {
                     return Err(missing(nft::backend_name(family))(rule));
                 }
@@ -129,17 +140,68 @@ impl Firewall {
                 }
             }
         }
-        if subnets.is_empty() {
-            return Ok(());
-        }
-        match nft::foreign_drops(&mut self.sock)?.into_iter().next() {
-            Some(f) => Err(Error::ForeignDrop {
+        match chains.foreign_drops().into_iter().next() {
+            Some(f) if !subnets.is_empty() => Err(Error::ForeignDrop {
                 family: f.family,
                 table: f.table,
                 chain: f.chain,
             }),
-            None => Ok(()),
+            _ => Ok(()),
         }
+    }
+
+    /// The forward filters of this namespace and trestle's rules in them (read-only, no lock).
+    pub fn forward_state(&mut self) -> Result<ForwardState, Error> {
+        let mut state = ForwardState::default();
+        let chains = nft::chains(&mut self.sock)?;
+        for family in [Family::V4, Family::V6] {
+            let nft = nft::read(&mut self.sock, family, &chains)?
+                .map(|v| (nft::backend_name(family), strip(v)));
+            let legacy = in_netns(&self.netns, || legacy::read(family))??
+                .map(|v| (legacy_name(family), strip(v)));
+            for (backend, view) in nft.into_iter().chain(legacy) {
+                if view.drops {
+                    state.dropping.push(backend);
+                }
+                for (rule, ()) in view.rules {
+                    if rule.kind == rules::Kind::From {
+                        state.subnets.push((backend, rule.subnet, rule.comment));
+                    }
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    /// [`Firewall::locked`], the closure also getting the lock file (held) for a child process to inherit.
+    fn locked_with_fd<R>(
+        &mut self,
+        f: impl FnOnce(&mut NfSocket, BorrowedFd) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let lock = self.lock.try_clone().map_err(Error::Io)?;
+        self.locked(|sock| f(sock, lock.as_fd()))
+    }
+}
+
+/// What [`Firewall::forward_state`] reports: which `filter` tables drop forwarded packets, and trestle's rules in
+/// them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardState {
+    /// The backends (`iptables-nft`, `ip6tables-legacy`, ...) whose `FORWARD` policy is `DROP`.
+    pub dropping: Vec<&'static str>,
+    /// The subnets trestle lets through, per backend, with the rules' comment (`trestle <network> <subnet>`).
+    pub subnets: Vec<(&'static str, IpNet, String)>,
+}
+
+/// A view without its handles.
+fn strip<H>(view: View<H>) -> View<()> {
+    View {
+        drops: view.drops,
+        chain: view.chain,
+        jumps: view.jumps.into_iter().map(drop).collect(),
+        rules: view.rules.into_iter().map(|(r, _)| (r, ())).collect(),
+        foreign: view.foreign,
+        docker_user: view.docker_user,
     }
 }
 
@@ -164,51 +226,6 @@ fn in_netns<R: Send>(netns: &File, f: impl FnOnce() -> R + Send) -> Result<R, Er
     })
 }
 
-/// What [`Firewall::forward_state`] reports: which `filter` tables drop forwarded packets, and trestle's rules in
-/// them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ForwardState {
-    /// The backends (`iptables-nft`, `ip6tables-legacy`, ...) whose `FORWARD` policy is `DROP`.
-    pub dropping: Vec<&'static str>,
-    /// The subnets trestle lets through, per backend, with the rules' comment (`trestle <network> <subnet>`).
-    pub subnets: Vec<(&'static str, IpNet, String)>,
-}
-
-impl Firewall {
-    /// The forward filters of this namespace and trestle's rules in them (read-only, no lock).
-    pub fn forward_state(&mut self) -> Result<ForwardState, Error> {
-        let mut state = ForwardState::default();
-        for family in [Family::V4, Family::V6] {
-            let nft =
-                nft::read(&mut self.sock, family)?.map(|v| (nft::backend_name(family), strip(v)));
-            let legacy = in_netns(&self.netns, || legacy::read(family))??
-                .map(|v| (legacy_name(family), strip(v)));
-            for (backend, view) in nft.into_iter().chain(legacy) {
-                if view.drops {
-                    state.dropping.push(backend);
-                }
-                for (rule, ()) in view.rules {
-                    if rule.kind == rules::Kind::From {
-                        state.subnets.push((backend, rule.subnet, rule.comment));
-                    }
-                }
-            }
-        }
-        Ok(state)
-    }
-}
-
-/// A view without its handles.
-fn strip<H>(view: rules::View<H>) -> rules::View<()> {
-    rules::View {
-        drops: view.drops,
-        chain: view.chain,
-        jumps: view.jumps.into_iter().map(drop).collect(),
-        rules: view.rules.into_iter().map(|(r, _)| (r, ())).collect(),
-        foreign: view.foreign,
-    }
-}
-
 fn of_family(subnets: &[IpNet], family: Family) -> Vec<IpNet> {
     subnets
         .iter()
@@ -217,18 +234,44 @@ fn of_family(subnets: &[IpNet], family: Family) -> Vec<IpNet> {
         .collect()
 }
 
-/// Reads `family`'s iptables-nft `filter` table, plans with `plan` and commits the plan in one batch; planned
-/// again from a fresh read when the batch fails because the table changed meanwhile.
+/// Which legacy table, as its programs are named.
+fn legacy_name(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "iptables-legacy",
+        Family::V6 => "ip6tables-legacy",
+    }
+}
+
+/// Whether a batch that failed with `errno` is worth planning again: the table changed under it (a rule or chain
+/// gone or already there), or the chain it deletes is still jumped to by someone else's rule.
+fn retryable(errno: i32, ops: &[Op<u64>]) -> bool {
+    match errno {
+        libc::ENOENT | libc::EEXIST => true,
+        libc::EBUSY => ops.contains(&Op::DeleteChain),
+        _ => false,
+    }
+}
+
+/// Reads `family`'s iptables-nft `filter` table, plans with `plan` and commits the plan in one batch. When the
+/// batch fails because the table changed meanwhile (another program's write), it is planned again from a fresh
+/// read; when the chain cannot be deleted because something else still jumps to it (EBUSY), it is kept, with its
+/// jump.
 fn change_nft(
     sock: &mut NfSocket,
     family: Family,
-    plan: impl Fn(&rules::View<u64>) -> Vec<Op<u64>>,
+    chains: &nft::Chains,
+    plan: impl Fn(&View<u64>) -> Vec<Op<u64>>,
 ) -> Result<(), Error> {
+    let mut chains = chains.clone();
+    let mut keep_chain = false;
     for attempt in 1..=ATTEMPTS {
-        let Some(view) = nft::read(sock, family)? else {
+        let Some(view) = nft::read(sock, family, &chains)? else {
             return Ok(());
         };
-        let ops = plan(&view);
+        let mut ops = plan(&view);
+        if keep_chain {
+            ops.retain(|op| !matches!(op, Op::DeleteChain | Op::DeleteJump(_)));
+        }
         if ops.is_empty() {
             return Ok(());
         }
@@ -242,19 +285,12 @@ fn change_nft(
                 );
                 return Ok(());
             }
-            Err(Error::Kernel { errno, .. })
-                if attempt < ATTEMPTS
-                    && matches!(errno, libc::ENOENT | libc::EBUSY | libc::EEXIST) => {}
+            Err(Error::Kernel { errno, .. }) if attempt < ATTEMPTS && retryable(errno, &ops) => {
+                keep_chain |= errno == libc::EBUSY;
+                chains = nft::chains(sock)?;
+            }
             Err(e) => return Err(e),
         }
     }
     unreachable!("the last attempt returns")
-}
-
-/// Which legacy table, as its programs are named.
-fn legacy_name(family: Family) -> &'static str {
-    match family {
-        Family::V4 => "iptables-legacy",
-        Family::V6 => "ip6tables-legacy",
-    }
 }

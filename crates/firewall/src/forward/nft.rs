@@ -7,7 +7,7 @@
 //! the x_tables `conntrack` match (revision 3) through `nft_compat`, a `counter`, an `immediate` verdict, and the
 //! comment as the rule's userdata comment (what `-m comment` becomes in iptables-nft).
 
-use super::rules::{Kind, Rule, View, CHAIN, FORWARD, JUMP_COMMENT};
+use super::rules::{Anchor, Kind, Rule, View, CHAIN, DOCKER_USER, FORWARD, JUMP_COMMENT};
 use crate::attr::{AttrWriter, Attrs};
 use crate::names::{addr_bytes, Family};
 use crate::nft::{comment_udata, expr, in_net, parse_comment, payload};
@@ -37,6 +37,7 @@ const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_RULE_POSITION: u16 = 6;
 const NFTA_RULE_USERDATA: u16 = 7;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
@@ -55,6 +56,10 @@ const NFTA_MATCH_NAME: u16 = 1;
 const NFTA_MATCH_REV: u16 = 2;
 const NFTA_MATCH_INFO: u16 = 3;
 
+const NFPROTO_UNSPEC: u8 = 0;
+const NFPROTO_INET: u8 = 1;
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
 /// `NFT_REG_VERDICT`.
 const REG_VERDICT: u32 = 0;
 /// `NF_DROP`, as a chain policy.
@@ -107,40 +112,130 @@ fn rule_attrs(chain: &str) -> AttrWriter {
     a
 }
 
-/// Reads what `family`'s `filter` table holds of trestle's; `None` when the table has no `FORWARD` base chain
-/// (iptables-nft was never used for `filter` in this namespace).
-pub(crate) fn read(sock: &mut NfSocket, family: Family) -> Result<Option<View<u64>>, Error> {
-    let Some(forward) = sock.get(&get_chain(family, FORWARD))? else {
-        return Ok(None);
-    };
-    let drops = Attrs::new(&forward).get(NFTA_CHAIN_POLICY) == Some(&NF_DROP.to_be_bytes()[..]);
-    let jumps = sock
-        .dump(&get_rules(family, FORWARD))?
-        .iter()
-        .filter(|r| comment(r).as_deref() == Some(JUMP_COMMENT))
-        .filter_map(|r| handle(r))
-        .collect();
-    // A rule dump filtered by a chain that does not exist is empty, not an error: ask for the chain itself.
-    let chain = sock.get(&get_chain(family, CHAIN))?.is_some();
-    let dumped = match chain {
-        true => sock.dump(&get_rules(family, CHAIN))?,
-        false => Vec::new(),
-    };
-    let rules: Vec<(Rule, u64)> = dumped
-        .iter()
-        .filter_map(|r| Some((parse_rule(r, family)?, handle(r)?)))
-        .collect();
-    Ok(Some(View {
-        drops,
-        chain,
-        jumps,
-        foreign: dumped.len() - rules.len(),
-        rules,
-    }))
+/// One chain of any table, as a chain dump tells it.
+#[derive(Debug, Clone)]
+struct ChainInfo {
+    family: u8,
+    table: String,
+    name: String,
+    /// `NF_INET_*` of a base chain.
+    hook: Option<u32>,
+    /// A base chain whose policy is drop.
+    drops: bool,
 }
 
-fn get_chain(family: Family, chain: &str) -> Msg {
-    msg(family, NFT_MSG_GETCHAIN, 0, "get chain", chain_attrs(chain))
+/// Every chain of the namespace, from one dump of all families: whether iptables-nft's `FORWARD` chains exist
+/// and drop, whether [`CHAIN`] exists, and which other forward chains drop (one request where an ADD that finds
+/// nothing to do would otherwise need one per question).
+#[derive(Debug, Clone)]
+pub(crate) struct Chains(Vec<ChainInfo>);
+
+impl Chains {
+    fn find(&self, family: Family, name: &str) -> Option<&ChainInfo> {
+        self.0
+            .iter()
+            .find(|c| c.family == family.nfproto() && c.table == TABLE && c.name == name)
+    }
+
+    /// Whether `family`'s `filter` table has anything trestle reads: a `FORWARD` chain or [`CHAIN`].
+    pub(crate) fn relevant(&self, family: Family) -> bool {
+        self.find(family, FORWARD).is_some() || self.find(family, CHAIN).is_some()
+    }
+
+    /// The forward base chains with a policy of drop outside iptables-nft's own `filter FORWARD` chains.
+    pub(crate) fn foreign_drops(&self) -> Vec<ForeignChain> {
+        self.0
+            .iter()
+            .filter(|c| c.hook == Some(HOOK_FORWARD) && c.drops)
+            .filter(|c| {
+                let iptables = c.family != NFPROTO_INET && c.table == TABLE && c.name == FORWARD;
+                !iptables
+            })
+            .filter_map(|c| {
+                let family = match c.family {
+                    NFPROTO_IPV4 => "ip",
+                    NFPROTO_IPV6 => "ip6",
+                    NFPROTO_INET => "inet",
+                    _ => return None,
+                };
+                Some(ForeignChain {
+                    family,
+                    table: c.table.clone(),
+                    chain: c.name.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Dumps every chain of every table.
+pub(crate) fn chains(sock: &mut NfSocket) -> Result<Chains, Error> {
+    let dump = Msg {
+        kind: NFT_MSG_GETCHAIN,
+        flags: 0,
+        family: NFPROTO_UNSPEC,
+        attrs: Vec::new(),
+        op: "list chains",
+    };
+    let mut out = Vec::new();
+    for (family, chain) in sock.dump_families(&dump)? {
+        let a = Attrs::new(&chain);
+        let (Some(table), Some(name)) = (a.get_str(NFTA_CHAIN_TABLE), a.get_str(NFTA_CHAIN_NAME))
+        else {
+            continue;
+        };
+        out.push(ChainInfo {
+            family,
+            table: table.to_owned(),
+            name: name.to_owned(),
+            hook: a
+                .get(NFTA_CHAIN_HOOK)
+                .and_then(|h| Attrs::new(h).get(NFTA_HOOK_HOOKNUM))
+                .and_then(be32),
+            drops: a.get(NFTA_CHAIN_POLICY).and_then(be32) == Some(NF_DROP),
+        });
+    }
+    Ok(Chains(out))
+}
+
+/// Reads what `family`'s `filter` table holds of trestle's, with `chains` just dumped; `None` when the table has
+/// no `FORWARD` base chain (iptables-nft was never used for `filter` in this namespace).
+pub(crate) fn read(
+    sock: &mut NfSocket,
+    family: Family,
+    chains: &Chains,
+) -> Result<Option<View<u64>>, Error> {
+    let Some(forward) = chains.find(family, FORWARD) else {
+        return Ok(None);
+    };
+    let mut view = View {
+        drops: forward.drops,
+        chain: chains.find(family, CHAIN).is_some(),
+        jumps: Vec::new(),
+        rules: Vec::new(),
+        foreign: 0,
+        docker_user: None,
+    };
+    for (index, rule) in sock.dump(&get_rules(family, FORWARD))?.iter().enumerate() {
+        let Some(handle) = handle(rule) else { continue };
+        match jump_target(rule).as_deref() {
+            Some(CHAIN) if is_our_jump(rule) => view.jumps.push(handle),
+            Some(CHAIN) => view.foreign += 1,
+            Some(DOCKER_USER) if view.docker_user.is_none() => {
+                view.docker_user = Some(Anchor { index, handle })
+            }
+            _ => {}
+        }
+    }
+    if view.chain {
+        let dumped = sock.dump(&get_rules(family, CHAIN))?;
+        view.rules = dumped
+            .iter()
+            .filter_map(|r| Some((parse_rule(r, family)?, handle(r)?)))
+            .collect();
+        view.foreign += dumped.len() - view.rules.len();
+    }
+    Ok(Some(view))
 }
 
 fn get_rules(family: Family, chain: &str) -> Msg {
@@ -152,10 +247,77 @@ fn handle(rule: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(raw.try_into().ok()?))
 }
 
+/// A rule's comment: its userdata comment (what nft and newer iptables-nft write) or its x_tables `comment`
+/// match (what iptables-nft 1.8.9 writes for `-m comment`).
 fn comment(rule: &[u8]) -> Option<String> {
-    Attrs::new(rule)
-        .get(NFTA_RULE_USERDATA)
-        .and_then(parse_comment)
+    let a = Attrs::new(rule);
+    if let Some(c) = a.get(NFTA_RULE_USERDATA).and_then(parse_comment) {
+        return Some(c);
+    }
+    exprs(rule)
+        .filter(|(name, _)| *name == "match")
+        .find_map(|(_, data)| match_comment(&Attrs::new(data)))
+}
+
+/// The expressions of a rule: name and data.
+fn exprs(rule: &[u8]) -> impl Iterator<Item = (&str, &[u8])> {
+    let list = Attrs::new(rule)
+        .get(NFTA_RULE_EXPRESSIONS)
+        .unwrap_or_default();
+    Attrs::new(list).filter_map(|(_, e)| {
+        let e = Attrs::new(e);
+        Some((
+            e.get_str(NFTA_EXPR_NAME)?,
+            e.get(NFTA_EXPR_DATA).unwrap_or_default(),
+        ))
+    })
+}
+
+/// The text of an x_tables `comment` match (`struct xt_comment_info`: a NUL-terminated `char[256]`).
+fn match_comment(data: &Attrs) -> Option<String> {
+    if data.get_str(NFTA_MATCH_NAME)? != "comment" {
+        return None;
+    }
+    let info = data.get(NFTA_MATCH_INFO)?;
+    let end = info.iter().position(|b| *b == 0)?;
+    std::str::from_utf8(&info[..end]).ok().map(str::to_owned)
+}
+
+/// Whether the x_tables match `data` is `-m conntrack --ctstate RELATED,ESTABLISHED` exactly.
+fn is_established_match(data: &Attrs) -> bool {
+    let Some(info) = data.get(NFTA_MATCH_INFO) else {
+        return false;
+    };
+    let u16_at = |at: usize| {
+        info.get(at..at + 2)
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+    };
+    data.get_str(NFTA_MATCH_NAME) == Some("conntrack")
+        && data.get(NFTA_MATCH_REV).and_then(be32) == Some(3)
+        && info.len() == CONNTRACK_INFO_LEN
+        && u16_at(CONNTRACK_MATCH_FLAGS) == Some(XT_CONNTRACK_STATE)
+        && u16_at(CONNTRACK_MATCH_FLAGS + 2) == Some(0)
+        && u16_at(CONNTRACK_STATE_MASK) == Some(STATES_ESTABLISHED_RELATED)
+}
+
+/// The chain a rule jumps to, if its verdict is a jump.
+fn jump_target(rule: &[u8]) -> Option<String> {
+    let (_, data) = exprs(rule).filter(|(n, _)| *n == "immediate").last()?;
+    let v = Attrs::new(Attrs::new(data).get(NFTA_IMMEDIATE_DATA)?);
+    let v = Attrs::new(v.get(NFTA_DATA_VERDICT)?);
+    (be32(v.get(NFTA_VERDICT_CODE)?)? == NFT_JUMP)
+        .then(|| v.get_str(NFTA_VERDICT_CHAIN).map(str::to_owned))?
+}
+
+/// Whether a `FORWARD` rule jumping to [`CHAIN`] is the jump [`jump_rule`] writes (or iptables writes for the
+/// same `-m comment --comment "trestle: pod networks" -j TRESTLE-FORWARD`): a comment, no match on packets.
+fn is_our_jump(rule: &[u8]) -> bool {
+    comment(rule).as_deref() == Some(JUMP_COMMENT)
+        && exprs(rule).all(|(name, data)| match name {
+            "counter" | "immediate" => true,
+            "match" => match_comment(&Attrs::new(data)).is_some(),
+            _ => false,
+        })
 }
 
 /// The messages of one change (see [`super::rules::Op`]).
@@ -169,7 +331,7 @@ pub(crate) fn op_msg(family: Family, op: &super::rules::Op<u64>) -> Msg {
             "add chain",
             chain_attrs(CHAIN),
         ),
-        Op::InsertJump => jump_rule(family),
+        Op::InsertJump(after) => jump_rule(family, *after),
         Op::Append(rule) => new_rule(family, rule),
         Op::Delete(h) => del_rule(family, CHAIN, *h),
         Op::DeleteJump(h) => del_rule(family, FORWARD, *h),
@@ -189,17 +351,25 @@ fn del_rule(family: Family, chain: &str, handle: u64) -> Msg {
     msg(family, NFT_MSG_DELRULE, 0, "delete rule", a)
 }
 
-/// `-I FORWARD 1 -m comment --comment "trestle: pod networks" -j TRESTLE-FORWARD`: a new rule without
-/// `NLM_F_APPEND` or a position goes first.
-fn jump_rule(family: Family) -> Msg {
+/// `-I FORWARD <n> -m comment --comment "trestle: pod networks" -j TRESTLE-FORWARD`: after the rule `after`
+/// names (a position handle with `NLM_F_APPEND` adds after it), else first (a new rule without `NLM_F_APPEND` or a
+/// position goes first).
+fn jump_rule(family: Family, after: Option<Anchor>) -> Msg {
     let mut a = rule_attrs(FORWARD);
+    if let Some(after) = after {
+        a.bytes(NFTA_RULE_POSITION, &after.handle.to_be_bytes());
+    }
     a.nested(NFTA_RULE_EXPRESSIONS, |e| {
         counter(e);
         verdict(e, NFT_JUMP, Some(CHAIN));
     });
     let udata = comment_udata(JUMP_COMMENT).expect("a short comment");
     a.bytes(NFTA_RULE_USERDATA, &udata);
-    msg(family, NFT_MSG_NEWRULE, NLM_F_CREATE, "insert rule", a)
+    let flags = match after {
+        Some(_) => NLM_F_CREATE | NLM_F_APPEND,
+        None => NLM_F_CREATE,
+    };
+    msg(family, NFT_MSG_NEWRULE, flags, "insert rule", a)
 }
 
 /// `-A TRESTLE-FORWARD -s <subnet> ... -j ACCEPT` or `-d <subnet> -m conntrack --ctstate RELATED,ESTABLISHED`.
@@ -301,7 +471,8 @@ pub(crate) fn parse_rule(rule: &[u8], family: Family) -> Option<Rule> {
                         .to_vec(),
                 );
             }
-            "match" => conntrack = data.get_str(NFTA_MATCH_NAME) == Some("conntrack"),
+            "match" if is_established_match(&data) => conntrack = true,
+            "match" if match_comment(&data).is_some() => {}
             "immediate" => {
                 let v = Attrs::new(data.get(NFTA_IMMEDIATE_DATA)?);
                 let v = Attrs::new(v.get(NFTA_DATA_VERDICT)?);
@@ -374,42 +545,6 @@ pub struct ForeignChain {
     pub chain: String,
 }
 
-/// The forward base chains with a policy of drop outside iptables-nft's own `filter FORWARD` chains.
-pub(crate) fn foreign_drops(sock: &mut NfSocket) -> Result<Vec<ForeignChain>, Error> {
-    let mut out = Vec::new();
-    for (family, name) in [(2u8, "ip"), (10, "ip6"), (1, "inet")] {
-        let dump = Msg {
-            kind: NFT_MSG_GETCHAIN,
-            flags: 0,
-            family,
-            attrs: Vec::new(),
-            op: "list chains",
-        };
-        for chain in sock.dump(&dump)? {
-            let a = Attrs::new(&chain);
-            let (Some(table), Some(name_)) =
-                (a.get_str(NFTA_CHAIN_TABLE), a.get_str(NFTA_CHAIN_NAME))
-            else {
-                continue;
-            };
-            let hook = a
-                .get(NFTA_CHAIN_HOOK)
-                .and_then(|h| Attrs::new(h).get(NFTA_HOOK_HOOKNUM))
-                .and_then(be32);
-            let drops = a.get(NFTA_CHAIN_POLICY).and_then(be32) == Some(NF_DROP);
-            let iptables = family != 1 && table == TABLE && name_ == FORWARD;
-            if hook == Some(HOOK_FORWARD) && drops && !iptables {
-                out.push(ForeignChain {
-                    family: name,
-                    table: table.to_owned(),
-                    chain: name_.to_owned(),
-                });
-            }
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::rules::wanted;
@@ -433,7 +568,9 @@ mod tests {
                 assert_eq!(parse_rule(&m.attrs, other), None);
             }
         }
-        let jump = jump_rule(Family::V4);
+        let jump = jump_rule(Family::V4, None);
+        assert!(is_our_jump(&jump.attrs));
+        assert_eq!(jump_target(&jump.attrs).as_deref(), Some(CHAIN));
         assert_eq!(comment(&jump.attrs).as_deref(), Some(JUMP_COMMENT));
         assert_eq!(parse_rule(&jump.attrs, Family::V4), None);
     }

@@ -13,7 +13,8 @@
 //! to the outside), and packets to a pod only when they belong to a connection it is part of. Nothing else is
 //! accepted; the policy and every other rule stay as they are.
 
-use crate::nft::rule_comment;
+use crate::names::network_id;
+use crate::nft::COMMENT_MAX;
 use ipnet::IpNet;
 
 /// The user chain holding every network's rules.
@@ -22,6 +23,35 @@ pub(crate) const CHAIN: &str = "TRESTLE-FORWARD";
 pub(crate) const JUMP_COMMENT: &str = "trestle: pod networks";
 /// The built-in chain the jump sits in.
 pub(crate) const FORWARD: &str = "FORWARD";
+/// The chain Docker keeps for the administrator's own rules, jumped to from the top of `FORWARD`: trestle's jump
+/// goes right after Docker's, so that those rules still see the pods' traffic first.
+pub(crate) const DOCKER_USER: &str = "DOCKER-USER";
+
+/// The comment of a subnet's rules: `trestle <network> <subnet>`. A name too long for the comment is cut and
+/// ends in `~` and its [`network_id`], so that two long names sharing a prefix never share rules.
+pub(crate) fn comment(network: &str, subnet: IpNet) -> String {
+    let subnet = subnet.trunc().to_string();
+    let room = COMMENT_MAX - "trestle  ".len() - subnet.len();
+    let network = network.replace('\0', "");
+    if network.len() <= room {
+        return format!("trestle {network} {subnet}");
+    }
+    let id = format!("~{}", network_id(&network));
+    let mut cut = room - id.len();
+    while !network.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("trestle {}{id} {subnet}", &network[..cut])
+}
+
+/// Where a rule sits in `FORWARD`: its position (0 for the first rule) and, for nf_tables, its handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Anchor {
+    /// Position among `FORWARD`'s rules.
+    pub(crate) index: usize,
+    /// The nf_tables rule handle (0 for legacy tables, which have none).
+    pub(crate) handle: u64,
+}
 
 /// Which packets a rule accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -46,7 +76,7 @@ pub(crate) struct Rule {
 impl Rule {
     /// Whether this rule is one of `network`'s (by its comment's network part).
     pub(crate) fn of(&self, network: &str) -> bool {
-        self.comment == rule_comment(network, self.subnet)
+        self.comment == comment(network, self.subnet)
     }
 }
 
@@ -58,7 +88,7 @@ pub(crate) fn wanted(network: &str, subnets: &[IpNet]) -> Vec<Rule> {
             [Kind::From, Kind::RepliesTo].map(|kind| Rule {
                 kind,
                 subnet,
-                comment: rule_comment(network, subnet),
+                comment: comment(network, subnet),
             })
         })
         .collect()
@@ -76,8 +106,11 @@ pub(crate) struct View<H> {
     pub(crate) jumps: Vec<H>,
     /// The trestle rules in [`CHAIN`].
     pub(crate) rules: Vec<(Rule, H)>,
-    /// How many other rules [`CHAIN`] holds (someone else's): the chain is then never deleted.
+    /// How many other rules [`CHAIN`] holds, or jump to it from `FORWARD` (someone else's): the chain is then
+    /// never deleted.
     pub(crate) foreign: usize,
+    /// Docker's jump to [`DOCKER_USER`] in `FORWARD`, if any: trestle's jump goes after it.
+    pub(crate) docker_user: Option<Anchor>,
 }
 
 /// One change to a `filter` table.
@@ -85,8 +118,8 @@ pub(crate) struct View<H> {
 pub(crate) enum Op<H> {
     /// Create [`CHAIN`].
     NewChain,
-    /// Insert the jump at the top of `FORWARD`.
-    InsertJump,
+    /// Insert the jump into `FORWARD`: right after the given rule (Docker's jump to [`DOCKER_USER`]), else first.
+    InsertJump(Option<Anchor>),
     /// Append a rule to [`CHAIN`].
     Append(Rule),
     /// Delete a rule of [`CHAIN`].
@@ -114,7 +147,7 @@ pub(crate) fn plan_ensure<H: Clone>(view: &View<H>, want: &[Rule]) -> Vec<Op<H>>
     }
     ops.extend(missing.into_iter().cloned().map(Op::Append));
     if view.jumps.is_empty() && (view.chain || !ops.is_empty()) {
-        ops.push(Op::InsertJump);
+        ops.push(Op::InsertJump(view.docker_user));
     }
     ops
 }
@@ -165,6 +198,7 @@ mod tests {
             jumps: if rules.is_empty() { vec![] } else { vec![1] },
             rules: rules.into_iter().zip(10..).collect(),
             foreign: 0,
+            docker_user: None,
         }
     }
 
@@ -179,7 +213,7 @@ mod tests {
                 Op::NewChain,
                 Op::Append(want[0].clone()),
                 Op::Append(want[1].clone()),
-                Op::InsertJump
+                Op::InsertJump(None)
             ]
         );
         assert_eq!(first_missing(&view(true, vec![]), &want), Some(&want[0]));
@@ -225,11 +259,43 @@ mod tests {
     }
 
     #[test]
+    fn the_jump_goes_after_dockers() {
+        let a = wanted("a", &[net("10.1.0.0/24")]);
+        let mut v = view(true, vec![]);
+        let anchor = Anchor {
+            index: 0,
+            handle: 7,
+        };
+        v.docker_user = Some(anchor);
+        assert_eq!(
+            plan_ensure(&v, &a).last(),
+            Some(&Op::InsertJump(Some(anchor)))
+        );
+    }
+
+    #[test]
+    fn long_names_keep_distinct_comments_that_fit() {
+        let s = net("fd00:1:2:3::/64");
+        let (a, b) = ("n".repeat(200) + "a", "n".repeat(200) + "b");
+        let (ca, cb) = (comment(&a, s), comment(&b, s));
+        assert_ne!(ca, cb);
+        assert!(
+            ca.len() <= COMMENT_MAX && ca.ends_with(" fd00:1:2:3::/64"),
+            "{ca}"
+        );
+        assert_eq!(
+            comment("mynet", net("10.1.0.9/24")),
+            "trestle mynet 10.1.0.0/24"
+        );
+        assert!(comment(&"é".repeat(100), s).len() <= COMMENT_MAX);
+    }
+
+    #[test]
     fn a_lost_jump_is_put_back_and_reported() {
         let a = wanted("a", &[net("10.1.0.0/24")]);
         let mut v = view(true, a.clone());
         v.jumps.clear();
-        assert_eq!(plan_ensure(&v, &a), [Op::InsertJump]);
+        assert_eq!(plan_ensure(&v, &a), [Op::InsertJump(None)]);
         assert_eq!(first_missing(&v, &a), Some(&a[0]));
     }
 }

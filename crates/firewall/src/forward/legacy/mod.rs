@@ -31,7 +31,9 @@ use super::rules::{Kind, Op, Rule, View, CHAIN, FORWARD, JUMP_COMMENT};
 use crate::names::Family;
 use crate::Error;
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use xt::{fetch, filter_exists, parse, spec};
@@ -88,7 +90,12 @@ pub(crate) fn script(ops: &[Op<LegacyHandle>]) -> String {
     for op in ops {
         let line = match op {
             Op::NewChain => format!(":{CHAIN} - [0:0]"),
-            Op::InsertJump => format!("-I {FORWARD} 1 {}", jump_spec()),
+            // `-I` counts from 1: right after the anchor is its index plus 2.
+            Op::InsertJump(after) => format!(
+                "-I {FORWARD} {} {}",
+                after.map_or(1, |a| a.index + 2),
+                jump_spec()
+            ),
             Op::Append(rule) => format!("-A {CHAIN} {}", rule_spec(rule)),
             Op::Delete(LegacyHandle::Rule(rule)) => format!("-D {CHAIN} {}", rule_spec(rule)),
             // The handle names a jump, whichever op carries it.
@@ -128,7 +135,15 @@ fn quote(text: &str) -> String {
 /// Carries out `ops` on the calling thread's network namespace's legacy `filter` table of `family`: one
 /// `iptables-legacy-restore --noflush` (`ip6tables-legacy-restore`), all ops in one transaction, nothing done when
 /// any fails. No process for an empty plan. See the module documentation for why this is a process.
-pub(crate) fn apply(family: Family, ops: &[Op<LegacyHandle>]) -> Result<(), Error> {
+///
+/// `lock` is the caller's lock file (see `crate::LOCK_PATH`), held: the program inherits it, so that the lock
+/// stays held until the program has finished even when the plugin is killed meanwhile (a plugin that read the
+/// table before the orphan's commit would plan the same change again).
+pub(crate) fn apply(
+    family: Family,
+    ops: &[Op<LegacyHandle>],
+    lock: BorrowedFd,
+) -> Result<(), Error> {
     if ops.is_empty() {
         return Ok(());
     }
@@ -148,6 +163,18 @@ pub(crate) fn apply(family: Family, ops: &[Op<LegacyHandle>]) -> Result<(), Erro
         if let Some(value) = std::env::var_os(name) {
             command.env(name, value);
         }
+    }
+    let lock = lock.as_raw_fd();
+    // SAFETY: between fork and exec only fcntl, async-signal-safe, on a descriptor the child inherited.
+    unsafe {
+        command.pre_exec(move || {
+            // The child's own copy loses close-on-exec; the parent's keeps it.
+            if libc::fcntl(lock, libc::F_SETFD, 0) == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        });
     }
     let mut child = command
         .spawn()

@@ -1,10 +1,16 @@
-use super::super::rules::{plan_ensure, plan_remove, wanted};
+use super::super::rules::{plan_ensure, plan_remove, wanted, Anchor};
 use super::xt::*;
 use super::*;
 use ipnet::IpNet;
 
 fn net(s: &str) -> IpNet {
     s.parse().unwrap()
+}
+
+/// [`super::apply`] with a lock file of no consequence (these tests serialise nothing).
+fn apply(family: Family, ops: &[Op<LegacyHandle>]) -> Result<(), Error> {
+    let lock = std::fs::File::open("/dev/null").unwrap();
+    super::apply(family, ops, std::os::fd::AsFd::as_fd(&lock))
 }
 
 fn layout(family: Family) -> &'static Layout {
@@ -245,7 +251,8 @@ fn parse_without_chain_or_drop() {
                 chain: false,
                 jumps: vec![],
                 rules: vec![],
-                foreign: 0
+                foreign: 0,
+                docker_user: None
             }
         );
     }
@@ -304,7 +311,11 @@ fn script_writes_every_op_in_order() {
         Op::NewChain,
         Op::Append(a[0].clone()),
         Op::Append(a[1].clone()),
-        Op::InsertJump,
+        Op::InsertJump(None),
+        Op::InsertJump(Some(Anchor {
+            index: 2,
+            handle: 0,
+        })),
         Op::Delete(LegacyHandle::Rule(a[0].clone())),
         Op::Delete(LegacyHandle::Rule(a[1].clone())),
         Op::DeleteJump(LegacyHandle::Jump),
@@ -318,7 +329,7 @@ fn script_writes_every_op_in_order() {
         script(&ops),
         format!(
             "*filter\n:TRESTLE-FORWARD - [0:0]\n-A TRESTLE-FORWARD {s}\n-A TRESTLE-FORWARD {d}\n\
-             -I FORWARD 1 {jump}\n-D TRESTLE-FORWARD {s}\n-D TRESTLE-FORWARD {d}\n-D FORWARD {jump}\n\
+             -I FORWARD 1 {jump}\n-I FORWARD 4 {jump}\n-D TRESTLE-FORWARD {s}\n-D TRESTLE-FORWARD {d}\n-D FORWARD {jump}\n\
              -X TRESTLE-FORWARD\nCOMMIT\n"
         )
     );

@@ -2,7 +2,7 @@
 //! `linux/netfilter_ipv6/ip6_tables.h`, the two getsockopts that fetch a table's info and entries, and the parsing
 //! of those entries into what the table holds of trestle's.
 
-use super::super::rules::{Kind, Rule, View, CHAIN, JUMP_COMMENT};
+use super::super::rules::{Anchor, Kind, Rule, View, CHAIN, DOCKER_USER, JUMP_COMMENT};
 use super::LegacyHandle;
 use crate::names::Family;
 use ipnet::IpNet;
@@ -402,16 +402,25 @@ pub(super) fn parse(
         .map(|rule| (rule.clone(), LegacyHandle::Rule(rule)))
         .collect();
     let count = rules.len();
+    let forward = &entries[first..policy];
+    let jumps_to = |start: Option<usize>| {
+        move |e: &&Entry| start.is_some_and(|s| i32::try_from(s).ok() == e.verdict())
+    };
+    let ours = forward.iter().filter(|e| is_jump(layout, e, start)).count();
+    let docker_user = user_chain(&entries, info, DOCKER_USER.as_bytes())
+        .and_then(|rules| rules.first())
+        .map(|e| e.offset);
     Ok(View {
         drops: entries[policy].verdict() == Some(VERDICT_DROP),
         chain: chain.is_some(),
-        jumps: entries[first..policy]
-            .iter()
-            .filter(|e| is_jump(layout, e, start))
-            .map(|_| LegacyHandle::Jump)
-            .collect(),
+        jumps: vec![LegacyHandle::Jump; ours],
         rules,
-        foreign: body.len() - count,
+        // Jumps to the chain that are not trestle's keep it too: deleting it would fail.
+        foreign: body.len() - count + forward.iter().filter(jumps_to(start)).count() - ours,
+        docker_user: forward
+            .iter()
+            .position(|e| jumps_to(docker_user)(&e))
+            .map(|index| Anchor { index, handle: 0 }),
     })
 }
 
