@@ -39,6 +39,9 @@ pub(crate) struct Msg {
     pub(crate) op: &'static str,
 }
 
+/// A dumped object: the `NFPROTO_*` family of its table and its attributes.
+pub(crate) type Object = (u8, Vec<u8>);
+
 /// A netfilter netlink socket, bound to the network namespace it was created in.
 pub(crate) struct NfSocket {
     sock: Socket,
@@ -117,7 +120,7 @@ impl NfSocket {
 
     /// [`NfSocket::dump`], each object with the `NFPROTO_*` family of its table: a dump of family
     /// `NFPROTO_UNSPEC` covers every family in one request.
-    pub(crate) fn dump_families(&mut self, msg: &Msg) -> Result<Vec<(u8, Vec<u8>)>, Error> {
+    pub(crate) fn dump_families(&mut self, msg: &Msg) -> Result<Vec<Object>, Error> {
         for _ in 0..DUMP_ATTEMPTS {
             let (objects, interrupted) = self.request(msg, DUMP_FLAGS)?;
             if !interrupted {
@@ -140,7 +143,7 @@ impl NfSocket {
     }
 
     /// Sends one request and collects the objects of its reply until `NLMSG_DONE` or its acknowledgement.
-    fn request(&mut self, msg: &Msg, flags: u16) -> Result<(Vec<(u8, Vec<u8>)>, bool), Error> {
+    fn request(&mut self, msg: &Msg, flags: u16) -> Result<(Vec<Object>, bool), Error> {
         let seq = self.next_seq();
         self.send(&encode_request(msg, flags, seq))?;
         let (mut objects, mut interrupted) = (Vec::new(), false);
