@@ -10,6 +10,7 @@
 //! netlink request (a dump of every chain) and one read of `/proc/thread-self/net/ip_tables_names` per family;
 //! when everything is in place it only reads.
 
+mod chains;
 pub(crate) mod legacy;
 pub(crate) mod nft;
 pub(crate) mod rules;
@@ -23,7 +24,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 
-pub use self::nft::ForeignChain;
+pub use self::chains::ForeignChain;
 
 /// How often an nf_tables change is planned again when the table changed under it (another program's write).
 const ATTEMPTS: usize = 3;
@@ -45,7 +46,7 @@ impl Firewall {
         }
         let netns = self.netns.clone();
         self.locked_with_fd(|sock, lock| {
-            let chains = nft::chains(sock)?;
+            let chains = chains::chains(sock)?;
             for family in [Family::V4, Family::V6] {
                 let want = wanted(network, &of_family(&subnets, family));
                 if want.is_empty() {
@@ -73,7 +74,7 @@ impl Firewall {
     ) -> Result<bool, Error> {
         let netns = self.netns.clone();
         self.locked_with_fd(|sock, lock| {
-            let chains = nft::chains(sock)?;
+            let chains = chains::chains(sock)?;
             let mut nft_families = Vec::new();
             let mut legacy_ops = Vec::new();
             for family in [Family::V4, Family::V6] {
@@ -119,7 +120,7 @@ impl Firewall {
     /// [`Error::ForwardMissing`] or [`Error::ForeignDrop`] otherwise. Read-only, so it takes no lock.
     pub fn check_forward(&mut self, network: &str, subnets: &[IpNet]) -> Result<(), Error> {
         let subnets = distinct_subnets(subnets);
-        let chains = nft::chains(&mut self.sock)?;
+        let chains = chains::chains(&mut self.sock)?;
         for family in [Family::V4, Family::V6] {
             let want = wanted(network, &of_family(&subnets, family));
             let missing = |backend| {
@@ -153,7 +154,7 @@ impl Firewall {
     /// The forward filters of this namespace and trestle's rules in them (read-only, no lock).
     pub fn forward_state(&mut self) -> Result<ForwardState, Error> {
         let mut state = ForwardState::default();
-        let chains = nft::chains(&mut self.sock)?;
+        let chains = chains::chains(&mut self.sock)?;
         for family in [Family::V4, Family::V6] {
             let nft = nft::read(&mut self.sock, family, &chains)?
                 .map(|v| (nft::backend_name(family), strip(v)));
@@ -259,7 +260,7 @@ fn retryable(errno: i32, ops: &[Op<u64>]) -> bool {
 fn change_nft(
     sock: &mut NfSocket,
     family: Family,
-    chains: &nft::Chains,
+    chains: &chains::Chains,
     plan: impl Fn(&View<u64>) -> Vec<Op<u64>>,
 ) -> Result<(), Error> {
     let mut chains = chains.clone();
@@ -287,7 +288,7 @@ fn change_nft(
             }
             Err(Error::Kernel { errno, .. }) if attempt < ATTEMPTS && retryable(errno, &ops) => {
                 keep_chain |= errno == libc::EBUSY;
-                chains = nft::chains(sock)?;
+                chains = chains::chains(sock)?;
             }
             Err(e) => return Err(e),
         }

@@ -7,6 +7,7 @@
 //! the x_tables `conntrack` match (revision 3) through `nft_compat`, a `counter`, an `immediate` verdict, and the
 //! comment as the rule's userdata comment (what `-m comment` becomes in iptables-nft).
 
+use super::chains::{Chains, TABLE};
 use super::rules::{Anchor, Kind, Rule, View, CHAIN, DOCKER_USER, FORWARD, JUMP_COMMENT};
 use crate::attr::{AttrWriter, Attrs};
 use crate::names::{addr_bytes, Family};
@@ -16,13 +17,9 @@ use crate::Error;
 use ipnet::IpNet;
 use std::net::IpAddr;
 
-/// The table iptables-nft keeps its `filter` chains in.
-const TABLE: &str = "filter";
-
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 const NFT_MSG_NEWCHAIN: u16 = 3;
-const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
@@ -30,9 +27,6 @@ const NFT_MSG_DELRULE: u16 = 8;
 
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_CHAIN_HOOK: u16 = 4;
-const NFTA_CHAIN_POLICY: u16 = 5;
-const NFTA_HOOK_HOOKNUM: u16 = 1;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
@@ -56,20 +50,12 @@ const NFTA_MATCH_NAME: u16 = 1;
 const NFTA_MATCH_REV: u16 = 2;
 const NFTA_MATCH_INFO: u16 = 3;
 
-const NFPROTO_UNSPEC: u8 = 0;
-const NFPROTO_INET: u8 = 1;
-const NFPROTO_IPV4: u8 = 2;
-const NFPROTO_IPV6: u8 = 10;
 /// `NFT_REG_VERDICT`.
 const REG_VERDICT: u32 = 0;
-/// `NF_DROP`, as a chain policy.
-const NF_DROP: u32 = 0;
 /// `NF_ACCEPT`.
 const NF_ACCEPT: u32 = 1;
 /// `NFT_JUMP` (-3).
 const NFT_JUMP: u32 = (-3i32) as u32;
-/// `NF_INET_FORWARD`.
-const HOOK_FORWARD: u32 = 2;
 const CMP_EQ: u32 = 0;
 /// `sizeof(struct xt_conntrack_mtinfo3)` rounded up by `XT_ALIGN`, as nft_compat checks it.
 const CONNTRACK_INFO_LEN: usize = 168;
@@ -110,92 +96,6 @@ fn rule_attrs(chain: &str) -> AttrWriter {
     let mut a = AttrWriter::new();
     a.str(NFTA_RULE_TABLE, TABLE).str(NFTA_RULE_CHAIN, chain);
     a
-}
-
-/// One chain of any table, as a chain dump tells it.
-#[derive(Debug, Clone)]
-struct ChainInfo {
-    family: u8,
-    table: String,
-    name: String,
-    /// `NF_INET_*` of a base chain.
-    hook: Option<u32>,
-    /// A base chain whose policy is drop.
-    drops: bool,
-}
-
-/// Every chain of the namespace, from one dump of all families: whether iptables-nft's `FORWARD` chains exist
-/// and drop, whether [`CHAIN`] exists, and which other forward chains drop (one request where an ADD that finds
-/// nothing to do would otherwise need one per question).
-#[derive(Debug, Clone)]
-pub(crate) struct Chains(Vec<ChainInfo>);
-
-impl Chains {
-    fn find(&self, family: Family, name: &str) -> Option<&ChainInfo> {
-        self.0
-            .iter()
-            .find(|c| c.family == family.nfproto() && c.table == TABLE && c.name == name)
-    }
-
-    /// Whether `family`'s `filter` table has anything trestle reads: a `FORWARD` chain or [`CHAIN`].
-    pub(crate) fn relevant(&self, family: Family) -> bool {
-        self.find(family, FORWARD).is_some() || self.find(family, CHAIN).is_some()
-    }
-
-    /// The forward base chains with a policy of drop outside iptables-nft's own `filter FORWARD` chains.
-    pub(crate) fn foreign_drops(&self) -> Vec<ForeignChain> {
-        self.0
-            .iter()
-            .filter(|c| c.hook == Some(HOOK_FORWARD) && c.drops)
-            .filter(|c| {
-                let iptables = c.family != NFPROTO_INET && c.table == TABLE && c.name == FORWARD;
-                !iptables
-            })
-            .filter_map(|c| {
-                let family = match c.family {
-                    NFPROTO_IPV4 => "ip",
-                    NFPROTO_IPV6 => "ip6",
-                    NFPROTO_INET => "inet",
-                    _ => return None,
-                };
-                Some(ForeignChain {
-                    family,
-                    table: c.table.clone(),
-                    chain: c.name.clone(),
-                })
-            })
-            .collect()
-    }
-}
-
-/// Dumps every chain of every table.
-pub(crate) fn chains(sock: &mut NfSocket) -> Result<Chains, Error> {
-    let dump = Msg {
-        kind: NFT_MSG_GETCHAIN,
-        flags: 0,
-        family: NFPROTO_UNSPEC,
-        attrs: Vec::new(),
-        op: "list chains",
-    };
-    let mut out = Vec::new();
-    for (family, chain) in sock.dump_families(&dump)? {
-        let a = Attrs::new(&chain);
-        let (Some(table), Some(name)) = (a.get_str(NFTA_CHAIN_TABLE), a.get_str(NFTA_CHAIN_NAME))
-        else {
-            continue;
-        };
-        out.push(ChainInfo {
-            family,
-            table: table.to_owned(),
-            name: name.to_owned(),
-            hook: a
-                .get(NFTA_CHAIN_HOOK)
-                .and_then(|h| Attrs::new(h).get(NFTA_HOOK_HOOKNUM))
-                .and_then(be32),
-            drops: a.get(NFTA_CHAIN_POLICY).and_then(be32) == Some(NF_DROP),
-        });
-    }
-    Ok(Chains(out))
 }
 
 /// Reads what `family`'s `filter` table holds of trestle's, with `chains` just dumped; `None` when the table has
@@ -531,18 +431,6 @@ fn subnet(family: Family, len: u32, value: &[u8], mask: Option<&[u8]>) -> Option
     };
     let net = IpNet::new(addr, u8::try_from(prefix).ok()?).ok()?;
     (net.trunc() == net && addr_bytes(net.network()).len() == full).then_some(net)
-}
-
-/// A base chain of an nftables table trestle does not manage that hooks forward and drops by policy: the
-/// administrator's, left alone and reported.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForeignChain {
-    /// `ip`, `ip6` or `inet`.
-    pub family: &'static str,
-    /// The table.
-    pub table: String,
-    /// The chain.
-    pub chain: String,
 }
 
 #[cfg(test)]
