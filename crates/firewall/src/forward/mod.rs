@@ -6,9 +6,9 @@
 //!
 //! Rules are per network and subnet, never per pod: added by the first ADD that needs them, removed by the DEL
 //! of the network's last attachment (or GC), under the same lock as the masquerade, with the same "in use"
-//! protocol (see [`Firewall::remove_if_unused`]). An ADD in a namespace without any `filter` table costs one
-//! netlink request (a dump of every chain) and one read of `/proc/thread-self/net/ip_tables_names` per family;
-//! when everything is in place it only reads.
+//! protocol (see [`Firewall::remove_if_unused`]). An ADD or DEL in a namespace without any `filter` table costs
+//! one netlink request (a dump of every chain) and one read of `/proc/thread-self/net/ip_tables_names` per
+//! family, and takes no lock; where there are tables, an ADD that finds everything in place only reads.
 
 mod chains;
 pub(crate) mod legacy;
@@ -44,10 +44,20 @@ impl Firewall {
         if subnets.is_empty() {
             return Ok(Vec::new());
         }
+        let families: Vec<Family> = [Family::V4, Family::V6]
+            .into_iter()
+            .filter(|f| !of_family(&subnets, *f).is_empty())
+            .collect();
+        // Where no filter table of the subnets' families exists there is nothing to add, and nothing a concurrent
+        // DEL could take away: no lock, one request (the common case of a host without iptables).
+        let chains = chains::chains(&mut self.sock)?;
+        if !self.any_filter(&chains, &families)? {
+            return Ok(chains.foreign_drops());
+        }
         let netns = self.netns.clone();
         self.locked_with_fd(|sock, lock| {
             let chains = chains::chains(sock)?;
-            for family in [Family::V4, Family::V6] {
+            for family in families {
                 let want = wanted(network, &of_family(&subnets, family));
                 if want.is_empty() {
                     continue;
@@ -72,6 +82,11 @@ impl Firewall {
         network: &str,
         in_use: impl FnOnce() -> bool,
     ) -> Result<bool, Error> {
+        let both = [Family::V4, Family::V6];
+        let chains = chains::chains(&mut self.sock)?;
+        if !self.any_filter(&chains, &both)? {
+            return Ok(false);
+        }
         let netns = self.netns.clone();
         self.locked_with_fd(|sock, lock| {
             let chains = chains::chains(sock)?;
@@ -172,6 +187,19 @@ impl Firewall {
             }
         }
         Ok(state)
+    }
+
+    /// Whether any `filter` table of `families` exists, in nf_tables (`chains`) or legacy x_tables.
+    fn any_filter(&self, chains: &chains::Chains, families: &[Family]) -> Result<bool, Error> {
+        if families.iter().any(|f| chains.relevant(*f)) {
+            return Ok(true);
+        }
+        for family in families {
+            if in_netns(&self.netns, || legacy::present(*family))?? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// [`Firewall::locked`], the closure also getting the lock file (held) for a child process to inherit.

@@ -78,6 +78,16 @@ pub(crate) fn read(family: Family) -> Result<Option<View<LegacyHandle>>, Error> 
         .map_err(|what| fail(io::Error::new(io::ErrorKind::InvalidData, what)))
 }
 
+/// Whether the calling thread's network namespace has a legacy `filter` table of `family` (one `/proc` read; no
+/// table is made).
+pub(crate) fn present(family: Family) -> Result<bool, Error> {
+    let spec = spec(family);
+    filter_exists(spec).map_err(|source| Error::LegacyRead {
+        program: spec.program,
+        source,
+    })
+}
+
 /// The `iptables-legacy-restore --noflush` input carrying out `ops` in order, as one transaction.
 ///
 /// `Op::NewChain` declares the chain (`:TRESTLE-FORWARD - [0:0]`), which under `--noflush` creates a missing
