@@ -116,23 +116,24 @@ fn build(ctx: &mut Ctx, undo: &mut Undo) -> Result<CniResult, CniError> {
         configure_gateway(ctx, &bridge, &result)?;
     }
     phase("container and gateway");
-    if masquerade {
+    let forward = ctx.cfg.forward_accept && !result.ips.is_empty();
+    if masquerade || forward {
         let subnets: Vec<IpNet> = result.ips.iter().map(|ip| ip.address.trunc()).collect();
-        // Shared by every pod of the subnet: after the first pod this is a lookup, not a transaction. The port
-        // is on the bridge, in its masquerade group, so a concurrent DEL sees it as a user (see `masq`).
-        masq::firewall(ctx.cfg.masq_backend)?
-            .ensure(&ctx.req.conf.name, &subnets)
-            .map_err(error::firewall)?;
-        undo.masquerade = true;
-        phase("masquerade");
-    }
-    if ctx.cfg.forward_accept && !result.ips.is_empty() {
-        let subnets: Vec<IpNet> = result.ips.iter().map(|ip| ip.address.trunc()).collect();
-        // Per subnet too, and the port is on the bridge already, as for masquerade. Marked before: it may
-        // commit for one family or backend and then fail for another.
-        undo.forward = true;
-        masq::ensure_forward(&ctx.req.conf.name, &subnets)?;
-        phase("forward accept");
+        let mut fw = masq::HostFirewall::open(ctx.cfg.masq_backend)?;
+        let name = &ctx.req.conf.name;
+        // Shared by every pod of the subnet: after the first pod these are lookups, not transactions. The port
+        // is on the bridge, in its group, so a concurrent DEL sees it as a user (see `masq`). Each is marked for
+        // rollback before it is made: forward accept may commit for one family or backend and fail for another.
+        if masquerade {
+            undo.masquerade = true;
+            fw.ensure_masquerade(name, &subnets)?;
+            phase("masquerade");
+        }
+        if forward {
+            undo.forward = true;
+            fw.ensure_forward(name, &subnets)?;
+            phase("forward accept");
+        }
     }
     finish_result(ctx, &mut result, &bridge, &veth, &container);
     Ok(result)
@@ -315,18 +316,25 @@ fn rollback(ctx: &mut Ctx, undo: Undo) {
             Err(e) => log::warn!("rollback: delete veth: {e}"),
         }
     }
-    let bridge = masq::Bridge {
-        name: &ctx.cfg.bridge,
-        index: None,
-    };
-    let (kind, name) = (ctx.cfg.masq_backend, &ctx.req.conf.name);
-    if undo.masquerade {
-        if let Err(e) = masq::remove_if_unused(kind, &mut ctx.sides.host, name, &bridge) {
-            log::warn!("rollback: {}", e.msg);
-        }
-    }
-    if undo.forward {
-        if let Err(e) = masq::remove_forward_if_unused(&mut ctx.sides.host, name, &bridge) {
+    if undo.masquerade || undo.forward {
+        let bridge = masq::Bridge {
+            name: &ctx.cfg.bridge,
+            index: None,
+        };
+        let name = &ctx.req.conf.name;
+        let host = &mut ctx.sides.host;
+        let undone = masq::HostFirewall::open(ctx.cfg.masq_backend).and_then(|mut fw| {
+            let masquerade = match undo.masquerade {
+                true => fw.remove_if_unused(host, name, &bridge).map(drop),
+                false => Ok(()),
+            };
+            let forward = match undo.forward {
+                true => fw.remove_forward_if_unused(host, name, &bridge).map(drop),
+                false => Ok(()),
+            };
+            masquerade.and(forward)
+        });
+        if let Err(e) = undone {
             log::warn!("rollback: {}", e.msg);
         }
     }

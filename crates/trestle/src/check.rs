@@ -29,17 +29,15 @@ pub fn check(req: &Request) -> Result<(), CniError> {
     check_pair(&mut sides, req, &link, &bridge)?;
     check_addresses(&mut sides.pod, &link, &prev)?;
     check_routes(&mut sides.pod, &link, &prev)?;
-    if cfg.ip_masq {
+    if cfg.ip_masq || cfg.forward_accept {
         let subnets: Vec<ipnet::IpNet> = prev.ips.iter().map(|ip| ip.address.trunc()).collect();
-        masq::firewall(cfg.masq_backend)?
-            .check(&req.conf.name, &subnets)
-            .map_err(error::firewall)?;
-    }
-    if cfg.forward_accept {
-        let subnets: Vec<ipnet::IpNet> = prev.ips.iter().map(|ip| ip.address.trunc()).collect();
-        masq::nftables()?
-            .check_forward(&req.conf.name, &subnets)
-            .map_err(error::firewall)?;
+        let mut fw = masq::HostFirewall::open(cfg.masq_backend)?;
+        if cfg.ip_masq {
+            fw.check(&req.conf.name, &subnets)?;
+        }
+        if cfg.forward_accept {
+            fw.check_forward(&req.conf.name, &subnets)?;
+        }
     }
     Ok(())
 }

@@ -96,13 +96,16 @@ fn remove_firewall(req: &Request, target: &Target, cut: Option<CutOff>) -> Resul
         name: &target.bridge,
         index,
     };
+    let mut fw = masq::HostFirewall::open(target.backend)?;
     let masquerade = match target.ip_masq {
-        true => {
-            masq::remove_if_unused(target.backend, &mut host, &req.conf.name, &bridge).map(drop)
-        }
+        true => fw
+            .remove_if_unused(&mut host, &req.conf.name, &bridge)
+            .map(drop),
         false => Ok(()),
     };
-    let forward = masq::remove_forward_if_unused(&mut host, &req.conf.name, &bridge).map(drop);
+    let forward = fw
+        .remove_forward_if_unused(&mut host, &req.conf.name, &bridge)
+        .map(drop);
     masquerade.and(forward)
 }
 

@@ -17,32 +17,29 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
     if let Err(e) = reap_parked() {
         first_err.get_or_insert(e);
     }
-    // Masquerade is per network, not per pod: it goes when no attachment of the network is valid any more.
+    // Masquerade and forward accept are per network, not per pod: they go when no attachment of the network is
+    // valid any more (forward accept whatever forwardAccept says now: an earlier config may have made it).
     if valid.is_empty() {
-        match masq::firewall(cfg.masq_backend)
-            .and_then(|mut f| f.remove(&req.conf.name).map_err(error::firewall))
-        {
-            Ok(true) => log::info!("gc: masquerade of {} removed", req.conf.name),
-            Ok(false) => {}
-            Err(e) => {
-                first_err.get_or_insert(e);
-            }
-        }
-        // Whatever forwardAccept says now: an earlier config may have made them.
-        match masq::nftables()
-            .and_then(|mut f| f.remove_forward(&req.conf.name).map_err(error::firewall))
-        {
-            Ok(true) => log::info!("gc: forward accept of {} removed", req.conf.name),
-            Ok(false) => {}
-            Err(e) => {
-                first_err.get_or_insert(e);
-            }
+        if let Err(e) = remove_rules(&req.conf.name, cfg.masq_backend) {
+            first_err.get_or_insert(e);
         }
     }
     if let Err(e) = ipam::gc(req, &cfg) {
         first_err.get_or_insert(e);
     }
     first_err.map_or(Ok(()), Err)
+}
+
+/// Removes the masquerade and the forward accept of `network`.
+fn remove_rules(network: &str, kind: trestle_firewall::BackendKind) -> Result<(), CniError> {
+    let mut fw = masq::HostFirewall::open(kind)?;
+    if fw.remove(network)? {
+        log::info!("gc: masquerade of {network} removed");
+    }
+    if fw.remove_forward(network)? {
+        log::info!("gc: forward accept of {network} removed");
+    }
+    Ok(())
 }
 
 /// Destroys the parked pairs of the plugin's namespace: in one batch when every member of [`DEAD_GROUP`] is a

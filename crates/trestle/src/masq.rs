@@ -8,7 +8,7 @@
 use crate::error;
 use cni_proto::CniError;
 use ipnet::IpNet;
-use trestle_firewall::{Backend, BackendKind, Firewall};
+use trestle_firewall::{Backend, BackendKind, Firewall, NoneBackend};
 use trestle_netlink::{Link, Netlink};
 
 /// Link group of host ends that DEL has cut off and that await destruction ("tr" and 1).
@@ -97,56 +97,105 @@ fn any_port(host: &mut Netlink, bridge: &Bridge, test: impl Fn(&Link) -> bool) -
     }
 }
 
-/// Opens the masquerade backend in the plugin's namespace.
-pub fn firewall(kind: BackendKind) -> Result<Box<dyn Backend>, CniError> {
-    trestle_firewall::open_backend(kind, std::path::Path::new(trestle_firewall::LOCK_PATH))
-        .map_err(error::firewall)
-}
-
-/// Opens the nftables side of the firewall (forward accept) in the plugin's namespace.
-pub fn nftables() -> Result<Firewall, CniError> {
-    Firewall::open(std::path::Path::new(trestle_firewall::LOCK_PATH)).map_err(error::firewall)
-}
-
-/// ADD: lets `subnets` of `network` through the host's forward filter, and says so when a foreign nftables chain
-/// may drop them anyway.
-pub fn ensure_forward(network: &str, subnets: &[IpNet]) -> Result<(), CniError> {
-    let foreign = nftables()?
-        .ensure_forward(network, subnets)
-        .map_err(error::firewall)?;
-    for f in foreign {
-        log::warn!(
-            "nftables chain {} {} {} drops forwarded packets by policy: the pods of {network} may be cut off \
-             (trestle does not edit other tables; see forwardAccept in trestle's README)",
-            f.family,
-            f.table,
-            f.chain
-        );
-    }
-    Ok(())
-}
-
-/// Removes `network`'s forward accept unless an attachment on `bridge` still needs it.
-pub fn remove_forward_if_unused(
-    host: &mut Netlink,
-    network: &str,
-    bridge: &Bridge,
-) -> Result<bool, CniError> {
-    nftables()?
-        .remove_forward_if_unused(network, || forward_in_use(host, bridge, network))
-        .map_err(error::firewall)
-}
-
-/// Removes `network`'s masquerade unless an attachment on `bridge` still needs it.
-pub fn remove_if_unused(
+/// The host's firewall as one command of the plugin uses it: one netfilter socket and lock file for the
+/// masquerade (through the backend `ipMasqBackend` selects) and the forward accept.
+pub struct HostFirewall {
+    fw: Firewall,
     kind: BackendKind,
-    host: &mut Netlink,
-    network: &str,
-    bridge: &Bridge,
-) -> Result<bool, CniError> {
-    firewall(kind)?
-        .remove_if_unused(network, &mut || in_use(host, bridge, network))
-        .map_err(error::firewall)
+    none: NoneBackend,
+}
+
+impl HostFirewall {
+    /// Opens it in the plugin's namespace.
+    pub fn open(kind: BackendKind) -> Result<HostFirewall, CniError> {
+        let fw = Firewall::open(std::path::Path::new(trestle_firewall::LOCK_PATH))
+            .map_err(error::firewall)?;
+        Ok(HostFirewall {
+            fw,
+            kind,
+            none: NoneBackend,
+        })
+    }
+
+    /// The masquerade backend.
+    fn masq(&mut self) -> &mut dyn Backend {
+        match self.kind {
+            BackendKind::Nftables => &mut self.fw,
+            BackendKind::None => &mut self.none,
+        }
+    }
+
+    /// ADD: masquerades `subnets` of `network`.
+    pub fn ensure_masquerade(&mut self, network: &str, subnets: &[IpNet]) -> Result<(), CniError> {
+        self.masq()
+            .ensure(network, subnets)
+            .map_err(error::firewall)
+    }
+
+    /// ADD: lets `subnets` of `network` through the host's forward filter, and says so when a foreign nftables
+    /// chain may drop them anyway.
+    pub fn ensure_forward(&mut self, network: &str, subnets: &[IpNet]) -> Result<(), CniError> {
+        let foreign = self
+            .fw
+            .ensure_forward(network, subnets)
+            .map_err(error::firewall)?;
+        for f in foreign {
+            log::warn!(
+                "nftables chain {} {} {} drops forwarded packets by policy: the pods of {network} may be cut \
+                 off (trestle does not edit other tables; see forwardAccept in trestle's README)",
+                f.family,
+                f.table,
+                f.chain
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes `network`'s masquerade unless an attachment on `bridge` still needs it.
+    pub fn remove_if_unused(
+        &mut self,
+        host: &mut Netlink,
+        network: &str,
+        bridge: &Bridge,
+    ) -> Result<bool, CniError> {
+        self.masq()
+            .remove_if_unused(network, &mut || in_use(host, bridge, network))
+            .map_err(error::firewall)
+    }
+
+    /// Removes `network`'s forward accept unless an attachment on `bridge` still needs it.
+    pub fn remove_forward_if_unused(
+        &mut self,
+        host: &mut Netlink,
+        network: &str,
+        bridge: &Bridge,
+    ) -> Result<bool, CniError> {
+        self.fw
+            .remove_forward_if_unused(network, || forward_in_use(host, bridge, network))
+            .map_err(error::firewall)
+    }
+
+    /// CHECK of the masquerade of `subnets`.
+    pub fn check(&mut self, network: &str, subnets: &[IpNet]) -> Result<(), CniError> {
+        self.masq().check(network, subnets).map_err(error::firewall)
+    }
+
+    /// CHECK of the forward accept of `subnets`.
+    pub fn check_forward(&mut self, network: &str, subnets: &[IpNet]) -> Result<(), CniError> {
+        self.fw
+            .check_forward(network, subnets)
+            .map_err(error::firewall)
+    }
+
+    /// GC: removes `network`'s masquerade.
+    pub fn remove(&mut self, network: &str) -> Result<bool, CniError> {
+        self.masq().remove(network).map_err(error::firewall)
+    }
+
+    /// GC: removes `network`'s forward accept.
+    pub fn remove_forward(&mut self, network: &str) -> Result<bool, CniError> {
+        self.fw.remove_forward(network).map_err(error::firewall)
+    }
 }
 
 #[cfg(test)]
