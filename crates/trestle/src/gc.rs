@@ -33,13 +33,17 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
 /// Removes the masquerade and the forward accept of `network`.
 fn remove_rules(network: &str, kind: trestle_firewall::BackendKind) -> Result<(), CniError> {
     let mut fw = masq::HostFirewall::open(kind)?;
-    if fw.remove(network)? {
-        log::info!("gc: masquerade of {network} removed");
-    }
-    if fw.remove_forward(network)? {
-        log::info!("gc: forward accept of {network} removed");
-    }
-    Ok(())
+    let masquerade = fw.remove(network).map(|removed| {
+        if removed {
+            log::info!("gc: masquerade of {network} removed");
+        }
+    });
+    let forward = fw.remove_forward(network).map(|removed| {
+        if removed {
+            log::info!("gc: forward accept of {network} removed");
+        }
+    });
+    masquerade.and(forward)
 }
 
 /// Destroys the parked pairs of the plugin's namespace: in one batch when every member of [`DEAD_GROUP`] is a
