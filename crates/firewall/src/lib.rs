@@ -1,5 +1,8 @@
-//! IP masquerade for the bridge plugin's `ipMasq`, through nf_tables over an in-process NETLINK_NETFILTER
-//! socket (no `nft` or `iptables` process).
+//! The bridge plugin's host firewall, through nf_tables over an in-process NETLINK_NETFILTER socket (no `nft` or
+//! `iptables` process): IP masquerade for `ipMasq`, described here, and forward accept for `forwardAccept` (the
+//! rules that let a network's traffic through an iptables `FORWARD` policy of `DROP`, as Docker leaves a host:
+//! see [`Firewall::ensure_forward`] and the `forward` module; a legacy x_tables table, the one exception, is read
+//! in-process and changed by one `iptables-legacy-restore` per network change).
 //!
 //! Semantics (as the reference bridge plugin): traffic from a pod subnet to a destination outside that subnet is
 //! masqueraded; multicast (224.0.0.0/4, ff00::/8) is exempt; IPv4 and IPv6.
