@@ -317,9 +317,11 @@ fn rollback(ctx: &mut Ctx, undo: Undo) {
         }
     }
     if undo.masquerade || undo.forward {
+        // The veth is deleted above: no port of this attachment is left to ignore.
         let bridge = masq::Bridge {
             name: &ctx.cfg.bridge,
             index: None,
+            own: &[],
         };
         let name = &ctx.req.conf.name;
         let host = &mut ctx.sides.host;

@@ -88,13 +88,20 @@ pub fn del(req: &Request, reaping: Reaping) -> Result<(), CniError> {
 /// is left. The pod is already off the bridge (cut_off), so its own port does not count. `cut` brings cut_off's
 /// socket and the bridge index it found, when it has them.
 fn remove_firewall(req: &Request, target: &Target, cut: Option<CutOff>) -> Result<(), CniError> {
-    let (mut host, index) = match cut {
-        Some(c) => (c.host, c.bridge),
-        None => (ns::host_netlink()?, None),
+    // Cut off, the pod's port has left the bridge; not cut off (its namespace gone or not given), a port of
+    // this attachment may still be there, dying with the namespace.
+    let (mut host, index, own) = match cut {
+        Some(c) => (c.host, c.bridge, Vec::new()),
+        None => (
+            ns::host_netlink()?,
+            None,
+            pair::host_names(&req.env.container_id, &req.env.ifname),
+        ),
     };
     let bridge = masq::Bridge {
         name: &target.bridge,
         index,
+        own: &own,
     };
     let mut fw = masq::HostFirewall::open(target.backend)?;
     let masquerade = match target.ip_masq {

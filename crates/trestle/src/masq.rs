@@ -53,6 +53,12 @@ pub struct Bridge<'a> {
     pub name: &'a str,
     /// Its index, if known.
     pub index: Option<u32>,
+    /// Host-end names of the attachment being deleted, whose port must not count when DEL could not cut it off:
+    /// with the pod's namespace already gone, the kernel deletes the pair only later, from a work queue, and
+    /// until then the pod's own port would keep its network's rules past its last DEL. Only a 32-bit hash
+    /// collision of host names could make another pod's port look like it; that pod would then lack its rules
+    /// until its network's next ADD (CHECK says so).
+    pub own: &'a [String],
 }
 
 /// Whether `port` keeps `network`'s forward accept: any attachment with addresses does, with or without
@@ -86,7 +92,10 @@ fn any_port(host: &mut Netlink, bridge: &Bridge, test: impl Fn(&Link) -> bool) -
         None => Ok(Vec::new()),
     });
     match ports {
-        Ok(ports) => ports.iter().any(test),
+        Ok(ports) => ports
+            .iter()
+            .filter(|p| !bridge.own.contains(&p.name))
+            .any(test),
         Err(e) => {
             log::warn!(
                 "cannot list the ports of {}, keeping its firewall rules: {e}",

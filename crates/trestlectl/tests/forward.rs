@@ -397,6 +397,25 @@ fn concurrent_adds_and_dels_keep_the_rules_exactly_while_pods_need_them() {
     assert_eq!(Host::Nft.saved(&w), before);
 }
 
+/// A pod whose namespace is gone before its DEL (a runtime that DELs after the pod's last process died): the
+/// kernel deletes the pair only later, yet the DEL already removes the network's rules and masquerade.
+#[test]
+#[ignore = "privileged: needs root"]
+fn the_last_del_after_its_namespace_died_removes_the_rules() {
+    let (w, _outside) = docker_like(Host::Nft);
+    let before = Host::Nft.saved(&w);
+    let conf = conf(&w, None);
+    for round in 0..5 {
+        let a = w.pod();
+        let path = a.path().display().to_string();
+        w.add("a", &a, &conf);
+        drop(a);
+        w.del("a", &path, &conf);
+        assert_eq!(Host::Nft.saved(&w), before, "round {round}");
+        assert!(w.masqueraded().is_empty(), "round {round}");
+    }
+}
+
 /// GC of a network without valid attachments removes its forward rules.
 #[test]
 #[ignore = "privileged: needs root"]
