@@ -95,6 +95,28 @@ impl Family {
     }
 }
 
+/// The network an address and a netmask of the same length (4 or 16 bytes) make, host bits as given; `None` for
+/// other lengths or a mask whose ones are not contiguous from the top.
+pub(crate) fn masked_net(addr: &[u8], mask: &[u8]) -> Option<IpNet> {
+    let (ip, bits) = match (<[u8; 4]>::try_from(addr), <[u8; 4]>::try_from(mask)) {
+        (Ok(a), Ok(m)) => (
+            IpAddr::V4(a.into()),
+            u128::from(u32::from_be_bytes(m)) << 96,
+        ),
+        _ => {
+            let a = <[u8; 16]>::try_from(addr).ok()?;
+            let m = <[u8; 16]>::try_from(mask).ok()?;
+            (IpAddr::V6(a.into()), u128::from_be_bytes(m))
+        }
+    };
+    // Contiguous: the ones all come first (an IPv4 mask is shifted to the top).
+    let prefix = bits.leading_ones();
+    if bits.checked_shl(prefix).unwrap_or(0) != 0 {
+        return None;
+    }
+    IpNet::new(ip, u8::try_from(prefix).ok()?).ok()
+}
+
 /// The raw bytes of an address.
 pub(crate) fn addr_bytes(addr: IpAddr) -> Vec<u8> {
     match addr {

@@ -25,7 +25,8 @@ const HOOK_FORWARD: u32 = 2;
 /// The table iptables-nft keeps its `filter` chains in.
 pub(crate) const TABLE: &str = "filter";
 
-fn be32(raw: &[u8]) -> Option<u32> {
+/// A big-endian `u32` attribute, as nf_tables encodes integers.
+pub(super) fn be32(raw: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(raw.try_into().ok()?))
 }
 

@@ -171,19 +171,11 @@ impl Firewall {
         let mut state = ForwardState::default();
         let chains = chains::chains(&mut self.sock)?;
         for family in [Family::V4, Family::V6] {
-            let nft = nft::read(&mut self.sock, family, &chains)?
-                .map(|v| (nft::backend_name(family), strip(v)));
-            let legacy = in_netns(&self.netns, || legacy::read(family))??
-                .map(|v| (legacy_name(family), strip(v)));
-            for (backend, view) in nft.into_iter().chain(legacy) {
-                if view.drops {
-                    state.dropping.push(backend);
-                }
-                for (rule, ()) in view.rules {
-                    if rule.kind == rules::Kind::From {
-                        state.subnets.push((backend, rule.subnet, rule.comment));
-                    }
-                }
+            if let Some(view) = nft::read(&mut self.sock, family, &chains)? {
+                state.add(nft::backend_name(family), view);
+            }
+            if let Some(view) = in_netns(&self.netns, || legacy::read(family))?? {
+                state.add(legacy_name(family), view);
             }
         }
         Ok(state)
@@ -222,15 +214,17 @@ pub struct ForwardState {
     pub subnets: Vec<(&'static str, IpNet, String)>,
 }
 
-/// A view without its handles.
-fn strip<H>(view: View<H>) -> View<()> {
-    View {
-        drops: view.drops,
-        chain: view.chain,
-        jumps: view.jumps.into_iter().map(drop).collect(),
-        rules: view.rules.into_iter().map(|(r, _)| (r, ())).collect(),
-        foreign: view.foreign,
-        docker_user: view.docker_user,
+impl ForwardState {
+    /// Adds what `backend`'s table holds.
+    fn add<H>(&mut self, backend: &'static str, view: View<H>) {
+        if view.drops {
+            self.dropping.push(backend);
+        }
+        for (rule, _) in view.rules {
+            if rule.kind == rules::Kind::From {
+                self.subnets.push((backend, rule.subnet, rule.comment));
+            }
+        }
     }
 }
 

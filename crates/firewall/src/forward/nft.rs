@@ -7,15 +7,14 @@
 //! the x_tables `conntrack` match (revision 3) through `nft_compat`, a `counter`, an `immediate` verdict, and the
 //! comment as the rule's userdata comment (what `-m comment` becomes in iptables-nft).
 
-use super::chains::{Chains, TABLE};
+use super::chains::{be32, Chains, TABLE};
 use super::rules::{Anchor, Kind, Rule, View, CHAIN, DOCKER_USER, FORWARD, JUMP_COMMENT};
 use crate::attr::{AttrWriter, Attrs};
-use crate::names::{addr_bytes, Family};
+use crate::names::{masked_net, Family};
 use crate::nft::{comment_udata, expr, in_net, parse_comment, payload};
 use crate::sock::{Msg, NfSocket};
 use crate::Error;
 use ipnet::IpNet;
-use std::net::IpAddr;
 
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
@@ -396,41 +395,18 @@ pub(crate) fn parse_rule(rule: &[u8], family: Family) -> Option<Rule> {
     })
 }
 
-fn be32(raw: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(raw.try_into().ok()?))
-}
-
 /// The subnet of an address match: `len` loaded bytes compared with `value`, after a contiguous `mask` if any.
 fn subnet(family: Family, len: u32, value: &[u8], mask: Option<&[u8]>) -> Option<IpNet> {
-    let full = family.addr_len() as usize;
-    let len = len as usize;
-    if len == 0 || len > full || value.len() != len {
+    let (full, len) = (family.addr_len() as usize, len as usize);
+    if len == 0 || len > full || value.len() != len || mask.is_some_and(|m| m.len() != len) {
         return None;
     }
-    let prefix = match mask {
-        None => len * 8,
-        Some(m) if m.len() == len => {
-            let ones: u32 = m.iter().map(|b| b.count_ones()).sum();
-            let contiguous = m
-                .iter()
-                .flat_map(|b| (0..8).rev().map(move |i| b >> i & 1))
-                .skip(ones as usize)
-                .all(|bit| bit == 0);
-            if !contiguous {
-                return None;
-            }
-            ones as usize
-        }
-        Some(_) => return None,
-    };
-    let mut bytes = value.to_vec();
-    bytes.resize(full, 0);
-    let addr = match family {
-        Family::V4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
-        Family::V6 => IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
-    };
-    let net = IpNet::new(addr, u8::try_from(prefix).ok()?).ok()?;
-    (net.trunc() == net && addr_bytes(net.network()).len() == full).then_some(net)
+    // Both widened to the whole address: a shorter load compares only its bytes, so the rest of the mask is 0.
+    let mut addr = value.to_vec();
+    addr.resize(full, 0);
+    let mut netmask = mask.map_or_else(|| vec![0xff; len], <[u8]>::to_vec);
+    netmask.resize(full, 0);
+    masked_net(&addr, &netmask).filter(|net| net.trunc() == *net)
 }
 
 #[cfg(test)]

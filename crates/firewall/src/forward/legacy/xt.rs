@@ -4,10 +4,9 @@
 
 use super::super::rules::{Anchor, Kind, Rule, View, CHAIN, DOCKER_USER, JUMP_COMMENT};
 use super::LegacyHandle;
-use crate::names::Family;
+use crate::names::{masked_net, Family};
 use ipnet::IpNet;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -526,22 +525,5 @@ fn replies_state(m: &Ext) -> bool {
 
 /// The subnet of an address and its mask; `None` for a mask iptables cannot write as a prefix length.
 pub(super) fn subnet(addr: &[u8], mask: &[u8]) -> Option<IpNet> {
-    let (ip, bits) = match (<[u8; 4]>::try_from(addr), <[u8; 4]>::try_from(mask)) {
-        (Ok(a), Ok(m)) => (
-            IpAddr::V4(Ipv4Addr::from(a)),
-            u128::from(u32::from_be_bytes(m)) << 96,
-        ),
-        _ => {
-            let a = <[u8; 16]>::try_from(addr).ok()?;
-            let m = <[u8; 16]>::try_from(mask).ok()?;
-            (IpAddr::V6(Ipv6Addr::from(a)), u128::from_be_bytes(m))
-        }
-    };
-    // Contiguous: the ones all come first (the IPv4 mask was shifted to the top).
-    let prefix = bits.leading_ones();
-    if bits.checked_shl(prefix).unwrap_or(0) != 0 {
-        return None;
-    }
-    let prefix = u8::try_from(prefix).ok()?;
-    Some(IpNet::new(ip, prefix).ok()?.trunc())
+    masked_net(addr, mask).map(|net| net.trunc())
 }
