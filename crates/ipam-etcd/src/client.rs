@@ -134,7 +134,7 @@ impl Counters {
 
 /// A request's kind, for the counters.
 #[derive(Debug, Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
     Read,
     Write,
     KeepAlive,
@@ -197,7 +197,7 @@ impl Etcd {
 
     /// Runs `f` against the current endpoint, moving to the next one on a failure that another
     /// member may not have, until the deadline.
-    async fn call<T, F, Fut>(&self, kind: Kind, f: F) -> Result<T, EtcdError>
+    pub(crate) async fn call<T, F, Fut>(&self, kind: Kind, f: F) -> Result<T, EtcdError>
     where
         F: Fn(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,

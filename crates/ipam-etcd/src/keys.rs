@@ -2,6 +2,8 @@
 //! every key, so a later layout can live beside this one during an upgrade.
 //!
 //! - `nodes/<node>`: the node's registration, attached to its lease (gone when it expires).
+//! - `hosts/<node>`: how peers reach the node's pods (underlay addresses, VTEP MAC, MTU); no
+//!   lease, so a restart or a short partition withdraws nobody's routes.
 //! - `expired/<node>`: when another node first saw `<node>`'s lease gone (reclaim grace).
 //! - `pools/<net>/<pool>`: a pool's geometry, fixed by the first node that used it.
 //! - `blocks/<net>/<pool>/<start>`: a block's record ([`crate::block::Block`]).
@@ -33,6 +35,26 @@ impl Keys {
     /// `nodes/<node>`.
     pub fn node(&self, node: &str) -> String {
         format!("{}nodes/{node}", self.root)
+    }
+
+    /// `hosts/`.
+    pub fn hosts(&self) -> String {
+        format!("{}hosts/", self.root)
+    }
+
+    /// `hosts/<node>`.
+    pub fn host(&self, node: &str) -> String {
+        format!("{}hosts/{node}", self.root)
+    }
+
+    /// The root of every key (`<prefix>/v1/`).
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// The part of `key` after the root, if it is under it.
+    pub fn relative<'a>(&self, key: &'a [u8]) -> Option<&'a str> {
+        std::str::from_utf8(key).ok()?.strip_prefix(&self.root)
     }
 
     /// `expired/<node>`.

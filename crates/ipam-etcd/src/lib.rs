@@ -7,8 +7,10 @@ pub mod admin;
 pub mod block;
 pub mod client;
 pub mod keys;
+pub mod kv;
 pub mod local;
 pub mod node;
+pub mod watch;
 
 /// etcd's API, generated from `proto/etcd/rpc.proto`.
 #[allow(missing_docs, clippy::all)]

@@ -84,7 +84,7 @@ pub(crate) fn family_of(ip: IpAddr) -> AddressFamily {
     }
 }
 
-fn address_from_message(msg: AddressMessage) -> Option<Address> {
+pub(crate) fn address_from_message(msg: AddressMessage) -> Option<Address> {
     let mut local = None;
     let mut address = None;
     let mut flags = u32::from(msg.header.flags.bits());

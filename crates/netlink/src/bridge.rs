@@ -210,7 +210,7 @@ fn port_data(info: LinkInfo) -> Option<Vec<InfoBridgePort>> {
 impl Netlink {
     /// The `IFLA_LINKINFO` entries of a link; [`Error::NotFound`] when the
     /// link does not exist.
-    fn link_info(&mut self, index: u32) -> Result<Vec<LinkInfo>, Error> {
+    pub(crate) fn link_info(&mut self, index: u32) -> Result<Vec<LinkInfo>, Error> {
         let msg = self
             .get_link_message(message(index))?
             .ok_or(Error::NotFound)?;

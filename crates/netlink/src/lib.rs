@@ -9,22 +9,32 @@
 //! A netlink socket acts on the network namespace of the thread that opened
 //! it, for its whole life. To work inside a container namespace, open the
 //! socket on a thread inside that namespace, then use it from anywhere.
+//!
+//! A [`Monitor`] is a second socket that only listens: it reports link, address, route, neighbour and
+//! forwarding database changes as [`Event`]s, for long-running controllers.
 
 mod addr;
 mod bridge;
 mod error;
 mod link;
 mod mac;
+mod monitor;
+mod neigh;
 mod nsid;
 mod route;
 mod socket;
 pub mod sysctl;
 mod types;
+mod vxlan;
 
 pub use error::Error;
 pub use link::IPV4_DEVCONF_ARP_NOTIFY;
 pub use mac::{format_mac, parse_mac};
-pub use types::{Address, BridgeVlan, Family, Link, PortOptions, Route, VethEnd};
+pub use monitor::{Event, Monitor};
+pub use types::{
+    Address, BridgeVlan, Family, FdbEntry, Link, Neighbour, PortOptions, Route, VethEnd, VxlanInfo,
+    VxlanSpec,
+};
 
 /// A synchronous rtnetlink client bound to one network namespace.
 pub struct Netlink {

@@ -231,7 +231,8 @@ impl Netlink {
         self.transport.ack(op, Msg::NewLink(msg), 0)
     }
 
-    fn create(&mut self, op: &'static str, msg: LinkMessage) -> Result<(), Error> {
+    /// Sends `RTM_NEWLINK` for a link that must not exist yet.
+    pub(crate) fn create(&mut self, op: &'static str, msg: LinkMessage) -> Result<(), Error> {
         self.transport
             .ack(op, Msg::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
     }

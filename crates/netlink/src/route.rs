@@ -3,9 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::{
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteScope},
+    route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteScope},
     AddressFamily, RouteNetlinkMessage as Msg,
 };
 
@@ -42,9 +42,21 @@ impl Netlink {
             .ack("add route", Msg::NewRoute(msg), NLM_F_CREATE | NLM_F_EXCL)
     }
 
+    /// Adds a route, or replaces the one with the same destination, table and priority (for IPv4 also TOS), so
+    /// that asking twice is the same as asking once (`ip route replace`). Replacing swaps the whole route:
+    /// gateway, device, metrics, protocol and flags all come from `route`.
+    pub fn replace_route(&mut self, route: &Route) -> Result<(), Error> {
+        let msg = route_message(route);
+        self.transport.ack(
+            "replace route",
+            Msg::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
     /// Deletes the route matching `dst`, `table`, `kind` and, when set,
-    /// `gateway`, `oif` and `priority`; scope and protocol are not compared
-    /// (like `ip route del`). [`Error::NotFound`] when none matches
+    /// `gateway`, `oif` and `priority`; scope, protocol and `onlink` are not
+    /// compared (like `ip route del`). [`Error::NotFound`] when none matches
     /// (`ESRCH`).
     pub fn del_route(&mut self, route: &Route) -> Result<(), Error> {
         let mut msg = route_message(route);
@@ -68,6 +80,9 @@ fn route_message(route: &Route) -> RouteMessage {
     h.protocol = route.protocol.into();
     h.scope = route.scope.into();
     h.kind = route.kind.into();
+    if route.onlink {
+        h.flags = RouteFlags::Onlink;
+    }
     let a = &mut msg.attributes;
     a.push(RouteAttribute::Table(route.table));
     if route.dst.prefix_len() > 0 {
@@ -89,7 +104,7 @@ fn route_message(route: &Route) -> RouteMessage {
     msg
 }
 
-fn route_from_message(msg: RouteMessage) -> Option<Route> {
+pub(crate) fn route_from_message(msg: RouteMessage) -> Option<Route> {
     let h = &msg.header;
     let unspecified: IpAddr = match h.address_family {
         AddressFamily::Inet => Ipv4Addr::UNSPECIFIED.into(),
@@ -101,6 +116,8 @@ fn route_from_message(msg: RouteMessage) -> Option<Route> {
     route.scope = h.scope.into();
     route.protocol = h.protocol.into();
     route.kind = h.kind.into();
+    // Dumps copy the next hop's flags into the header (single-path routes), RTNH_F_ONLINK among them.
+    route.onlink = h.flags.contains(RouteFlags::Onlink);
     for attribute in msg.attributes {
         apply(&mut route, attribute)?;
     }
@@ -163,6 +180,33 @@ mod tests {
         assert_eq!(msg.header.table, TABLE_UNSPEC);
         assert!(msg.attributes.contains(&RouteAttribute::Table(1000)));
         assert_eq!(route_from_message(msg), Some(route));
+    }
+
+    #[test]
+    fn onlink_round_trip() {
+        let mut route = Route::new("10.244.1.0/26".parse().unwrap());
+        route.gateway = Some("10.244.1.0".parse().unwrap());
+        route.oif = Some(5);
+        route.protocol = 0x54;
+        route.mtu = Some(1450);
+        route.onlink = true;
+        let msg = route_message(&route);
+        // RTNH_F_ONLINK is 4 in rtm_flags, as `ip route add ... onlink` sends it.
+        assert_eq!(msg.header.flags.bits(), 4);
+        assert_eq!(route_from_message(msg), Some(route));
+        let mut plain = route;
+        plain.onlink = false;
+        assert!(route_message(&plain).header.flags.is_empty());
+    }
+
+    #[test]
+    fn onlink_is_read_among_other_next_hop_flags() {
+        let mut route = Route::new("2001:db8:1::/64".parse().unwrap());
+        route.gateway = Some("2001:db8:1::".parse().unwrap());
+        route.oif = Some(5);
+        let mut msg = route_message(&route);
+        msg.header.flags = RouteFlags::Onlink | RouteFlags::Linkdown;
+        assert!(route_from_message(msg).unwrap().onlink);
     }
 
     #[test]

@@ -19,7 +19,7 @@ const BUF_LEN: usize = 32 * 1024;
 const DUMP_TRIES: u32 = 5;
 
 /// Size of `struct nlmsghdr`; shorter messages are malformed.
-const HEADER_LEN: usize = 16;
+pub(crate) const HEADER_LEN: usize = 16;
 
 /// The socket, the buffer used for both sending and receiving, and the
 /// sequence counter.

@@ -128,6 +128,10 @@ pub struct Route {
     pub mtu: Option<u32>,
     /// Advertised MSS metric (`RTAX_ADVMSS`).
     pub advmss: Option<u32>,
+    /// The gateway is taken to be directly on the output link even though no address or route of that link
+    /// covers it (`RTNH_F_ONLINK`, `ip route ... onlink`): how a route reaches a VXLAN peer's subnet through the
+    /// peer's own address. The kernel wants `oif` set and the link up.
+    pub onlink: bool,
 }
 
 /// `RT_TABLE_MAIN`.
@@ -152,11 +156,108 @@ impl Route {
             priority: None,
             mtu: None,
             advmss: None,
+            onlink: false,
         }
     }
 
     /// The family of the destination.
     pub fn family(&self) -> Family {
         Family::of(&self.dst)
+    }
+}
+
+/// An IPv4 ARP or IPv6 NDP neighbour entry as reported by `RTM_GETNEIGH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neighbour {
+    /// Index of the interface the entry belongs to.
+    pub index: u32,
+    /// The neighbour's IP address.
+    pub ip: IpAddr,
+    /// Its link-layer address; `None` while unresolved (or when it is not 6 bytes long).
+    pub mac: Option<[u8; 6]>,
+    /// `NUD_*` state bits (`libc::NUD_PERMANENT` is `0x80`, `libc::NUD_REACHABLE` `0x02`...).
+    pub state: u16,
+    /// `NTF_*` flags (`libc::NTF_ROUTER`, `libc::NTF_PROXY`...).
+    pub flags: u8,
+    /// `ndm_type`: the route type of the address (`1` unicast, `5` multicast...).
+    pub kind: u8,
+}
+
+/// A forwarding database entry of a bridge, a bridge port or a VXLAN device (`AF_BRIDGE` neighbour), as
+/// `bridge fdb show` lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdbEntry {
+    /// Index of the device the entry belongs to.
+    pub index: u32,
+    /// The MAC address; all zeros for a VXLAN device's default (flooding) destinations.
+    pub mac: [u8; 6],
+    /// `NDA_DST`: on a VXLAN device, the remote tunnel endpoint frames for `mac` are sent to.
+    pub dst: Option<IpAddr>,
+    /// `NDA_VNI`: the VNI used towards `dst`; the kernel reports it only when it is not the device's own.
+    pub vni: Option<u32>,
+    /// `NDA_PORT`: the UDP port used towards `dst`; the kernel reports it only when it is not the device's own.
+    pub port: Option<u16>,
+    /// `NDA_VLAN`: the VLAN of a bridge entry.
+    pub vlan: Option<u16>,
+    /// `NDA_MASTER`: the bridge, for an entry of a bridge port's master database.
+    pub master: Option<u32>,
+    /// `NTF_*` flags; `libc::NTF_SELF` (`0x02`) marks the device's own database.
+    pub flags: u8,
+    /// `NUD_*` state bits; `libc::NUD_PERMANENT` (`0x80`) for static entries.
+    pub state: u16,
+}
+
+/// A VXLAN device to create (see [`crate::Netlink::create_vxlan`]).
+///
+/// The default is learning off, which is also what a route controller that programs the FDB itself wants.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VxlanSpec {
+    /// Interface name.
+    pub name: String,
+    /// VXLAN network identifier (24 bits).
+    pub vni: u32,
+    /// Destination UDP port, e.g. IANA's 4789. 0 lets the kernel pick its default (the old Linux port 8472,
+    /// a module parameter), which [`VxlanInfo::from`] cannot predict: set it.
+    pub port: u16,
+    /// Source address of the tunnel packets (`IFLA_VXLAN_LOCAL` or `IFLA_VXLAN_LOCAL6`); it also fixes the
+    /// underlay family.
+    pub local: Option<IpAddr>,
+    /// Index of the underlay device (`IFLA_VXLAN_LINK`), whose MTU the device's default MTU follows.
+    pub underlay: Option<u32>,
+    /// Learn remote MACs from received packets (`IFLA_VXLAN_LEARNING`).
+    pub learning: bool,
+    /// MTU. When `None` the kernel takes the underlay's MTU minus the encapsulation (50 bytes over IPv4, 70 over
+    /// IPv6), or 1500 without an underlay.
+    pub mtu: Option<u32>,
+    /// Hardware address; random when `None`.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// The VXLAN settings of an existing device (see [`crate::Netlink::vxlan_info`]); compare it with
+/// `VxlanInfo::from(&spec)` to tell whether a device left by an earlier run can be adopted as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanInfo {
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// Destination UDP port.
+    pub port: u16,
+    /// Source address of the tunnel packets, when one is set.
+    pub local: Option<IpAddr>,
+    /// Index of the underlay device, when one is set.
+    pub underlay: Option<u32>,
+    /// Whether remote MACs are learned from received packets.
+    pub learning: bool,
+}
+
+impl From<&VxlanSpec> for VxlanInfo {
+    /// What a device created from `spec` reports.
+    fn from(spec: &VxlanSpec) -> VxlanInfo {
+        VxlanInfo {
+            vni: spec.vni,
+            port: spec.port,
+            local: spec.local,
+            underlay: spec.underlay,
+            learning: spec.learning,
+        }
     }
 }

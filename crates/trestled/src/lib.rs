@@ -141,6 +141,30 @@ pub struct Options {
     /// Never borrow addresses from other nodes' blocks (a full node's ADD fails instead).
     #[arg(long)]
     pub strict_affinity: bool,
+    /// How other nodes' pods are reached in etcd mode: `auto` (directly on a shared underlay
+    /// subnet, VXLAN across subnets), `direct`, `vxlan`, or `none` (routes come from elsewhere).
+    /// See docs/cluster-networking.md.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "direct", "vxlan", "none"])]
+    pub routing: String,
+    /// This node's underlay address peers reach it at (one per family; repeatable). Default:
+    /// the first global address of `--node-interface`, else of the default route's interface.
+    #[arg(long = "node-ip")]
+    pub node_ips: Vec<std::net::IpAddr>,
+    /// The interface whose addresses are the node's underlay.
+    #[arg(long)]
+    pub node_interface: Option<String>,
+    /// The UDP port of VXLAN between nodes.
+    #[arg(long, default_value_t = 4789)]
+    pub vxlan_port: u16,
+    /// The VXLAN network identifier between nodes.
+    #[arg(long, default_value_t = 4096)]
+    pub vxlan_vni: u32,
+    /// The name of the VXLAN device.
+    #[arg(long, default_value = "trestle.vxlan")]
+    pub vxlan_device: String,
+    /// Seconds between full reads of the kernel's routes (repairs without a notification).
+    #[arg(long, default_value_t = 30.0)]
+    pub routes_resync: f64,
     /// Seconds between cluster housekeeping rounds (block release, shrink, returns).
     #[arg(long, default_value_t = 5.0, hide = true)]
     pub cluster_interval: f64,
@@ -192,6 +216,39 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+/// The router of cross-node routes, in etcd mode unless `--routing none`.
+fn start_router(
+    opts: &Options,
+    node: Option<&trestle_ipam_etcd::Node>,
+) -> Result<Option<trestle_routes::Router>, String> {
+    let Some(node) = node else {
+        return Ok(None);
+    };
+    let mode = match opts.routing.as_str() {
+        "none" => return Ok(None),
+        m => m.parse::<trestle_routes::Mode>()?,
+    };
+    let cfg = trestle_routes::RouterConfig {
+        name: node.name().to_string(),
+        mode,
+        vxlan: trestle_routes::VxlanSettings {
+            name: opts.vxlan_device.clone(),
+            vni: opts.vxlan_vni,
+            port: opts.vxlan_port,
+        },
+        underlay: trestle_routes::UnderlayChoice {
+            node_ips: opts.node_ips.clone(),
+            interface: opts.node_interface.clone(),
+        },
+        resync: seconds(opts.routes_resync).max(Duration::from_millis(100)),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let keys = trestle_ipam_etcd::Keys::new(&opts.etcd_prefix);
+    trestle_routes::Router::start(node.etcd().clone(), keys, cfg)
+        .map(Some)
+        .map_err(|e| format!("routing: {e}"))
 }
 
 /// The etcd node, in etcd mode.
@@ -335,6 +392,7 @@ async fn serve(opts: Options, listener: Listener, nofile: u64) -> Result<(), Str
             node.name()
         );
     }
+    let _router = start_router(&opts, cluster.as_deref())?;
     let daemon = Arc::new(daemon);
     // Not ready for Allocate until the rebuild is done (in etcd mode it needs the node's
     // blocks, known once the node has registered: so in the background).

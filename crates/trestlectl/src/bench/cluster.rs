@@ -373,6 +373,9 @@ fn plugin_cases(
             PREFIX,
             "--node-name",
             "bench-real",
+            // The bench's daemon runs in the machine's namespace: no routes there.
+            "--routing",
+            "none",
             "--metrics-addr",
             "127.0.0.1:0",
             "--cluster-interval",

@@ -504,6 +504,9 @@ impl Node {
                 "3600",
                 "--etcd-timeout",
                 "1",
+                // These daemons share the machine's namespace: no routes.
+                "--routing",
+                "none",
             ]
             .map(String::from),
         );

@@ -1,0 +1,256 @@
+//! The cluster as etcd last said it: a mirror of the keys under `<prefix>/v1/` kept at one
+//! revision, and the parts routing needs read out of it (host records, pools, blocks).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use trestle_ipam_etcd::watch::Change;
+use trestle_ipam_etcd::{Block, Keys, Pool};
+
+use crate::host::HostRecord;
+
+/// The keys under the root and their values, at one revision.
+#[derive(Debug, Clone, Default)]
+pub struct Mirror {
+    data: BTreeMap<String, Vec<u8>>,
+    /// The revision everything here is as of.
+    pub revision: i64,
+}
+
+impl Mirror {
+    /// A mirror of `kvs` (relative keys and values) read at `revision`.
+    pub fn new(kvs: impl IntoIterator<Item = (String, Vec<u8>)>, revision: i64) -> Mirror {
+        Mirror {
+            data: kvs.into_iter().collect(),
+            revision,
+        }
+    }
+
+    /// Applies one watch batch; a change at or before the mirror's revision (a repeated
+    /// answer) is skipped. Returns whether anything changed.
+    pub fn apply(&mut self, keys: &Keys, changes: &[Change]) -> bool {
+        let mut changed = false;
+        for c in changes {
+            if c.revision() <= self.revision {
+                continue;
+            }
+            let Some(key) = keys.relative(c.key()) else {
+                continue;
+            };
+            match c {
+                Change::Put(kv) => {
+                    self.data.insert(key.to_string(), kv.value.clone());
+                }
+                Change::Delete { .. } => {
+                    self.data.remove(key);
+                }
+            }
+            changed = true;
+        }
+        if let Some(last) = changes.iter().map(Change::revision).max() {
+            self.revision = self.revision.max(last);
+        }
+        changed
+    }
+
+    fn under<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+        self.data
+            .range(dir.to_string()..)
+            .take_while(move |(k, _)| k.starts_with(dir))
+            .map(move |(k, v)| (&k[dir.len()..], v.as_slice()))
+    }
+
+    /// What routing needs of it.
+    pub fn cluster(&self) -> Cluster {
+        let mut c = Cluster {
+            revision: self.revision,
+            ..Cluster::default()
+        };
+        for (node, v) in self.under("hosts/") {
+            match HostRecord::decode(v) {
+                Some(h) => {
+                    c.hosts.insert(node.to_string(), h);
+                }
+                None => c.unreadable.push(format!("hosts/{node}")),
+            }
+        }
+        let mut pools = BTreeMap::new();
+        for (id, v) in self.under("pools/") {
+            match serde_json::from_slice::<Pool>(v) {
+                Ok(p) => {
+                    pools.insert(id.to_string(), p);
+                }
+                Err(_) => c.unreadable.push(format!("pools/{id}")),
+            }
+        }
+        for (rest, v) in self.under("blocks/") {
+            let Some((pool_id, start)) = rest.rsplit_once('/') else {
+                continue;
+            };
+            let (Some(pool), Ok(start)) = (pools.get(pool_id), start.parse::<IpAddr>()) else {
+                c.unreadable.push(format!("blocks/{rest}"));
+                continue;
+            };
+            match (
+                Block::decode(v, pool.block_len()),
+                IpNet::new(start, pool.block_prefix),
+            ) {
+                (Some(block), Ok(net)) => c.blocks.push(ClusterBlock {
+                    net,
+                    pool: pool.clone(),
+                    block,
+                }),
+                _ => c.unreadable.push(format!("blocks/{rest}")),
+            }
+        }
+        c.pools = pools.into_values().collect();
+        c
+    }
+}
+
+/// One block and its pool.
+#[derive(Debug, Clone)]
+pub struct ClusterBlock {
+    /// The block's addresses.
+    pub net: IpNet,
+    /// Its pool.
+    pub pool: Pool,
+    /// Its record.
+    pub block: Block,
+}
+
+impl ClusterBlock {
+    /// The addresses `node` holds here without owning the block.
+    pub fn foreign_of<'a>(&'a self, node: &'a str) -> impl Iterator<Item = IpAddr> + 'a {
+        self.block
+            .foreign
+            .get(node)
+            .into_iter()
+            .flat_map(move |bits| {
+                bits.iter()
+                    .map(move |i| self.pool.address(self.net.addr(), i))
+            })
+    }
+}
+
+/// What the routes follow.
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    /// The etcd revision it is as of.
+    pub revision: i64,
+    /// Host records by node.
+    pub hosts: BTreeMap<String, HostRecord>,
+    /// Every pool of every network.
+    pub pools: Vec<Pool>,
+    /// Every block with an owner.
+    pub blocks: Vec<ClusterBlock>,
+    /// Keys that could not be read (reported, never routed).
+    pub unreadable: Vec<String>,
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use trestle_ipam_etcd::kv::Kv as _;
+    use trestle_ipam_etcd::Bitmap;
+
+    /// A pool of 10.244.0.0/16 in /26 blocks.
+    pub(crate) fn pool() -> Pool {
+        Pool {
+            subnet: "10.244.0.0/16".parse().unwrap(),
+            range_start: "10.244.0.1".parse().unwrap(),
+            range_end: "10.244.255.254".parse().unwrap(),
+            gateway: Some("10.244.0.1".parse().unwrap()),
+            block_prefix: 26,
+        }
+    }
+
+    /// A block record of `owner` holding index 1, and `foreign` holdings.
+    pub(crate) fn block(owner: &str, foreign: &[(&str, u32)]) -> Vec<u8> {
+        let mut held = Bitmap::new(64);
+        held.set(1, true);
+        let mut f = BTreeMap::new();
+        for (node, i) in foreign {
+            let b: &mut Bitmap = f.entry(node.to_string()).or_insert_with(|| Bitmap::new(64));
+            b.set(*i, true);
+        }
+        Block {
+            owner: owner.into(),
+            held,
+            foreign: f,
+            writer: "w".into(),
+            at_ms: 0,
+        }
+        .encode()
+    }
+
+    #[test]
+    fn reads_hosts_pools_and_blocks() {
+        let p = pool();
+        let m = Mirror::new(
+            [
+                (
+                    "pools/net/10.244.0.0_16".to_string(),
+                    serde_json::to_vec(&p).unwrap(),
+                ),
+                (
+                    "blocks/net/10.244.0.0_16/10.244.0.64".into(),
+                    block("b", &[("c", 3)]),
+                ),
+                (
+                    "blocks/net/10.244.0.0_16/10.244.9.0".into(),
+                    b"junk".to_vec(),
+                ),
+                ("blocks/net/other/10.1.0.0".into(), block("b", &[])),
+                ("hosts/a".into(), b"{".to_vec()),
+                ("nodes/a".into(), b"ignored".to_vec()),
+            ],
+            7,
+        );
+        let c = m.cluster();
+        assert_eq!(c.revision, 7);
+        assert_eq!(c.pools, vec![p]);
+        assert_eq!(c.blocks.len(), 1);
+        let b = &c.blocks[0];
+        assert_eq!(b.net, "10.244.0.64/26".parse::<IpNet>().unwrap());
+        assert_eq!(b.block.owner, "b");
+        assert_eq!(
+            b.foreign_of("c").collect::<Vec<_>>(),
+            vec!["10.244.0.67".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(b.foreign_of("b").count(), 0);
+        assert_eq!(
+            c.unreadable,
+            vec![
+                "hosts/a".to_string(),
+                "blocks/net/10.244.0.0_16/10.244.9.0".into(),
+                "blocks/net/other/10.1.0.0".into()
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn apply_skips_what_it_has_seen() {
+        let keys = Keys::new("/t");
+        let kv = trestle_ipam_etcd::kv::fake::FakeKv::new();
+        let mut w = kv.watch_from("/t/v1/", 1).await.unwrap();
+        kv.set("/t/v1/hosts/a", b"1");
+        kv.set("/t/v1/hosts/b", b"2");
+        kv.remove("/t/v1/hosts/a");
+        let mut m = Mirror::default();
+        let mut all = Vec::new();
+        for _ in 0..3 {
+            all.extend(w.next().await.unwrap());
+        }
+        assert!(m.apply(&keys, &all));
+        assert_eq!(m.revision, 4);
+        assert_eq!(m.under("hosts/").count(), 1);
+        // The same batch again (a repeated answer) changes nothing.
+        assert!(!m.apply(&keys, &all));
+        assert_eq!(
+            m.under("hosts/").collect::<Vec<_>>(),
+            vec![("b", &b"2"[..])]
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! Cross-node routes for trestle's cluster mode. Every node publishes a host record (how its
+//! pods are reached) in etcd; every node's `trestled` mirrors the records, pools and blocks with
+//! one read and a watch from the revision after it, works out which routes, neighbour and FDB
+//! entries its kernel should hold (a block another node owns goes to that node, directly on a
+//! shared segment, over VXLAN otherwise), and keeps the kernel so, removing only entries it
+//! owns. See docs/cluster-networking.md.
+
+use std::net::IpAddr;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use trestle_ipam_etcd::kv::Kv;
+use trestle_ipam_etcd::Keys;
+
+pub mod cluster;
+pub mod dataplane;
+pub mod diff;
+pub mod follow;
+pub mod host;
+pub mod plan;
+pub mod underlay;
+
+pub use dataplane::{RouteStats, VxlanSettings};
+pub use follow::FollowStats;
+pub use host::{HostRecord, Underlay};
+pub use plan::{Mode, Plan};
+pub use underlay::UnderlayChoice;
+
+/// Why routing cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A netlink request failed.
+    #[error(transparent)]
+    Netlink(#[from] trestle_netlink::Error),
+    /// `--node-ip` names an address no interface holds.
+    #[error("--node-ip {0} is on no interface of this node")]
+    NodeIpMissing(IpAddr),
+    /// `--node-interface` names no interface.
+    #[error("--node-interface {0:?}: no such interface")]
+    InterfaceMissing(String),
+    /// Nothing tells the underlay.
+    #[error("no underlay address found (no default route): give --node-ip or --node-interface")]
+    NoUnderlay,
+    /// A `/proc/sys` write failed.
+    #[error("sysctl")]
+    Sysctl(#[source] std::io::Error),
+    /// A thread could not be started.
+    #[error("cannot start a thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// How to route.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// This node's name.
+    pub name: String,
+    /// The mode.
+    pub mode: Mode,
+    /// The VXLAN device.
+    pub vxlan: VxlanSettings,
+    /// The underlay, as the operator gave it.
+    pub underlay: UnderlayChoice,
+    /// How often the kernel is read again without a reason.
+    pub resync: Duration,
+    /// The software's version, in the host record.
+    pub version: String,
+}
+
+/// The running router of this node.
+pub struct Router {
+    /// The host record it published.
+    pub host: HostRecord,
+    /// The kernel side.
+    pub stats: Arc<RouteStats>,
+    /// The etcd side.
+    pub follow: Arc<FollowStats>,
+    /// The latest state of the cluster.
+    pub cluster: watch::Receiver<Option<Arc<cluster::Cluster>>>,
+    wakes: mpsc::Sender<dataplane::Wake>,
+}
+
+impl Router {
+    /// Detects the underlay, publishes the host record, follows etcd and programs the kernel of
+    /// the calling thread's network namespace. Runs inside a tokio runtime.
+    pub fn start<K: Kv>(kv: K, keys: Keys, cfg: RouterConfig) -> Result<Router, Error> {
+        let mut nl = trestle_netlink::Netlink::open()?;
+        let (v4, v6) = underlay::detect(&mut nl, &cfg.underlay)?;
+        let host = HostRecord {
+            v4,
+            v6,
+            vtep_mac: trestle_netlink::format_mac(host::vtep_mac(&cfg.name)),
+            vni: cfg.vxlan.vni,
+            port: cfg.vxlan.port,
+            version: cfg.version.clone(),
+        };
+        log::info!(
+            "routes: node {} underlay {} mode {:?}",
+            cfg.name,
+            [host.v4.as_ref(), host.v6.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(|u| format!("{} on {} (mtu {})", u.address, u.interface, u.mtu))
+                .collect::<Vec<_>>()
+                .join(", "),
+            cfg.mode
+        );
+        let (wake_tx, wake_rx) = mpsc::channel();
+        let monitor = trestle_netlink::Monitor::open()?;
+        let stats = Arc::new(RouteStats::default());
+        let settings = dataplane::Settings {
+            name: cfg.name.clone(),
+            host: host.clone(),
+            mode: cfg.mode,
+            vxlan: cfg.vxlan.clone(),
+            resync: cfg.resync,
+        };
+        let st = stats.clone();
+        std::thread::Builder::new()
+            .name("routes".into())
+            .spawn(move || {
+                if let Err(e) = dataplane::run(settings, wake_rx, st) {
+                    log::error!("routes: the dataplane stopped: {e}");
+                }
+            })
+            .map_err(Error::Thread)?;
+        let tx = wake_tx.clone();
+        std::thread::Builder::new()
+            .name("routes-events".into())
+            .spawn(move || dataplane::watch_kernel(monitor, tx))
+            .map_err(Error::Thread)?;
+        let (out, rx) = watch::channel(None);
+        let follow = Arc::new(FollowStats::default());
+        tokio::spawn(publish(kv.clone(), keys.host(&cfg.name), host.clone()));
+        tokio::spawn(follow::follow(kv, keys, out, follow.clone()));
+        tokio::spawn(forward(rx.clone(), wake_tx.clone()));
+        Ok(Router {
+            host,
+            stats,
+            follow,
+            cluster: rx,
+            wakes: wake_tx,
+        })
+    }
+
+    /// Stops programming the kernel; what is there stays (a restart takes it over).
+    pub fn stop(&self) {
+        let _ = self.wakes.send(dataplane::Wake::Stop);
+    }
+}
+
+/// Writes the host record until etcd has it (a record equal to it is left alone).
+async fn publish<K: Kv>(kv: K, key: String, host: HostRecord) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let current = kv.list_at(&key).await.map(|(kvs, _)| {
+            kvs.into_iter()
+                .find(|k| k.key == key.as_bytes())
+                .and_then(|k| HostRecord::decode(&k.value))
+        });
+        let r = match current {
+            Ok(Some(h)) if h == host => return,
+            Ok(_) => kv.put(&key, host.encode()).await.map(drop),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => {
+                log::info!("routes: published {key}");
+                return;
+            }
+            Err(e) => log::warn!("routes: cannot publish {key}: {e}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Hands each new state of the cluster to the dataplane thread.
+async fn forward(
+    mut rx: watch::Receiver<Option<Arc<cluster::Cluster>>>,
+    tx: mpsc::Sender<dataplane::Wake>,
+) {
+    while rx.changed().await.is_ok() {
+        let c = rx.borrow_and_update().clone();
+        if let Some(c) = c {
+            if tx.send(dataplane::Wake::Cluster(c)).is_err() {
+                return;
+            }
+        }
+    }
+}

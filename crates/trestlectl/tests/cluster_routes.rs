@@ -1,0 +1,384 @@
+//! Cross-node routes, end to end: nodes are network namespaces on "underlay" bridges of a world namespace that
+//! also routes between its two segments; a real etcd runs in the world; every node runs the real `trestled` in
+//! etcd mode, and pods are wired by the real `trestle` plugin. Nothing touches the machine's own namespace.
+//! Needs root, `etcd` (Debian's etcd-server) and `ip` (iproute2, for the test's own wiring only).
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{bin_dir, TempDir};
+use serde_json::{json, Value};
+use trestle_netlink::{Netlink, VethEnd};
+use trestle_netns::{NamedNetNs, NetNs};
+use trestlectl::runtime::{enter_on_exec, Invocation};
+
+const POOL: &str = "10.244.0.0/16";
+const PREFIX: &str = "/routes-test";
+
+fn need_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "run as root (cargo test -- --include-ignored goes through tools/test-runner)"
+    );
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs a shell command in `ns`; panics with its stderr when it fails.
+fn sh(ns: &NetNs, script: &str) -> String {
+    let out = ns
+        .run(|| Command::new("sh").arg("-c").arg(script).output())
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fresh_ns() -> NetNs {
+    let ns = NetNs::new_anonymous().unwrap();
+    sh(&ns, "ip link set lo up");
+    ns
+}
+
+/// The world: two segments (bridges) joined by its own routing, and etcd on the first.
+struct World {
+    ns: NetNs,
+    dir: TempDir,
+    _etcd: Proc,
+}
+
+impl World {
+    fn new() -> World {
+        let ns = fresh_ns();
+        sh(
+            &ns,
+            "ip link add seg1 type bridge && ip link add seg2 type bridge && \
+             ip addr add 192.168.1.1/24 dev seg1 && ip addr add 192.168.2.1/24 dev seg2 && \
+             ip link set seg1 up && ip link set seg2 up && echo 1 > /proc/sys/net/ipv4/ip_forward",
+        );
+        let dir = TempDir::new("routes");
+        let etcd = trestle_ipam_etcd::local::etcd_binary()
+            .expect("etcd missing: tools/install-test-deps installs Debian's etcd-server");
+        let mut cmd = Command::new(etcd);
+        cmd.args([
+            "--name",
+            "m1",
+            "--data-dir",
+            &dir.0.join("etcd").display().to_string(),
+            "--listen-client-urls",
+            "http://192.168.1.1:2379",
+            "--advertise-client-urls",
+            "http://192.168.1.1:2379",
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            "m1=http://127.0.0.1:2380",
+            "--log-level",
+            "error",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.0.join("etcd.log")).unwrap());
+        enter_on_exec(&mut cmd, &ns);
+        let etcd = Proc(cmd.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ns
+            .run(|| TcpStream::connect("192.168.1.1:2379"))
+            .unwrap()
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        World {
+            ns,
+            dir,
+            _etcd: etcd,
+        }
+    }
+
+    /// A node on `segment` (1 or 2) with underlay address `ip`, its trestled started.
+    fn node(&self, name: &str, segment: u8, ip: &str, extra: &[&str]) -> Node {
+        let ns = fresh_ns();
+        let outer = format!("u-{name}");
+        self.ns
+            .run(|| {
+                let end = |n: &str| VethEnd {
+                    name: n.into(),
+                    ..VethEnd::default()
+                };
+                Netlink::open()
+                    .unwrap()
+                    .create_veth(&end(&outer), &end("eth0"), ns.fd())
+                    .unwrap();
+            })
+            .unwrap();
+        sh(
+            &self.ns,
+            &format!("ip link set {outer} master seg{segment} && ip link set {outer} up"),
+        );
+        sh(
+            &ns,
+            &format!(
+                "ip addr add {ip}/24 dev eth0 && ip link set eth0 up && \
+                 ip route add default via 192.168.{segment}.1"
+            ),
+        );
+        let dir = self.dir.0.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("boot_id"), format!("boot-{name}\n")).unwrap();
+        let mut node = Node {
+            name: name.into(),
+            ns,
+            dir,
+            ip: ip.into(),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            daemon: None,
+        };
+        node.start();
+        node
+    }
+}
+
+struct Node {
+    name: String,
+    ns: NetNs,
+    dir: PathBuf,
+    ip: String,
+    args: Vec<String>,
+    daemon: Option<Proc>,
+}
+
+impl Node {
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.join(p)
+    }
+
+    fn start(&mut self) {
+        let mut cmd = Command::new(bin_dir().join("trestled"));
+        cmd.arg("--socket")
+            .arg(self.path("ipam.sock"))
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .arg("--delete-queue")
+            .arg(self.path("queue"))
+            .arg("--host-local-dir")
+            .arg("")
+            .arg("--boot-id-file")
+            .arg(self.path("boot_id"))
+            .arg("--cni-cache-dir")
+            .arg(self.path("cni-cache"))
+            .args([
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                "192.168.1.1:2379",
+                "--etcd-prefix",
+                PREFIX,
+                "--node-name",
+                &self.name,
+                "--lease-ttl",
+                "3",
+                "--etcd-timeout",
+                "1",
+                "--routes-resync",
+                "1",
+                "--log-level",
+                "debug",
+            ])
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.path("trestled.log"))
+                    .unwrap(),
+            );
+        enter_on_exec(&mut cmd, &self.ns);
+        self.daemon = Some(Proc(cmd.spawn().unwrap()));
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("trestled.log")).unwrap_or_default()
+    }
+
+    fn conf(&self) -> Value {
+        json!({
+            "cniVersion": "1.1.0", "name": "podnet", "type": "trestle",
+            "bridge": "cbr0", "isGateway": true, "ipMasq": true,
+            "ipam": {
+                "type": "trestle-ipam",
+                "daemon": {"socket": self.path("ipam.sock"), "deleteQueue": self.path("queue")},
+                "ranges": [[{"subnet": POOL, "gateway": "10.244.0.1"}]],
+                "routes": [{"dst": "0.0.0.0/0"}]
+            }
+        })
+    }
+
+    /// A pod wired by the plugin (ADD retried while the daemon says "try again later", as a kubelet does); its
+    /// address.
+    fn pod(&self, pod: &NamedNetNs, id: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let inv = Invocation::new(
+                &bin_dir().join("trestle"),
+                "ADD",
+                id,
+                &pod.path().display().to_string(),
+                "eth0",
+            );
+            let out = inv
+                .run(self.conf().to_string().as_bytes(), Some(&self.ns))
+                .unwrap();
+            let v: Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+            if out.success {
+                let a = v["ips"][0]["address"].as_str().unwrap();
+                return a.split('/').next().unwrap().to_string();
+            }
+            assert!(
+                v["code"] == 11 && Instant::now() < deadline,
+                "ADD on {}: {} {}\n{}",
+                self.name,
+                out.stdout,
+                out.stderr,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Whether `from` gets an echo reply from `to`.
+fn pings(from: &NetNs, to: &str) -> bool {
+    from.run(|| trestlectl::probe::ping(to.parse().unwrap(), 1, Duration::from_millis(500)))
+        .unwrap()
+        .is_ok()
+}
+
+/// Waits (up to 20 s) until `from` reaches `to`.
+fn reaches(from: &NetNs, to: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if pings(from, to) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// A TCP exchange from `from` to `to` (served in `server`): the source address the server saw.
+fn tcp_peer(from: &NetNs, server: &NetNs, to: &str) -> Option<String> {
+    let addr: SocketAddr = format!("{to}:7080").parse().unwrap();
+    let listener = server
+        .run(|| trestlectl::probe::listen(addr))
+        .unwrap()
+        .unwrap();
+    std::thread::scope(|s| {
+        let served = s.spawn(|| trestlectl::probe::serve_once(&listener, Duration::from_secs(5)));
+        let answer = from
+            .run(|| trestlectl::probe::exchange(addr, "hello\n", Duration::from_secs(3)))
+            .unwrap();
+        let peer = served.join().unwrap();
+        answer.ok().and(peer.ok()).map(|p| p.ip().to_string())
+    })
+}
+
+fn pod_ns(dir: &Path, name: &str) -> NamedNetNs {
+    let p = NamedNetNs::create(dir.join(format!("pod-{name}"))).unwrap();
+    p
+}
+
+#[test]
+#[ignore = "privileged: needs root, etcd"]
+fn pods_on_three_nodes_reach_each_other_directly_on_a_segment_and_over_vxlan_across() {
+    need_root();
+    let world = World::new();
+    let nodes = [
+        world.node("n1", 1, "192.168.1.11", &[]),
+        world.node("n2", 1, "192.168.1.12", &[]),
+        world.node("n3", 2, "192.168.2.13", &[]),
+    ];
+    let pods: Vec<NamedNetNs> = nodes
+        .iter()
+        .map(|n| pod_ns(&world.dir.0, &n.name))
+        .collect();
+    let ips: Vec<String> = nodes
+        .iter()
+        .zip(&pods)
+        .map(|(n, p)| n.pod(p, &format!("pod-{}", n.name)))
+        .collect();
+    for (i, from) in pods.iter().enumerate() {
+        for (j, to) in ips.iter().enumerate() {
+            if i != j {
+                assert!(
+                    reaches(from.ns(), to),
+                    "pod on {} cannot reach {to} on {}\n{}\n{}\n{}",
+                    nodes[i].name,
+                    nodes[j].name,
+                    sh(
+                        &nodes[i].ns,
+                        "ip route; ip neigh; bridge fdb show dev trestle.vxlan 2>&1 || true"
+                    ),
+                    nodes[i].log(),
+                    nodes[j].log()
+                );
+            }
+        }
+        // A pod reaches the other nodes' host addresses too.
+        for n in &nodes {
+            assert!(
+                reaches(from.ns(), &n.ip),
+                "pod {i} cannot reach node {}",
+                n.name
+            );
+        }
+    }
+    // TCP across, both ways, without NAT: the server sees the client pod's own address.
+    assert_eq!(
+        tcp_peer(pods[0].ns(), pods[2].ns(), &ips[2]),
+        Some(ips[0].clone())
+    );
+    assert_eq!(
+        tcp_peer(pods[2].ns(), pods[1].ns(), &ips[1]),
+        Some(ips[2].clone())
+    );
+
+    // n1 reaches n2 directly and n3 over VXLAN; routes carry trestle's protocol.
+    let routes = sh(&nodes[0].ns, "ip route show proto 116");
+    assert!(routes.contains("via 192.168.1.12 dev eth0"), "{routes}");
+    assert!(
+        routes.contains("via 192.168.2.13 dev trestle.vxlan") && routes.contains("onlink"),
+        "{routes}"
+    );
+    assert!(routes.contains("unreachable 10.244.0.0/16"), "{routes}");
+    let fdb = sh(&nodes[0].ns, "bridge fdb show dev trestle.vxlan");
+    assert!(fdb.contains("dst 192.168.2.13"), "{fdb}");
+    assert!(
+        !fdb.contains("192.168.1.12"),
+        "n2 is reached directly: {fdb}"
+    );
+    // An address of the pool that no pod holds never leaves by the default route.
+    let lookup = sh(&nodes[0].ns, "ip route get 10.244.250.1 2>&1 || true");
+    assert!(!lookup.contains("via 192.168.1.1"), "{lookup}");
+}
