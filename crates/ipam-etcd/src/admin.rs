@@ -176,6 +176,8 @@ pub struct Released {
     pub blocks: usize,
     /// Addresses given up in other nodes' blocks.
     pub addresses: u64,
+    /// Its host record was deleted (peers stop routing to it).
+    pub host_record: bool,
 }
 
 /// Why a node cannot be released.
@@ -292,5 +294,15 @@ pub async fn release_node(etcd: &Etcd, prefix: &str, node: &str) -> Result<Relea
             .await
             .map_err(ClusterError::from)?;
     }
+    // The node is gone for good: peers drop what routes to it (a block kept for others'
+    // addresses keeps their host routes, which need no record of this node).
+    let host = etcd
+        .txn(Txn::new().if_absent(&node_key).delete(&keys.host(node)))
+        .await
+        .map_err(ClusterError::from)?;
+    if !host.succeeded {
+        return Err(ReleaseError::Alive(node.to_string()));
+    }
+    out.host_record = true;
     Ok(out)
 }

@@ -95,6 +95,8 @@ struct Dataplane {
     /// Links whose ARP proxying is set.
     proxied: BTreeSet<u32>,
     unreachable: BTreeSet<String>,
+    /// Whether a state of the cluster has been applied since the start.
+    synced: bool,
 }
 
 /// Runs the dataplane on this thread until [`Wake::Stop`] (or every sender is gone).
@@ -106,6 +108,7 @@ pub fn run(s: Settings, wakes: Receiver<Wake>, stats: Arc<RouteStats>) -> Result
         last: Wanted::default(),
         proxied: BTreeSet::new(),
         unreachable: BTreeSet::new(),
+        synced: false,
     };
     let mut cluster: Option<Arc<Cluster>> = None;
     loop {
@@ -179,8 +182,20 @@ impl Dataplane {
         links.pool_links = self.pool_links(&plan.pools, links.vxlan)?;
         let want = Wanted::new(&plan, &links);
         let held = self.held(links.vxlan)?;
-        for op in diff(&want, &held) {
+        let ops = diff(&want, &held);
+        let changes = ops.len();
+        for op in ops {
             self.apply(op, links.vxlan);
+        }
+        if !self.synced {
+            self.synced = true;
+            log::info!(
+                "routes: first sync at etcd revision {}: {} routes, {} neighbour and {} FDB entries ({changes} changes)",
+                cluster.revision,
+                want.routes.len(),
+                want.neighbours.len(),
+                want.fdb.len()
+            );
         }
         self.stats
             .applied_revision

@@ -173,7 +173,11 @@ impl Node {
     }
 
     fn start(&mut self) {
-        let mut cmd = Command::new(bin_dir().join("trestled"));
+        self.start_from(&bin_dir().join("trestled"));
+    }
+
+    fn start_from(&mut self, binary: &Path) {
+        let mut cmd = Command::new(binary);
         cmd.arg("--socket")
             .arg(self.path("ipam.sock"))
             .arg("--state-dir")
@@ -381,4 +385,342 @@ fn pods_on_three_nodes_reach_each_other_directly_on_a_segment_and_over_vxlan_acr
     // An address of the pool that no pod holds never leaves by the default route.
     let lookup = sh(&nodes[0].ns, "ip route get 10.244.250.1 2>&1 || true");
     assert!(!lookup.contains("via 192.168.1.1"), "{lookup}");
+}
+
+/// Kernel deletions of trestle's entries seen in a namespace while it runs.
+struct Deletions {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Deletions {
+    fn watch(ns: &NetNs) -> Deletions {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use trestle_netlink::{Event, Monitor};
+        let mut monitor = ns.run(Monitor::open).unwrap().unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                match monitor.recv_timeout(Duration::from_millis(50)) {
+                    Ok(Some(Event::Route {
+                        route,
+                        deleted: true,
+                    })) if route.protocol == 116 => seen.push(format!("route {}", route.dst)),
+                    Ok(Some(Event::Neighbour {
+                        neighbour,
+                        deleted: true,
+                    })) => seen.push(format!("neighbour {}", neighbour.ip)),
+                    Ok(Some(Event::Fdb {
+                        entry,
+                        deleted: true,
+                    })) if entry.dst.is_some() => seen.push(format!("fdb {:?}", entry.dst)),
+                    Ok(Some(Event::Link {
+                        link,
+                        deleted: true,
+                    })) => seen.push(format!("link {}", link.name)),
+                    Ok(Some(Event::Overrun)) => seen.push("overrun".into()),
+                    _ => {}
+                }
+            }
+            seen
+        });
+        Deletions {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+/// UDP datagrams from one pod to another, one a millisecond, numbered: how many were sent and which arrived.
+struct Probe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sender: std::thread::JoinHandle<u64>,
+    receiver: std::thread::JoinHandle<std::collections::BTreeSet<u64>>,
+}
+
+impl Probe {
+    fn start(from: &NetNs, to: &NetNs, to_ip: &str, port: u16) -> Probe {
+        use std::net::UdpSocket;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let addr: SocketAddr = format!("{to_ip}:{port}").parse().unwrap();
+        let rx = to.run(|| UdpSocket::bind(addr)).unwrap().unwrap();
+        rx.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let tx = from.run(|| UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let sender = std::thread::spawn(move || {
+            let mut n = 0u64;
+            let start = Instant::now();
+            while !s.load(Ordering::Relaxed) {
+                tx.send_to(&n.to_be_bytes(), addr).unwrap();
+                n += 1;
+                // Paced against the clock, so a late wake sends the ones it owes at once.
+                let next = start + Duration::from_millis(n);
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            n
+        });
+        let s = stop.clone();
+        let receiver = std::thread::spawn(move || {
+            let mut got = std::collections::BTreeSet::new();
+            let mut buf = [0u8; 8];
+            let mut quiet_after_stop = 0;
+            loop {
+                match rx.recv(&mut buf) {
+                    Ok(8) => {
+                        got.insert(u64::from_be_bytes(buf));
+                    }
+                    _ if s.load(Ordering::Relaxed) => {
+                        quiet_after_stop += 1;
+                        if quiet_after_stop > 3 {
+                            return got;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Probe {
+            stop,
+            sender,
+            receiver,
+        }
+    }
+
+    /// Stops; the sequence numbers that never arrived, of how many sent.
+    fn finish(self) -> (Vec<u64>, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = self.sender.join().unwrap();
+        let got = self.receiver.join().unwrap();
+        ((0..sent).filter(|n| !got.contains(n)).collect(), sent)
+    }
+}
+
+impl Node {
+    /// Waits until this node's daemon has applied etcd's state to its kernel again (its log says so).
+    fn wait_synced(&self, after: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.log().matches("routes: first sync").count() <= after {
+            assert!(Instant::now() < deadline, "no sync:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&mut self, sig: nix::sys::signal::Signal) {
+        let d = self.daemon.take().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.0.id() as i32), sig).unwrap();
+        let mut d = d;
+        let _ = d.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root, etcd"]
+fn restarts_and_upgrades_lose_no_packet_and_delete_nothing() {
+    use nix::sys::signal::Signal;
+    need_root();
+    let world = World::new();
+    let mut n1 = world.node("n1", 1, "192.168.1.11", &[]);
+    let mut n2 = world.node("n2", 2, "192.168.2.12", &[]);
+    let mut n3 = world.node("n3", 1, "192.168.1.13", &[]);
+    let pods: Vec<NamedNetNs> = [&n1, &n2, &n3]
+        .iter()
+        .map(|n| pod_ns(&world.dir.0, &n.name))
+        .collect();
+    let a = n1.pod(&pods[0], "a");
+    let b = n2.pod(&pods[1], "b");
+    let c = n3.pod(&pods[2], "c");
+    for (p, ip) in [(0, &b), (1, &a), (0, &c), (2, &a)] {
+        assert!(reaches(pods[p].ns(), ip), "{p} -> {ip}");
+    }
+    n1.wait_synced(0);
+    n2.wait_synced(0);
+    let watched = [
+        Deletions::watch(&n1.ns),
+        Deletions::watch(&n2.ns),
+        Deletions::watch(&n3.ns),
+    ];
+    // Over VXLAN (n1 <-> n2) and directly (n1 <-> n3), both ways.
+    let probes = [
+        Probe::start(pods[0].ns(), pods[1].ns(), &b, 7091),
+        Probe::start(pods[1].ns(), pods[0].ns(), &a, 7092),
+        Probe::start(pods[2].ns(), pods[0].ns(), &a, 7093),
+        Probe::start(pods[0].ns(), pods[2].ns(), &c, 7094),
+    ];
+    std::thread::sleep(Duration::from_millis(300));
+    // kill -9, and a restart.
+    n1.signal(Signal::SIGKILL);
+    std::thread::sleep(Duration::from_millis(300));
+    n1.start();
+    n1.wait_synced(1);
+    // A graceful stop, and a restart.
+    n2.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    n2.start();
+    n2.wait_synced(1);
+    // An upgrade: another binary (a copy) takes over.
+    let upgraded = world.dir.0.join("trestled-next");
+    std::fs::copy(bin_dir().join("trestled"), &upgraded).unwrap();
+    n3.signal(Signal::SIGTERM);
+    n3.start_from(&upgraded);
+    n3.wait_synced(0);
+    std::thread::sleep(Duration::from_millis(300));
+    for (i, p) in probes.into_iter().enumerate() {
+        let (lost, sent) = p.finish();
+        assert!(sent > 500, "probe {i} sent only {sent}");
+        assert!(
+            lost.is_empty(),
+            "probe {i}: lost {} of {sent}: {lost:?}",
+            lost.len()
+        );
+    }
+    for (i, d) in watched.into_iter().enumerate() {
+        let seen = d.finish();
+        assert!(seen.is_empty(), "node {}: deleted {seen:?}", i + 1);
+    }
+}
+
+impl World {
+    /// `trestlectl` run in the world (where etcd is).
+    fn trestlectl(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new(bin_dir().join("trestlectl"));
+        cmd.args(args);
+        enter_on_exec(&mut cmd, &self.ns);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "trestlectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Waits (up to 20 s) until `f` holds; false if it never did.
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+#[ignore = "privileged: needs root, etcd"]
+fn what_others_undo_comes_back_and_a_node_removed_while_one_was_down_leaves_it() {
+    use nix::sys::signal::Signal;
+    need_root();
+    let world = World::new();
+    let mut n1 = world.node("n1", 1, "192.168.1.11", &[]);
+    let n2 = world.node("n2", 2, "192.168.2.12", &[]);
+    let mut n3 = world.node("n3", 1, "192.168.1.13", &[]);
+    let pods: Vec<NamedNetNs> = [&n1, &n2, &n3]
+        .iter()
+        .map(|n| pod_ns(&world.dir.0, &n.name))
+        .collect();
+    let a = n1.pod(&pods[0], "a");
+    let b = n2.pod(&pods[1], "b");
+    let c = n3.pod(&pods[2], "c");
+    assert!(reaches(pods[0].ns(), &b) && reaches(pods[0].ns(), &c));
+    let ours = |n: &Node| sh(&n.ns, "ip route show proto 116");
+    let before = ours(&n1);
+
+    // A route deleted by hand comes back.
+    let to_b = before
+        .lines()
+        .find(|l| l.contains("trestle.vxlan"))
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    sh(&n1.ns, &format!("ip route del {to_b} proto 116"));
+    assert!(eventually(|| ours(&n1) == before), "{}", ours(&n1));
+    // So do the neighbour and FDB entries of the tunnel.
+    sh(&n1.ns, "ip neigh flush dev trestle.vxlan nud permanent");
+    sh(
+        &n1.ns,
+        "bridge fdb del de:00:00:00:00:00 dev trestle.vxlan 2>/dev/null || true",
+    );
+    let fdb = |n: &Node| {
+        sh(
+            &n.ns,
+            "bridge fdb show dev trestle.vxlan | grep dst || true",
+        )
+    };
+    let fdb_before = fdb(&n1);
+    let mac = fdb_before.split(' ').next().unwrap().to_string();
+    sh(
+        &n1.ns,
+        &format!("bridge fdb del {mac} dev trestle.vxlan dst 192.168.2.12 self"),
+    );
+    assert!(eventually(
+        || fdb(&n1) == fdb_before && reaches(pods[0].ns(), &b)
+    ));
+
+    // The uplink goes down (the kernel drops every route through it) and up again: all come back.
+    sh(&n1.ns, "ip link set eth0 down");
+    std::thread::sleep(Duration::from_millis(200));
+    sh(
+        &n1.ns,
+        "ip link set eth0 up && ip route replace default via 192.168.1.1",
+    );
+    assert!(eventually(|| ours(&n1) == before), "{}", ours(&n1));
+    assert!(reaches(pods[0].ns(), &b) && reaches(pods[0].ns(), &c) && reaches(pods[1].ns(), &a));
+
+    // n1's daemon is down while n3 leaves for good: when n1 comes back, n3's routes go at its first sync.
+    n1.signal(Signal::SIGKILL);
+    n3.signal(Signal::SIGTERM);
+    drop(pods);
+    assert!(eventually(|| {
+        let out = world.trestlectl(&[
+            "ipam",
+            "show",
+            "--etcd",
+            "192.168.1.1:2379",
+            "--etcd-prefix",
+            PREFIX,
+        ]);
+        out.lines()
+            .any(|l| l.starts_with("n3") && l.contains("expired"))
+    }));
+    let out = world.trestlectl(&[
+        "ipam",
+        "release-node",
+        "n3",
+        "--yes",
+        "--etcd",
+        "192.168.1.1:2379",
+        "--etcd-prefix",
+        PREFIX,
+    ]);
+    assert!(out.contains("host record is gone"), "{out}");
+    // The running n2 drops them at once.
+    assert!(
+        eventually(|| !ours(&n2).contains("192.168.1.13")),
+        "{}",
+        ours(&n2)
+    );
+    assert!(
+        ours(&n1).contains("192.168.1.13"),
+        "n1 is down: nothing changes"
+    );
+    n1.start();
+    n1.wait_synced(1);
+    let now = ours(&n1);
+    assert!(!now.contains("192.168.1.13"), "{now}");
+    assert!(now.contains("192.168.2.12"), "{now}");
 }

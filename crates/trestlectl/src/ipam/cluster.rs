@@ -159,8 +159,14 @@ pub fn release_node(args: &EtcdArgs, node: &str, yes: bool, json: bool) -> Resul
         return Ok(to_json(&r));
     }
     Ok(format!(
-        "released {} block(s) and {} address(es)\n",
-        r.blocks, r.addresses
+        "released {} block(s) and {} address(es){}\n",
+        r.blocks,
+        r.addresses,
+        if r.host_record {
+            "; its host record is gone, so no node routes to it any more"
+        } else {
+            ""
+        }
     ))
 }
 
