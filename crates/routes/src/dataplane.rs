@@ -56,6 +56,8 @@ pub struct RouteStats {
     pub repairs: AtomicU64,
     /// Changes the kernel refused.
     pub errors: AtomicU64,
+    /// Changes the kernel refused in the last pass.
+    pub failing: AtomicU64,
     /// The last plan: peers and how they are reached, and those that cannot be.
     pub plan: Mutex<Option<Arc<Plan>>>,
 }
@@ -184,9 +186,11 @@ impl Dataplane {
         let held = self.held(links.vxlan)?;
         let ops = diff(&want, &held);
         let changes = ops.len();
+        let mut failing = 0;
         for op in ops {
-            self.apply(op, links.vxlan);
+            failing += u64::from(!self.apply(op, links.vxlan));
         }
+        self.stats.failing.store(failing, Ordering::Relaxed);
         if !self.synced {
             self.synced = true;
             log::info!(
@@ -247,7 +251,8 @@ impl Dataplane {
         })
     }
 
-    fn apply(&mut self, op: Op, vxlan: Option<u32>) {
+    /// Applies one change; false when the kernel refused it.
+    fn apply(&mut self, op: Op, vxlan: Option<u32>) -> bool {
         let repair = match &op {
             Op::SetRoute(r) => self
                 .last
@@ -274,10 +279,12 @@ impl Dataplane {
                     self.stats.repairs.fetch_add(1, Ordering::Relaxed);
                     log::info!("routes: put back {op:?} (removed by someone else)");
                 }
+                true
             }
             Err(e) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 log::warn!("routes: {op:?}: {e}");
+                false
             }
         }
     }

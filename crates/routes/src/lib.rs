@@ -6,9 +6,10 @@
 //! owns. See docs/cluster-networking.md.
 
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use trestle_ipam_etcd::kv::Kv;
@@ -79,7 +80,13 @@ pub struct Router {
     /// The latest state of the cluster.
     pub cluster: watch::Receiver<Option<Arc<cluster::Cluster>>>,
     wakes: mpsc::Sender<dataplane::Wake>,
+    /// The newest revision handed to the dataplane, and since when the kernel has trailed.
+    handed: Arc<Mutex<(i64, Instant)>>,
 }
+
+/// How long the kernel may trail etcd before STATUS says so: a pass takes milliseconds, and a
+/// burst of changes is applied as one.
+const LAG_GRACE: Duration = Duration::from_secs(2);
 
 impl Router {
     /// Detects the underlay, publishes the host record, follows etcd and programs the kernel of
@@ -134,14 +141,53 @@ impl Router {
         let follow = Arc::new(FollowStats::default());
         tokio::spawn(publish(kv.clone(), keys.host(&cfg.name), host.clone()));
         tokio::spawn(follow::follow(kv, keys, out, follow.clone()));
-        tokio::spawn(forward(rx.clone(), wake_tx.clone()));
+        let handed = Arc::new(Mutex::new((0, Instant::now())));
+        tokio::spawn(forward(
+            rx.clone(),
+            wake_tx.clone(),
+            handed.clone(),
+            stats.clone(),
+        ));
         Ok(Router {
             host,
             stats,
             follow,
             cluster: rx,
             wakes: wake_tx,
+            handed,
         })
+    }
+
+    /// Why existing pods may have limited connectivity now, if they may (CNI STATUS 51): the
+    /// kernel has not been brought to etcd's state yet, trails it, cannot reach a peer, or
+    /// refused changes.
+    pub fn limited(&self) -> Option<String> {
+        let applied = self.stats.applied_revision.load(Ordering::Relaxed);
+        if applied == 0 {
+            return Some("routes to other nodes are not programmed yet (reading etcd)".into());
+        }
+        let (handed, at) = *self.handed.lock().unwrap_or_else(|p| p.into_inner());
+        if handed > applied && at.elapsed() > LAG_GRACE {
+            return Some(format!(
+                "routes trail etcd: revision {applied} applied, {handed} known"
+            ));
+        }
+        let plan = self
+            .stats
+            .plan
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(u) = plan.as_ref().and_then(|p| p.unreachable.first()) {
+            return Some(format!("no route to node {}: {}", u.node, u.why));
+        }
+        let failing = self.stats.failing.load(Ordering::Relaxed);
+        if failing > 0 {
+            return Some(format!(
+                "the kernel refused {failing} route change(s) (see trestled's log)"
+            ));
+        }
+        None
     }
 
     /// Stops programming the kernel; what is there stays (a restart takes it over).
@@ -180,10 +226,20 @@ async fn publish<K: Kv>(kv: K, key: String, host: HostRecord) {
 async fn forward(
     mut rx: watch::Receiver<Option<Arc<cluster::Cluster>>>,
     tx: mpsc::Sender<dataplane::Wake>,
+    handed: Arc<Mutex<(i64, Instant)>>,
+    stats: Arc<RouteStats>,
 ) {
     while rx.changed().await.is_ok() {
         let c = rx.borrow_and_update().clone();
         if let Some(c) = c {
+            let applied = stats.applied_revision.load(Ordering::Relaxed);
+            let mut h = handed.lock().unwrap_or_else(|p| p.into_inner());
+            // The kernel trails from the first state it has not caught up with.
+            if applied >= h.0 {
+                h.1 = Instant::now();
+            }
+            h.0 = c.revision;
+            drop(h);
             if tx.send(dataplane::Wake::Cluster(c)).is_err() {
                 return;
             }

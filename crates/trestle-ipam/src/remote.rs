@@ -170,7 +170,8 @@ pub fn gc(cfg: &IpamConfig, valid: &[Attachment], d: &DaemonSettings) -> Result<
     Ok(())
 }
 
-/// STATUS: code 50 unless the daemon answers that it is ready.
+/// STATUS: code 50 unless the daemon answers that it is ready, 51 when it says existing pods may
+/// have limited connectivity.
 pub fn status(cfg: &IpamConfig, d: &DaemonSettings) -> Result<(), CniError> {
     let request = v1::StatusRequest {
         client: client(),
@@ -181,7 +182,11 @@ pub fn status(cfg: &IpamConfig, d: &DaemonSettings) -> Result<(), CniError> {
         async move { c.status(r).await }
     });
     match reply {
-        Ok(r) if r.ready => Ok(()),
+        Ok(r) if r.ready && r.limited.is_empty() => Ok(()),
+        Ok(r) if r.ready => Err(CniError::new(
+            ErrorCode::LimitedConnectivity,
+            format!("trestled at {}: {}", d.socket.display(), r.limited),
+        )),
         Ok(r) => Err(coded(
             NOT_AVAILABLE,
             format!("trestled at {}: {}", d.socket.display(), r.reason),

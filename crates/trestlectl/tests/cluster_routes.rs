@@ -205,6 +205,8 @@ impl Node {
                 "1",
                 "--routes-resync",
                 "1",
+                "--metrics-addr",
+                "127.0.0.1:9100",
                 "--log-level",
                 "debug",
             ])
@@ -269,6 +271,40 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+impl Node {
+    /// CNI STATUS through the plugin: `None` when it succeeds, else the error code and message.
+    fn status(&self) -> Option<(u64, String)> {
+        let inv = Invocation::new(&bin_dir().join("trestle"), "STATUS", "", "", "");
+        let out = inv
+            .run(self.conf().to_string().as_bytes(), Some(&self.ns))
+            .unwrap();
+        if out.success {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&out.stdout).unwrap();
+        Some((
+            v["code"].as_u64().unwrap(),
+            v["msg"].as_str().unwrap().to_string(),
+        ))
+    }
+
+    /// One figure of trestled's metrics (served inside the node on 127.0.0.1:9100).
+    fn metric(&self, series: &str) -> Option<f64> {
+        let text = self
+            .ns
+            .run(|| {
+                let mut c = TcpStream::connect("127.0.0.1:9100")?;
+                std::io::Write::write_all(&mut c, b"GET /metrics HTTP/1.0\r\n\r\n")?;
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut c, &mut s).map(|_| s)
+            })
+            .unwrap()
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
     }
 }
 
@@ -385,6 +421,40 @@ fn pods_on_three_nodes_reach_each_other_directly_on_a_segment_and_over_vxlan_acr
     // An address of the pool that no pod holds never leaves by the default route.
     let lookup = sh(&nodes[0].ns, "ip route get 10.244.250.1 2>&1 || true");
     assert!(!lookup.contains("via 192.168.1.1"), "{lookup}");
+    // Converged: STATUS says so, and the metrics count the peers by how they are reached.
+    for n in &nodes {
+        assert!(eventually(|| n.status().is_none()), "{:?}", n.status());
+    }
+    let peers = |via: &str| format!("trestle_ipam_routes{{what=\"peers\",via=\"{via}\"}}");
+    assert!(eventually(|| nodes[0].metric(&peers("vxlan")) == Some(1.0)));
+    assert_eq!(nodes[0].metric(&peers("direct")), Some(1.0));
+    assert!(eventually(|| nodes[2].metric(&peers("vxlan")) == Some(2.0)));
+}
+
+#[test]
+#[ignore = "privileged: needs root, etcd"]
+fn status_says_when_a_node_cannot_be_reached() {
+    need_root();
+    let world = World::new();
+    let n1 = world.node("n1", 1, "192.168.1.11", &[]);
+    // A node that routes nothing publishes no host record: nobody can reach its pods.
+    let n2 = world.node("n2", 1, "192.168.1.12", &["--routing", "none"]);
+    let p1 = pod_ns(&world.dir.0, "1");
+    let p2 = pod_ns(&world.dir.0, "2");
+    n1.pod(&p1, "p1");
+    n2.pod(&p2, "p2");
+    assert!(
+        eventually(|| n1
+            .status()
+            .is_some_and(|(code, msg)| code == 51 && msg.contains("no route to node n2"))),
+        "{:?}",
+        n1.status()
+    );
+    assert_eq!(
+        n2.status(),
+        None,
+        "a node without routing has nothing to converge"
+    );
 }
 
 /// Kernel deletions of trestle's entries seen in a namespace while it runs.

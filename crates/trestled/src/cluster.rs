@@ -93,3 +93,46 @@ fn publish(node: &Node) {
         metrics::cluster(name, what, &[], c.load(Ordering::Relaxed) as i64);
     }
 }
+
+/// Publishes the router's figures every second, for ever.
+pub async fn publish_routes(daemon: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(r) = daemon.routes.get() else {
+            return;
+        };
+        let (s, f) = (&r.stats, &r.follow);
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as i64;
+        metrics::routes("revision_seen", &[], f.revision.load(Ordering::Relaxed));
+        metrics::routes(
+            "revision_applied",
+            &[],
+            s.applied_revision.load(Ordering::Relaxed),
+        );
+        for (what, v) in [
+            ("routes", &s.routes),
+            ("neighbours", &s.neighbours),
+            ("fdb", &s.fdb),
+            ("changes", &s.changes),
+            ("repairs", &s.repairs),
+            ("errors", &s.errors),
+            ("etcd_reads", &f.reads),
+            ("etcd_watches", &f.watches),
+            ("etcd_failures", &f.failures),
+        ] {
+            metrics::routes(what, &[], load(v));
+        }
+        let plan = s.plan.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(p) = plan {
+            let vxlan = p.peers.values().filter(|v| **v).count();
+            for (via, n) in [
+                ("direct", p.peers.len() - vxlan),
+                ("vxlan", vxlan),
+                ("unreachable", p.unreachable.len()),
+            ] {
+                metrics::routes("peers", &[("via", via.to_string())], n as i64);
+            }
+        }
+    }
+}

@@ -63,6 +63,8 @@ pub struct Daemon {
     /// Networks whose import failed, and when to try again.
     import_failed: Mutex<HashMap<String, Instant>>,
     cluster: Option<Arc<Node>>,
+    /// The router of cross-node routes, once started (etcd mode).
+    pub routes: std::sync::OnceLock<trestle_routes::Router>,
     grow_timeout: std::time::Duration,
     /// What an operator should know although Allocate is served, by problem.
     warnings: Mutex<BTreeMap<&'static str, String>>,
@@ -92,6 +94,7 @@ impl Daemon {
             host_local,
             import_failed: Mutex::new(HashMap::new()),
             cluster: None,
+            routes: std::sync::OnceLock::new(),
             grow_timeout: std::time::Duration::from_millis(1500),
             warnings: Mutex::new(BTreeMap::new()),
         }
@@ -129,6 +132,11 @@ impl Daemon {
         } else {
             None
         }
+    }
+
+    /// Why existing pods may have limited connectivity (CNI STATUS 51), if they may.
+    pub fn limited(&self) -> Option<String> {
+        self.routes.get().and_then(trestle_routes::Router::limited)
     }
 
     /// Sets (or with `None` clears) the warning about `problem`; logs and counts a change.

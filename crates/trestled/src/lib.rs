@@ -392,7 +392,10 @@ async fn serve(opts: Options, listener: Listener, nofile: u64) -> Result<(), Str
             node.name()
         );
     }
-    let _router = start_router(&opts, cluster.as_deref())?;
+    let router = start_router(&opts, cluster.as_deref())?;
+    if let Some(r) = router {
+        let _ = daemon.routes.set(r);
+    }
     let daemon = Arc::new(daemon);
     // Not ready for Allocate until the rebuild is done (in etcd mode it needs the node's
     // blocks, known once the node has registered: so in the background).
@@ -528,6 +531,9 @@ fn spawn_background(
             node,
             every,
         )));
+    }
+    if daemon.routes.get().is_some() {
+        tasks.push(tokio::spawn(cluster::publish_routes(daemon.clone())));
     }
     if let Some(addr) = opts.metrics_addr {
         let d = daemon.clone();

@@ -31,6 +31,7 @@ pub struct Metrics {
     commit_failures: Counter,
     batch: Histogram,
     cluster: Family<Labels, Gauge>,
+    routes: Family<Labels, Gauge>,
     accept_errors: Family<Labels, Counter>,
     refused: Family<Labels, Counter>,
     evicted: Counter,
@@ -62,6 +63,7 @@ fn metrics() -> &'static Metrics {
             commit_failures: Counter::default(),
             batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             cluster: Family::default(),
+            routes: Family::default(),
             accept_errors: Family::default(),
             refused: Family::default(),
             evicted: Counter::default(),
@@ -128,6 +130,14 @@ fn metrics() -> &'static Metrics {
              requests by kind, and what the node did (claims, extends, reclaims, borrows, \
              releases, shrinks, fencings, conflicts), all labelled with the node",
             m.cluster.clone(),
+        );
+        registry.register(
+            "routes",
+            "Cross-node routes: etcd revision seen and applied to the kernel (their difference is \
+             the convergence lag), entries trestle holds (routes, neighbours, fdb), changes, \
+             repairs of entries someone else removed, refused changes, peers by how they are \
+             reached (direct, vxlan, unreachable), etcd reads, watches and failures",
+            m.routes.clone(),
         );
         registry.register(
             "accept_errors",
@@ -358,4 +368,11 @@ pub fn cluster(node: &str, what: &str, labels: &[(&'static str, String)], value:
     let mut l: Labels = vec![("node", node.to_string()), ("what", what.to_string())];
     l.extend(labels.iter().cloned());
     metrics().cluster.get_or_create(&l).set(value);
+}
+
+/// Publishes a figure of the cross-node routes.
+pub fn routes(what: &str, labels: &[(&'static str, String)], value: i64) {
+    let mut l: Labels = vec![("what", what.to_string())];
+    l.extend(labels.iter().cloned());
+    metrics().routes.get_or_create(&l).set(value);
 }

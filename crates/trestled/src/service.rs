@@ -245,6 +245,7 @@ impl Ipam for Service {
                     .map(|w| format!("trestled is not ready: {w}"))
                     .unwrap_or_default(),
                 warnings: self.daemon.warnings(),
+                limited: self.daemon.limited().unwrap_or_default(),
             })
         })
         .await
