@@ -11,7 +11,7 @@ use crate::v1::Peer;
 /// The API's major version: the `v1` of the package.
 pub const API_MAJOR: u32 = 1;
 /// The minor version this build speaks: 1 added List's pages and Status's warnings, 2 Status's
-/// `limited`.
+/// `limited` and Allocate's `mtu`.
 pub const API_MINOR: u32 = 2;
 /// The oldest client minor version a daemon of this build serves.
 pub const MIN_CLIENT_MINOR: u32 = 0;

@@ -79,6 +79,8 @@ pub struct Router {
     pub follow: Arc<FollowStats>,
     /// The latest state of the cluster.
     pub cluster: watch::Receiver<Option<Arc<cluster::Cluster>>>,
+    /// The mode.
+    pub mode: Mode,
     wakes: mpsc::Sender<dataplane::Wake>,
     /// The newest revision handed to the dataplane, and since when the kernel has trailed.
     handed: Arc<Mutex<(i64, Instant)>>,
@@ -153,9 +155,32 @@ impl Router {
             stats,
             follow,
             cluster: rx,
+            mode: cfg.mode,
             wakes: wake_tx,
             handed,
         })
+    }
+
+    /// The MTU pods should have (see [`Plan::pod_mtu`]): from the last plan, or before one from
+    /// this node's own record.
+    pub fn pod_mtu(&self) -> Option<u32> {
+        let plan = self
+            .stats
+            .plan
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match plan {
+            Some(p) => p.pod_mtu,
+            None => plan::pod_mtu(
+                &plan::Me {
+                    name: "",
+                    host: &self.host,
+                    mode: self.mode,
+                },
+                &cluster::Cluster::default(),
+            ),
+        }
     }
 
     /// Why existing pods may have limited connectivity now, if they may (CNI STATUS 51): the

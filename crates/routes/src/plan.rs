@@ -77,6 +77,10 @@ pub struct Plan {
     /// The MTU of a path over VXLAN: the smallest of the cluster's, so a pod's packet fits
     /// every node's underlay.
     pub vxlan_mtu: Option<u32>,
+    /// The MTU pods should have: the VXLAN path's unless every node is reached directly
+    /// (`--routing direct`), then the smallest underlay's. One value for the whole cluster,
+    /// so a pod made before a node on another segment joins still fits.
+    pub pod_mtu: Option<u32>,
     /// Every pool: an unreachable route each, below the routes of pods.
     pub pools: Vec<IpNet>,
     /// Peers without a way to reach them.
@@ -109,6 +113,7 @@ impl Plan {
                 .min(),
             ..Plan::default()
         };
+        plan.pod_mtu = pod_mtu(me, cluster);
         let mut tunnels = BTreeMap::new();
         for b in &cluster.blocks {
             if b.block.owner != me.name {
@@ -213,6 +218,20 @@ fn via(
         remote: remote.ip(),
     };
     Ok((Via::Vxlan(gateway), Some(tunnel)))
+}
+
+/// See [`Plan::pod_mtu`].
+pub fn pod_mtu(me: &Me<'_>, cluster: &Cluster) -> Option<u32> {
+    let hosts = cluster.hosts.values().chain([me.host]);
+    if me.mode == Mode::Direct {
+        hosts
+            .flat_map(|h| [h.v4.as_ref(), h.v6.as_ref()])
+            .flatten()
+            .map(|u| u.mtu)
+            .min()
+    } else {
+        hosts.filter_map(HostRecord::vxlan_mtu).min()
+    }
 }
 
 fn pools(cluster: &Cluster) -> Vec<IpNet> {

@@ -125,21 +125,29 @@ fn result_of(alloc: Allocation) -> CniResult {
     result
 }
 
+impl Ipam {
+    /// ADD, with the MTU trestled advises for pods (cluster routing), when it does. A plugin
+    /// that runs this in-process uses it when its own config names no `mtu`.
+    pub fn add_advised(&self, req: &Request) -> Result<(CniResult, Option<u32>), CniError> {
+        let (cfg, backend, att) = load(req)?;
+        let (alloc, mtu) = match backend {
+            Backend::Disk(mut store) => match trestle_ipam_core::allocate(&cfg, &mut store, &att) {
+                Ok(alloc) => (alloc, None),
+                Err(e) => remote::add(req, &cfg, &att, &handed_over(e)?)?,
+            },
+            Backend::Daemon(d) => remote::add(req, &cfg, &att, &d)?,
+        };
+        Ok((result_of(alloc), mtu))
+    }
+}
+
 impl Plugin for Ipam {
     fn about(&self) -> String {
         format!("trestle-ipam CNI IPAM plugin {}", env!("CARGO_PKG_VERSION"))
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        let (cfg, backend, att) = load(req)?;
-        let alloc = match backend {
-            Backend::Disk(mut store) => match trestle_ipam_core::allocate(&cfg, &mut store, &att) {
-                Ok(alloc) => alloc,
-                Err(e) => remote::add(req, &cfg, &att, &handed_over(e)?)?,
-            },
-            Backend::Daemon(d) => remote::add(req, &cfg, &att, &d)?,
-        };
-        Ok(result_of(alloc))
+        self.add_advised(req).map(|(result, _)| result)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {

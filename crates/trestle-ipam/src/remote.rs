@@ -33,13 +33,13 @@ fn cni_error(e: CallError) -> CniError {
     coded(cni_code(e.code()), e.to_string())
 }
 
-/// ADD: Allocate.
+/// ADD: Allocate; with the MTU the daemon advises for pods, if it does.
 pub fn add(
     req: &Request,
     cfg: &IpamConfig,
     att: &Attachment,
     d: &DaemonSettings,
-) -> Result<Allocation, CniError> {
+) -> Result<(Allocation, Option<u32>), CniError> {
     let netns_inode = std::fs::metadata(&req.env.netns)
         .map(|m| m.ino())
         .unwrap_or(0);
@@ -57,13 +57,15 @@ pub fn add(
             async move { c.allocate(r).await }
         })
         .map_err(cni_error)?;
-    allocation(reply).map_err(|e| {
+    let mtu = (reply.mtu != 0).then_some(reply.mtu);
+    let alloc = allocation(reply).map_err(|e| {
         coded(
             code::INCOMPATIBLE,
             format!("unreadable reply from trestled at {}", d.socket.display()),
         )
         .with_details(e)
-    })
+    })?;
+    Ok((alloc, mtu))
 }
 
 fn allocation(reply: v1::AllocateReply) -> Result<Allocation, String> {

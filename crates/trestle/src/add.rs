@@ -79,8 +79,12 @@ fn build(ctx: &mut Ctx, undo: &mut Undo) -> Result<CniResult, CniError> {
     let start = std::time::Instant::now();
     let phase = |name: &str| log::debug!("ADD {name} done at {:?}", start.elapsed());
     let mut result = match ipam::add(ctx.req, &ctx.cfg)? {
-        Some(r) => {
+        Some((r, advised)) => {
             undo.ipam = true;
+            // The config's own `mtu` wins; else what the daemon knows the cluster's paths take.
+            if ctx.cfg.mtu.is_none() {
+                ctx.cfg.mtu = advised;
+            }
             r
         }
         None => CniResult::default(),

@@ -40,9 +40,16 @@ fn run_embedded(req: &Request, cmd: Command) -> Result<Option<CniResult>, CniErr
     }
 }
 
-/// IPAM ADD. `None` when the config has no IPAM (L2 only).
-pub fn add(req: &Request, cfg: &BridgeConfig) -> Result<Option<CniResult>, CniError> {
-    run(req, cfg, Command::Add)
+/// IPAM ADD. `None` when the config has no IPAM (L2 only); with the MTU trestled advises for
+/// pods when trestle-ipam runs in-process and asks a daemon that routes between nodes.
+pub fn add(
+    req: &Request,
+    cfg: &BridgeConfig,
+) -> Result<Option<(CniResult, Option<u32>)>, CniError> {
+    match cfg.ipam_type.as_deref() {
+        Some(ty) if embedded(ty) => trestle_ipam::Ipam.add_advised(req).map(Some),
+        _ => Ok(run(req, cfg, Command::Add)?.map(|r| (r, None))),
+    }
 }
 
 /// IPAM DEL with the plugin named by `ty`.

@@ -8,9 +8,48 @@ use std::time::{Duration, Instant};
 
 /// Sends one ICMP echo request to `dst` and waits up to `timeout` for the matching reply. Returns the round trip.
 pub fn ping(dst: Ipv4Addr, seq: u16, timeout: Duration) -> std::io::Result<Duration> {
+    echo(dst, seq, b"trestle demo", false, timeout)
+}
+
+/// Like [`ping`], with `payload` bytes of ICMP payload and Don't Fragment set: a packet larger than the path's
+/// MTU fails at once (`EMSGSIZE`) when the route's MTU says so, and is lost when a hop drops it. The IP packet is
+/// `payload + 28` bytes.
+pub fn ping_df(
+    dst: Ipv4Addr,
+    seq: u16,
+    payload: usize,
+    timeout: Duration,
+) -> std::io::Result<Duration> {
+    echo(dst, seq, &vec![0x5a; payload], true, timeout)
+}
+
+fn echo(
+    dst: Ipv4Addr,
+    seq: u16,
+    payload: &[u8],
+    df: bool,
+    timeout: Duration,
+) -> std::io::Result<Duration> {
     let sock = raw_icmp_socket()?;
+    if df {
+        let on: libc::c_int = libc::IP_PMTUDISC_PROBE;
+        // SAFETY: `on` is a valid c_int for the duration of the call; the fd is open. PROBE sets DF and ignores
+        // the path MTU the kernel may have cached, so the packet meets the route's MTU and every hop's.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
     let id = (std::process::id() & 0xffff) as u16;
-    let packet = echo_request(id, seq, b"trestle demo");
+    let packet = echo_request(id, seq, payload);
     let addr = sockaddr(dst);
     let start = Instant::now();
     // SAFETY: `packet` and `addr` are valid for the lengths given and outlive the call; the fd is open.
@@ -84,7 +123,7 @@ fn wait_reply(
     start: Instant,
     timeout: Duration,
 ) -> std::io::Result<Duration> {
-    let mut buf = [0u8; 1500];
+    let mut buf = vec![0u8; 65536];
     while start.elapsed() < timeout {
         // SAFETY: `buf` is writable for its whole length; the fd is open.
         let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };

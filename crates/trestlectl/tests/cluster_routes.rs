@@ -117,6 +117,11 @@ impl World {
 
     /// A node on `segment` (1 or 2) with underlay address `ip`, its trestled started.
     fn node(&self, name: &str, segment: u8, ip: &str, extra: &[&str]) -> Node {
+        self.node_mtu(name, segment, ip, 1500, extra)
+    }
+
+    /// Like `node`, with an underlay of MTU `mtu`.
+    fn node_mtu(&self, name: &str, segment: u8, ip: &str, mtu: u32, extra: &[&str]) -> Node {
         let ns = fresh_ns();
         let outer = format!("u-{name}");
         self.ns
@@ -133,12 +138,15 @@ impl World {
             .unwrap();
         sh(
             &self.ns,
-            &format!("ip link set {outer} master seg{segment} && ip link set {outer} up"),
+            &format!(
+                "ip link set {outer} mtu {mtu} && ip link set {outer} master seg{segment} && \
+                 ip link set {outer} up"
+            ),
         );
         sh(
             &ns,
             &format!(
-                "ip addr add {ip}/24 dev eth0 && ip link set eth0 up && \
+                "ip link set eth0 mtu {mtu} && ip addr add {ip}/24 dev eth0 && ip link set eth0 up && \
                  ip route add default via 192.168.{segment}.1"
             ),
         );
@@ -208,7 +216,7 @@ impl Node {
                 "--metrics-addr",
                 "127.0.0.1:9100",
                 "--log-level",
-                "debug",
+                "info",
             ])
             .args(&self.args)
             .stdin(Stdio::null())
@@ -793,4 +801,69 @@ fn what_others_undo_comes_back_and_a_node_removed_while_one_was_down_leaves_it()
     let now = ours(&n1);
     assert!(!now.contains("192.168.1.13"), "{now}");
     assert!(now.contains("192.168.2.12"), "{now}");
+}
+
+/// The MTU of a pod's `eth0`.
+fn pod_mtu(pod: &NamedNetNs) -> u32 {
+    pod.ns()
+        .run(|| {
+            Netlink::open()
+                .unwrap()
+                .link_by_name("eth0")
+                .unwrap()
+                .unwrap()
+                .mtu
+        })
+        .unwrap()
+}
+
+/// Whether an echo of `payload` bytes with Don't Fragment set gets through.
+fn pings_df(from: &NetNs, to: &str, payload: usize) -> bool {
+    (0..3).any(|seq| {
+        from.run(|| {
+            trestlectl::probe::ping_df(to.parse().unwrap(), seq, payload, Duration::from_secs(1))
+        })
+        .unwrap()
+        .is_ok()
+    })
+}
+
+#[test]
+#[ignore = "privileged: needs root, etcd"]
+fn pods_get_the_smallest_mtu_of_the_cluster_and_full_size_packets_cross_vxlan() {
+    need_root();
+    let world = World::new();
+    let n1 = world.node("n1", 1, "192.168.1.11", &[]);
+    // Across segments, over VXLAN; its underlay is the cluster's smallest.
+    let n2 = world.node_mtu("n2", 2, "192.168.2.12", 1400, &[]);
+    let p1 = pod_ns(&world.dir.0, "1");
+    let p2 = pod_ns(&world.dir.0, "2");
+    let b = n2.pod(&p2, "p2");
+    // n1 knows n2 (and its underlay's MTU) before its own pod comes.
+    let peers = "trestle_ipam_routes{what=\"peers\",via=\"vxlan\"}";
+    assert!(eventually(|| n1.metric(peers) == Some(1.0)), "{}", n1.log());
+    let a = n1.pod(&p1, "p1");
+    // 1400 less VXLAN over IPv4 (50), though n1's own underlay takes 1500: without an `mtu` in the config.
+    assert_eq!((pod_mtu(&p1), pod_mtu(&p2)), (1350, 1350));
+    let routes = sh(&n1.ns, "ip route show proto 116 dev trestle.vxlan");
+    assert!(routes.contains("mtu 1350"), "{routes}");
+    assert!(reaches(p1.ns(), &b) && reaches(p2.ns(), &a));
+    // Full-size packets with DF set cross both ways; one byte more cannot leave the pod.
+    assert!(pings_df(p1.ns(), &b, 1350 - 28), "a -> b, full size");
+    assert!(pings_df(p2.ns(), &a, 1350 - 28), "b -> a, full size");
+    assert!(!pings_df(p1.ns(), &b, 1350 - 27));
+    // A config's own mtu still wins.
+    let p3 = pod_ns(&world.dir.0, "3");
+    let mut n1c = n1.conf();
+    n1c["mtu"] = json!(1300);
+    let inv = Invocation::new(
+        &bin_dir().join("trestle"),
+        "ADD",
+        "p3",
+        &p3.path().display().to_string(),
+        "eth0",
+    );
+    let out = inv.run(n1c.to_string().as_bytes(), Some(&n1.ns)).unwrap();
+    assert!(out.success, "{}", out.stdout);
+    assert_eq!(pod_mtu(&p3), 1300);
 }

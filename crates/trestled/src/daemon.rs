@@ -134,6 +134,11 @@ impl Daemon {
         }
     }
 
+    /// The MTU pods should have, when this node routes between nodes.
+    pub fn pod_mtu(&self) -> Option<u32> {
+        self.routes.get().and_then(trestle_routes::Router::pod_mtu)
+    }
+
     /// Why existing pods may have limited connectivity (CNI STATUS 51), if they may.
     pub fn limited(&self) -> Option<String> {
         self.routes.get().and_then(trestle_routes::Router::limited)

@@ -146,6 +146,7 @@ impl Ipam for Service {
                 routes: a.allocation.routes.iter().map(route_to_proto).collect(),
                 dns: Some(dns_to_proto(&a.allocation.dns)),
                 existing: a.existing,
+                mtu: self.daemon.pod_mtu().unwrap_or(0),
             })
         })
         .await

@@ -102,6 +102,7 @@ fn auto_is_direct_on_the_segment_and_vxlan_across() {
     );
     // c's underlay is the smallest.
     assert_eq!(p.vxlan_mtu, Some(1350));
+    assert_eq!(p.pod_mtu, Some(1350));
     assert_eq!(p.pools, vec![net("10.244.0.0/16")]);
     assert!(p.unreachable.is_empty());
     assert_eq!(p.peers.get("b"), Some(&false));
