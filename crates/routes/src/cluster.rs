@@ -54,6 +54,11 @@ impl Mirror {
         changed
     }
 
+    /// The keys under `dir` (`nodes/`, say), relative to it.
+    pub fn keys_under<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.under(dir).map(|(k, _)| k)
+    }
+
     fn under<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
         self.data
             .range(dir.to_string()..)

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod elevate;
 pub mod install;
 pub mod ipam;
+pub mod node;
 pub mod probe;
 pub mod runtime;
 pub mod sandbox;

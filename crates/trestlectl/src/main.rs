@@ -184,6 +184,11 @@ enum Cmd {
         #[command(subcommand)]
         command: trestlectl::ipam::Command,
     },
+    /// The cluster's nodes as cross-node routing sees them (etcd mode): list them, remove one for good.
+    Node {
+        #[command(subcommand)]
+        command: trestlectl::node::Command,
+    },
     /// Sleep forever, like a pod's pause container (used by the demo and tests as a sandbox holder).
     #[command(hide = true)]
     Pause,
@@ -511,6 +516,19 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!(
                         "trestlectl ipam {}: {}",
+                        command.name(),
+                        cni_proto::error_chain(&e)
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Node { command } => {
+            match trestlectl::node::run(&command, &mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!(
+                        "trestlectl node {}: {}",
                         command.name(),
                         cni_proto::error_chain(&e)
                     );

@@ -433,6 +433,49 @@ fn pods_on_three_nodes_reach_each_other_directly_on_a_segment_and_over_vxlan_acr
     for n in &nodes {
         assert!(eventually(|| n.status().is_none()), "{:?}", n.status());
     }
+    // The operator's view: how n1 reaches each node, and n1's kernel is at the revision etcd is at.
+    let list = world.trestlectl(&[
+        "node",
+        "list",
+        "--from",
+        "n1",
+        "--etcd",
+        "192.168.1.1:2379",
+        "--etcd-prefix",
+        PREFIX,
+    ]);
+    let row = |n: &str| {
+        list.lines()
+            .find(|l| l.starts_with(n))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        row("n1 ").contains("self") && row("n1 ").contains("alive"),
+        "{list}"
+    );
+    assert!(
+        row("n2 ").contains("direct") && row("n2 ").contains("192.168.1.12/24 (eth0)"),
+        "{list}"
+    );
+    assert!(
+        row("n3 ").contains("vxlan") && row("n3 ").contains("1450"),
+        "{list}"
+    );
+    let json: Value = serde_json::from_str(&world.trestlectl(&[
+        "node",
+        "list",
+        "--from",
+        "n3",
+        "--json",
+        "--etcd",
+        "192.168.1.1:2379",
+        "--etcd-prefix",
+        PREFIX,
+    ]))
+    .unwrap();
+    assert_eq!(json[0]["path"], "vxlan", "{json}");
+    assert_eq!(json[0]["blocks"].as_array().unwrap().len(), 1, "{json}");
     let peers = |via: &str| format!("trestle_ipam_routes{{what=\"peers\",via=\"{via}\"}}");
     assert!(eventually(|| nodes[0].metric(&peers("vxlan")) == Some(1.0)));
     assert_eq!(nodes[0].metric(&peers("direct")), Some(1.0));

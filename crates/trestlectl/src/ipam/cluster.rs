@@ -30,7 +30,7 @@ pub struct EtcdArgs {
     pub etcd_key: Option<PathBuf>,
 }
 
-fn with_etcd<T>(
+pub(crate) fn with_etcd<T>(
     args: &EtcdArgs,
     f: impl AsyncFnOnce(Etcd, String) -> Result<T, String>,
 ) -> Result<T, Error> {

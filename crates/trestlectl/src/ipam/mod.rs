@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-mod cluster;
+pub(crate) mod cluster;
 
 use serde::Serialize;
 use trestle_ipam::daemon::{CallError, DaemonClient};
