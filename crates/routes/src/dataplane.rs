@@ -35,6 +35,8 @@ pub struct VxlanSettings {
     pub vni: u32,
     /// UDP port.
     pub port: u16,
+    /// Turn its transmit checksum offload off (see [`crate::offload`]).
+    pub checksum_off: bool,
 }
 
 /// What the router does, for metrics and operators.
@@ -99,6 +101,8 @@ struct Dataplane {
     unreachable: BTreeSet<String>,
     /// Whether a state of the cluster has been applied since the start.
     synced: bool,
+    /// The VXLAN device whose checksum offload was turned off.
+    offload_off: Option<u32>,
 }
 
 /// Runs the dataplane on this thread until [`Wake::Stop`] (or every sender is gone).
@@ -111,6 +115,7 @@ pub fn run(s: Settings, wakes: Receiver<Wake>, stats: Arc<RouteStats>) -> Result
         proxied: BTreeSet::new(),
         unreachable: BTreeSet::new(),
         synced: false,
+        offload_off: None,
     };
     let mut cluster: Option<Arc<Cluster>> = None;
     loop {
@@ -339,6 +344,18 @@ impl Dataplane {
             }
             None => self.nl.create_vxlan(spec)?,
         };
+        if self.s.vxlan.checksum_off && self.offload_off != Some(index) {
+            match crate::offload::tx_checksum_off(&spec.name) {
+                Ok(()) => {
+                    log::info!("routes: transmit checksum offload of {} off", spec.name);
+                    self.offload_off = Some(index);
+                }
+                Err(e) => log::warn!(
+                    "routes: cannot turn checksum offload of {} off: {e}",
+                    spec.name
+                ),
+            }
+        }
         if !existing.is_some_and(|l| l.up) {
             self.nl.set_up(index, true)?;
             // Replies from a peer come back on this device, and the underlay's reverse path is

@@ -20,6 +20,7 @@ pub mod dataplane;
 pub mod diff;
 pub mod follow;
 pub mod host;
+pub mod offload;
 pub mod plan;
 pub mod underlay;
 

@@ -162,6 +162,10 @@ pub struct Options {
     /// The name of the VXLAN device.
     #[arg(long, default_value = "trestle.vxlan")]
     pub vxlan_device: String,
+    /// Transmit checksum offload of the VXLAN device: `auto` turns it off on kernels up to 5.7,
+    /// whose NAT bug corrupts checksums of offloaded VXLAN packets (the 63-second stall).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub vxlan_checksum_offload: String,
     /// Seconds between full reads of the kernel's routes (repairs without a notification).
     #[arg(long, default_value_t = 30.0)]
     pub routes_resync: f64,
@@ -237,6 +241,10 @@ fn start_router(
             name: opts.vxlan_device.clone(),
             vni: opts.vxlan_vni,
             port: opts.vxlan_port,
+            checksum_off: opts
+                .vxlan_checksum_offload
+                .parse::<trestle_routes::offload::ChecksumOffload>()?
+                .turn_off(&trestle_routes::offload::kernel_release()),
         },
         underlay: trestle_routes::UnderlayChoice {
             node_ips: opts.node_ips.clone(),
