@@ -64,6 +64,13 @@ pub struct RouteStats {
     pub plan: Mutex<Option<Arc<Plan>>>,
 }
 
+impl RouteStats {
+    /// The last plan, if one was applied.
+    pub fn plan(&self) -> Option<Arc<Plan>> {
+        self.plan.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// A reason to look at the kernel again.
 #[derive(Debug)]
 pub enum Wake {

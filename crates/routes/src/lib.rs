@@ -165,13 +165,7 @@ impl Router {
     /// The MTU pods should have (see [`Plan::pod_mtu`]): from the last plan, or before one from
     /// this node's own record.
     pub fn pod_mtu(&self) -> Option<u32> {
-        let plan = self
-            .stats
-            .plan
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        match plan {
+        match self.stats.plan() {
             Some(p) => p.pod_mtu,
             None => plan::pod_mtu(
                 &plan::Me {
@@ -198,13 +192,12 @@ impl Router {
                 "routes trail etcd: revision {applied} applied, {handed} known"
             ));
         }
-        let plan = self
+        if let Some(u) = self
             .stats
-            .plan
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(u) = plan.as_ref().and_then(|p| p.unreachable.first()) {
+            .plan()
+            .as_ref()
+            .and_then(|p| p.unreachable.first())
+        {
             return Some(format!("no route to node {}: {}", u.node, u.why));
         }
         let failing = self.stats.failing.load(Ordering::Relaxed);

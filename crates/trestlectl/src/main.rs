@@ -246,6 +246,17 @@ struct Attach {
     loc: LocArgs,
 }
 
+/// The exit code of a command that printed its own output, its error (with its causes) on stderr.
+fn exit(what: &str, r: Result<(), trestlectl::ipam::Error>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trestlectl {what}: {}", cni_proto::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -510,32 +521,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Ipam { command } => {
-            match trestlectl::ipam::run(&command, &mut std::io::stdout().lock()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!(
-                        "trestlectl ipam {}: {}",
-                        command.name(),
-                        cni_proto::error_chain(&e)
-                    );
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Cmd::Node { command } => {
-            match trestlectl::node::run(&command, &mut std::io::stdout().lock()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!(
-                        "trestlectl node {}: {}",
-                        command.name(),
-                        cni_proto::error_chain(&e)
-                    );
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Cmd::Ipam { command } => exit(
+            &format!("ipam {}", command.name()),
+            trestlectl::ipam::run(&command, &mut std::io::stdout().lock()),
+        ),
+        Cmd::Node { command } => exit(
+            &format!("node {}", command.name()),
+            trestlectl::node::run(&command, &mut std::io::stdout().lock()),
+        ),
         Cmd::Pause => trestlectl::sandbox::pause_forever(),
         Cmd::ShowNetns { name } => {
             let shown = trestle_netlink::Netlink::open()

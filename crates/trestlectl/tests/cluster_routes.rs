@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin_dir, TempDir};
+use common::{bin_dir, pings, tcp_peer, TempDir};
 use serde_json::{json, Value};
 use trestle_netlink::{Netlink, VethEnd};
 use trestle_netns::{NamedNetNs, NetNs};
@@ -316,13 +316,6 @@ impl Node {
     }
 }
 
-/// Whether `from` gets an echo reply from `to`.
-fn pings(from: &NetNs, to: &str) -> bool {
-    from.run(|| trestlectl::probe::ping(to.parse().unwrap(), 1, Duration::from_millis(500)))
-        .unwrap()
-        .is_ok()
-}
-
 /// Waits (up to 20 s) until `from` reaches `to`.
 fn reaches(from: &NetNs, to: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -333,23 +326,6 @@ fn reaches(from: &NetNs, to: &str) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     false
-}
-
-/// A TCP exchange from `from` to `to` (served in `server`): the source address the server saw.
-fn tcp_peer(from: &NetNs, server: &NetNs, to: &str) -> Option<String> {
-    let addr: SocketAddr = format!("{to}:7080").parse().unwrap();
-    let listener = server
-        .run(|| trestlectl::probe::listen(addr))
-        .unwrap()
-        .unwrap();
-    std::thread::scope(|s| {
-        let served = s.spawn(|| trestlectl::probe::serve_once(&listener, Duration::from_secs(5)));
-        let answer = from
-            .run(|| trestlectl::probe::exchange(addr, "hello\n", Duration::from_secs(3)))
-            .unwrap();
-        let peer = served.join().unwrap();
-        answer.ok().and(peer.ok()).map(|p| p.ip().to_string())
-    })
 }
 
 fn pod_ns(dir: &Path, name: &str) -> NamedNetNs {
@@ -645,22 +621,28 @@ impl Node {
     }
 }
 
+/// n1 and n3 on the first segment, n2 on the second; a pod on each (a, b, c).
+fn three_nodes(world: &World) -> ([Node; 3], Vec<NamedNetNs>, [String; 3]) {
+    let nodes = [
+        world.node("n1", 1, "192.168.1.11", &[]),
+        world.node("n2", 2, "192.168.2.12", &[]),
+        world.node("n3", 1, "192.168.1.13", &[]),
+    ];
+    let pods: Vec<NamedNetNs> = nodes
+        .iter()
+        .map(|n| pod_ns(&world.dir.0, &n.name))
+        .collect();
+    let ips = [0, 1, 2].map(|i| nodes[i].pod(&pods[i], ["a", "b", "c"][i]));
+    (nodes, pods, ips)
+}
+
 #[test]
 #[ignore = "privileged: needs root, etcd"]
 fn restarts_and_upgrades_lose_no_packet_and_delete_nothing() {
     use nix::sys::signal::Signal;
     need_root();
     let world = World::new();
-    let mut n1 = world.node("n1", 1, "192.168.1.11", &[]);
-    let mut n2 = world.node("n2", 2, "192.168.2.12", &[]);
-    let mut n3 = world.node("n3", 1, "192.168.1.13", &[]);
-    let pods: Vec<NamedNetNs> = [&n1, &n2, &n3]
-        .iter()
-        .map(|n| pod_ns(&world.dir.0, &n.name))
-        .collect();
-    let a = n1.pod(&pods[0], "a");
-    let b = n2.pod(&pods[1], "b");
-    let c = n3.pod(&pods[2], "c");
+    let ([mut n1, mut n2, mut n3], pods, [a, b, c]) = three_nodes(&world);
     for (p, ip) in [(0, &b), (1, &a), (0, &c), (2, &a)] {
         assert!(reaches(pods[p].ns(), ip), "{p} -> {ip}");
     }
@@ -745,16 +727,7 @@ fn what_others_undo_comes_back_and_a_node_removed_while_one_was_down_leaves_it()
     use nix::sys::signal::Signal;
     need_root();
     let world = World::new();
-    let mut n1 = world.node("n1", 1, "192.168.1.11", &[]);
-    let n2 = world.node("n2", 2, "192.168.2.12", &[]);
-    let mut n3 = world.node("n3", 1, "192.168.1.13", &[]);
-    let pods: Vec<NamedNetNs> = [&n1, &n2, &n3]
-        .iter()
-        .map(|n| pod_ns(&world.dir.0, &n.name))
-        .collect();
-    let a = n1.pod(&pods[0], "a");
-    let b = n2.pod(&pods[1], "b");
-    let c = n3.pod(&pods[2], "c");
+    let ([mut n1, n2, mut n3], pods, [a, b, c]) = three_nodes(&world);
     assert!(reaches(pods[0].ns(), &b) && reaches(pods[0].ns(), &c));
     let ours = |n: &Node| sh(&n.ns, "ip route show proto 116");
     let before = ours(&n1);

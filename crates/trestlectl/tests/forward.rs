@@ -12,11 +12,9 @@
 
 mod common;
 
-use common::World;
+use common::{pings, tcp_peer, World};
 use serde_json::{json, Value};
-use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
-use std::time::Duration;
 use trestle_netlink::{Netlink, VethEnd};
 use trestle_netns::NetNs;
 use trestlectl::runtime::Outcome;
@@ -152,36 +150,6 @@ fn conf(w: &World, forward_accept: Option<bool>) -> Value {
     conf
 }
 
-/// Whether `from` gets an ICMP echo reply from `to`.
-fn pings(from: &NetNs, to: &str) -> bool {
-    from.run(|| trestlectl::probe::ping(to.parse().unwrap(), 1, Duration::from_secs(2)))
-        .unwrap()
-        .is_ok()
-}
-
-/// Whether a TCP exchange from `from` to `to` (served in `server`) works, and the source address the server saw.
-fn tcp(from: &NetNs, server: &NetNs, to: &str) -> Option<String> {
-    let addr: SocketAddr = format!("{to}:7080").parse().unwrap();
-    let listener = server
-        .run(|| trestlectl::probe::listen(addr))
-        .unwrap()
-        .unwrap();
-    std::thread::scope(|s| {
-        let served = s.spawn(|| trestlectl::probe::serve_once(&listener, Duration::from_secs(3)));
-        let answer = from
-            .run(|| {
-                let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-                c.set_read_timeout(Some(Duration::from_secs(2)))?;
-                std::io::Write::write_all(&mut c, b"hello\n")?;
-                let mut buf = String::new();
-                std::io::Read::read_to_string(&mut c, &mut buf).map(|_| buf)
-            })
-            .unwrap();
-        let peer = served.join().unwrap();
-        answer.ok().and(peer.ok()).map(|p| p.ip().to_string())
-    })
-}
-
 /// CHECK of an attachment, with its ADD result as `prevResult`.
 fn check(w: &World, id: &str, netns: &str, conf: &Value, result: &Value) -> Outcome {
     let mut conf = conf.clone();
@@ -200,10 +168,14 @@ fn pods_pass_and_the_host_is_left_as_found(host: Host) {
     w.add("b", &b, &conf);
     assert!(pings(a.ns(), B), "pod a -> pod b, across the bridge");
     assert!(pings(b.ns(), A), "pod b -> pod a");
-    assert_eq!(tcp(a.ns(), b.ns(), B).as_deref(), Some(A), "TCP a -> b");
+    assert_eq!(
+        tcp_peer(a.ns(), b.ns(), B).as_deref(),
+        Some(A),
+        "TCP a -> b"
+    );
     assert!(pings(a.ns(), OUTSIDE), "pod a -> outside, masqueraded");
     assert_eq!(
-        tcp(a.ns(), &outside, OUTSIDE).as_deref(),
+        tcp_peer(a.ns(), &outside, OUTSIDE).as_deref(),
         Some("192.168.95.1"),
         "TCP a -> outside, seen from the host's address"
     );

@@ -123,8 +123,7 @@ pub async fn publish_routes(daemon: Arc<Daemon>) {
         ] {
             metrics::routes(what, &[], load(v));
         }
-        let plan = s.plan.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(p) = plan {
+        if let Some(p) = s.plan() {
             let vxlan = p.peers.values().filter(|v| **v).count();
             for (via, n) in [
                 ("direct", p.peers.len() - vxlan),

@@ -273,3 +273,29 @@ pub fn pod_state(ns: &NetNs, ifname: &str) -> (Vec<String>, Vec<String>) {
     })
     .unwrap()
 }
+
+/// Whether `from` gets an ICMP echo reply from `to` (within 2 s).
+pub fn pings(from: &NetNs, to: &str) -> bool {
+    from.run(|| trestlectl::probe::ping(to.parse().unwrap(), 1, std::time::Duration::from_secs(2)))
+        .unwrap()
+        .is_ok()
+}
+
+/// Whether a TCP exchange from `from` to `to` (served in `server`, port 7080) works: the source address the server
+/// saw.
+pub fn tcp_peer(from: &NetNs, server: &NetNs, to: &str) -> Option<String> {
+    let addr: std::net::SocketAddr = format!("{to}:7080").parse().unwrap();
+    let listener = server
+        .run(|| trestlectl::probe::listen(addr))
+        .unwrap()
+        .unwrap();
+    std::thread::scope(|s| {
+        let served =
+            s.spawn(|| trestlectl::probe::serve_once(&listener, std::time::Duration::from_secs(5)));
+        let answer = from
+            .run(|| trestlectl::probe::exchange(addr, "hello\n", std::time::Duration::from_secs(3)))
+            .unwrap();
+        let peer = served.join().unwrap();
+        answer.ok().and(peer.ok()).map(|p| p.ip().to_string())
+    })
+}
