@@ -237,13 +237,18 @@ impl Node {
     }
 
     fn conf(&self) -> Value {
+        self.conf_for(POOL, "10.244.0.1")
+    }
+
+    /// The pod network's config with one range of `subnet`.
+    fn conf_for(&self, subnet: &str, gateway: &str) -> Value {
         json!({
             "cniVersion": "1.1.0", "name": "podnet", "type": "trestle",
             "bridge": "cbr0", "isGateway": true, "ipMasq": true,
             "ipam": {
                 "type": "trestle-ipam",
                 "daemon": {"socket": self.path("ipam.sock"), "deleteQueue": self.path("queue")},
-                "ranges": [[{"subnet": POOL, "gateway": "10.244.0.1"}]],
+                "ranges": [[{"subnet": subnet, "gateway": gateway}]],
                 "routes": [{"dst": "0.0.0.0/0"}]
             }
         })
@@ -252,6 +257,11 @@ impl Node {
     /// A pod wired by the plugin (ADD retried while the daemon says "try again later", as a kubelet does); its
     /// address.
     fn pod(&self, pod: &NamedNetNs, id: &str) -> String {
+        self.pod_with(pod, id, &self.conf())
+    }
+
+    /// Like `pod`, with `conf`.
+    fn pod_with(&self, pod: &NamedNetNs, id: &str, conf: &Value) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let inv = Invocation::new(
@@ -262,7 +272,7 @@ impl Node {
                 "eth0",
             );
             let out = inv
-                .run(self.conf().to_string().as_bytes(), Some(&self.ns))
+                .run(conf.to_string().as_bytes(), Some(&self.ns))
                 .unwrap();
             let v: Value = serde_json::from_str(&out.stdout).unwrap_or_default();
             if out.success {
@@ -897,4 +907,62 @@ fn pods_get_the_smallest_mtu_of_the_cluster_and_full_size_packets_cross_vxlan() 
     let out = inv.run(n1c.to_string().as_bytes(), Some(&n1.ns)).unwrap();
     assert!(out.success, "{}", out.stdout);
     assert_eq!(pod_mtu(&p3), 1300);
+}
+
+#[test]
+#[ignore = "privileged: needs root, etcd"]
+fn an_address_borrowed_from_another_nodes_block_gets_host_routes() {
+    need_root();
+    let world = World::new();
+    // A pool of two blocks of 8 for three nodes: the third borrows from a block another node owns.
+    let small = &["--block-size", "10.245.0.0/28=29"];
+    let nodes = [
+        world.node("n1", 1, "192.168.1.11", small),
+        world.node("n2", 2, "192.168.2.12", small),
+        world.node("n3", 1, "192.168.1.13", small),
+    ];
+    let pods: Vec<NamedNetNs> = nodes
+        .iter()
+        .map(|n| pod_ns(&world.dir.0, &n.name))
+        .collect();
+    let ips: Vec<String> = nodes
+        .iter()
+        .zip(&pods)
+        .map(|(n, p)| {
+            n.pod_with(
+                p,
+                &format!("p-{}", n.name),
+                &n.conf_for("10.245.0.0/28", "10.245.0.1"),
+            )
+        })
+        .collect();
+    for (i, from) in pods.iter().enumerate() {
+        for (j, to) in ips.iter().enumerate() {
+            if i != j {
+                assert!(
+                    reaches(from.ns(), to),
+                    "{} -> {to} on {}\n{}",
+                    nodes[i].name,
+                    nodes[j].name,
+                    sh(&nodes[i].ns, "ip route show proto 116")
+                );
+            }
+        }
+    }
+    // Two of the three pods share a block of 8 (there are two): the one whose node does not own it has a host
+    // route on every node, to its bridge on its own node and to its node elsewhere.
+    let host_routes = |n: &Node| {
+        sh(&n.ns, "ip route show proto 116")
+            .lines()
+            .filter(|l| l.starts_with("10.245.0.") && !l.split(' ').next().unwrap().contains('/'))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let routes: Vec<Vec<String>> = nodes.iter().map(host_routes).collect();
+    assert!(routes.iter().all(|r| r.len() == 1), "{routes:?}");
+    assert_eq!(
+        routes.iter().filter(|r| r[0].contains("dev cbr0")).count(),
+        1,
+        "{routes:?}"
+    );
 }
