@@ -79,6 +79,10 @@ pub enum Error {
         /// The base chain.
         chain: String,
     },
+    /// The VXLAN guard's table exists but is not as trestle writes it (deleted or added to by hand, or a damaged
+    /// write); `Firewall::sync_vxlan_guard` recreates it.
+    #[error("table inet trestle-vxlan is not as trestle writes it: {0}")]
+    VxlanGuardDamaged(&'static str),
 }
 
 /// A masquerade backend name that is not `"nftables"`, `"iptables"` or `"none"` (the value as given).

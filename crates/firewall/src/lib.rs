@@ -4,6 +4,10 @@
 //! see [`Firewall::ensure_forward`] and the `forward` module; a legacy x_tables table, the one exception, is read
 //! in-process and changed by one `iptables-legacy-restore` per network change).
 //!
+//! It also holds trestled's VXLAN guard, a table of its own (`inet trestle-vxlan`) that keeps the VXLAN between
+//! nodes out of conntrack and drops VXLAN from anything but a node: see [`Firewall::sync_vxlan_guard`] and the
+//! `vxlan` module, which documents its layout, updates and why it takes no lock.
+//!
 //! Semantics (as the reference bridge plugin): traffic from a pod subnet to a destination outside that subnet is
 //! masqueraded; multicast (224.0.0.0/4, ff00::/8) is exempt; IPv4 and IPv6.
 //!
@@ -43,9 +47,10 @@
 //! # Wire format
 //! The netlink messages are built by pure functions, separate from the socket, and `tests/golden/*.hex` holds
 //! the exact bytes of every request kind (`ensure`'s batch for an IPv4, an IPv6 and two subnets, `remove`'s
-//! batch, the get and dump requests); `src/golden.rs` compares, decodes them back to the nft text above, and says
-//! how they were validated against the kernel. `TRESTLE_BLESS=1 cargo test -p trestle-firewall golden`
-//! rewrites them after an intended change.
+//! batch, the get and dump requests, and the VXLAN guard's batches and requests in `vxlan-*.hex`); `src/golden.rs`
+//! compares, decodes them back to the nft text above (and to the guard's documented layout), and says how they
+//! were validated against the kernel. `TRESTLE_BLESS=1 cargo test -p trestle-firewall golden` rewrites them after
+//! an intended change.
 
 mod attr;
 mod backend;
@@ -58,12 +63,14 @@ mod names;
 mod nft;
 mod none;
 mod sock;
+mod vxlan;
 
 pub use backend::{open_backend, Backend, BackendKind};
 pub use error::{Error, UnknownBackend};
 pub use forward::{ForeignChain, ForwardState};
 pub use names::network_id;
 pub use none::NoneBackend;
+pub use vxlan::{VxlanDrops, VxlanPeers};
 
 use ipnet::IpNet;
 use names::{chain_name, distinct_subnets, parse_chain_name, table_name, TABLE_PREFIX};

@@ -37,6 +37,8 @@ pub struct VxlanSettings {
     pub port: u16,
     /// Turn its transmit checksum offload off (see [`crate::offload`]).
     pub checksum_off: bool,
+    /// Keep VXLAN out of conntrack and accept it only from the nodes (trestle-firewall's VXLAN guard).
+    pub guard: bool,
 }
 
 /// What the router does, for metrics and operators.
@@ -60,6 +62,8 @@ pub struct RouteStats {
     pub errors: AtomicU64,
     /// Changes the kernel refused in the last pass.
     pub failing: AtomicU64,
+    /// VXLAN packets dropped for coming from no node (since the guard's table was made).
+    pub vxlan_drops: AtomicU64,
     /// The last plan: peers and how they are reached, and those that cannot be.
     pub plan: Mutex<Option<Arc<Plan>>>,
 }
@@ -110,6 +114,8 @@ struct Dataplane {
     synced: bool,
     /// The VXLAN device whose checksum offload was turned off.
     offload_off: Option<u32>,
+    /// The netfilter socket of the VXLAN guard, opened at its first use.
+    firewall: Option<trestle_firewall::Firewall>,
 }
 
 /// Runs the dataplane on this thread until [`Wake::Stop`] (or every sender is gone).
@@ -123,6 +129,7 @@ pub fn run(s: Settings, wakes: Receiver<Wake>, stats: Arc<RouteStats>) -> Result
         unreachable: BTreeSet::new(),
         synced: false,
         offload_off: None,
+        firewall: None,
     };
     let mut cluster: Option<Arc<Cluster>> = None;
     loop {
@@ -202,6 +209,7 @@ impl Dataplane {
         for op in ops {
             failing += u64::from(!self.apply(op, links.vxlan));
         }
+        failing += u64::from(!self.guard(cluster));
         self.stats.failing.store(failing, Ordering::Relaxed);
         if !self.synced {
             self.synced = true;
@@ -229,6 +237,60 @@ impl Dataplane {
         *self.stats.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(plan));
         self.last = want;
         Ok(())
+    }
+
+    /// Brings the VXLAN guard to the cluster's nodes (removes it with `--routing direct`, where no
+    /// VXLAN runs); false when that failed.
+    fn guard(&mut self, cluster: &Cluster) -> bool {
+        if !self.s.vxlan.guard {
+            return true;
+        }
+        if self.firewall.is_none() {
+            match trestle_firewall::Firewall::open(std::path::Path::new(
+                trestle_firewall::LOCK_PATH,
+            )) {
+                Ok(f) => self.firewall = Some(f),
+                Err(e) => {
+                    log::warn!("routes: VXLAN guard: {e}");
+                    return false;
+                }
+            }
+        }
+        let fw = self.firewall.as_mut().expect("opened above");
+        let r = if self.s.mode == Mode::Direct {
+            fw.remove_vxlan_guard().map(drop)
+        } else {
+            let mut peers = trestle_firewall::VxlanPeers {
+                port: self.s.vxlan.port,
+                ..Default::default()
+            };
+            for u in cluster
+                .hosts
+                .values()
+                .filter_map(HostRecord::vxlan_underlay)
+            {
+                match u.ip() {
+                    std::net::IpAddr::V4(a) => peers.v4.push(a),
+                    std::net::IpAddr::V6(a) => peers.v6.push(a),
+                }
+            }
+            fw.sync_vxlan_guard(&peers)
+                .and_then(|_| fw.vxlan_guard_drops())
+                .map(|d| {
+                    let packets = d.map_or(0, |d| d.packets);
+                    self.stats.vxlan_drops.store(packets, Ordering::Relaxed);
+                })
+        };
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                log::warn!("routes: VXLAN guard: {e}");
+                // A socket in a bad state is opened again next time.
+                self.firewall = None;
+                false
+            }
+        }
     }
 
     /// Logs each peer that becomes unreachable once, and when it is reachable again.

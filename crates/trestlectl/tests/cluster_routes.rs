@@ -462,6 +462,24 @@ fn pods_on_three_nodes_reach_each_other_directly_on_a_segment_and_over_vxlan_acr
     .unwrap();
     assert_eq!(json[0]["path"], "vxlan", "{json}");
     assert_eq!(json[0]["blocks"].as_array().unwrap().len(), 1, "{json}");
+    // VXLAN is untracked between nodes and accepted only from them: a pod's datagram to the VXLAN port is dropped.
+    let set = sh(&nodes[0].ns, "nft list set inet trestle-vxlan nodes4");
+    for n in &nodes {
+        assert!(set.contains(&n.ip), "{set}");
+    }
+    pods[0]
+        .ns()
+        .run(|| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.send_to(b"not vxlan", "192.168.1.11:4789").unwrap();
+        })
+        .unwrap();
+    let drops = "trestle_ipam_routes{what=\"vxlan_drops\"}";
+    assert!(
+        eventually(|| nodes[0].metric(drops) == Some(1.0)),
+        "{:?}",
+        nodes[0].metric(drops)
+    );
     let peers = |via: &str| format!("trestle_ipam_routes{{what=\"peers\",via=\"{via}\"}}");
     assert!(eventually(|| nodes[0].metric(&peers("vxlan")) == Some(1.0)));
     assert_eq!(nodes[0].metric(&peers("direct")), Some(1.0));

@@ -117,6 +117,7 @@ pub async fn publish_routes(daemon: Arc<Daemon>) {
             ("changes", &s.changes),
             ("repairs", &s.repairs),
             ("errors", &s.errors),
+            ("vxlan_drops", &s.vxlan_drops),
             ("etcd_reads", &f.reads),
             ("etcd_watches", &f.watches),
             ("etcd_failures", &f.failures),

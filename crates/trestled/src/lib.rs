@@ -166,6 +166,10 @@ pub struct Options {
     /// whose NAT bug corrupts checksums of offloaded VXLAN packets (the 63-second stall).
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     pub vxlan_checksum_offload: String,
+    /// Leave VXLAN between nodes to conntrack and accept it from anywhere (default: a table
+    /// `inet trestle-vxlan` keeps it untracked and drops it unless it comes from a node).
+    #[arg(long)]
+    pub no_vxlan_guard: bool,
     /// Seconds between full reads of the kernel's routes (repairs without a notification).
     #[arg(long, default_value_t = 30.0)]
     pub routes_resync: f64,
@@ -245,6 +249,7 @@ fn start_router(
                 .vxlan_checksum_offload
                 .parse::<trestle_routes::offload::ChecksumOffload>()?
                 .turn_off(&trestle_routes::offload::kernel_release()),
+            guard: !opts.no_vxlan_guard,
         },
         underlay: trestle_routes::UnderlayChoice {
             node_ips: opts.node_ips.clone(),

@@ -6,7 +6,6 @@
 //! fixture that does not decode to the documented rule. It is strict: an attribute, flag or expression it does not
 //! know fails the test instead of being skipped.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 // linux/netlink.h
@@ -36,7 +35,17 @@ const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_GETSET: u16 = 10;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_GETSETELEM: u16 = 13;
+const NFT_MSG_DELSETELEM: u16 = 14;
 const NFT_MSG_GETGEN: u16 = 16;
+
+mod sets;
+mod tlv;
+
+use tlv::{list, Tlvs};
 
 /// One decoded message: its name as the UAPI spells it, and what it asks for, in nft syntax.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,6 +54,9 @@ pub(super) struct Decoded {
     pub(super) header: String,
     /// The request in nft syntax, e.g. `add table inet t { comment "n" }`.
     pub(super) nft: String,
+    /// The set transaction ids (`NFTA_*_SET_ID`) the message carries, with the set names next to them: what a
+    /// set is created as, or what a lookup or element list refers to. nft syntax has no place for them.
+    pub(super) set_ids: Vec<(String, u32)>,
 }
 
 /// Splits a datagram into its netlink messages by their length fields (checking lengths and padding).
@@ -75,8 +87,11 @@ pub(super) fn decode(msg: &[u8]) -> Decoded {
     let res_id = u16::from_be_bytes([msg[18], msg[19]]);
     assert_eq!(version, 0, "NFNETLINK_V0");
     let attrs = &msg[20..];
-    let (name, nft) = match kind {
-        NFNL_MSG_BATCH_BEGIN | NFNL_MSG_BATCH_END => batch_marker(kind, family, res_id, attrs),
+    let (name, nft, set_ids) = match kind {
+        NFNL_MSG_BATCH_BEGIN | NFNL_MSG_BATCH_END => {
+            let (name, nft) = batch_marker(kind, family, res_id, attrs);
+            (name, nft, Vec::new())
+        }
         _ => {
             assert_eq!(kind >> 8, NFNL_SUBSYS_NFTABLES, "not an nf_tables message");
             assert_eq!(res_id, 0);
@@ -85,11 +100,21 @@ pub(super) fn decode(msg: &[u8]) -> Decoded {
     };
     let is_get = matches!(
         kind & 0xff,
-        NFT_MSG_GETTABLE | NFT_MSG_GETCHAIN | NFT_MSG_GETRULE | NFT_MSG_GETGEN
+        NFT_MSG_GETTABLE
+            | NFT_MSG_GETCHAIN
+            | NFT_MSG_GETRULE
+            | NFT_MSG_GETSET
+            | NFT_MSG_GETSETELEM
+            | NFT_MSG_GETGEN
     ) && kind >> 8 == NFNL_SUBSYS_NFTABLES;
+    let mut header = format!("seq {seq} {name} {}", flag_names(flags, is_get));
+    for (set, id) in &set_ids {
+        header += &format!(" (set {set} id {id})");
+    }
     Decoded {
-        header: format!("seq {seq} {name} {}", flag_names(flags, is_get)),
+        header,
         nft,
+        set_ids,
     }
 }
 
@@ -136,8 +161,9 @@ fn family_name(family: u8) -> &'static str {
     }
 }
 
-fn nft_message(ty: u16, family: u8, attrs: &[u8]) -> (&'static str, String) {
+fn nft_message(ty: u16, family: u8, attrs: &[u8]) -> (&'static str, String, Vec<(String, u32)>) {
     let fam = family_name(family);
+    let mut set_ids = Vec::new();
     let nft = match ty {
         NFT_MSG_NEWTABLE => new_table(fam, attrs),
         NFT_MSG_GETTABLE if attrs.is_empty() => format!("list tables {fam}"),
@@ -146,12 +172,19 @@ fn nft_message(ty: u16, family: u8, attrs: &[u8]) -> (&'static str, String) {
         NFT_MSG_NEWCHAIN => new_chain(fam, attrs),
         NFT_MSG_GETCHAIN if attrs.is_empty() => format!("list chains {fam}"),
         NFT_MSG_GETCHAIN => format!("get chain {fam} {}", chain(attrs)),
-        NFT_MSG_NEWRULE => new_rule(fam, attrs),
-        NFT_MSG_GETRULE => format!("list chain {fam} {}", rule_place(attrs)),
+        NFT_MSG_NEWRULE => new_rule(fam, attrs, &mut set_ids),
+        NFT_MSG_GETRULE => rule_place(attrs)
+            .map(|chain| format!("list chain {fam} {chain}"))
+            .unwrap_or_else(|table| format!("list rules of table {fam} {table}")),
+        NFT_MSG_NEWSET => sets::new_set(fam, attrs, &mut set_ids),
+        NFT_MSG_GETSET => format!("list sets of table {fam} {}", sets::get_sets(attrs)),
+        NFT_MSG_NEWSETELEM => sets::new_elements(fam, attrs, &mut set_ids),
+        NFT_MSG_GETSETELEM => format!("list set {fam} {}", sets::set_place(attrs, &mut set_ids)),
+        NFT_MSG_DELSETELEM => sets::flush(fam, attrs),
         NFT_MSG_GETGEN if attrs.is_empty() => "get generation".into(),
         t => panic!("unexpected NFT_MSG type {t}"),
     };
-    (msg_name(ty), nft)
+    (msg_name(ty), nft, set_ids)
 }
 
 fn msg_name(ty: u16) -> &'static str {
@@ -163,6 +196,11 @@ fn msg_name(ty: u16) -> &'static str {
         NFT_MSG_GETCHAIN => "NFT_MSG_GETCHAIN",
         NFT_MSG_NEWRULE => "NFT_MSG_NEWRULE",
         NFT_MSG_GETRULE => "NFT_MSG_GETRULE",
+        NFT_MSG_NEWSET => "NFT_MSG_NEWSET",
+        NFT_MSG_GETSET => "NFT_MSG_GETSET",
+        NFT_MSG_NEWSETELEM => "NFT_MSG_NEWSETELEM",
+        NFT_MSG_GETSETELEM => "NFT_MSG_GETSETELEM",
+        NFT_MSG_DELSETELEM => "NFT_MSG_DELSETELEM",
         NFT_MSG_GETGEN => "NFT_MSG_GETGEN",
         t => panic!("unexpected NFT_MSG type {t}"),
     }
@@ -216,10 +254,15 @@ fn new_chain(fam: &str, attrs: &[u8]) -> String {
         &[NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY],
     );
     let hooknum = match hook.u32(NFTA_HOOK_HOOKNUM) {
+        0 => "prerouting",  // NF_INET_PRE_ROUTING
+        1 => "input",       // NF_INET_LOCAL_IN
+        3 => "output",      // NF_INET_LOCAL_OUT
         4 => "postrouting", // NF_INET_POST_ROUTING
         h => panic!("unexpected hook {h}"),
     };
-    let priority = match hook.u32(NFTA_HOOK_PRIORITY) {
+    let priority = match hook.u32(NFTA_HOOK_PRIORITY) as i32 {
+        -300 => "raw",   // NF_IP_PRI_RAW
+        0 => "filter",   // NF_IP_PRI_FILTER
         100 => "srcnat", // NF_IP_PRI_NAT_SRC
         p => panic!("unexpected priority {p}"),
     };
@@ -241,12 +284,21 @@ const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_RULE_USERDATA: u16 = 7;
 
-fn rule_place(attrs: &[u8]) -> String {
+/// `<table> <chain>` of a rule dump of one chain, or `Err(<table>)` of every chain of a table.
+fn rule_place(attrs: &[u8]) -> Result<String, String> {
     let a = Tlvs::parse(attrs, &[NFTA_RULE_TABLE, NFTA_RULE_CHAIN]);
-    format!("{} {}", a.str(NFTA_RULE_TABLE), a.str(NFTA_RULE_CHAIN))
+    if !a.has(NFTA_RULE_CHAIN) {
+        return Err(a.str(NFTA_RULE_TABLE));
+    }
+    Ok(format!(
+        "{} {}",
+        a.str(NFTA_RULE_TABLE),
+        a.str(NFTA_RULE_CHAIN)
+    ))
 }
 
-fn new_rule(fam: &str, attrs: &[u8]) -> String {
+/// A rule, with its comment if it has one (the masquerade rules have, the VXLAN guard's have not).
+fn new_rule(fam: &str, attrs: &[u8], set_ids: &mut Vec<(String, u32)>) -> String {
     let a = Tlvs::parse(
         attrs,
         &[
@@ -260,13 +312,24 @@ fn new_rule(fam: &str, attrs: &[u8]) -> String {
         .into_iter()
         .map(expr)
         .collect();
-    format!(
-        "add rule {fam} {} {} {} comment \"{}\"",
+    for x in &exprs {
+        if let Expr::Lookup {
+            set, id: Some(id), ..
+        } = x
+        {
+            set_ids.push((set.clone(), *id));
+        }
+    }
+    let mut out = format!(
+        "add rule {fam} {} {} {}",
         a.str(NFTA_RULE_TABLE),
         a.str(NFTA_RULE_CHAIN),
         render(&exprs),
-        comment(a.value(NFTA_RULE_USERDATA))
-    )
+    );
+    if a.has(NFTA_RULE_USERDATA) {
+        out += &format!(" comment \"{}\"", comment(a.value(NFTA_RULE_USERDATA)));
+    }
+    out
 }
 
 /// The comment of table or rule userdata: libnftnl's TLV list, where `NFTNL_UDATA_TABLE_COMMENT` and
@@ -293,6 +356,7 @@ enum Expr {
         data: Vec<u8>,
     },
     Payload {
+        base: u32,
         offset: u32,
         len: u32,
     },
@@ -302,6 +366,14 @@ enum Expr {
         xor: Vec<u8>,
     },
     Masq,
+    Lookup {
+        set: String,
+        id: Option<u32>,
+        inverted: bool,
+    },
+    Notrack,
+    Counter,
+    Drop,
 }
 
 // enum nft_list_attributes, nft_expr_attributes, nft_data_attributes
@@ -325,6 +397,16 @@ fn expr(elem: &[u8]) -> Expr {
             assert!(data.is_empty(), "masq without options");
             Expr::Masq
         }
+        "lookup" => sets::lookup(data),
+        "notrack" => {
+            assert!(data.is_empty(), "notrack has no attributes");
+            Expr::Notrack
+        }
+        "counter" => {
+            assert!(data.is_empty(), "a new counter starts from zero");
+            Expr::Counter
+        }
+        "immediate" => sets::immediate(data),
         other => panic!("unexpected expression {other}"),
     }
 }
@@ -350,8 +432,8 @@ fn payload(data: &[u8]) -> Expr {
     // NFTA_PAYLOAD_DREG 1, _BASE 2, _OFFSET 3, _LEN 4
     let a = Tlvs::parse(data, &[1, 2, 3, 4]);
     assert_eq!(a.u32(1), NFT_REG_1);
-    assert_eq!(a.u32(2), 1, "NFT_PAYLOAD_NETWORK_HEADER");
     Expr::Payload {
+        base: a.u32(2),
         offset: a.u32(3),
         len: a.u32(4),
     }
@@ -374,7 +456,8 @@ fn data_value(data: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-/// The nft syntax of a rule's expressions; panics on any sequence the masquerade rule does not use.
+/// The nft syntax of a rule's expressions; panics on any sequence the masquerade rule and the VXLAN guard's rules
+/// do not use.
 fn render(mut exprs: &[Expr]) -> String {
     let mut out = Vec::new();
     loop {
@@ -384,7 +467,49 @@ fn render(mut exprs: &[Expr]) -> String {
                 out.push(format!("meta nfproto {}", nfproto(data)));
                 rest
             }
-            [Expr::Payload { offset, len }, Expr::Bitwise {
+            // NFT_META_L4PROTO, NFT_CMP_EQ, IPPROTO_UDP
+            [Expr::Meta { key: 16 }, Expr::Cmp { op: 0, data }, rest @ ..] => {
+                assert_eq!(data, &[17], "meta l4proto udp");
+                out.push("meta l4proto udp".to_owned());
+                rest
+            }
+            // NFT_PAYLOAD_TRANSPORT_HEADER, the UDP header's destination port (RFC 768)
+            [Expr::Payload {
+                base: 2,
+                offset: 2,
+                len: 2,
+            }, Expr::Cmp { op, data }, rest @ ..] => {
+                let port = u16::from_be_bytes(data.as_slice().try_into().expect("2-byte port"));
+                out.push(format!("udp dport {}{port}", cmp_op(*op)));
+                rest
+            }
+            // NFT_PAYLOAD_NETWORK_HEADER
+            [Expr::Payload {
+                base: 1,
+                offset,
+                len,
+            }, Expr::Lookup { set, inverted, .. }, rest @ ..] => {
+                let op = if *inverted { "!= " } else { "" };
+                out.push(format!("{} {op}@{set}", field(*offset, *len)));
+                rest
+            }
+            [Expr::Notrack, rest @ ..] => {
+                out.push("notrack".to_owned());
+                rest
+            }
+            [Expr::Counter, rest @ ..] => {
+                out.push("counter".to_owned());
+                rest
+            }
+            [Expr::Drop, rest @ ..] => {
+                out.push("drop".to_owned());
+                rest
+            }
+            [Expr::Payload {
+                base: 1,
+                offset,
+                len,
+            }, Expr::Bitwise {
                 len: blen,
                 mask,
                 xor,
@@ -459,91 +584,4 @@ fn prefix(value: &[u8], mask: &[u8]) -> String {
         n => panic!("address of {n} bytes"),
     };
     format!("{addr}/{bits}")
-}
-
-/// The elements of an `NFTA_LIST_ELEM` list, in order.
-fn list(mut data: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    while !data.is_empty() {
-        let (ty, nested, payload, rest) = next_attr(data);
-        assert!(ty == NFTA_LIST_ELEM && nested, "list element");
-        out.push(payload);
-        data = rest;
-    }
-    out
-}
-
-/// Type, nested flag, payload and what follows of the first attribute of `data`.
-fn next_attr(data: &[u8]) -> (u16, bool, &[u8], &[u8]) {
-    assert!(data.len() >= NLA_HDRLEN, "truncated attribute");
-    let len = usize::from(u16::from_le_bytes([data[0], data[1]]));
-    let raw_ty = u16::from_le_bytes([data[2], data[3]]);
-    assert!(len >= NLA_HDRLEN && len <= data.len(), "bad nla_len {len}");
-    let padded = (len + 3) & !3;
-    assert!(padded <= data.len(), "attribute padding missing");
-    assert!(
-        data[len..padded].iter().all(|b| *b == 0),
-        "non-zero padding"
-    );
-    let nested = raw_ty & NLA_F_NESTED != 0;
-    (
-        raw_ty & NLA_TYPE_MASK,
-        nested,
-        &data[NLA_HDRLEN..len],
-        &data[padded..],
-    )
-}
-
-/// The attributes of one level, each at most once, each of a type the caller knows.
-struct Tlvs<'a>(BTreeMap<u16, (bool, &'a [u8])>);
-
-impl<'a> Tlvs<'a> {
-    fn parse(mut data: &'a [u8], known: &[u16]) -> Tlvs<'a> {
-        let mut map = BTreeMap::new();
-        while !data.is_empty() {
-            let (ty, nested, payload, rest) = next_attr(data);
-            assert!(known.contains(&ty), "unexpected attribute type {ty}");
-            assert!(
-                map.insert(ty, (nested, payload)).is_none(),
-                "attribute {ty} twice"
-            );
-            data = rest;
-        }
-        Tlvs(map)
-    }
-
-    fn has(&self, ty: u16) -> bool {
-        self.0.contains_key(&ty)
-    }
-
-    fn entry(&self, ty: u16, nested: bool) -> &'a [u8] {
-        let (is_nested, payload) = *self
-            .0
-            .get(&ty)
-            .unwrap_or_else(|| panic!("attribute {ty} missing"));
-        assert_eq!(is_nested, nested, "NLA_F_NESTED on attribute {ty}");
-        payload
-    }
-
-    fn value(&self, ty: u16) -> &'a [u8] {
-        self.entry(ty, false)
-    }
-
-    fn nested(&self, ty: u16) -> &'a [u8] {
-        self.entry(ty, true)
-    }
-
-    /// A NUL-terminated string (`NLA_STRING`/`NLA_NUL_STRING` as nf_tables sends and accepts them).
-    fn str(&self, ty: u16) -> String {
-        let [text @ .., 0] = self.value(ty) else {
-            panic!("attribute {ty} is not NUL-terminated");
-        };
-        assert!(!text.contains(&0), "NUL inside attribute {ty}");
-        String::from_utf8(text.to_vec()).expect("utf-8 name")
-    }
-
-    /// An `NLA_U32`, which nf_tables sends in network byte order.
-    fn u32(&self, ty: u16) -> u32 {
-        u32::from_be_bytes(self.value(ty).try_into().expect("4-byte u32"))
-    }
 }
