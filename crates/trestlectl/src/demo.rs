@@ -7,7 +7,11 @@
 //!
 //! By default everything happens in a private "host" network namespace and a private mount namespace (a tmpfs
 //! over `/run` and the IPAM state directory), so the machine is left exactly as it was.
+//!
+//! `--cluster` is another act ([`cluster`]): nodes as network namespaces on an underlay, one etcd member, the real
+//! `trestled` routing pods between the nodes directly and over VXLAN.
 
+pub mod cluster;
 pub mod containers;
 mod image;
 mod interrupt;
@@ -47,7 +51,7 @@ pub const CLASSIC_CONFIG: &str = r#"{
 pub struct Options {
     /// Run against the machine's own network namespace and state directories, as the classic walkthrough does.
     pub machine_netns: bool,
-    /// Where `trestle` and `trestle-ipam` are.
+    /// Where `trestle` and `trestle-ipam` are (and `trestled`, for the cluster act).
     pub bin_dir: PathBuf,
     /// The trestlectl executable (re-executed as the pause and container processes).
     pub exe: PathBuf,
@@ -59,6 +63,8 @@ pub struct Options {
     pub pace: Pace,
     /// The container runtime that starts a real pause container, if any.
     pub runtime: Option<containers::Kind>,
+    /// The two-node act instead of the walkthrough (`--cluster`): needs `trestled` beside the plugins and etcd.
+    pub cluster: bool,
 }
 
 /// Why the demo stopped.
@@ -70,6 +76,12 @@ pub enum Error {
     /// A binary is missing.
     #[error("{0} not found: build with `cargo build --release` or pass --bin-dir")]
     MissingBinary(PathBuf),
+    /// `--cluster` was combined with an option of the single-node walkthrough.
+    #[error("--cluster cannot be combined with {0}: the cluster act always runs in private namespaces, without a container runtime")]
+    ClusterConflict(&'static str),
+    /// `--cluster` needs etcd, and there is none.
+    #[error("{0}")]
+    MissingEtcd(cluster::MissingEtcd),
     /// Setting up the private namespaces failed.
     #[error("cannot isolate the demo")]
     Isolation(#[source] IsolationError),
@@ -98,6 +110,9 @@ pub enum Error {
 
 /// Runs the demo. Must be called while the process is still single-threaded (it unshares its mount namespace).
 pub fn run(opts: &Options) -> Result<(), Error> {
+    if opts.cluster {
+        return cluster::run(opts);
+    }
     // SAFETY: geteuid(2) has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Error::NotRoot);

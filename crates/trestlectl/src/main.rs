@@ -20,7 +20,7 @@ enum Cmd {
         /// Run in the machine's own network namespace, as the classic walkthrough does (default: a private one).
         #[arg(long)]
         machine_netns: bool,
-        /// Directory holding `trestle` and `trestle-ipam` (default: beside trestlectl).
+        /// Directory holding `trestle` and `trestle-ipam`, and `trestled` for --cluster (default: beside trestlectl).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
         /// Never colour the output, and draw the wiring in plain ASCII.
@@ -32,6 +32,11 @@ enum Cmd {
         /// After the first pod, start a real pause container with this runtime and wire it the same way.
         #[arg(long, value_enum)]
         runtime: Option<trestlectl::demo::containers::Kind>,
+        /// The demo across nodes: nodes as network namespaces on an underlay, one etcd member, trestled routing
+        /// pods between them directly and over VXLAN (needs `trestled` beside trestlectl, and etcd: Debian's
+        /// etcd-server).
+        #[arg(long, conflicts_with_all = ["runtime", "machine_netns"])]
+        cluster: bool,
     },
     /// Measure ADD/DEL latency, throughput, memory and density, side by side with the reference plugins.
     Bench {
@@ -266,6 +271,7 @@ fn main() -> ExitCode {
             no_color,
             step,
             runtime,
+            cluster,
         } => {
             if let Err(e) = trestlectl::elevate::as_root("the demo") {
                 eprintln!("trestlectl demo: {}", cni_proto::error_chain(&e));
@@ -288,6 +294,7 @@ fn main() -> ExitCode {
                     trestlectl::demo::Pace::Continuous
                 },
                 runtime,
+                cluster,
             };
             match trestlectl::demo::run(&opts) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -52,21 +52,7 @@ impl Pause {
         if detached {
             use std::os::unix::process::CommandExt;
             cmd.process_group(0);
-            // SAFETY: getpid(2) has no preconditions.
-            let parent = unsafe { libc::getpid() };
-            // SAFETY: prctl(2), getppid(2) and _exit(2) are async-signal-safe system calls. A parent that died
-            // before prctl took effect is seen by getppid, and the child goes at once.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    if libc::getppid() != parent {
-                        libc::_exit(1);
-                    }
-                    Ok(())
-                });
-            }
+            die_with_parent(&mut cmd);
         }
         Ok(Pause {
             child: cmd.spawn()?,
@@ -134,4 +120,24 @@ pub fn run_in_pod(
         )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Makes the child of `cmd` get SIGKILL when the thread that spawns it exits (its parent, killed or not).
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid(2) has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: prctl(2), getppid(2) and _exit(2) are async-signal-safe system calls, fine between fork and exec. A
+    // parent that died before prctl took effect is seen by getppid, and the child goes at once.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
 }
