@@ -116,7 +116,6 @@ impl Drop for Service {
     }
 }
 
-
 /// The etcd command line: one member, clients on the first segment, peers on the world's loopback.
 pub fn etcd_command(etcd: &Path, data: &Path) -> Command {
     let mut cmd = Command::new(etcd);
