@@ -91,10 +91,21 @@ enum Cmd {
         /// --ipam-service: restarts timed (the median is reported).
         #[arg(long, default_value_t = 5)]
         service_restarts: usize,
+        /// Instead of the CNI bench: route convergence between nodes (as root, etcd from Debian's etcd-server):
+        /// --routes-nodes namespaces on two segments with a trestled each claim blocks; milliseconds from each
+        /// claim's etcd commit to the route in every other node's kernel.
+        #[arg(long, conflicts_with_all = ["cluster", "ipam_service"])]
+        routes: bool,
+        /// --routes: nodes.
+        #[arg(long, default_value_t = 10)]
+        routes_nodes: usize,
+        /// --routes: addresses allocated per node (a block of the bench holds 8).
+        #[arg(long, default_value_t = 16)]
+        routes_allocations: usize,
         /// Instead of the CNI bench: cluster IPAM on a real 3-member etcd the bench starts on loopback (etcd from
         /// Debian's etcd-server): --cluster-nodes simulated nodes x --cluster-pods pods, etcd requests per
         /// allocation, then ADD latency through the plugin with trestled in etcd mode. No root needed.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "ipam_service")]
         cluster: bool,
         /// --cluster: simulated nodes.
         #[arg(long, default_value_t = 1000)]
@@ -334,11 +345,38 @@ fn main() -> ExitCode {
             cluster_nodes,
             cluster_pods,
             cluster_adds,
+            routes,
+            routes_nodes,
+            routes_allocations,
         } => {
             let bin_dir = bin_dir
                 .or_else(trestlectl::runtime::own_bin_dir)
                 .unwrap_or_else(|| PathBuf::from("."));
             let command = std::env::args().collect::<Vec<_>>().join(" ");
+            if routes {
+                if let Err(e) = trestlectl::elevate::as_root("the bench") {
+                    eprintln!("trestlectl bench: {}", cni_proto::error_chain(&e));
+                    return ExitCode::FAILURE;
+                }
+                let opts = trestlectl::bench::routes::RoutesOptions {
+                    nodes: if smoke { 3 } else { routes_nodes.max(2) },
+                    allocations: if smoke { 8 } else { routes_allocations },
+                    bin_dir,
+                    out,
+                    command,
+                };
+                return match trestlectl::bench::routes::run(&opts) {
+                    Ok(report) => {
+                        print!("{}", report.markdown());
+                        eprintln!("wrote {}/routes.md, routes.json", opts.out.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("trestlectl bench --routes: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             if cluster {
                 let opts = trestlectl::bench::cluster::ClusterOptions {
                     nodes: if smoke { 20 } else { cluster_nodes },

@@ -10,6 +10,7 @@ mod floor;
 pub mod memory;
 mod progress;
 mod report;
+pub mod routes;
 pub mod service;
 mod side;
 pub(crate) mod stats;

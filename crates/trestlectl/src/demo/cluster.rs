@@ -13,7 +13,7 @@
 mod drawing;
 mod finish;
 mod listing;
-mod machine;
+pub(crate) mod machine;
 mod part1;
 mod part2;
 

@@ -240,6 +240,8 @@ pub struct Node {
     pub dir: PathBuf,
     /// Its trestled, once started.
     pub daemon: Option<Service>,
+    /// More arguments of its trestled (the bench's small blocks).
+    pub extra_args: Vec<String>,
 }
 
 impl Node {
@@ -306,6 +308,7 @@ impl Node {
             outer,
             dir,
             daemon: None,
+            extra_args: Vec::new(),
         })
     }
 
@@ -341,7 +344,8 @@ impl Node {
             .arg("--cni-cache-dir")
             .arg(p("cni-cache"))
             .arg("--boot-id-file")
-            .arg(p("boot_id"));
+            .arg(p("boot_id"))
+            .args(&self.extra_args);
         let what = format!("trestled on {}", self.name);
         let service = Service::spawn(&what, cmd, &self.ns, &p("trestled.log"))
             .because("cannot start trestled")?;
