@@ -984,3 +984,108 @@ fn an_address_borrowed_from_another_nodes_block_gets_host_routes() {
         "{routes:?}"
     );
 }
+
+#[test]
+#[ignore = "privileged: needs root, etcd"]
+fn dual_stack_pods_reach_each_other_directly_and_over_vxlan() {
+    need_root();
+    let world = World::new();
+    sh(
+        &world.ns,
+        "ip addr add fd00:1::1/64 dev seg1 nodad && ip addr add fd00:2::1/64 dev seg2 nodad && \
+         echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
+    );
+    // n1 and n2 share both families' segment; n3, across, has IPv4 only: its IPv6 pods go over the IPv4 tunnel.
+    let v6 = |n: &Node, addr: &str| {
+        sh(
+            &n.ns,
+            &format!(
+                "ip addr add {addr}/64 dev eth0 nodad && ip -6 route add default via fd00:1::1"
+            ),
+        )
+    };
+    let mut n1 = world.node("n1", 1, "192.168.1.11", &[]);
+    let mut n2 = world.node("n2", 1, "192.168.1.12", &[]);
+    // The underlay is read at start: restart with the IPv6 address in place.
+    for (n, a) in [(&mut n1, "fd00:1::11"), (&mut n2, "fd00:1::12")] {
+        n.signal(nix::sys::signal::Signal::SIGTERM);
+        v6(n, a);
+        n.start();
+    }
+    let n3 = world.node("n3", 2, "192.168.2.13", &[]);
+    let nodes = [n1, n2, n3];
+    let conf = |n: &Node| {
+        let mut c = n.conf();
+        c["ipam"]["ranges"] = json!([
+            [{"subnet": POOL, "gateway": "10.244.0.1"}],
+            [{"subnet": "fd00:10::/64", "gateway": "fd00:10::1"}]
+        ]);
+        c["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]);
+        c
+    };
+    let pods: Vec<NamedNetNs> = nodes
+        .iter()
+        .map(|n| pod_ns(&world.dir.0, &n.name))
+        .collect();
+    let mut ips = Vec::new();
+    for (n, p) in nodes.iter().zip(&pods) {
+        let inv = Invocation::new(
+            &bin_dir().join("trestle"),
+            "ADD",
+            &format!("p-{}", n.name),
+            &p.path().display().to_string(),
+            "eth0",
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let v = loop {
+            let out = inv
+                .run(conf(n).to_string().as_bytes(), Some(&n.ns))
+                .unwrap();
+            let v: Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+            if out.success || v["code"] != 11 || Instant::now() > deadline {
+                assert!(out.success, "{} {}", out.stdout, n.log());
+                break v;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let addr = |i: usize| {
+            v["ips"][i]["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        ips.push((addr(0), addr(1)));
+    }
+    for (i, from) in pods.iter().enumerate() {
+        for (j, (v4, v6)) in ips.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            assert!(reaches(from.ns(), v4));
+            assert!(
+                eventually(
+                    || tcp_peer(from.ns(), pods[j].ns(), v6).as_deref() == Some(ips[i].1.as_str())
+                ),
+                "{} -> {v6} on {}\n{}\n{}",
+                nodes[i].name,
+                nodes[j].name,
+                sh(
+                    &nodes[i].ns,
+                    "ip -6 route show proto 116; ip -6 neigh show dev trestle.vxlan 2>&1 || true"
+                ),
+                sh(from.ns(), "ip -6 route")
+            );
+        }
+    }
+    // IPv6 between n1 and n2 goes directly over their IPv6 underlay; to n3 through the tunnel, by a link-local next
+    // hop made from n3's VTEP MAC.
+    let r6 = sh(&nodes[0].ns, "ip -6 route show proto 116");
+    assert!(r6.contains("via fd00:1::12 dev eth0"), "{r6}");
+    assert!(
+        r6.contains("via fe80::") && r6.contains("dev trestle.vxlan"),
+        "{r6}"
+    );
+}

@@ -139,6 +139,34 @@ impl Daemon {
         self.routes.get().and_then(trestle_routes::Router::pod_mtu)
     }
 
+    /// Routes a pod needs to reach other nodes' pods, when this node routes between nodes: for an
+    /// IPv6 address, the pool through its gateway at metric 100, above the pool's on-link prefix
+    /// route (256). Linux proxies NDP only address by address, so a pod that took every address of
+    /// an IPv6 pool as on its link could not reach another node's pods; IPv4 pods need nothing (the
+    /// bridge answers ARP for them, see docs/cluster-networking.md).
+    pub fn cluster_routes(
+        &self,
+        ips: &[trestle_ipam_core::AllocatedIp],
+    ) -> Vec<trestle_ipam_core::RouteConfig> {
+        if self.routes.get().is_none() {
+            return Vec::new();
+        }
+        ips.iter()
+            .filter(|ip| ip.address.addr().is_ipv6())
+            .filter_map(|ip| {
+                Some(trestle_ipam_core::RouteConfig {
+                    dst: ip.address.trunc(),
+                    gw: Some(ip.gateway?),
+                    mtu: None,
+                    advmss: None,
+                    priority: Some(100),
+                    table: None,
+                    scope: None,
+                })
+            })
+            .collect()
+    }
+
     /// Why existing pods may have limited connectivity (CNI STATUS 51), if they may.
     pub fn limited(&self) -> Option<String> {
         self.routes.get().and_then(trestle_routes::Router::limited)

@@ -143,7 +143,13 @@ impl Ipam for Service {
                         set_index: i as u32,
                     })
                     .collect(),
-                routes: a.allocation.routes.iter().map(route_to_proto).collect(),
+                routes: a
+                    .allocation
+                    .routes
+                    .iter()
+                    .chain(&self.daemon.cluster_routes(&a.allocation.ips))
+                    .map(route_to_proto)
+                    .collect(),
                 dns: Some(dns_to_proto(&a.allocation.dns)),
                 existing: a.existing,
                 mtu: self.daemon.pod_mtu().unwrap_or(0),

@@ -284,7 +284,7 @@ pub fn pings(from: &NetNs, to: &str) -> bool {
 /// Whether a TCP exchange from `from` to `to` (served in `server`, port 7080) works: the source address the server
 /// saw.
 pub fn tcp_peer(from: &NetNs, server: &NetNs, to: &str) -> Option<String> {
-    let addr: std::net::SocketAddr = format!("{to}:7080").parse().unwrap();
+    let addr = std::net::SocketAddr::new(to.parse().unwrap(), 7080);
     let listener = server
         .run(|| trestlectl::probe::listen(addr))
         .unwrap()
