@@ -99,6 +99,10 @@ pub struct Settings {
     pub vxlan: VxlanSettings,
     /// How often the kernel is read again without a reason.
     pub resync: Duration,
+    /// How the underlay was chosen, to read it again when interfaces change.
+    pub underlay: crate::UnderlayChoice,
+    /// Where a changed host record goes (the task that publishes it).
+    pub host_tx: tokio::sync::watch::Sender<HostRecord>,
 }
 
 struct Dataplane {
@@ -177,7 +181,34 @@ pub fn watch_kernel(mut monitor: Monitor, wakes: Sender<Wake>) {
 }
 
 impl Dataplane {
+    /// Reads the underlay again: an address or MTU that changed goes into the host record (and to
+    /// etcd). A family whose address is gone for now keeps its record: a flapping uplink must not
+    /// withdraw this node's routes everywhere; a restart drops it.
+    fn redetect(&mut self) {
+        let Ok((v4, v6)) = crate::underlay::detect(&mut self.nl, &self.s.underlay) else {
+            return;
+        };
+        let mut host = self.s.host.clone();
+        for (slot, new) in [(&mut host.v4, v4), (&mut host.v6, v6)] {
+            if new.is_some() {
+                *slot = new;
+            }
+        }
+        if host != self.s.host {
+            log::info!(
+                "routes: the underlay changed: {:?} {:?} (was {:?} {:?})",
+                host.v4,
+                host.v6,
+                self.s.host.v4,
+                self.s.host.v6
+            );
+            self.s.host = host.clone();
+            self.s.host_tx.send_replace(host);
+        }
+    }
+
     fn reconcile(&mut self, cluster: &Cluster) -> Result<(), Error> {
+        self.redetect();
         let me = Me {
             name: &self.s.name,
             host: &self.s.host,

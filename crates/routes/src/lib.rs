@@ -72,8 +72,8 @@ pub struct RouterConfig {
 
 /// The running router of this node.
 pub struct Router {
-    /// The host record it published.
-    pub host: HostRecord,
+    /// The host record it publishes (it changes when the underlay does).
+    pub host: watch::Receiver<HostRecord>,
     /// The kernel side.
     pub stats: Arc<RouteStats>,
     /// The etcd side.
@@ -119,12 +119,15 @@ impl Router {
         let (wake_tx, wake_rx) = mpsc::channel();
         let monitor = trestle_netlink::Monitor::open()?;
         let stats = Arc::new(RouteStats::default());
+        let (host_tx, host_rx) = watch::channel(host.clone());
         let settings = dataplane::Settings {
             name: cfg.name.clone(),
             host: host.clone(),
             mode: cfg.mode,
             vxlan: cfg.vxlan.clone(),
             resync: cfg.resync,
+            underlay: cfg.underlay.clone(),
+            host_tx,
         };
         let st = stats.clone();
         std::thread::Builder::new()
@@ -142,7 +145,7 @@ impl Router {
             .map_err(Error::Thread)?;
         let (out, rx) = watch::channel(None);
         let follow = Arc::new(FollowStats::default());
-        tokio::spawn(publish(kv.clone(), keys.host(&cfg.name), host.clone()));
+        tokio::spawn(publish(kv.clone(), keys.host(&cfg.name), host_rx.clone()));
         tokio::spawn(follow::follow(kv, keys, out, follow.clone()));
         let handed = Arc::new(Mutex::new((0, Instant::now())));
         tokio::spawn(forward(
@@ -152,7 +155,7 @@ impl Router {
             stats.clone(),
         ));
         Ok(Router {
-            host,
+            host: host_rx,
             stats,
             follow,
             cluster: rx,
@@ -170,7 +173,7 @@ impl Router {
             None => plan::pod_mtu(
                 &plan::Me {
                     name: "",
-                    host: &self.host,
+                    host: &self.host.borrow(),
                     mode: self.mode,
                 },
                 &cluster::Cluster::default(),
@@ -215,18 +218,29 @@ impl Router {
     }
 }
 
-/// Writes the host record until etcd has it (a record equal to it is left alone).
-async fn publish<K: Kv>(kv: K, key: String, host: HostRecord) {
+/// Writes the host record until etcd has it (a record equal to it is left alone), and again each
+/// time the dataplane finds the underlay changed.
+async fn publish<K: Kv>(kv: K, key: String, mut host: watch::Receiver<HostRecord>) {
+    loop {
+        let record = host.borrow_and_update().clone();
+        publish_one(&kv, &key, &record).await;
+        if host.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn publish_one<K: Kv>(kv: &K, key: &str, host: &HostRecord) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let current = kv.list_at(&key).await.map(|(kvs, _)| {
+        let current = kv.list_at(key).await.map(|(kvs, _)| {
             kvs.into_iter()
                 .find(|k| k.key == key.as_bytes())
                 .and_then(|k| HostRecord::decode(&k.value))
         });
         let r = match current {
-            Ok(Some(h)) if h == host => return,
-            Ok(_) => kv.put(&key, host.encode()).await.map(drop),
+            Ok(Some(h)) if &h == host => return,
+            Ok(_) => kv.put(key, host.encode()).await.map(drop),
             Err(e) => Err(e),
         };
         match r {

@@ -901,6 +901,24 @@ fn pods_get_the_smallest_mtu_of_the_cluster_and_full_size_packets_cross_vxlan() 
     assert!(pings_df(p1.ns(), &b, 1350 - 28), "a -> b, full size");
     assert!(pings_df(p2.ns(), &a, 1350 - 28), "b -> a, full size");
     assert!(!pings_df(p1.ns(), &b, 1350 - 27));
+    // The underlay's MTU changes at run time: the host record follows, and every route over VXLAN with it.
+    sh(&world.ns, "ip link set u-n1 mtu 1300");
+    sh(&n1.ns, "ip link set eth0 mtu 1300");
+    let routes_of = |n: &Node| sh(&n.ns, "ip route show proto 116 dev trestle.vxlan");
+    assert!(
+        eventually(|| routes_of(&n2).contains("mtu 1250")),
+        "{}",
+        routes_of(&n2)
+    );
+    assert!(
+        eventually(|| routes_of(&n1).contains("mtu 1250")),
+        "{}",
+        routes_of(&n1)
+    );
+    assert!(
+        pings_df(p2.ns(), &a, 1250 - 28),
+        "b -> a, full size of the new path"
+    );
     // Checksum offload: off where asked (as on kernels up to 5.7), the kernel's own elsewhere (this one is newer).
     let offload = |n: &Node| {
         n.ns.run(|| trestle_routes::offload::tx_checksum("trestle.vxlan"))
