@@ -1,6 +1,6 @@
 //! The seam between etcd and the code that follows it: reading a prefix at one revision,
 //! watching it from the next, writing a key. [`Etcd`] is the real implementation; the `fake`
-//! feature adds [`fake::FakeKv`], an in-memory store whose answers can be held back, repeated,
+//! feature adds `fake::FakeKv`, an in-memory store whose answers can be held back, repeated,
 //! broken off or compacted away, so rare paths get deterministic tests.
 
 use std::future::Future;

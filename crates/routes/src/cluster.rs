@@ -10,21 +10,46 @@ use trestle_ipam_etcd::{Block, Keys, Pool};
 
 use crate::host::HostRecord;
 
-/// The keys under the root and their values, at one revision.
+/// The keys under the root and their values, at one revision, each decoded once, when it
+/// arrives (a pool's blocks again when the pool's record changes): a change costs the parse of
+/// what changed, not of the whole cluster.
 #[derive(Debug, Clone, Default)]
 pub struct Mirror {
     data: BTreeMap<String, Vec<u8>>,
+    decoded: BTreeMap<String, Decoded>,
     /// The revision everything here is as of.
     pub revision: i64,
+}
+
+/// What a key holds, for routing.
+#[derive(Debug, Clone)]
+enum Decoded {
+    Host(HostRecord),
+    Pool(Pool),
+    Block(ClusterBlock),
+    /// A record routing needs that cannot be read.
+    Unreadable,
+    /// A key routing does not look at (`nodes/`, `affinity/`...).
+    Other,
 }
 
 impl Mirror {
     /// A mirror of `kvs` (relative keys and values) read at `revision`.
     pub fn new(kvs: impl IntoIterator<Item = (String, Vec<u8>)>, revision: i64) -> Mirror {
-        Mirror {
+        let mut m = Mirror {
             data: kvs.into_iter().collect(),
+            decoded: BTreeMap::new(),
             revision,
+        };
+        // Pools first: a block is read with its pool's geometry.
+        let keys: Vec<String> = m.data.keys().cloned().collect();
+        for k in keys.iter().filter(|k| k.starts_with("pools/")) {
+            m.decode(k);
         }
+        for k in keys.iter().filter(|k| !k.starts_with("pools/")) {
+            m.decode(k);
+        }
+        m
     }
 
     /// Applies one watch batch; a change at or before the mirror's revision (a repeated
@@ -46,12 +71,54 @@ impl Mirror {
                     self.data.remove(key);
                 }
             }
+            self.decode(key);
+            if let Some(pool) = key.strip_prefix("pools/") {
+                let dir = format!("blocks/{pool}/");
+                let blocks: Vec<String> =
+                    self.under(&dir).map(|(k, _)| format!("{dir}{k}")).collect();
+                for b in blocks {
+                    self.decode(&b);
+                }
+            }
             changed = true;
         }
         if let Some(last) = changes.iter().map(Change::revision).max() {
             self.revision = self.revision.max(last);
         }
         changed
+    }
+
+    /// Decodes `key` again from what the mirror holds (or forgets it, if it holds nothing).
+    fn decode(&mut self, key: &str) {
+        let Some(value) = self.data.get(key) else {
+            self.decoded.remove(key);
+            return;
+        };
+        let d = if key.starts_with("hosts/") {
+            HostRecord::decode(value).map_or(Decoded::Unreadable, Decoded::Host)
+        } else if key.starts_with("pools/") {
+            serde_json::from_slice::<Pool>(value).map_or(Decoded::Unreadable, Decoded::Pool)
+        } else if let Some(rest) = key.strip_prefix("blocks/") {
+            self.block(rest, value)
+                .map_or(Decoded::Unreadable, Decoded::Block)
+        } else {
+            Decoded::Other
+        };
+        self.decoded.insert(key.to_string(), d);
+    }
+
+    /// `blocks/<net>/<pool>/<start>`'s record, read with its pool's geometry.
+    fn block(&self, rest: &str, value: &[u8]) -> Option<ClusterBlock> {
+        let (pool_id, start) = rest.rsplit_once('/')?;
+        let Some(Decoded::Pool(pool)) = self.decoded.get(&format!("pools/{pool_id}")) else {
+            return None;
+        };
+        let start: IpAddr = start.parse().ok()?;
+        Some(ClusterBlock {
+            net: IpNet::new(start, pool.block_prefix).ok()?,
+            block: Block::decode(value, pool.block_len())?,
+            pool: pool.clone(),
+        })
     }
 
     /// The keys under `dir` (`nodes/`, say), relative to it.
@@ -72,44 +139,18 @@ impl Mirror {
             revision: self.revision,
             ..Cluster::default()
         };
-        for (node, v) in self.under("hosts/") {
-            match HostRecord::decode(v) {
-                Some(h) => {
-                    c.hosts.insert(node.to_string(), h);
+        for (key, d) in &self.decoded {
+            match d {
+                Decoded::Host(h) => {
+                    let node = key.strip_prefix("hosts/").unwrap_or(key);
+                    c.hosts.insert(node.to_string(), h.clone());
                 }
-                None => c.unreadable.push(format!("hosts/{node}")),
+                Decoded::Pool(p) => c.pools.push(p.clone()),
+                Decoded::Block(b) => c.blocks.push(b.clone()),
+                Decoded::Unreadable => c.unreadable.push(key.clone()),
+                Decoded::Other => {}
             }
         }
-        let mut pools = BTreeMap::new();
-        for (id, v) in self.under("pools/") {
-            match serde_json::from_slice::<Pool>(v) {
-                Ok(p) => {
-                    pools.insert(id.to_string(), p);
-                }
-                Err(_) => c.unreadable.push(format!("pools/{id}")),
-            }
-        }
-        for (rest, v) in self.under("blocks/") {
-            let Some((pool_id, start)) = rest.rsplit_once('/') else {
-                continue;
-            };
-            let (Some(pool), Ok(start)) = (pools.get(pool_id), start.parse::<IpAddr>()) else {
-                c.unreadable.push(format!("blocks/{rest}"));
-                continue;
-            };
-            match (
-                Block::decode(v, pool.block_len()),
-                IpNet::new(start, pool.block_prefix),
-            ) {
-                (Some(block), Ok(net)) => c.blocks.push(ClusterBlock {
-                    net,
-                    pool: pool.clone(),
-                    block,
-                }),
-                _ => c.unreadable.push(format!("blocks/{rest}")),
-            }
-        }
-        c.pools = pools.into_values().collect();
         c
     }
 }
@@ -228,11 +269,47 @@ pub(crate) mod tests {
         assert_eq!(
             c.unreadable,
             vec![
-                "hosts/a".to_string(),
-                "blocks/net/10.244.0.0_16/10.244.9.0".into(),
-                "blocks/net/other/10.1.0.0".into()
+                "blocks/net/10.244.0.0_16/10.244.9.0".to_string(),
+                "blocks/net/other/10.1.0.0".into(),
+                "hosts/a".into(),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_pool_that_arrives_after_its_blocks_makes_them_readable() {
+        let keys = Keys::new("/t");
+        let kv = trestle_ipam_etcd::kv::fake::FakeKv::new();
+        let mut w = kv.watch_from("/t/v1/", 1).await.unwrap();
+        let mut m = Mirror::new(
+            [(
+                "blocks/net/10.244.0.0_16/10.244.0.64".to_string(),
+                block("b", &[]),
+            )],
+            1,
+        );
+        assert_eq!(m.cluster().unreadable.len(), 1);
+        kv.set(
+            "/t/v1/pools/net/10.244.0.0_16",
+            &serde_json::to_vec(&pool()).unwrap(),
+        );
+        assert!(m.apply(&keys, &w.next().await.unwrap()));
+        let c = m.cluster();
+        assert!(c.unreadable.is_empty(), "{:?}", c.unreadable);
+        assert_eq!(c.blocks.len(), 1);
+        // A block that goes is gone from the cluster too.
+        kv.set(
+            "/t/v1/blocks/net/10.244.0.0_16/10.244.0.64",
+            &block("b", &[]),
+        );
+        kv.remove("/t/v1/blocks/net/10.244.0.0_16/10.244.0.64");
+        let mut changes = Vec::new();
+        for _ in 0..2 {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(5), w.next());
+            changes.extend(next.await.expect("a change").unwrap());
+        }
+        m.apply(&keys, &changes);
+        assert!(m.cluster().blocks.is_empty());
     }
 
     #[tokio::test]

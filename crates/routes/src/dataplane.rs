@@ -120,6 +120,8 @@ struct Dataplane {
     offload_off: Option<u32>,
     /// The netfilter socket of the VXLAN guard, opened at its first use.
     firewall: Option<trestle_firewall::Firewall>,
+    /// The peers the guard was last brought to.
+    guarded: Option<trestle_firewall::VxlanPeers>,
 }
 
 /// Runs the dataplane on this thread until [`Wake::Stop`] (or every sender is gone).
@@ -134,6 +136,7 @@ pub fn run(s: Settings, wakes: Receiver<Wake>, stats: Arc<RouteStats>) -> Result
         synced: false,
         offload_off: None,
         firewall: None,
+        guarded: None,
     };
     let mut cluster: Option<Arc<Cluster>> = None;
     loop {
@@ -142,16 +145,19 @@ pub fn run(s: Settings, wakes: Receiver<Wake>, stats: Arc<RouteStats>) -> Result
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         };
-        // Everything already queued is one reason to look.
+        // Everything already queued is one reason to look. Only a kernel change or the periodic pass
+        // reads the underlay and the guard again: a change of the cluster alone cannot move them.
+        let mut kernel = first.is_none();
         for w in first.into_iter().chain(wakes.try_iter()) {
             match w {
                 Wake::Cluster(c) => cluster = Some(c),
-                Wake::Kernel => {}
+                Wake::Kernel => kernel = true,
                 Wake::Stop => return Ok(()),
             }
         }
         if let Some(c) = &cluster {
-            if let Err(e) = d.reconcile(c) {
+            let full = kernel || !d.synced;
+            if let Err(e) = d.reconcile(c, full) {
                 d.stats.errors.fetch_add(1, Ordering::Relaxed);
                 log::warn!("routes: cannot read the kernel's state: {e}");
             }
@@ -207,8 +213,11 @@ impl Dataplane {
         }
     }
 
-    fn reconcile(&mut self, cluster: &Cluster) -> Result<(), Error> {
-        self.redetect();
+    /// One pass; `full` also reads the underlay again and checks the guard's table.
+    fn reconcile(&mut self, cluster: &Cluster, full: bool) -> Result<(), Error> {
+        if full {
+            self.redetect();
+        }
         let me = Me {
             name: &self.s.name,
             host: &self.s.host,
@@ -240,7 +249,7 @@ impl Dataplane {
         for op in ops {
             failing += u64::from(!self.apply(op, links.vxlan));
         }
-        failing += u64::from(!self.guard(cluster));
+        failing += u64::from(!self.guard(cluster, full));
         self.stats.failing.store(failing, Ordering::Relaxed);
         if !self.synced {
             self.synced = true;
@@ -272,8 +281,14 @@ impl Dataplane {
 
     /// Brings the VXLAN guard to the cluster's nodes (removes it with `--routing direct`, where no
     /// VXLAN runs); false when that failed.
-    fn guard(&mut self, cluster: &Cluster) -> bool {
+    fn guard(&mut self, cluster: &Cluster, full: bool) -> bool {
         if !self.s.vxlan.guard {
+            return true;
+        }
+        let peers = self.peers(cluster);
+        // The table is read back (and repaired) on kernel changes and periodic passes; otherwise
+        // only a change of the nodes' addresses is worth a look.
+        if !full && self.guarded.as_ref() == Some(&peers) {
             return true;
         }
         if self.firewall.is_none() {
@@ -291,20 +306,6 @@ impl Dataplane {
         let r = if self.s.mode == Mode::Direct {
             fw.remove_vxlan_guard().map(drop)
         } else {
-            let mut peers = trestle_firewall::VxlanPeers {
-                port: self.s.vxlan.port,
-                ..Default::default()
-            };
-            for u in cluster
-                .hosts
-                .values()
-                .filter_map(HostRecord::vxlan_underlay)
-            {
-                match u.ip() {
-                    std::net::IpAddr::V4(a) => peers.v4.push(a),
-                    std::net::IpAddr::V6(a) => peers.v6.push(a),
-                }
-            }
             fw.sync_vxlan_guard(&peers)
                 .and_then(|_| fw.vxlan_guard_drops())
                 .map(|d| {
@@ -313,8 +314,12 @@ impl Dataplane {
                 })
         };
         match r {
-            Ok(()) => true,
+            Ok(()) => {
+                self.guarded = Some(peers);
+                true
+            }
             Err(e) => {
+                self.guarded = None;
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 log::warn!("routes: VXLAN guard: {e}");
                 // A socket in a bad state is opened again next time.
@@ -322,6 +327,25 @@ impl Dataplane {
                 false
             }
         }
+    }
+
+    /// The nodes VXLAN may come from: every host record's VXLAN underlay.
+    fn peers(&self, cluster: &Cluster) -> trestle_firewall::VxlanPeers {
+        let mut peers = trestle_firewall::VxlanPeers {
+            port: self.s.vxlan.port,
+            ..Default::default()
+        };
+        for u in cluster
+            .hosts
+            .values()
+            .filter_map(HostRecord::vxlan_underlay)
+        {
+            match u.ip() {
+                std::net::IpAddr::V4(a) => peers.v4.push(a),
+                std::net::IpAddr::V6(a) => peers.v6.push(a),
+            }
+        }
+        peers
     }
 
     /// Logs each peer that becomes unreachable once, and when it is reachable again.

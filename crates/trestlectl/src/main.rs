@@ -102,6 +102,10 @@ enum Cmd {
         /// --routes: addresses allocated per node (a block of the bench holds 8).
         #[arg(long, default_value_t = 16)]
         routes_allocations: usize,
+        /// --routes: simulated nodes written into etcd first (a host record and a block each): what they cost
+        /// every real node (first pass, kernel entries, memory).
+        #[arg(long, default_value_t = 0)]
+        routes_simulated: usize,
         /// Instead of the CNI bench: cluster IPAM on a real 3-member etcd the bench starts on loopback (etcd from
         /// Debian's etcd-server): --cluster-nodes simulated nodes x --cluster-pods pods, etcd requests per
         /// allocation, then ADD latency through the plugin with trestled in etcd mode. No root needed.
@@ -348,6 +352,7 @@ fn main() -> ExitCode {
             routes,
             routes_nodes,
             routes_allocations,
+            routes_simulated,
         } => {
             let bin_dir = bin_dir
                 .or_else(trestlectl::runtime::own_bin_dir)
@@ -361,6 +366,7 @@ fn main() -> ExitCode {
                 let opts = trestlectl::bench::routes::RoutesOptions {
                     nodes: if smoke { 3 } else { routes_nodes.max(2) },
                     allocations: if smoke { 8 } else { routes_allocations },
+                    simulated: if smoke { 20 } else { routes_simulated },
                     bin_dir,
                     out,
                     command,

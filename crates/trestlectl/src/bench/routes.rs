@@ -20,6 +20,9 @@ use trestle_netns::NetNs;
 use crate::demo::cluster::machine::{self, Node, Segment, Service};
 use crate::runtime::Invocation;
 
+mod simulated;
+pub use simulated::Load;
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct RoutesOptions {
@@ -27,6 +30,8 @@ pub struct RoutesOptions {
     pub nodes: usize,
     /// Addresses allocated per node (a block holds 8).
     pub allocations: usize,
+    /// Simulated nodes written into etcd first (a host record and a block each).
+    pub simulated: usize,
     /// Directory of `trestled` and `trestle-ipam`.
     pub bin_dir: PathBuf,
     /// Output folder.
@@ -52,6 +57,8 @@ pub struct RoutesReport {
     pub direct: Percentiles,
     /// The same, peers on the other segment (VXLAN routes).
     pub vxlan: Percentiles,
+    /// What the simulated nodes cost a real one.
+    pub load: Load,
 }
 
 /// p50, p90, p99 and max, in ms.
@@ -105,6 +112,21 @@ impl RoutesReport {
             row("all", &self.all),
             row("direct (same segment)", &self.direct),
             row("VXLAN (other segment)", &self.vxlan),
+        ) + &self.load_markdown()
+    }
+
+    fn load_markdown(&self) -> String {
+        let l = &self.load;
+        if l.simulated == 0 {
+            return String::new();
+        }
+        let first = Percentiles::of(l.first_sync_ms.clone());
+        format!(
+            "\n{} simulated nodes (a host record and a block each, written in {:.1} s) besides the real ones. Per \
+             real node: {} routes, {} neighbour and {} FDB entries of trestle's; trestled's resident memory {} KiB \
+             (the largest); its first pass, from start to every simulated node's route in its kernel: median \
+             {:.0} ms, largest {:.0} ms.\n",
+            l.simulated, l.write_s, l.routes, l.neighbours, l.fdb, l.rss_kib, first.p50, first.max
         )
     }
 }
@@ -153,7 +175,9 @@ fn run_in(opts: &RoutesOptions, work: &Path) -> Result<RoutesReport, String> {
     .map_err(|e| e.to_string())?;
     machine::wait_serving(&world, machine::ETCD, &mut etcd, Duration::from_secs(20))
         .map_err(|e| e.to_string())?;
+    let write_s = simulated::populate(&world, opts.simulated, machine::PREFIX)?;
     let mut nodes = Vec::new();
+    let started = Instant::now();
     for i in 0..opts.nodes {
         let seg = &segments[i % 2];
         let ip = Ipv4Addr::new(192, 168, seg.address.addr().octets()[2], 10 + i as u8);
@@ -169,6 +193,7 @@ fn run_in(opts: &RoutesOptions, work: &Path) -> Result<RoutesReport, String> {
         n.wait_daemon(Duration::from_secs(20))
             .map_err(|e| e.to_string())?;
     }
+    let load = measure_load(opts, &nodes, started, write_s)?;
     let stop = Arc::new(AtomicBool::new(false));
     let routes: Seen = Arc::default();
     let monitors = nodes
@@ -208,7 +233,8 @@ fn run_in(opts: &RoutesOptions, work: &Path) -> Result<RoutesReport, String> {
         &nodes,
         &commits.lock().unwrap(),
         &routes.lock().unwrap(),
-    );
+    )
+    .map(|r| RoutesReport { load, ..r });
     for n in &mut nodes {
         if let Some(d) = n.daemon.as_mut() {
             let _ = d.stop(Duration::from_secs(5));
@@ -296,7 +322,11 @@ async fn follow_blocks(
                 continue;
             };
             let owner = v["owner"].as_str().unwrap_or_default().to_string();
-            if let Ok(net) = IpNet::new(start, 29) {
+            // The simulated nodes' blocks were there before the real nodes started: not claims.
+            if owner.starts_with("sim-") {
+                continue;
+            }
+            if let Ok(net) = IpNet::new(start, simulated::BLOCK) {
                 commits.lock().unwrap().entry(net).or_insert((owner, at));
             }
         }
@@ -329,6 +359,47 @@ fn allocate(opts: &RoutesOptions, nodes: &[Node]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Waits until every real node holds a route to every simulated one; what that took and holds.
+fn measure_load(
+    opts: &RoutesOptions,
+    nodes: &[Node],
+    started: Instant,
+    write_s: f64,
+) -> Result<Load, String> {
+    let mut load = Load {
+        simulated: opts.simulated,
+        write_s,
+        ..Load::default()
+    };
+    if opts.simulated == 0 {
+        return Ok(load);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for n in nodes {
+        // Every simulated node's block, and the pool's unreachable route.
+        while simulated::entries_in(&n.ns).0 < opts.simulated + 1 {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} did not route to every simulated node in 120 s",
+                    n.name
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        load.first_sync_ms
+            .push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    for n in nodes {
+        let (routes, neighbours, fdb) = simulated::entries_in(&n.ns);
+        load.routes = load.routes.max(routes);
+        load.neighbours = load.neighbours.max(neighbours);
+        load.fdb = load.fdb.max(fdb);
+        let pid = n.daemon.as_ref().map_or(0, |d| d.pid());
+        load.rss_kib = load.rss_kib.max(simulated::rss_kib(pid));
+    }
+    Ok(load)
 }
 
 fn summarise(
@@ -375,6 +446,7 @@ fn summarise(
         all: Percentiles::of(all),
         direct: Percentiles::of(direct),
         vxlan: Percentiles::of(vxlan),
+        load: Load::default(),
     })
 }
 
