@@ -258,6 +258,49 @@ impl Etcd {
         Ok((r.kvs, r.header.map_or(0, |h| h.revision)))
     }
 
+    /// Every key under `prefix` as of one revision, read in pages of `page` keys, each page one
+    /// request within the client's timeout (a large cluster's records would not fit one). Returns
+    /// the keys and the revision they were read at; a revision compacted away while paging fails
+    /// (etcd answers OutOfRange) and the caller reads again.
+    pub async fn list_paged(
+        &self,
+        prefix: &str,
+        page: i64,
+    ) -> Result<(Vec<KeyValue>, i64), EtcdError> {
+        let end = prefix_end(prefix.as_bytes());
+        let mut from = prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        let mut out = Vec::new();
+        loop {
+            let req = pb::RangeRequest {
+                key: from.clone(),
+                range_end: end.clone(),
+                limit: page,
+                revision,
+                ..Default::default()
+            };
+            let r = self
+                .call(Kind::Read, |ch| {
+                    let req = req.clone();
+                    async move { Ok(kv(ch).range(req).await?.into_inner()) }
+                })
+                .await?;
+            if revision == 0 {
+                revision = r.header.map_or(0, |h| h.revision);
+            }
+            let Some(last) = r.kvs.last() else {
+                return Ok((out, revision));
+            };
+            // The next page starts just after the last key read.
+            from = last.key.clone();
+            from.push(0);
+            out.extend(r.kvs);
+            if !r.more {
+                return Ok((out, revision));
+            }
+        }
+    }
+
     /// One key.
     pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, EtcdError> {
         let (mut kvs, _) = self.range(key.as_bytes(), b"", false).await?;

@@ -33,8 +33,9 @@ pub trait Kv: Clone + Send + Sync + 'static {
 
 impl Kv for Etcd {
     async fn list_at(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), EtcdError> {
-        let end = crate::client::prefix_end(prefix.as_bytes());
-        self.range(prefix.as_bytes(), &end, false).await
+        // Pages of 1,000 keys: a 5,000-node cluster's records are some 15,000 keys and several MB,
+        // more than one request may take within the client's timeout on a busy member.
+        self.list_paged(prefix, 1000).await
     }
 
     async fn watch_from(&self, prefix: &str, from: i64) -> Result<Watcher, WatchError> {

@@ -616,3 +616,48 @@ fn a_store_of_random_bytes_never_hands_out_what_etcd_records_as_this_nodes() {
     }
     assert_eq!(unique(&[&a]).len(), 12);
 }
+
+#[test]
+fn a_large_prefix_is_read_in_pages_at_one_revision() {
+    let _one = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = LocalCluster::start(dir.path(), 1).expect("etcd");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = Etcd::new(&EtcdConfig {
+            endpoints: etcd.endpoints(),
+            tls: None,
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap();
+        for chunk in (0..2500).collect::<Vec<u32>>().chunks(100) {
+            let txn = chunk
+                .iter()
+                .fold(trestle_ipam_etcd::client::Txn::new(), |t, i| {
+                    t.put(&format!("/p/k{i:05}"), vec![1], 0)
+                });
+            client.txn(txn).await.unwrap();
+        }
+        // A key outside the prefix, and one after the read, are not part of it.
+        client
+            .txn(trestle_ipam_etcd::client::Txn::new().put("/q", vec![1], 0))
+            .await
+            .unwrap();
+        let (kvs, rev) = client.list_paged("/p/", 1000).await.unwrap();
+        client
+            .txn(trestle_ipam_etcd::client::Txn::new().put("/p/zz", vec![1], 0))
+            .await
+            .unwrap();
+        assert_eq!(kvs.len(), 2500);
+        assert!(
+            kvs.windows(2).all(|w| w[0].key < w[1].key),
+            "in order, no repeat"
+        );
+        assert!(kvs.iter().all(|kv| kv.mod_revision <= rev));
+        let (again, _) = client.list_paged("/p/", 7).await.unwrap();
+        assert_eq!(again.len(), 2501);
+    });
+}

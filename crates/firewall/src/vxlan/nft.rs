@@ -300,20 +300,27 @@ pub(super) fn flush_set(set: &Set) -> Msg {
     msg(NFT_MSG_DELSETELEM, 0, "flush set", elem_list(set, false))
 }
 
-/// `add element inet trestle-vxlan <set> { <keys> }`; `None` for no keys (an empty list would change nothing).
-pub(super) fn new_elems(set: &Set, keys: &[Vec<u8>], sets_in_batch: bool) -> Option<Msg> {
-    if keys.is_empty() {
-        return None;
-    }
-    let mut a = elem_list(set, sets_in_batch);
-    a.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
-        for key in keys {
-            l.nested(NFTA_LIST_ELEM, |el| {
-                data_value(el, NFTA_SET_ELEM_KEY, key);
+/// Keys per `NFT_MSG_NEWSETELEM`: a message's element list is one netlink attribute, at most 64 KiB; an IPv6
+/// element takes 28 bytes of it, so 1,024 stay well inside, and a large cluster's peers go in several messages of
+/// the same batch (one transaction all the same).
+const KEYS_PER_MESSAGE: usize = 1024;
+
+/// `add element inet trestle-vxlan <set> { <keys> }`, in as many messages as the keys need; none for no keys (an
+/// empty list would change nothing).
+pub(super) fn new_elems(set: &Set, keys: &[Vec<u8>], sets_in_batch: bool) -> Vec<Msg> {
+    keys.chunks(KEYS_PER_MESSAGE)
+        .map(|chunk| {
+            let mut a = elem_list(set, sets_in_batch);
+            a.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
+                for key in chunk {
+                    l.nested(NFTA_LIST_ELEM, |el| {
+                        data_value(el, NFTA_SET_ELEM_KEY, key);
+                    });
+                }
             });
-        }
-    });
-    Some(msg(NFT_MSG_NEWSETELEM, NLM_F_CREATE, "add element", a))
+            msg(NFT_MSG_NEWSETELEM, NLM_F_CREATE, "add element", a)
+        })
+        .collect()
 }
 
 /// Dump request for the sets of the guard table.

@@ -317,12 +317,24 @@ fn sets_and_chains_read_back_from_their_requests() {
 #[test]
 fn elements_round_trip() {
     let keys = vec![vec![10, 0, 0, 1], vec![192, 0, 2, 1]];
-    let m = nft::new_elems(&SETS[0], &keys, true).unwrap();
+    let m = nft::new_elems(&SETS[0], &keys, true).remove(0);
     let a = Attrs::new(&m.attrs);
     assert_eq!(a.get_str(2), Some("nodes4"));
     assert_eq!(a.get(4), Some(&be32(1)[..]), "set id in a creating batch");
     assert_eq!(nft::parse_elems(&m.attrs), keys);
-    assert!(nft::new_elems(&SETS[0], &[], true).is_none());
+    assert!(nft::new_elems(&SETS[0], &[], true).is_empty());
+    // Thousands of peers: several messages, each element list inside one netlink attribute.
+    let many: Vec<Vec<u8>> = (0..5000u32)
+        .map(|i| [0xfd; 12].iter().copied().chain(i.to_be_bytes()).collect())
+        .collect();
+    let msgs = nft::new_elems(&SETS[1], &many, false);
+    assert_eq!(msgs.len(), 5);
+    assert!(msgs.iter().all(|m| m.attrs.len() < 65_536));
+    let back: Vec<Vec<u8>> = msgs
+        .iter()
+        .flat_map(|m| nft::parse_elems(&m.attrs))
+        .collect();
+    assert_eq!(back, many);
     let v6: Ipv6Addr = "fd00::1".parse().unwrap();
     assert_eq!(
         nft::addrs(&[keys[0].clone(), v6.octets().to_vec()]),
@@ -399,7 +411,7 @@ fn kernel_behaviour_the_guard_relies_on() {
         let key = want.keys[0].clone();
         let same = [
             nft::flush_set(&SETS[0]),
-            nft::new_elems(&SETS[0], &key, false).unwrap(),
+            nft::new_elems(&SETS[0], &key, false).remove(0),
         ];
         sock.batch(&same).unwrap();
         assert_eq!(gen(), g.wrapping_add(1));

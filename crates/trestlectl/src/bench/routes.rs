@@ -177,7 +177,6 @@ fn run_in(opts: &RoutesOptions, work: &Path) -> Result<RoutesReport, String> {
         .map_err(|e| e.to_string())?;
     let write_s = simulated::populate(&world, opts.simulated, machine::PREFIX)?;
     let mut nodes = Vec::new();
-    let started = Instant::now();
     for i in 0..opts.nodes {
         let seg = &segments[i % 2];
         let ip = Ipv4Addr::new(192, 168, seg.address.addr().octets()[2], 10 + i as u8);
@@ -193,7 +192,7 @@ fn run_in(opts: &RoutesOptions, work: &Path) -> Result<RoutesReport, String> {
         n.wait_daemon(Duration::from_secs(20))
             .map_err(|e| e.to_string())?;
     }
-    let load = measure_load(opts, &nodes, started, write_s)?;
+    let load = measure_load(opts, &nodes, write_s)?;
     let stop = Arc::new(AtomicBool::new(false));
     let routes: Seen = Arc::default();
     let monitors = nodes
@@ -213,11 +212,19 @@ fn run_in(opts: &RoutesOptions, work: &Path) -> Result<RoutesReport, String> {
         // Give the watch a moment to be created before the first claim.
         std::thread::sleep(Duration::from_millis(300));
         let allocated = allocate(opts, &nodes);
+        // Nodes keep claiming ahead in the background after the last ADD: done once every claim seen is routed
+        // and no claim came for half a second.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while allocated.is_ok()
-            && !all_routed(&commits.lock().unwrap(), &routes.lock().unwrap())
-            && Instant::now() < deadline
-        {
+        let (mut seen, mut quiet_since) = (usize::MAX, Instant::now());
+        while allocated.is_ok() && Instant::now() < deadline {
+            let claims = commits.lock().unwrap().len();
+            if claims != seen {
+                (seen, quiet_since) = (claims, Instant::now());
+            }
+            let routed = all_routed(&commits.lock().unwrap(), &routes.lock().unwrap());
+            if routed && quiet_since.elapsed() > Duration::from_millis(500) {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         stop.store(true, Ordering::Relaxed);
@@ -354,20 +361,21 @@ fn allocate(opts: &RoutesOptions, nodes: &[Node]) -> Result<(), String> {
             let (out, _) = machine::add_with_retry(&inv, &conf, &n.ns, Duration::from_secs(20))
                 .map_err(|e| e.to_string())?;
             if !out.success {
-                return Err(format!("ADD on {}: {}", n.name, out.stdout));
+                return Err(format!(
+                    "ADD on {}: {}\n{}",
+                    n.name,
+                    out.stdout,
+                    n.daemon_log()
+                ));
             }
         }
     }
     Ok(())
 }
 
-/// Waits until every real node holds a route to every simulated one; what that took and holds.
-fn measure_load(
-    opts: &RoutesOptions,
-    nodes: &[Node],
-    started: Instant,
-    write_s: f64,
-) -> Result<Load, String> {
+/// Waits until every real node's first routing pass is done; what it took (from the node's own log: its start,
+/// and the line its dataplane writes after the pass) and what the node holds then.
+fn measure_load(opts: &RoutesOptions, nodes: &[Node], write_s: f64) -> Result<Load, String> {
     let mut load = Load {
         simulated: opts.simulated,
         write_s,
@@ -378,18 +386,22 @@ fn measure_load(
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     for n in nodes {
-        // Every simulated node's block, and the pool's unreachable route.
-        while simulated::entries_in(&n.ns).0 < opts.simulated + 1 {
+        let log = n.dir.join("trestled.log");
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(ms) = first_pass_ms(&text) {
+                load.first_sync_ms.push(ms);
+                break;
+            }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "{} did not route to every simulated node in 120 s",
-                    n.name
+                    "{}: no first routing pass in 120 s\n{}",
+                    n.name,
+                    n.daemon_log()
                 ));
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(20));
         }
-        load.first_sync_ms
-            .push(started.elapsed().as_secs_f64() * 1e3);
     }
     for n in nodes {
         let (routes, neighbours, fdb) = simulated::entries_in(&n.ns);
@@ -400,6 +412,24 @@ fn measure_load(
         load.rss_kib = load.rss_kib.max(simulated::rss_kib(pid));
     }
     Ok(load)
+}
+
+/// Milliseconds from trestled's first log line to its "routes: first sync" line (both carry a wall-clock time).
+fn first_pass_ms(log: &str) -> Option<f64> {
+    let at = |line: &str| {
+        let t = line.split(' ').next()?.strip_suffix('Z')?;
+        let (_, time) = t.split_once('T')?;
+        let mut parts = time.split(':');
+        let (h, m, s): (f64, f64, f64) = (
+            parts.next()?.parse().ok()?,
+            parts.next()?.parse().ok()?,
+            parts.next()?.parse().ok()?,
+        );
+        Some((h * 3600.0 + m * 60.0 + s) * 1e3)
+    };
+    let start = at(log.lines().next()?)?;
+    let synced = at(log.lines().find(|l| l.contains("routes: first sync"))?)?;
+    Some(synced - start)
 }
 
 fn summarise(
@@ -453,6 +483,14 @@ fn summarise(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_pass_from_the_log() {
+        let log = "2026-12-07T00:35:16.930Z INFO  cluster store: etcd\n\
+                   2026-12-07T00:35:17.105Z INFO  routes: first sync at etcd revision 20\n";
+        assert!((first_pass_ms(log).unwrap() - 175.0).abs() < 0.01);
+        assert_eq!(first_pass_ms("2026-12-07T00:35:16.930Z INFO x\n"), None);
+    }
 
     #[test]
     fn percentiles_by_rank() {
