@@ -1107,3 +1107,66 @@ fn dual_stack_pods_reach_each_other_directly_and_over_vxlan() {
         "{r6}"
     );
 }
+
+#[test]
+#[ignore = "privileged: needs root, etcd"]
+fn a_released_block_leaves_every_peers_routes() {
+    need_root();
+    let world = World::new();
+    // Empty blocks go back after a second (a node keeps its last one per pool: so two blocks of 8 on n2).
+    let quick = &[
+        "--block-size",
+        "10.244.0.0/16=29",
+        "--block-release-grace",
+        "1",
+        "--cluster-interval",
+        "0.2",
+        "--reuse-delay",
+        "0",
+    ];
+    let n1 = world.node("n1", 1, "192.168.1.11", quick);
+    let n2 = world.node("n2", 2, "192.168.2.12", quick);
+    let n3 = world.node("n3", 1, "192.168.1.13", quick);
+    let pods: Vec<NamedNetNs> = (0..10)
+        .map(|i| pod_ns(&world.dir.0, &format!("r{i}")))
+        .collect();
+    let ips: Vec<String> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| n2.pod(p, &format!("r{i}")))
+        .collect();
+    let blocks_of_n2 = |n: &Node| {
+        sh(&n.ns, "ip route show proto 116")
+            .lines()
+            .filter(|l| l.contains("192.168.2.12"))
+            .count()
+    };
+    assert!(eventually(
+        || blocks_of_n2(&n1) >= 2 && blocks_of_n2(&n3) >= 2
+    ));
+    let before = blocks_of_n2(&n1);
+    // Every pod but the first goes: n2's emptied blocks go back to the pool, and every peer drops their routes.
+    for (i, p) in pods.iter().enumerate().skip(1) {
+        let inv = Invocation::new(
+            &bin_dir().join("trestle"),
+            "DEL",
+            &format!("r{i}"),
+            &p.path().display().to_string(),
+            "eth0",
+        );
+        let out = inv
+            .run(n2.conf().to_string().as_bytes(), Some(&n2.ns))
+            .unwrap();
+        assert!(out.success, "{}", out.stdout);
+    }
+    assert!(
+        eventually(|| blocks_of_n2(&n1) < before && blocks_of_n2(&n1) == blocks_of_n2(&n3)),
+        "{}\n{}",
+        sh(&n1.ns, "ip route show proto 116"),
+        n2.log()
+    );
+    // The pod left on n2 is still reached.
+    let p1 = pod_ns(&world.dir.0, "p1");
+    n1.pod(&p1, "p1");
+    assert!(reaches(p1.ns(), &ips[0]));
+}
