@@ -60,6 +60,7 @@ mod forward;
 #[cfg(all(test, target_endian = "little"))]
 mod golden;
 mod names;
+mod nf;
 mod nft;
 mod none;
 mod sock;

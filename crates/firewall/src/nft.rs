@@ -3,44 +3,20 @@
 
 use crate::attr::{AttrWriter, Attrs};
 use crate::names::{addr_bytes, chain_name, Family};
+use crate::nf::*;
 use crate::sock::Msg;
 use ipnet::IpNet;
 
-/// `NFPROTO_INET`: one table serves IPv4 and IPv6.
-const NFPROTO_INET: u8 = 1;
 /// `NFPROTO_UNSPEC`, for requests about the whole ruleset.
 const NFPROTO_UNSPEC: u8 = 0;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_APPEND: u16 = 0x800;
 
-const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
-const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_GETCHAIN: u16 = 4;
-const NFT_MSG_NEWRULE: u16 = 6;
-const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_GETGEN: u16 = 16;
 
-const NFTA_TABLE_NAME: u16 = 1;
-const NFTA_TABLE_USERDATA: u16 = 6;
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_CHAIN_HOOK: u16 = 4;
-const NFTA_CHAIN_POLICY: u16 = 5;
-const NFTA_CHAIN_TYPE: u16 = 7;
-const NFTA_HOOK_HOOKNUM: u16 = 1;
-const NFTA_HOOK_PRIORITY: u16 = 2;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_RULE_USERDATA: u16 = 7;
 const NFTA_GEN_ID: u16 = 1;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_EXPR_NAME: u16 = 1;
-const NFTA_EXPR_DATA: u16 = 2;
 
 /// `NF_INET_POST_ROUTING`.
 const HOOK_POSTROUTING: u32 = 4;
@@ -48,8 +24,6 @@ const HOOK_POSTROUTING: u32 = 4;
 const PRIORITY_SRCNAT: u32 = 100;
 /// `NF_ACCEPT`: packets no rule matches leave the chain unchanged.
 const POLICY_ACCEPT: u32 = 1;
-/// `NFT_REG_1`, the first 16-byte data register.
-const REG_1: u32 = 1;
 /// `NFT_PAYLOAD_NETWORK_HEADER`.
 const BASE_NETWORK: u32 = 1;
 /// `NFT_META_NFPROTO`.
