@@ -578,6 +578,20 @@ impl Probe {
         let rx = to.run(|| UdpSocket::bind(addr)).unwrap().unwrap();
         rx.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
+        // Room for seconds of datagrams: a receiver thread descheduled on a busy machine must not lose any to a
+        // full socket buffer (the default holds a few hundred), which would look like a loss on the path.
+        let bytes: libc::c_int = 16 << 20;
+        // SAFETY: `bytes` is a valid c_int for the duration of the call; the socket is open.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&rx),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
         let tx = from.run(|| UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let s = stop.clone();
