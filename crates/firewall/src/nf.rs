@@ -27,3 +27,9 @@ pub(crate) const NFTA_EXPR_NAME: u16 = 1;
 pub(crate) const NFTA_EXPR_DATA: u16 = 2;
 /// `NFT_REG_1`, the first 16-byte data register.
 pub(crate) const REG_1: u32 = 1;
+/// `NFT_PAYLOAD_NETWORK_HEADER`.
+pub(crate) const BASE_NETWORK: u32 = 1;
+/// `NFT_META_NFPROTO`.
+pub(crate) const META_NFPROTO: u32 = 15;
+/// `NFT_CMP_EQ`.
+pub(crate) const CMP_EQ: u32 = 0;

@@ -24,11 +24,6 @@ const HOOK_POSTROUTING: u32 = 4;
 const PRIORITY_SRCNAT: u32 = 100;
 /// `NF_ACCEPT`: packets no rule matches leave the chain unchanged.
 const POLICY_ACCEPT: u32 = 1;
-/// `NFT_PAYLOAD_NETWORK_HEADER`.
-const BASE_NETWORK: u32 = 1;
-/// `NFT_META_NFPROTO`.
-const META_NFPROTO: u32 = 15;
-const CMP_EQ: u32 = 0;
 const CMP_NEQ: u32 = 1;
 /// `NFTNL_UDATA_*_COMMENT`, the comment TLV of table and rule userdata.
 const UDATA_COMMENT: u8 = 0;

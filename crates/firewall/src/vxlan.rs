@@ -379,7 +379,7 @@ fn port_of(rules: &[ParsedRule]) -> Option<u16> {
         [nft::Ex::Payload {
             base: nft::BASE_TRANSPORT,
             ..
-        }, nft::Ex::Cmp(nft::CMP_EQ, port)] => {
+        }, nft::Ex::Cmp(crate::nf::CMP_EQ, port)] => {
             Some(u16::from_be_bytes(port.as_slice().try_into().ok()?))
         }
         _ => None,

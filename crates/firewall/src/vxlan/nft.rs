@@ -51,16 +51,12 @@ const NFTA_COUNTER_PACKETS: u16 = 2;
 const NFTA_IMMEDIATE_DREG: u16 = 1;
 const NFTA_IMMEDIATE_DATA: u16 = 2;
 
-/// `NFT_REG_VERDICT` and `NFT_REG_1`.
+/// `NFT_REG_VERDICT`.
 const REG_VERDICT: u32 = 0;
-/// `NFT_META_NFPROTO`, `NFT_META_L4PROTO`.
-pub(super) const META_NFPROTO: u32 = 15;
+/// `NFT_META_L4PROTO`.
 pub(super) const META_L4PROTO: u32 = 16;
-/// `NFT_PAYLOAD_NETWORK_HEADER`, `NFT_PAYLOAD_TRANSPORT_HEADER`.
-pub(super) const BASE_NETWORK: u32 = 1;
+/// `NFT_PAYLOAD_TRANSPORT_HEADER`.
 pub(super) const BASE_TRANSPORT: u32 = 2;
-/// `NFT_CMP_EQ`.
-pub(super) const CMP_EQ: u32 = 0;
 /// `IPPROTO_UDP`.
 const IPPROTO_UDP: u8 = 17;
 /// Offset and length of the destination port in the UDP header.

@@ -1,6 +1,7 @@
-use super::nft::{Ex, BASE_NETWORK, BASE_TRANSPORT, CMP_EQ, META_L4PROTO, META_NFPROTO};
+use super::nft::{Ex, BASE_TRANSPORT, META_L4PROTO};
 use super::*;
 use crate::attr::Attrs;
+use crate::nf::{BASE_NETWORK, CMP_EQ, META_NFPROTO};
 use crate::sock::Msg;
 
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
