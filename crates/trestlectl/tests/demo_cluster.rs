@@ -260,9 +260,9 @@ fn the_cluster_act_routes_directly_then_over_vxlan_and_leaves_nothing() {
     for needle in [
         "VXLAN n1 <-> n3",
         "VXLAN n2 <-> n3",
-        "| seg1 192.168.1.1/24",
-        "| seg2 192.168.2.1/24",
-        "the router between them (ip_forward = 1)",
+        "| seg1 192.168.1.0/24",
+        "| seg2 192.168.2.0/24",
+        "a router namespace joins the segments: 192.168.1.254 on seg1, 192.168.2.1 on seg2",
         "| to n3: over VXLAN",
         "| to n2: direct",
     ] {

@@ -1,7 +1,7 @@
 //! `trestlectl demo --cluster`: the demo, across nodes. Nodes are network namespaces on an underlay (bridges of
 //! a "world" namespace); one etcd member runs in the world; each node runs the real `trestled --store etcd`, and
 //! pods are wired by the real `trestle` plugin. Part 1: two nodes on one segment, routed directly. Part 2: a
-//! third node on a second segment behind the world's routing, reached over VXLAN. The routes, neighbour and FDB
+//! third node on a second segment behind a router (a namespace of its own), reached over VXLAN. The routes, neighbour and FDB
 //! entries are read through netlink and shown as `ip` and `bridge` print them; traffic is ICMP and TCP done
 //! in-process.
 //!
@@ -153,8 +153,8 @@ pub(super) struct Act<'a> {
     dir: PathBuf,
     etcd: Option<Service>,
     segments: Vec<Segment>,
-    /// Whether the world routes between its segments.
-    forwarding: bool,
+    /// The router between the segments (part 2).
+    router: Option<machine::Router>,
     nodes: Vec<Node>,
     pods: Vec<Pod>,
     /// What a failed or interrupted run could not undo.
@@ -174,7 +174,7 @@ impl<'a> Act<'a> {
             dir: Path::new(RUN_DIR).join("cluster"),
             etcd: None,
             segments: Vec::new(),
-            forwarding: false,
+            router: None,
             nodes: Vec::new(),
             pods: Vec::new(),
             left: Vec::new(),
@@ -224,7 +224,9 @@ impl<'a> Act<'a> {
         self.n.say("node's blocks: directly when two nodes share an underlay subnet, over VXLAN when they do not.");
         self.n.say("\nHere each node is a network namespace, plugged into an underlay made of bridges in a \"world\"");
         self.n.say("namespace, which also runs etcd. Part 1: two nodes on one segment. Part 2: a third node on another");
-        self.n.say("segment, behind the world's routing. The binaries are the real ones: etcd, trestled, trestle.");
+        self.n.say(
+            "segment, behind a router. The binaries are the real ones: etcd, trestled, trestle.",
+        );
         self.n.say("It takes a few seconds.");
         if self.n.waits() {
             self.n

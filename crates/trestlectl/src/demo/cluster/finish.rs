@@ -136,17 +136,24 @@ impl Act<'_> {
             if names.len() > 1 { "are" } else { "is" },
             if names.len() > 1 { "s" } else { "" }
         )];
-        lines.push(if self.forwarding {
-            "the router between them (ip_forward = 1)".into()
-        } else {
-            "it routes nothing (ip_forward = 0)".into()
-        });
+        lines.push("it routes nothing (ip_forward = 0)".into());
+        if let Some(r) = &self.router {
+            let legs: Vec<String> = r
+                .legs
+                .iter()
+                .map(|(s, a)| format!("{} on {s}", a.addr()))
+                .collect();
+            lines.push(format!(
+                "a router namespace joins the segments: {}",
+                legs.join(", ")
+            ));
+        }
         lines.push(format!("etcd listens on {ETCD}"));
         let world = drawing::World {
             segments: self
                 .segments
                 .iter()
-                .map(|s| format!("{} {}", s.name, s.address))
+                .map(|s| format!("{} {}", s.name, s.address.trunc()))
                 .collect(),
             lines,
         };

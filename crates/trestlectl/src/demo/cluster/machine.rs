@@ -193,12 +193,13 @@ pub fn interrupted() -> Result<(), StepError> {
     }
 }
 
-/// An underlay segment: a bridge of the world with the router's address on it.
+/// An underlay segment: a bridge of the world, and the address of its nodes' default gateway.
 #[derive(Debug, Clone)]
 pub struct Segment {
     /// `seg1`, `seg2`.
     pub name: String,
-    /// The world's address on it (the nodes' default gateway), with the subnet's prefix.
+    /// The nodes' default gateway on it, with the subnet's prefix: the world's own address (made by
+    /// [`Segment::create`]), or a router's on a segment made by [`Segment::create_bridge`].
     pub address: Ipv4Net,
 }
 
@@ -213,14 +214,111 @@ impl Segment {
 
     /// Makes the bridge in the calling thread's namespace (the world), with its address, up.
     pub fn create(&self) -> Result<(), trestle_netlink::Error> {
+        let index = self.create_bridge()?;
+        Netlink::open()?.add_address(index, IpNet::V4(self.address), false)
+    }
+
+    /// Makes the bridge alone (up, no address: the world is not on this segment); its index.
+    pub fn create_bridge(&self) -> Result<u32, trestle_netlink::Error> {
         let mut nl = Netlink::open()?;
         nl.create_bridge(&self.name, None, false)?;
         let br = nl
             .link_by_name(&self.name)?
             .ok_or(trestle_netlink::Error::NotFound)?;
-        nl.add_address(br.index, IpNet::V4(self.address), false)?;
-        nl.set_up(br.index, true)
+        nl.set_up(br.index, true)?;
+        Ok(br.index)
     }
+}
+
+/// A router: a network namespace of its own with a leg on each of two segments and IPv4 forwarding on.
+#[derive(Debug)]
+pub struct Router {
+    /// Its namespace, held: dropped, it goes, and its legs with it.
+    _ns: NetNs,
+    /// Its address on each segment, by segment name.
+    pub legs: Vec<(String, Ipv4Net)>,
+}
+
+impl Router {
+    /// Makes a router in a new namespace with, per `(segment, address)`, a veth whose world end (`r-<segment>`)
+    /// is a port of the segment's bridge in `world` and whose router end (named after the segment) has `address`.
+    pub fn create(world: &NetNs, legs: &[(&Segment, Ipv4Net)]) -> Result<Router, StepError> {
+        let ns = NetNs::new_anonymous().because("cannot create the router's namespace")?;
+        for (seg, _) in legs {
+            plug(world, &ns, &format!("r-{}", seg.name), &seg.name, &seg.name)?;
+        }
+        ns.run(|| -> Result<(), trestle_netlink::Error> {
+            let mut nl = Netlink::open()?;
+            for (seg, address) in legs {
+                let leg = nl
+                    .link_by_name(&seg.name)?
+                    .ok_or(trestle_netlink::Error::NotFound)?;
+                nl.add_address(leg.index, IpNet::V4(*address), false)?;
+            }
+            Ok(())
+        })
+        .because("cannot enter the router's namespace")?
+        .because("cannot give the router its addresses")?;
+        ns.run(|| trestle_netlink::sysctl::set("net/ipv4/ip_forward", "1"))
+            .because("cannot enter the router's namespace")?
+            .because("cannot turn forwarding on in the router")?;
+        Ok(Router {
+            _ns: ns,
+            legs: legs.iter().map(|(s, a)| (s.name.clone(), *a)).collect(),
+        })
+    }
+}
+
+/// Adds a route to `dst` via `gateway` in `ns`.
+pub fn route_via(ns: &NetNs, dst: Ipv4Net, gateway: Ipv4Addr) -> Result<(), StepError> {
+    ns.run(|| {
+        let mut route = Route::new(IpNet::V4(dst));
+        route.gateway = Some(gateway.into());
+        Netlink::open()?.add_route(&route)
+    })
+    .because("cannot enter the namespace")?
+    .because("cannot add the route")
+}
+
+/// A veth from `world`'s bridge `segment` (port `outer`, up) to `inner` in `ns` (up), and `ns`'s `lo` up.
+fn plug(
+    world: &NetNs,
+    ns: &NetNs,
+    outer: &str,
+    inner: &str,
+    segment: &str,
+) -> Result<(), StepError> {
+    world
+        .run(|| -> Result<(), trestle_netlink::Error> {
+            let mut nl = Netlink::open()?;
+            let end = |n: &str| VethEnd {
+                name: n.into(),
+                ..VethEnd::default()
+            };
+            nl.create_veth(&end(outer), &end(inner), ns.fd())?;
+            let seg = nl
+                .link_by_name(segment)?
+                .ok_or(trestle_netlink::Error::NotFound)?;
+            let link = nl
+                .link_by_name(outer)?
+                .ok_or(trestle_netlink::Error::NotFound)?;
+            nl.set_master(link.index, Some(seg.index))?;
+            nl.set_up(link.index, true)
+        })
+        .because("cannot enter the world namespace")?
+        .because("cannot plug a veth into the segment")?;
+    ns.run(|| -> Result<(), trestle_netlink::Error> {
+        let mut nl = Netlink::open()?;
+        for name in ["lo", inner] {
+            let link = nl
+                .link_by_name(name)?
+                .ok_or(trestle_netlink::Error::NotFound)?;
+            nl.set_up(link.index, true)?;
+        }
+        Ok(())
+    })
+    .because("cannot enter the namespace")?
+    .because("cannot set the links up")
 }
 
 /// A node: a network namespace with `eth0` on a segment, and its trestled.
@@ -257,38 +355,15 @@ impl Node {
     ) -> Result<Node, StepError> {
         let ns = NetNs::new_anonymous().because("cannot create the node's namespace")?;
         let outer = format!("u-{name}");
-        world
-            .run(|| -> Result<(), trestle_netlink::Error> {
-                let mut nl = Netlink::open()?;
-                let end = |n: &str| VethEnd {
-                    name: n.into(),
-                    ..VethEnd::default()
-                };
-                nl.create_veth(&end(&outer), &end("eth0"), ns.fd())?;
-                let seg = nl
-                    .link_by_name(&segment.name)?
-                    .ok_or(trestle_netlink::Error::NotFound)?;
-                let link = nl
-                    .link_by_name(&outer)?
-                    .ok_or(trestle_netlink::Error::NotFound)?;
-                nl.set_master(link.index, Some(seg.index))?;
-                nl.set_up(link.index, true)
-            })
-            .because("cannot enter the world namespace")?
-            .because("cannot wire the node to its segment")?;
+        plug(world, &ns, &outer, "eth0", &segment.name)?;
         let addr = Ipv4Net::new(ip, segment.address.prefix_len()).expect("prefix of a segment");
         let gateway = segment.address.addr();
         ns.run(|| -> Result<(), trestle_netlink::Error> {
             let mut nl = Netlink::open()?;
-            for name in ["lo", "eth0"] {
-                let link = nl
-                    .link_by_name(name)?
-                    .ok_or(trestle_netlink::Error::NotFound)?;
-                nl.set_up(link.index, true)?;
-                if name == "eth0" {
-                    nl.add_address(link.index, IpNet::V4(addr), false)?;
-                }
-            }
+            let eth0 = nl
+                .link_by_name("eth0")?
+                .ok_or(trestle_netlink::Error::NotFound)?;
+            nl.add_address(eth0.index, IpNet::V4(addr), false)?;
             let mut default = Route::new("0.0.0.0/0".parse().expect("a prefix"));
             default.gateway = Some(gateway.into());
             nl.add_route(&default)

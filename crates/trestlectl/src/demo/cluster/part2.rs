@@ -1,11 +1,13 @@
-//! Part 2: a second segment behind the world's routing, a third node on it, and the VXLAN tunnel trestled makes
+//! Part 2: a second segment behind a router namespace, a third node on it, and the VXLAN tunnel trestled makes
 //! to reach it: routes, the device, neighbour and FDB entries, the MTU, traffic, and the picture.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use trestle_netlink::{format_mac, Netlink};
 
-use super::machine::{Segment, VXLAN};
+use ipnet::Ipv4Net;
+
+use super::machine::{route_via, Router, Segment, VXLAN};
 use super::{expected, Act, Because, StepError, StepResult};
 
 /// The pod payload that makes a 1450-byte IP packet (20 bytes of IP header, 8 of ICMP).
@@ -18,8 +20,8 @@ impl Act<'_> {
         self.step(
             "a second segment, behind a router",
             "Real clusters span subnets: racks, rooms, zones. The world gets a second bridge, seg2\n\
-             (192.168.2.0/24), and starts routing between its segments (ip_forward = 1): it is now the router\n\
-             between them. Node n3 is plugged into seg2 and starts its trestled with the same arguments.",
+             (192.168.2.0/24), and a router joins the two segments: a namespace of its own with a leg on each\n\
+             and forwarding on. Node n3 is plugged into seg2 and starts its trestled with the same arguments.",
             |a| a.second_segment(),
         )?;
         self.step(
@@ -56,20 +58,50 @@ impl Act<'_> {
         self.step(
             "the wiring of three nodes and the tunnel, drawn from the live state",
             "As before, read back through netlink; the dashed lines are the VXLAN tunnels trestled programmed\n\
-             (a pair of nodes each), carried as UDP by the underlay and through the world's routing.",
+             (a pair of nodes each), carried as UDP by the underlay and through the router.",
             |a| a.draw(),
         )
     }
 
     fn second_segment(&mut self) -> Result<(), StepError> {
-        self.make_segment(&Segment::number(2))?;
+        // The world is a switch on seg2 (no address there); 192.168.2.1, seg2's gateway, is the router's.
+        let seg2 = Segment::number(2);
         self.world
-            .run(|| trestle_netlink::sysctl::set("net/ipv4/ip_forward", "1"))
+            .run(|| seg2.create_bridge())
             .because("cannot enter the world namespace")?
-            .because("cannot set net.ipv4.ip_forward in the world")?;
-        self.forwarding = true;
+            .because("cannot make the segment's bridge")?;
         self.n
-            .cmd("sysctl -w net.ipv4.ip_forward=1   # in the world");
+            .cmd("ip link add seg2 type bridge && ip link set seg2 up   # in the world");
+        self.segments.push(seg2.clone());
+        let on_seg1 = Ipv4Net::new(Ipv4Addr::new(192, 168, 1, 254), 24).expect("a /24");
+        let router = Router::create(
+            self.world,
+            &[(&self.segments[0], on_seg1), (&seg2, seg2.address)],
+        )?;
+        self.n.cmd("ip netns add router");
+        for s in ["seg1", "seg2"] {
+            self.n.cmd(&format!(
+                "ip link add r-{s} type veth peer name {s} netns router && ip link set r-{s} master {s} up"
+            ));
+        }
+        self.n.cmd(&format!(
+            "ip -n router addr add {on_seg1} dev seg1 && ip -n router addr add {} dev seg2",
+            seg2.address
+        ));
+        self.n
+            .cmd("ip netns exec router sysctl -w net.ipv4.ip_forward=1");
+        self.router = Some(router);
+        // What is on seg1 (the world, for etcd's answers; n1 and n2) learns the way to seg2. The nodes keep
+        // their default route: the underlay interface trestled found stays the same.
+        let seg2_net = seg2.address.trunc();
+        route_via(self.world, seg2_net, on_seg1.addr())?;
+        for i in [0, 1] {
+            route_via(&self.nodes[i].ns, seg2_net, on_seg1.addr())?;
+        }
+        self.n.cmd(&format!(
+            "ip route add {seg2_net} via {}   # in the world, and in n1 and n2 (ip -n n1 ..., ip -n n2 ...)",
+            on_seg1.addr()
+        ));
         self.add_node("n3", 1, Ipv4Addr::new(192, 168, 2, 13))?;
         let n1 = self.nodes[0].ip.addr();
         let rtt = self.node_ping(2, n1)?;
