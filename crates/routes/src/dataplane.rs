@@ -1,9 +1,11 @@
 //! The thread that keeps the kernel as the plan says. It owns one netlink socket and wakes for
 //! a new state of the cluster, for a kernel change that may have undone its work (a route of
 //! its protocol deleted, a link going down or up, an address changing, notifications lost),
-//! and every `resync` in any case. Each wake reads what trestle holds in the kernel and applies
-//! the difference. It does nothing at all before the first whole state of the cluster: an
-//! entry of a previous run stays until the cluster is known not to want it.
+//! and every `resync` in any case. A full pass reads what trestle holds in the kernel and applies
+//! the difference; a change of the cluster alone, on a kernel that holds what the last pass
+//! applied, writes only the difference between the two plans (an incremental pass). It does
+//! nothing at all before the first whole state of the cluster: an entry of a previous run stays
+//! until the cluster is known not to want it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -62,6 +64,10 @@ pub struct RouteStats {
     pub errors: AtomicU64,
     /// Changes the kernel refused in the last pass.
     pub failing: AtomicU64,
+    /// Passes that read the kernel back (the first, on kernel changes, periodic, after a failure).
+    pub full_passes: AtomicU64,
+    /// Passes that applied a change of the cluster from what the last pass left, reading nothing.
+    pub incremental_passes: AtomicU64,
     /// VXLAN packets dropped for coming from no node (since the guard's table was made).
     pub vxlan_drops: AtomicU64,
     /// The last plan: peers and how they are reached, and those that cannot be.
@@ -122,6 +128,12 @@ struct Dataplane {
     firewall: Option<trestle_firewall::Firewall>,
     /// The peers the guard was last brought to.
     guarded: Option<trestle_firewall::VxlanPeers>,
+    /// What the last pass found of the interfaces, and for which plan: an incremental pass
+    /// reuses them while they fit.
+    links: Option<(Links, Vec<IpNet>, Option<u32>)>,
+    /// The kernel is as `last` says: the last pass had every change accepted, and no kernel
+    /// notification came since (which would make the next pass a full one anyway).
+    trusted: bool,
 }
 
 /// Runs the dataplane on this thread until [`Wake::Stop`] (or every sender is gone).
@@ -137,6 +149,8 @@ pub fn run(s: Settings, wakes: Receiver<Wake>, stats: Arc<RouteStats>) -> Result
         offload_off: None,
         firewall: None,
         guarded: None,
+        links: None,
+        trusted: false,
     };
     let mut cluster: Option<Arc<Cluster>> = None;
     loop {
@@ -225,32 +239,50 @@ impl Dataplane {
         };
         let plan = Plan::new(&me, cluster);
         self.report(&plan);
-        let all = self.nl.links()?;
-        let mut links = Links {
-            underlay_v4: index_of(&all, self.s.host.v4.as_ref().map(|u| &u.interface)),
-            underlay_v6: index_of(&all, self.s.host.v6.as_ref().map(|u| &u.interface)),
-            vxlan: None,
-            pool_links: BTreeMap::new(),
+        // A change of the cluster alone, on a kernel known to hold what the last pass applied:
+        // only the difference between the two plans is written, and nothing is read back (a
+        // dump of the kernel is O(cluster) per change). Kernel notifications, the periodic pass
+        // and any refused change bring back a full pass.
+        let cached = match &self.links {
+            Some((l, pools, mtu))
+                if !full
+                    && self.trusted
+                    && *pools == plan.pools
+                    && *mtu == plan.vxlan_mtu
+                    && (plan.tunnels.is_empty() || l.vxlan.is_some()) =>
+            {
+                Some(l.clone())
+            }
+            _ => None,
         };
-        if !plan.tunnels.is_empty() {
-            links.vxlan = self.vxlan(&all, &links, plan.vxlan_mtu);
-        } else {
-            links.vxlan = all
-                .iter()
-                .find(|l| l.name == self.s.vxlan.name)
-                .map(|l| l.index);
-        }
-        links.pool_links = self.pool_links(&plan.pools, links.vxlan)?;
+        // Until this pass has applied everything, the kernel is not known to be as `last` says.
+        self.trusted = false;
+        let (links, held) = match cached {
+            Some(links) => {
+                let held = Held::assumed(&self.last, links.vxlan);
+                self.stats
+                    .incremental_passes
+                    .fetch_add(1, Ordering::Relaxed);
+                (links, held)
+            }
+            None => {
+                let links = self.links(&plan)?;
+                let held = self.held(links.vxlan)?;
+                self.stats.full_passes.fetch_add(1, Ordering::Relaxed);
+                (links, held)
+            }
+        };
         let want = Wanted::new(&plan, &links);
-        let held = self.held(links.vxlan)?;
         let ops = diff(&want, &held);
         let changes = ops.len();
         let mut failing = 0;
         for op in ops {
             failing += u64::from(!self.apply(op, links.vxlan));
         }
+        self.trusted = failing == 0;
         failing += u64::from(!self.guard(cluster, full));
         self.stats.failing.store(failing, Ordering::Relaxed);
+        self.links = Some((links, plan.pools.clone(), plan.vxlan_mtu));
         if !self.synced {
             self.synced = true;
             log::info!(
@@ -277,6 +309,28 @@ impl Dataplane {
         *self.stats.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(plan));
         self.last = want;
         Ok(())
+    }
+
+    /// The interfaces the plan's entries go on, read from the kernel; the VXLAN device made or
+    /// adopted when the plan has tunnels, the pools' bridges found (and ARP-proxying).
+    fn links(&mut self, plan: &Plan) -> Result<Links, Error> {
+        let all = self.nl.links()?;
+        let mut links = Links {
+            underlay_v4: index_of(&all, self.s.host.v4.as_ref().map(|u| &u.interface)),
+            underlay_v6: index_of(&all, self.s.host.v6.as_ref().map(|u| &u.interface)),
+            vxlan: None,
+            pool_links: BTreeMap::new(),
+        };
+        if !plan.tunnels.is_empty() {
+            links.vxlan = self.vxlan(&all, &links, plan.vxlan_mtu);
+        } else {
+            links.vxlan = all
+                .iter()
+                .find(|l| l.name == self.s.vxlan.name)
+                .map(|l| l.index);
+        }
+        links.pool_links = self.pool_links(&plan.pools, links.vxlan)?;
+        Ok(links)
     }
 
     /// Brings the VXLAN guard to the cluster's nodes (removes it with `--routing direct`, where no

@@ -24,6 +24,8 @@ const RTN_UNREACHABLE: u8 = 7;
 const SCOPE_LINK: u8 = 253;
 /// `NUD_PERMANENT`.
 pub const NUD_PERMANENT: u16 = 0x80;
+/// `NTF_SELF`: an entry of the device's own forwarding database.
+const NTF_SELF: u8 = 0x02;
 
 /// The interfaces entries are bound to.
 #[derive(Debug, Clone, Default)]
@@ -117,6 +119,45 @@ pub struct Held {
     pub neighbours: Vec<Neighbour>,
     /// FDB entries of the VXLAN device.
     pub fdb: Vec<FdbEntry>,
+}
+
+impl Held {
+    /// What the kernel holds once `applied` was brought in whole and nobody touched it since:
+    /// the base of an incremental pass, which then needs no dump of the kernel (a deletion by
+    /// someone else wakes a full pass, which reads the kernel).
+    pub fn assumed(applied: &Wanted, vxlan: Option<u32>) -> Held {
+        let index = vxlan.unwrap_or(0);
+        Held {
+            routes: applied.routes.values().copied().collect(),
+            neighbours: applied
+                .neighbours
+                .iter()
+                .map(|(ip, mac)| Neighbour {
+                    index,
+                    ip: *ip,
+                    mac: Some(*mac),
+                    state: NUD_PERMANENT,
+                    flags: 0,
+                    kind: RTN_UNICAST,
+                })
+                .collect(),
+            fdb: applied
+                .fdb
+                .iter()
+                .map(|(mac, dst)| FdbEntry {
+                    index,
+                    mac: *mac,
+                    dst: Some(*dst),
+                    vni: None,
+                    port: None,
+                    vlan: None,
+                    master: None,
+                    flags: NTF_SELF,
+                    state: NUD_PERMANENT,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One change to the kernel.

@@ -117,6 +117,8 @@ pub async fn publish_routes(daemon: Arc<Daemon>) {
             ("changes", &s.changes),
             ("repairs", &s.repairs),
             ("errors", &s.errors),
+            ("full_passes", &s.full_passes),
+            ("incremental_passes", &s.incremental_passes),
             ("vxlan_drops", &s.vxlan_drops),
             ("etcd_reads", &f.reads),
             ("etcd_watches", &f.watches),

@@ -135,8 +135,8 @@ fn metrics() -> &'static Metrics {
             "routes",
             "Cross-node routes: etcd revision seen and applied to the kernel (their difference is \
              the convergence lag), entries trestle holds (routes, neighbours, fdb), changes, \
-             repairs of entries someone else removed, refused changes, peers by how they are \
-             reached (direct, vxlan, unreachable), etcd reads, watches and failures",
+             repairs of entries someone else removed, refused changes, full and incremental \
+             passes, peers by how they are reached (direct, vxlan, unreachable), etcd reads, watches and failures",
             m.routes.clone(),
         );
         registry.register(

@@ -150,3 +150,26 @@ fn an_ipv6_unreachable_route_on_lo_is_the_same() {
     held.routes[0].oif = Some(1);
     assert!(diff(&w, &held).is_empty());
 }
+
+#[test]
+fn an_incremental_pass_from_what_was_applied_reaches_what_a_full_one_would() {
+    let before = Wanted::new(&plan(), &links());
+    let kernel = apply(&diff(&before, &Held::default()));
+    // The cluster moves: a block goes, one moves to another peer, a peer's tunnel changes its MAC.
+    let mut p = plan();
+    p.routes.remove(&net("10.244.0.64/26"));
+    p.routes
+        .insert(net("10.244.1.0/26"), Via::Direct(ip("192.168.1.12")));
+    let mac2 = [2, 9, 9, 9, 9, 9];
+    p.tunnels[0].mac = mac2;
+    let after = Wanted::new(&p, &links());
+    let incremental = diff(&after, &Held::assumed(&before, Some(9)));
+    assert_eq!(incremental, diff(&after, &kernel));
+    assert!(incremental.contains(&Op::DelRoute(
+        before.routes[&(net("10.244.0.64/26"), ROUTE_METRIC)]
+    )));
+    assert!(incremental.contains(&Op::SetFdb(mac2, ip("192.168.2.10"))));
+    assert!(incremental.contains(&Op::DelFdb(MAC, ip("192.168.2.10"))));
+    // Nothing changed: nothing to do, without reading the kernel.
+    assert!(diff(&after, &Held::assumed(&after, Some(9))).is_empty());
+}

@@ -125,4 +125,22 @@ fn a_released_block_leaves_every_peers_routes() {
     let p1 = pod_ns(&world.dir.0, "p1");
     n1.pod(&p1, "p1");
     assert!(reaches(p1.ns(), &ips[0]));
+    // The peers followed n2's claims and releases by incremental passes (no read of the kernel), and a full pass,
+    // which reads the kernel back, finds nothing missing that they had applied (nobody removed anything here).
+    let passes = |n: &Node, what: &str| {
+        n.metric(&format!("trestle_ipam_routes{{what=\"{what}_passes\"}}"))
+            .unwrap_or(0.0)
+    };
+    for n in [&n1, &n3] {
+        assert!(
+            passes(n, "incremental") >= 2.0,
+            "{}",
+            passes(n, "incremental")
+        );
+        let full = passes(n, "full");
+        // A pass that reads the kernel: the periodic one (--routes-resync 1).
+        assert!(eventually(|| passes(n, "full") > full));
+        let repairs = n.metric("trestle_ipam_routes{what=\"repairs\"}");
+        assert_eq!(repairs, Some(0.0), "{}", n.log());
+    }
 }
