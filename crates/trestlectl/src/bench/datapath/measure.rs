@@ -242,10 +242,14 @@ impl CpuTimes {
 
     /// Busy CPU seconds from `earlier` to this reading.
     pub fn busy_seconds_since(&self, earlier: &CpuTimes) -> f64 {
-        // SAFETY: sysconf(3) has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        self.busy.saturating_sub(earlier.busy) as f64 / hz
+        self.busy.saturating_sub(earlier.busy) as f64 / clock_ticks()
     }
+}
+
+/// Clock ticks per second (`USER_HZ`), the unit of /proc/stat.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf(3) has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }
 
 /// The value at rank ⌈q·n⌉ of sorted samples (q in 0..=1); 0 when there are none.
@@ -288,8 +292,7 @@ mod tests {
             busy: t.busy + 1000,
             ..t
         };
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        assert!((later.busy_seconds_since(&t) - 1000.0 / hz).abs() < 1e-9);
+        assert!((later.busy_seconds_since(&t) - 1000.0 / clock_ticks()).abs() < 1e-9);
         assert_eq!(t.busy_seconds_since(&later), 0.0, "no negative time");
     }
 
