@@ -253,6 +253,9 @@ fn run_in(opts: &DatapathOptions, work: &std::path::Path) -> Result<Report, Erro
 }
 
 fn measure_all(opts: &DatapathOptions, c: &mut setup::Cluster) -> Result<Report, Error> {
+    if crate::demo::interrupt::requested() {
+        return Err(Error::Interrupted);
+    }
     eprintln!("datapath: the baseline beside them");
     setup::baseline(c)?;
     let mut paths = Vec::new();

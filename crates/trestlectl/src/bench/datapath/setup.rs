@@ -114,6 +114,10 @@ pub fn cluster(bin_dir: &Path, work: &Path) -> Result<Cluster, Error> {
     let mut pods = Vec::new();
     for (node, name) in LAYOUT {
         pods.push(trestle_pod(bin_dir, &exe, &nodes[node], name)?);
+        // An ADD that succeeded does not look at Ctrl-C: the next step would.
+        if crate::demo::interrupt::requested() {
+            return Err(Error::Interrupted);
+        }
     }
     Ok(Cluster {
         _world: world,
