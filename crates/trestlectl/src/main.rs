@@ -94,7 +94,7 @@ enum Cmd {
         /// Instead of the CNI bench: route convergence between nodes (as root, etcd from Debian's etcd-server):
         /// --routes-nodes namespaces on two segments with a trestled each claim blocks; milliseconds from each
         /// claim's etcd commit to the route in every other node's kernel.
-        #[arg(long, conflicts_with_all = ["cluster", "ipam_service"])]
+        #[arg(long, conflicts_with_all = ["cluster", "ipam_service", "datapath"])]
         routes: bool,
         /// --routes: nodes.
         #[arg(long, default_value_t = 10)]
@@ -120,6 +120,20 @@ enum Cmd {
         /// --cluster: ADDs per concurrency level (1 and 32) through the plugin.
         #[arg(long, default_value_t = 200)]
         cluster_adds: usize,
+        /// Instead of the CNI bench: pod to pod TCP throughput, CPU per Gbit and RTT (as root, etcd from Debian's
+        /// etcd-server): same node, direct and VXLAN between three nodes with a trestled each, each beside the
+        /// kernel's baseline built by hand in the same namespaces (plain veths and routes, a VXLAN device).
+        #[arg(long, conflicts_with_all = ["cluster", "ipam_service"])]
+        datapath: bool,
+        /// --datapath: seconds of each throughput run.
+        #[arg(long, default_value_t = 5.0)]
+        datapath_seconds: f64,
+        /// --datapath: rounds (each runs trestle and the baseline once on every path; medians are reported).
+        #[arg(long, default_value_t = 5)]
+        datapath_rounds: usize,
+        /// --datapath: timed round trips of each latency run.
+        #[arg(long, default_value_t = 5000)]
+        datapath_round_trips: usize,
     },
     /// ADD a container's netns to a network, as a runtime does (libcni/cnitool behaviour); prints the result.
     Add(Attach),
@@ -353,11 +367,45 @@ fn main() -> ExitCode {
             routes_nodes,
             routes_allocations,
             routes_simulated,
+            datapath,
+            datapath_seconds,
+            datapath_rounds,
+            datapath_round_trips,
         } => {
             let bin_dir = bin_dir
                 .or_else(trestlectl::runtime::own_bin_dir)
                 .unwrap_or_else(|| PathBuf::from("."));
             let command = std::env::args().collect::<Vec<_>>().join(" ");
+            if datapath {
+                if let Err(e) = trestlectl::elevate::as_root("the bench") {
+                    eprintln!("trestlectl bench: {}", cni_proto::error_chain(&e));
+                    return ExitCode::FAILURE;
+                }
+                // A smoke run: about a second per measurement, one round; its numbers are not judged.
+                let opts = trestlectl::bench::datapath::DatapathOptions {
+                    seconds: if smoke { 1.0 } else { datapath_seconds },
+                    rounds: if smoke { 1 } else { datapath_rounds },
+                    round_trips: if smoke { 1000 } else { datapath_round_trips },
+                    smoke,
+                    bin_dir,
+                    out,
+                    command,
+                };
+                return match trestlectl::bench::datapath::run(&opts) {
+                    Ok(report) => {
+                        print!("{}", report.markdown());
+                        eprintln!("wrote {}/datapath.md, datapath.json", opts.out.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "trestlectl bench --datapath: {}",
+                            cni_proto::error_chain(&e)
+                        );
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             if routes {
                 if let Err(e) = trestlectl::elevate::as_root("the bench") {
                     eprintln!("trestlectl bench: {}", cni_proto::error_chain(&e));
