@@ -14,7 +14,7 @@
 pub mod cluster;
 pub mod containers;
 mod image;
-mod interrupt;
+pub(crate) mod interrupt;
 mod isolation;
 mod narrate;
 pub mod picture;

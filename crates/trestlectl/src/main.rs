@@ -120,6 +120,21 @@ enum Cmd {
         /// --cluster: ADDs per concurrency level (1 and 32) through the plugin.
         #[arg(long, default_value_t = 200)]
         cluster_adds: usize,
+        /// Instead of the CNI bench: the watch fan-out of cross-node routing on a real 3-member etcd the bench
+        /// starts on loopback: --fanout-watchers followers (trestled's code, a connection each) read the cluster and
+        /// watch it; milliseconds from each block claim's commit to every follower having it, with a member
+        /// restarted midway. No root needed.
+        #[arg(long, conflicts_with_all = ["cluster", "routes", "ipam_service"])]
+        fanout: bool,
+        /// --fanout: followers (simulated nodes).
+        #[arg(long, default_value_t = 1000)]
+        fanout_watchers: usize,
+        /// --fanout: block claims timed.
+        #[arg(long, default_value_t = 50)]
+        fanout_claims: usize,
+        /// --fanout: milliseconds between claims.
+        #[arg(long, default_value_t = 1000)]
+        fanout_interval_ms: u64,
     },
     /// ADD a container's netns to a network, as a runtime does (libcni/cnitool behaviour); prints the result.
     Add(Attach),
@@ -353,11 +368,29 @@ fn main() -> ExitCode {
             routes_nodes,
             routes_allocations,
             routes_simulated,
+            fanout,
+            fanout_watchers,
+            fanout_claims,
+            fanout_interval_ms,
         } => {
             let bin_dir = bin_dir
                 .or_else(trestlectl::runtime::own_bin_dir)
                 .unwrap_or_else(|| PathBuf::from("."));
             let command = std::env::args().collect::<Vec<_>>().join(" ");
+            if fanout {
+                return bench_fanout(trestlectl::bench::fanout::FanoutOptions {
+                    followers: if smoke { 20 } else { fanout_watchers.max(1) },
+                    claims: if smoke { 6 } else { fanout_claims },
+                    interval: std::time::Duration::from_millis(if smoke {
+                        200
+                    } else {
+                        fanout_interval_ms
+                    }),
+                    smoke,
+                    out,
+                    command,
+                });
+            }
             if routes {
                 if let Err(e) = trestlectl::elevate::as_root("the bench") {
                     eprintln!("trestlectl bench: {}", cni_proto::error_chain(&e));
@@ -731,6 +764,21 @@ fn report(op: &str, r: Result<(), cni_runtime::RuntimeError>) -> ExitCode {
             if let Some(code) = e.cni_error().map(|c| c.code) {
                 eprintln!("(CNI error code {code})");
             }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `trestlectl bench --fanout`.
+fn bench_fanout(opts: trestlectl::bench::fanout::FanoutOptions) -> ExitCode {
+    match trestlectl::bench::fanout::run(&opts) {
+        Ok(report) => {
+            print!("{}", report.markdown());
+            eprintln!("wrote {}/fanout.md, fanout.json", opts.out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trestlectl bench --fanout: {e}");
             ExitCode::FAILURE
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod binary;
 pub mod cluster;
+pub mod fanout;
 mod floor;
 pub mod memory;
 mod progress;
