@@ -135,6 +135,9 @@ enum Cmd {
         /// --fanout: milliseconds between claims.
         #[arg(long, default_value_t = 1000)]
         fanout_interval_ms: u64,
+        /// --fanout: each follower's etcd request deadline, seconds (trestled's --etcd-timeout).
+        #[arg(long, default_value_t = 1.0)]
+        fanout_etcd_timeout: f64,
     },
     /// ADD a container's netns to a network, as a runtime does (libcni/cnitool behaviour); prints the result.
     Add(Attach),
@@ -372,6 +375,7 @@ fn main() -> ExitCode {
             fanout_watchers,
             fanout_claims,
             fanout_interval_ms,
+            fanout_etcd_timeout,
         } => {
             let bin_dir = bin_dir
                 .or_else(trestlectl::runtime::own_bin_dir)
@@ -386,6 +390,9 @@ fn main() -> ExitCode {
                     } else {
                         fanout_interval_ms
                     }),
+                    request_timeout: std::time::Duration::from_secs_f64(
+                        fanout_etcd_timeout.clamp(0.05, 60.0),
+                    ),
                     smoke,
                     out,
                     command,

@@ -110,18 +110,28 @@ pub struct Arrivals {
     pub outage: Vec<Duration>,
     /// (claim, follower) pairs that never arrived.
     pub missed: usize,
+    /// Per claim, its slowest arrival: whether lateness grows over the run (a backlog) or not.
+    pub claim_worst: Vec<Duration>,
+    /// Per follower, its slowest arrival: whether a few followers lag or all do.
+    pub follower_worst: Vec<Duration>,
 }
 
 /// When `claims` reached each follower (given what each published): the first state at or after a claim's
 /// revision holds it. A follower that saw it before the writer had etcd's answer counts 0 (etcd notifies its
 /// watchers and answers the writer once it has applied the claim, so either may come first).
 pub fn arrivals(claims: &[Claim], published: &[Vec<(i64, Instant)>]) -> Arrivals {
-    let mut a = Arrivals::default();
+    let mut a = Arrivals {
+        follower_worst: vec![Duration::ZERO; published.len()],
+        ..Arrivals::default()
+    };
     for c in claims {
-        for p in published {
+        let mut worst = Duration::ZERO;
+        for (i, p) in published.iter().enumerate() {
             match p.iter().find(|(r, _)| *r >= c.revision) {
                 Some((_, at)) => {
                     let d = at.saturating_duration_since(c.at);
+                    worst = worst.max(d);
+                    a.follower_worst[i] = a.follower_worst[i].max(d);
                     a.all.push(d);
                     a.from_send.push(at.saturating_duration_since(c.sent));
                     if c.outage {
@@ -131,6 +141,7 @@ pub fn arrivals(claims: &[Claim], published: &[Vec<(i64, Instant)>]) -> Arrivals
                 None => a.missed += 1,
             }
         }
+        a.claim_worst.push(worst);
     }
     a
 }
@@ -186,6 +197,8 @@ mod tests {
         assert_eq!(a.outage, vec![ms(50), ms(300)]);
         assert_eq!(a.from_send, vec![ms(35), ms(3), ms(55), ms(305)]);
         assert_eq!(a.missed, 2);
+        assert_eq!(a.claim_worst, vec![ms(30), ms(300)]);
+        assert_eq!(a.follower_worst, vec![ms(50), ms(300), ms(0)]);
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct FanoutOptions {
     pub claims: usize,
     /// Time between claims.
     pub interval: Duration,
+    /// Each follower's etcd request deadline (trestled's `--etcd-timeout`, 1 s by default).
+    pub request_timeout: Duration,
     /// A smoke run: its numbers are not judged.
     pub smoke: bool,
     /// Output folder.
@@ -48,8 +50,6 @@ pub struct FanoutOptions {
 }
 
 const PREFIX: &str = "/trestle-bench-fanout";
-/// trestled's default `--etcd-timeout`: each follower's requests have the deadline a node's have.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the followers may take to finish their first reads.
 const FIRST_READ_WAIT: Duration = Duration::from_secs(300);
 /// How long after the last claim the bench waits for every follower to have every claim.
@@ -99,10 +99,11 @@ fn run_in(opts: &FanoutOptions, work: &Path) -> Result<FanoutReport, String> {
         ),
         etcd_version: members::etcd_version(),
         machine: super::report::machine(),
+        load: vec![super::report::load_average()],
         smoke: opts.smoke,
         followers: opts.followers,
         keys: opts.followers * 2 + 1,
-        request_timeout_s: REQUEST_TIMEOUT.as_secs_f64(),
+        request_timeout_s: opts.request_timeout.as_secs_f64(),
         claims: opts.claims,
         interval_ms: opts.interval.as_millis() as u64,
         ..FanoutReport::default()
@@ -150,7 +151,7 @@ fn run_in(opts: &FanoutOptions, work: &Path) -> Result<FanoutReport, String> {
         &etcd.endpoints(),
         opts.followers,
         PREFIX,
-        REQUEST_TIMEOUT,
+        opts.request_timeout,
     )?;
     let first = wait_first_reads(&fs, start)?;
     report.first_read = summarise(&first);
@@ -236,6 +237,12 @@ fn run_in(opts: &FanoutOptions, work: &Path) -> Result<FanoutReport, String> {
     let a = followers::arrivals(&claims, &published);
     report.latency = summarise(&a.all);
     report.latency_from_send = summarise(&a.from_send);
+    report.follower_worst = summarise(&a.follower_worst);
+    report.claim_worst_ms = a
+        .claim_worst
+        .iter()
+        .map(|d| d.as_secs_f64() * 1e3)
+        .collect();
     report.round_trip = summarise(&claims.iter().map(|c| c.at - c.sent).collect::<Vec<_>>());
     report.cpu_per_follower_claim_ms = if claims.is_empty() {
         0.0
@@ -274,6 +281,7 @@ fn run_in(opts: &FanoutOptions, work: &Path) -> Result<FanoutReport, String> {
             cpu_claims_s: cpu2[i] - cpu1[i],
         })
         .collect();
+    report.load.push(super::report::load_average());
     drop(fs);
     rt.shutdown_timeout(Duration::from_secs(2));
     drop(sampler);
@@ -325,9 +333,13 @@ fn wait_converged(fs: &[Follower], revision: i64) -> Result<(), String> {
     let deadline = Instant::now() + CONVERGE_WAIT;
     while Instant::now() < deadline {
         interrupted()?;
+        // What the arrivals are read from (the follower's revision counter is set before its state is published).
         let behind = fs
             .iter()
-            .filter(|f| f.stats.revision.load(Ordering::Relaxed) < revision)
+            .filter(|f| {
+                let p = f.published.lock().unwrap_or_else(|p| p.into_inner());
+                p.last().is_none_or(|(r, _)| *r < revision)
+            })
             .count();
         if behind == 0 {
             return Ok(());

@@ -61,6 +61,8 @@ pub struct FanoutReport {
     pub etcd_version: String,
     /// Kernel, CPUs and model.
     pub machine: String,
+    /// Load averages (1, 5, 15 min) at the start and at the end: the machine is shared.
+    pub load: Vec<String>,
     /// A smoke run: its numbers are not judged.
     pub smoke: bool,
     /// Followers (simulated nodes, each with its own connection).
@@ -69,7 +71,7 @@ pub struct FanoutReport {
     pub keys: usize,
     /// Seconds to write them.
     pub populate_s: f64,
-    /// Each follower's etcd request deadline (trestled's `--etcd-timeout` default), seconds.
+    /// Each follower's etcd request deadline (trestled's `--etcd-timeout`), seconds.
     pub request_timeout_s: f64,
     /// From every follower's start to its first published state (the whole read at one revision).
     pub first_read: Summary,
@@ -95,6 +97,10 @@ pub struct FanoutReport {
     /// The bench process's CPU over the claims per follower and claim, ms: what following one change costs a
     /// node (its watch, decoding, and the new state it publishes), the writer's share included.
     pub cpu_per_follower_claim_ms: f64,
+    /// Each follower's slowest arrival, summarised: a few laggards, or all.
+    pub follower_worst: Summary,
+    /// Each claim's slowest arrival, ms, in claim order: a backlog grows along it.
+    pub claim_worst_ms: Vec<f64>,
     /// Whether p99 is under [`TARGET_P99_MS`].
     pub target_met: bool,
     /// (claim, follower) pairs that did not arrive within the bench's wait.
@@ -122,14 +128,16 @@ impl FanoutReport {
     /// The report as Markdown.
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "# Watch fan-out\n\n`{}`\n\nBuild: {}; etcd {}; {}.{}\n\n\
+            "# Watch fan-out\n\n`{}`\n\nBuild: {}; etcd {}; {}; load average {}.{}\n\n\
              {} followers on a 3-member etcd on loopback, each `trestle_routes::follow` (trestled's code) over an \
              etcd client of its own, spread over the members; {} keys under the prefix (a host record and a block \
-             per node, written in {:.1} s); request deadline {:.1} s (trestled's default).\n\n",
+             per node, written in {:.1} s); etcd request deadline (trestled's `--etcd-timeout`, 1 s by \
+             default; also its HTTP/2 keep-alive timeout) {:.1} s.\n\n",
             self.command,
             self.build,
             self.etcd_version,
             self.machine,
+            self.load.join(", then "),
             if self.smoke {
                 " Smoke run: the numbers are not judged."
             } else {
@@ -181,6 +189,15 @@ impl FanoutReport {
         s.push_str(&row("while a member was down", &self.latency_outage));
         s.push_str(&row("all, from sending the claim", &self.latency_from_send));
         s.push_str(&row("(the claim's transaction itself)", &self.round_trip));
+        s.push_str(&row("each follower's slowest", &self.follower_worst));
+        s.push_str(&format!(
+            "\nEach claim's slowest arrival, ms, in order: {}.\n",
+            self.claim_worst_ms
+                .iter()
+                .map(|m| format!("{m:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         s.push_str(&format!(
             "\nTarget p99 < {TARGET_P99_MS:.0} ms: **{}**. Missed (never arrived): {}; absent from a follower's \
              last state: {}. The bench process used {:.2} CPU s over the claims, {:.3} ms per follower and claim.\n",
