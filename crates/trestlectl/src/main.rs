@@ -123,7 +123,7 @@ enum Cmd {
         /// Instead of the CNI bench: pod to pod TCP throughput, CPU per Gbit and RTT (as root, etcd from Debian's
         /// etcd-server): same node, direct and VXLAN between three nodes with a trestled each, each beside the
         /// kernel's baseline built by hand in the same namespaces (plain veths and routes, a VXLAN device).
-        #[arg(long, conflicts_with_all = ["cluster", "ipam_service"])]
+        #[arg(long, conflicts_with_all = ["cluster", "ipam_service", "fanout"])]
         datapath: bool,
         /// --datapath: seconds of each throughput run.
         #[arg(long, default_value_t = 5.0)]
@@ -134,6 +134,24 @@ enum Cmd {
         /// --datapath: timed round trips of each latency run.
         #[arg(long, default_value_t = 5000)]
         datapath_round_trips: usize,
+        /// Instead of the CNI bench: the watch fan-out of cross-node routing on a real 3-member etcd the bench
+        /// starts on loopback: --fanout-watchers followers (trestled's code, a connection each) read the cluster and
+        /// watch it; milliseconds from each block claim's commit to every follower having it, with a member
+        /// restarted midway. No root needed.
+        #[arg(long, conflicts_with_all = ["cluster", "routes", "ipam_service", "datapath"])]
+        fanout: bool,
+        /// --fanout: followers (simulated nodes).
+        #[arg(long, default_value_t = 1000)]
+        fanout_watchers: usize,
+        /// --fanout: block claims timed.
+        #[arg(long, default_value_t = 50)]
+        fanout_claims: usize,
+        /// --fanout: milliseconds between claims.
+        #[arg(long, default_value_t = 1000)]
+        fanout_interval_ms: u64,
+        /// --fanout: each follower's etcd request deadline, seconds (trestled's --etcd-timeout).
+        #[arg(long, default_value_t = 1.0)]
+        fanout_etcd_timeout: f64,
     },
     /// ADD a container's netns to a network, as a runtime does (libcni/cnitool behaviour); prints the result.
     Add(Attach),
@@ -371,6 +389,11 @@ fn main() -> ExitCode {
             datapath_seconds,
             datapath_rounds,
             datapath_round_trips,
+            fanout,
+            fanout_watchers,
+            fanout_claims,
+            fanout_interval_ms,
+            fanout_etcd_timeout,
         } => {
             let bin_dir = bin_dir
                 .or_else(trestlectl::runtime::own_bin_dir)
@@ -405,6 +428,23 @@ fn main() -> ExitCode {
                         ExitCode::FAILURE
                     }
                 };
+            }
+            if fanout {
+                return bench_fanout(trestlectl::bench::fanout::FanoutOptions {
+                    followers: if smoke { 20 } else { fanout_watchers.max(1) },
+                    claims: if smoke { 6 } else { fanout_claims },
+                    interval: std::time::Duration::from_millis(if smoke {
+                        200
+                    } else {
+                        fanout_interval_ms
+                    }),
+                    request_timeout: std::time::Duration::from_secs_f64(
+                        fanout_etcd_timeout.clamp(0.05, 60.0),
+                    ),
+                    smoke,
+                    out,
+                    command,
+                });
             }
             if routes {
                 if let Err(e) = trestlectl::elevate::as_root("the bench") {
@@ -779,6 +819,21 @@ fn report(op: &str, r: Result<(), cni_runtime::RuntimeError>) -> ExitCode {
             if let Some(code) = e.cni_error().map(|c| c.code) {
                 eprintln!("(CNI error code {code})");
             }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `trestlectl bench --fanout`.
+fn bench_fanout(opts: trestlectl::bench::fanout::FanoutOptions) -> ExitCode {
+    match trestlectl::bench::fanout::run(&opts) {
+        Ok(report) => {
+            print!("{}", report.markdown());
+            eprintln!("wrote {}/fanout.md, fanout.json", opts.out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trestlectl bench --fanout: {e}");
             ExitCode::FAILURE
         }
     }

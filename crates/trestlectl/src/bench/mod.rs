@@ -7,6 +7,7 @@
 pub mod binary;
 pub mod cluster;
 pub mod datapath;
+pub mod fanout;
 mod floor;
 pub mod memory;
 mod progress;

@@ -20,7 +20,7 @@ use trestle_netns::NetNs;
 use crate::demo::cluster::machine::{self, Node, Segment, Service};
 use crate::runtime::Invocation;
 
-mod simulated;
+pub(crate) mod simulated;
 pub use simulated::Load;
 
 /// What to run.

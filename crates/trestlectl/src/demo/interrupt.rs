@@ -27,7 +27,7 @@ pub fn install() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Whether a signal asked the demo to stop.
+/// Whether a signal asked the demo (or `bench --fanout`) to stop.
 pub fn requested() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }

@@ -64,6 +64,12 @@ async fn write(n: usize, prefix: &str) -> Result<(), String> {
         timeout: Duration::from_secs(10),
     })
     .map_err(|e| e.to_string())?;
+    write_to(&etcd, n, prefix).await
+}
+
+/// Writes the pool and `n` simulated nodes under `prefix` through `etcd` (`bench --fanout` fills its own etcd
+/// with them too).
+pub(crate) async fn write_to(etcd: &Etcd, n: usize, prefix: &str) -> Result<(), String> {
     let keys = Keys::new(prefix);
     let pool = pool()?;
     let pool_json = serde_json::to_vec(&pool).map_err(|e| e.to_string())?;
@@ -82,7 +88,7 @@ async fn write(n: usize, prefix: &str) -> Result<(), String> {
 }
 
 /// The bench's pool, as the real nodes make it from their config.
-fn pool() -> Result<Pool, String> {
+pub(crate) fn pool() -> Result<Pool, String> {
     let range = trestle_ipam_core::Range::new(
         machine::POOL.parse().map_err(|e| format!("{e}"))?,
         None,
@@ -112,19 +118,24 @@ fn entries(keys: &Keys, pool: &Pool, i: usize) -> [(String, Vec<u8>); 2] {
     };
     let start = u32::from(Ipv4Addr::new(10, 244, 255, 248)) - (i as u32) * 8;
     let start = IpAddr::V4(Ipv4Addr::from(start));
+    [
+        (keys.host(&name), host.encode()),
+        (keys.block(NETWORK, &pool.id(), start), block(pool, &name)),
+    ]
+}
+
+/// A block record of `owner`'s holding one address, as a node writes when it claims a block.
+pub(crate) fn block(pool: &Pool, owner: &str) -> Vec<u8> {
     let mut held = Bitmap::new(pool.block_len());
     held.set(1, true);
-    let block = Block {
-        owner: name.clone(),
+    Block {
+        owner: owner.into(),
         held,
         foreign: BTreeMap::new(),
         writer: "bench".into(),
         at_ms: 0,
-    };
-    [
-        (keys.host(&name), host.encode()),
-        (keys.block(NETWORK, &pool.id(), start), block.encode()),
-    ]
+    }
+    .encode()
 }
 
 /// Trestle's routes, and the neighbour and FDB entries of its VXLAN device, in `ns`.
