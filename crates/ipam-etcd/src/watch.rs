@@ -84,6 +84,17 @@ impl Watcher {
             None => Err(WatchError::Ended("stream closed".into())),
         }
     }
+
+    /// The next batch if one has already arrived, without waiting: a follower that fell behind
+    /// applies everything that is queued before it acts on the result once.
+    pub fn ready(&mut self) -> Option<Result<Vec<Change>, WatchError>> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match self.stream.as_mut().poll_next(&mut cx) {
+            std::task::Poll::Ready(Some(r)) => Some(r),
+            std::task::Poll::Ready(None) => Some(Err(WatchError::Ended("stream closed".into()))),
+            std::task::Poll::Pending => None,
+        }
+    }
 }
 
 impl Etcd {

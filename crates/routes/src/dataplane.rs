@@ -389,11 +389,7 @@ impl Dataplane {
             port: self.s.vxlan.port,
             ..Default::default()
         };
-        for u in cluster
-            .hosts
-            .values()
-            .filter_map(HostRecord::vxlan_underlay)
-        {
+        for u in cluster.hosts.values().filter_map(|h| h.vxlan_underlay()) {
             match u.ip() {
                 std::net::IpAddr::V4(a) => peers.v4.push(a),
                 std::net::IpAddr::V6(a) => peers.v6.push(a),

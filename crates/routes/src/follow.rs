@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use trestle_ipam_etcd::kv::Kv;
-use trestle_ipam_etcd::watch::WatchError;
+use trestle_ipam_etcd::watch::{WatchError, Watcher};
 use trestle_ipam_etcd::Keys;
 
 use crate::cluster::{Cluster, Mirror};
@@ -25,6 +25,9 @@ pub struct FollowStats {
     pub watches: AtomicU64,
     /// Failures of etcd (reads, watches).
     pub failures: AtomicU64,
+    /// States published (one per whole read, and one per wake of the watch however many batches
+    /// had queued).
+    pub published: AtomicU64,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -73,17 +76,17 @@ pub async fn follow<K: Kv>(
         };
         backoff = BACKOFF_MIN;
         loop {
-            match w.next().await {
-                Ok(batch) => {
-                    if m.apply(&keys, &batch) {
-                        publish(&m, &out, &stats);
-                    }
-                }
-                Err(WatchError::Compacted(rev)) => {
+            let (changed, end) = catch_up(&mut w, &mut m, &keys).await;
+            if changed {
+                publish(&m, &out, &stats);
+            }
+            match end {
+                None => {}
+                Some(WatchError::Compacted(rev)) => {
                     log::info!("etcd compacted to revision {rev}: reading again");
                     break;
                 }
-                Err(e) => {
+                Some(e) => {
                     stats.failures.fetch_add(1, Ordering::Relaxed);
                     log::warn!("etcd watch ended at revision {}: {e}", m.revision);
                     mirror = Some(m);
@@ -93,6 +96,23 @@ pub async fn follow<K: Kv>(
             }
         }
     }
+}
+
+/// Waits for the next batch, then applies it and every batch already queued behind it: one
+/// publication for all (each costs a copy of the cluster's index and a routing pass), so a
+/// follower that fell behind catches up at once. Whether anything changed, and the error that
+/// ended the watch, if one did (after what came before it was applied).
+async fn catch_up(w: &mut Watcher, m: &mut Mirror, keys: &Keys) -> (bool, Option<WatchError>) {
+    let mut next = Some(w.next().await);
+    let mut changed = false;
+    while let Some(r) = next {
+        match r {
+            Ok(batch) => changed |= m.apply(keys, &batch),
+            Err(e) => return (changed, Some(e)),
+        }
+        next = w.ready();
+    }
+    (changed, None)
 }
 
 async fn read<K: Kv>(kv: &K, keys: &Keys, stats: &FollowStats) -> Option<Mirror> {
@@ -115,6 +135,7 @@ async fn read<K: Kv>(kv: &K, keys: &Keys, stats: &FollowStats) -> Option<Mirror>
 
 fn publish(m: &Mirror, out: &watch::Sender<Option<Arc<Cluster>>>, stats: &FollowStats) {
     stats.revision.store(m.revision, Ordering::Relaxed);
+    stats.published.fetch_add(1, Ordering::Relaxed);
     out.send_replace(Some(Arc::new(m.cluster())));
 }
 
@@ -211,6 +232,26 @@ mod tests {
         assert_eq!(r.at(rev).await.hosts.len(), 2);
         assert_eq!(r.stats.reads.load(Ordering::Relaxed), 1);
         assert!(r.stats.watches.load(Ordering::Relaxed) >= 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_queued_behind_one_are_published_once() {
+        let kv = FakeKv::new();
+        let mut r = start(&kv);
+        r.at(1).await;
+        while kv.watchers() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let before = r.stats.published.load(Ordering::Relaxed);
+        // Five revisions reach the follower at once, as to one that fell behind.
+        kv.hold(true);
+        let mut rev = 0;
+        for node in ["a", "b", "c", "d", "e"] {
+            rev = r.host(node);
+        }
+        kv.hold(false);
+        assert_eq!(r.at(rev).await.hosts.len(), 5);
+        assert_eq!(r.stats.published.load(Ordering::Relaxed), before + 1);
     }
 
     #[tokio::test(start_paused = true)]

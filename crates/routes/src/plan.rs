@@ -108,6 +108,7 @@ impl Plan {
             vxlan_mtu: cluster
                 .hosts
                 .values()
+                .map(|h| &**h)
                 .chain([me.host])
                 .filter_map(HostRecord::vxlan_mtu)
                 .min(),
@@ -222,7 +223,7 @@ fn via(
 
 /// See [`Plan::pod_mtu`].
 pub fn pod_mtu(me: &Me<'_>, cluster: &Cluster) -> Option<u32> {
-    let hosts = cluster.hosts.values().chain([me.host]);
+    let hosts = cluster.hosts.values().map(|h| &**h).chain([me.host]);
     if me.mode == Mode::Direct {
         hosts
             .flat_map(|h| [h.v4.as_ref(), h.v6.as_ref()])

@@ -286,9 +286,9 @@ mod tests {
     #[test]
     fn paths_as_the_viewing_node_sees_them() {
         let mut c = Cluster::default();
-        c.hosts.insert("a".into(), host("192.168.1.10/24"));
-        c.hosts.insert("b".into(), host("192.168.1.11/24"));
-        c.hosts.insert("c".into(), host("192.168.2.10/24"));
+        c.hosts.insert("a".into(), host("192.168.1.10/24").into());
+        c.hosts.insert("b".into(), host("192.168.1.11/24").into());
+        c.hosts.insert("c".into(), host("192.168.2.10/24").into());
         let rows = rows(&c, &["a".to_string()], "a", Mode::Auto);
         let paths: Vec<&str> = rows.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(paths, vec!["self", "- (no blocks)", "- (no blocks)"]);
