@@ -14,8 +14,9 @@ use super::{ClusterError, Holding, Node};
 use crate::block::{Bitmap, Block, Pool, PoolError};
 use crate::client::Txn;
 use crate::keys::Keys;
+use crate::kv::Store;
 
-impl Node {
+impl<K: Store> Node<K> {
     /// True if fewer than a quarter chunk of the addresses this node holds in `network`'s pool
     /// of `range` are free locally (`free`): time to grow ahead of the ADDs.
     pub fn running_low(
@@ -110,14 +111,7 @@ impl Node {
         let prefix = self.keys.pool(network, "");
         let existing = loop {
             // The network's pools, read (not written: every node but the first finds its pool).
-            let (listed, at) = self
-                .etcd
-                .range(
-                    prefix.as_bytes(),
-                    &crate::client::prefix_end(prefix.as_bytes()),
-                    false,
-                )
-                .await?;
+            let (listed, at) = self.etcd.list_at(&prefix).await?;
             let mut found = None;
             for kv in listed {
                 let Ok(p) = serde_json::from_slice::<Pool>(&kv.value) else {

@@ -13,8 +13,9 @@ use trestle_ipam_core::Range;
 use super::{Borrowed, ClusterError, Holding, Node, Owned, PoolKey, PoolUsage};
 use crate::block::{Block, Pool};
 use crate::client::KeyValue;
+use crate::kv::Store;
 
-impl Node {
+impl<K: Store> Node<K> {
     pub(super) fn holdings(&self) -> MutexGuard<'_, HashMap<PoolKey, Holding>> {
         self.holdings.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -10,8 +10,9 @@ use trestle_ipam_core::{boottime_ns, unix_ms};
 
 use super::{ClusterError, Node, Registration};
 use crate::client::Txn;
+use crate::kv::Store;
 
-impl Node {
+impl<K: Store> Node<K> {
     /// True while the lease is certainly valid and the holdings are fenced.
     pub fn lease_valid(&self) -> bool {
         boottime_ns() < self.deadline_ns.load(Ordering::Acquire)
