@@ -1,21 +1,38 @@
-//! An in-memory store with etcd's revisions, for tests.
+//! An in-memory store with etcd's revisions, transactions and leases, for tests. Faults are
+//! injected by count ("the next n transactions ...") so a test says exactly which request
+//! meets them.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use trestle_ipam_core::boottime_ns;
 
-use super::Kv;
-use crate::client::{EtcdError, KeyValue};
+use super::{Kv, Store};
+use crate::client::{prefix_end, EtcdError, KeyValue, Txn, TxnOutcome};
+use crate::pb;
 use crate::watch::{Change, WatchError, Watcher};
+
+mod txn;
 
 type Batch = Result<Vec<Change>, WatchError>;
 
 /// A store in memory. Cheap to clone; clones share it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct FakeKv {
     state: Arc<Mutex<State>>,
+    /// Open (true) unless transactions are held back ([`FakeKv::hold_txns`]).
+    gate: Arc<watch::Sender<bool>>,
+}
+
+impl Default for FakeKv {
+    fn default() -> FakeKv {
+        FakeKv {
+            state: Arc::default(),
+            gate: Arc::new(watch::channel(true).0),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -28,6 +45,37 @@ struct State {
     failing_lists: u32,
     failing_watches: u32,
     repeat: bool,
+    leases: BTreeMap<i64, Lease>,
+    last_lease: i64,
+    /// The TTL granted whatever is asked (etcd raises a short one to its minimum).
+    granted_ttl: Option<i64>,
+    faults: Faults,
+    /// Transactions waiting at the gate.
+    held_txns: usize,
+}
+
+/// Faults still to inject, by count of the requests they meet.
+#[derive(Default)]
+struct Faults {
+    lost_answers: u32,
+    failing_txns: u32,
+    repeated_txns: u32,
+    failing_gets: u32,
+    failing_keepalives: u32,
+    refused_keepalives: u32,
+}
+
+/// A lease: its TTL and when (CLOCK_BOOTTIME) etcd would expire it if not renewed.
+struct Lease {
+    ttl: i64,
+    expires_ns: u64,
+}
+
+/// Takes one from a fault's count; true if there was one.
+fn take(n: &mut u32) -> bool {
+    let had = *n > 0;
+    *n = n.saturating_sub(1);
+    had
 }
 
 struct Watch {
@@ -75,17 +123,8 @@ impl FakeKv {
         let mut s = self.lock();
         s.revision += 1;
         let rev = s.revision;
-        let prev = s.data.get(key.as_bytes());
-        let kv = KeyValue {
-            key: key.as_bytes().to_vec(),
-            create_revision: prev.map_or(rev, |p| p.create_revision),
-            mod_revision: rev,
-            version: prev.map_or(1, |p| p.version + 1),
-            value: value.to_vec(),
-            lease: 0,
-        };
-        s.data.insert(kv.key.clone(), kv.clone());
-        s.commit(Change::Put(kv));
+        let change = s.put_at(key.as_bytes(), value, 0, rev);
+        s.commit(vec![change]);
         rev
     }
 
@@ -95,10 +134,10 @@ impl FakeKv {
         s.revision += 1;
         let rev = s.revision;
         if s.data.remove(key.as_bytes()).is_some() {
-            s.commit(Change::Delete {
+            s.commit(vec![Change::Delete {
                 key: key.as_bytes().to_vec(),
                 revision: rev,
-            });
+            }]);
         }
         rev
     }
@@ -159,16 +198,138 @@ impl FakeKv {
         s.watchers.retain(|w| !w.tx.is_closed());
         s.watchers.len()
     }
+
+    /// `key` as it is now.
+    pub fn value(&self, key: &str) -> Option<KeyValue> {
+        self.lock().data.get(key.as_bytes()).cloned()
+    }
+
+    /// Every key under `prefix` as it is now.
+    pub fn keys(&self, prefix: &str) -> Vec<KeyValue> {
+        let s = self.lock();
+        txn::in_range(&s.data, prefix.as_bytes(), &prefix_end(prefix.as_bytes()))
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The next `n` transactions apply, but their answers are lost: the caller gets an error.
+    pub fn lose_answers(&self, n: u32) {
+        self.lock().faults.lost_answers = n;
+    }
+
+    /// The next `n` transactions fail before they apply.
+    pub fn fail_txns(&self, n: u32) {
+        self.lock().faults.failing_txns = n;
+    }
+
+    /// The next `n` transactions are delivered twice, as a client's retry after a lost answer
+    /// would: the caller gets the second delivery's answer.
+    pub fn repeat_txns(&self, n: u32) {
+        self.lock().faults.repeated_txns = n;
+    }
+
+    /// The next `n` single-key reads ([`Store::get`]) fail as unavailable.
+    pub fn fail_gets(&self, n: u32) {
+        self.lock().faults.failing_gets = n;
+    }
+
+    /// Holds transactions back (true) until released (false): they apply at the release.
+    pub fn hold_txns(&self, on: bool) {
+        self.gate.send_replace(!on);
+    }
+
+    /// Transactions held back now.
+    pub fn held_txns(&self) -> usize {
+        self.lock().held_txns
+    }
+
+    /// The next `n` keep-alives fail as unavailable.
+    pub fn fail_keepalives(&self, n: u32) {
+        self.lock().faults.failing_keepalives = n;
+    }
+
+    /// The next `n` keep-alives are answered LeaseNotFound.
+    pub fn refuse_keepalives(&self, n: u32) {
+        self.lock().faults.refused_keepalives = n;
+    }
+
+    /// Grants `ttl` seconds whatever is asked (None: what is asked).
+    pub fn grant_ttl(&self, ttl: Option<i64>) {
+        self.lock().granted_ttl = ttl;
+    }
+
+    /// Expires lease `id` now, as etcd does when its TTL lapses: its keys are deleted. False
+    /// if there is no such lease.
+    pub fn expire_lease(&self, id: i64) -> bool {
+        self.lock().end_lease(id)
+    }
+
+    /// The leases, by ID.
+    pub fn leases(&self) -> Vec<i64> {
+        self.lock().leases.keys().copied().collect()
+    }
+
+    /// When (CLOCK_BOOTTIME, ns) etcd would expire lease `id` unless it is renewed.
+    pub fn lease_deadline(&self, id: i64) -> Option<u64> {
+        self.lock().leases.get(&id).map(|l| l.expires_ns)
+    }
+
+    /// Waits while transactions are held back.
+    async fn pass_gate(&self) {
+        let mut open = self.gate.subscribe();
+        if *open.borrow_and_update() {
+            return;
+        }
+        /// Counts a transaction at the gate for as long as it waits (or is dropped waiting).
+        struct Waiting<'a>(&'a FakeKv);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.lock().held_txns -= 1;
+            }
+        }
+        self.lock().held_txns += 1;
+        let _waiting = Waiting(self);
+        // The sender lives as long as the store: this ends only at the release.
+        let _ = open.wait_for(|open| *open).await;
+    }
 }
 
 impl State {
-    fn commit(&mut self, change: Change) {
-        self.history.push(change.clone());
+    /// Records the changes of one revision and sends them to the watches as one batch, as
+    /// etcd sends a transaction's events together.
+    fn commit(&mut self, changes: Vec<Change>) {
+        self.history.extend(changes.iter().cloned());
         let repeat = self.repeat;
         self.watchers.retain(|w| !w.tx.is_closed());
         for w in &mut self.watchers {
-            w.send(vec![change.clone()], repeat);
+            w.send(changes.clone(), repeat);
         }
+    }
+
+    /// Ends lease `id` and deletes its keys, in one revision; false if there is no such lease.
+    fn end_lease(&mut self, id: i64) -> bool {
+        if self.leases.remove(&id).is_none() {
+            return false;
+        }
+        let keys: Vec<Vec<u8>> = self
+            .data
+            .values()
+            .filter(|kv| kv.lease == id)
+            .map(|kv| kv.key.clone())
+            .collect();
+        if keys.is_empty() {
+            return true;
+        }
+        self.revision += 1;
+        let revision = self.revision;
+        let changes = keys
+            .into_iter()
+            .filter(|k| self.data.remove(k).is_some())
+            .map(|key| Change::Delete { key, revision })
+            .collect();
+        self.commit(changes);
+        true
     }
 }
 
@@ -227,5 +388,77 @@ impl Kv for FakeKv {
 
     async fn delete(&self, key: &str) -> Result<i64, EtcdError> {
         Ok(self.remove(key))
+    }
+}
+
+impl Store for FakeKv {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, EtcdError> {
+        let mut s = self.lock();
+        if take(&mut s.faults.failing_gets) {
+            return Err(unavailable());
+        }
+        Ok(s.data.get(key.as_bytes()).cloned())
+    }
+
+    async fn list(&self, prefix: &str, keys_only: bool) -> Result<Vec<KeyValue>, EtcdError> {
+        let mut s = self.lock();
+        if take(&mut s.failing_lists) {
+            return Err(unavailable());
+        }
+        let r = pb::RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix.as_bytes()),
+            keys_only,
+            ..Default::default()
+        };
+        Ok(s.range(&r).kvs)
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, EtcdError> {
+        self.pass_gate().await;
+        let mut s = self.lock();
+        if take(&mut s.faults.failing_txns) {
+            return Err(unavailable());
+        }
+        let first = s.apply(&txn)?;
+        if take(&mut s.faults.repeated_txns) {
+            return s.apply(&txn);
+        }
+        if take(&mut s.faults.lost_answers) {
+            return Err(unavailable());
+        }
+        Ok(first)
+    }
+
+    async fn grant(&self, ttl_s: i64) -> Result<(i64, i64), EtcdError> {
+        let mut s = self.lock();
+        let ttl = s.granted_ttl.unwrap_or(ttl_s);
+        s.last_lease += 1;
+        // etcd's lease IDs are large and random-looking; small ones would do as well.
+        let id = 0x7e57_0000 + s.last_lease;
+        let expires_ns = boottime_ns() + ttl.max(0) as u64 * 1_000_000_000;
+        s.leases.insert(id, Lease { ttl, expires_ns });
+        Ok((id, ttl))
+    }
+
+    async fn keepalive(&self, id: i64) -> Result<i64, EtcdError> {
+        let mut s = self.lock();
+        if take(&mut s.faults.failing_keepalives) {
+            return Err(unavailable());
+        }
+        if take(&mut s.faults.refused_keepalives) {
+            return Err(EtcdError::LeaseNotFound);
+        }
+        // A keep-alive of a lease that is gone is answered with a TTL of 0, as etcd does.
+        let Some(l) = s.leases.get_mut(&id) else {
+            return Ok(0);
+        };
+        l.expires_ns = boottime_ns() + l.ttl.max(0) as u64 * 1_000_000_000;
+        Ok(l.ttl)
+    }
+
+    async fn revoke(&self, id: i64) -> Result<(), EtcdError> {
+        self.lock().end_lease(id);
+        Ok(())
     }
 }
