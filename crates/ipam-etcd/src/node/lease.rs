@@ -15,7 +15,12 @@ use crate::kv::Store;
 impl<K: Store> Node<K> {
     /// True while the lease is certainly valid and the holdings are fenced.
     pub fn lease_valid(&self) -> bool {
-        boottime_ns() < self.deadline_ns.load(Ordering::Acquire)
+        boottime_ns() < self.lease_deadline()
+    }
+
+    /// CLOCK_BOOTTIME (ns) until which the lease is certainly valid; 0: it is not.
+    pub fn lease_deadline(&self) -> u64 {
+        self.deadline_ns.load(Ordering::Acquire)
     }
 
     /// Runs the node: registers, fences, keeps the lease alive, and starts over after losing it.

@@ -1,0 +1,102 @@
+//! The node's lease: fencing after it is lost, keep-alives failing, the TTL etcd granted.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use trestle_ipam_etcd::kv::fake::FakeKv;
+use trestle_ipam_etcd::{Bitmap, Block, ClusterError, Keys};
+
+use crate::harness::*;
+
+const SECOND: u64 = 1_000_000_000;
+
+fn fencings(node: &FakeNode) -> u64 {
+    node.stats.fencings.load(Ordering::Relaxed)
+}
+
+/// The node's only lease.
+fn lease(kv: &FakeKv) -> i64 {
+    let leases = kv.leases();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    leases[0]
+}
+
+#[tokio::test]
+async fn a_lost_lease_refuses_old_writes_and_fences_before_allocating_again() {
+    let kv = FakeKv::new();
+    let pool = pool_record(&kv, &range());
+    let mut s = settings("a");
+    // Keep-alives every second: the loss is noticed soon.
+    s.lease_ttl = Duration::from_secs(3);
+    let node = started(&kv, s).await;
+    let mut given = BTreeSet::new();
+    for _ in 0..pool.chunk() {
+        add(&node, &range(), &mut given).await.expect("address");
+    }
+    let before = blocks(&kv, &pool);
+    // The next ADD extends the block: its write is prepared under this registration...
+    kv.hold_txns(true);
+    let held = {
+        let (node, mut given) = (node.clone(), given.clone());
+        tokio::spawn(async move { add(&node, &range(), &mut given).await })
+    };
+    until("the extension at etcd", || kv.held_txns() == 1).await;
+    // ... and the lease expires before it arrives.
+    assert!(kv.expire_lease(lease(&kv)));
+    // Counted once the node has stopped counting on the lease.
+    until("the loss noticed", || fencings(&node) == 1).await;
+    assert!(!node.lease_valid());
+    let r = add(&node, &range(), &mut given.clone()).await;
+    assert!(matches!(r, Err(ClusterError::LeaseUncertain)), "{r:?}");
+    // While fenced, etcd gains a block of this node's it never knew (an orphan, say).
+    let orphan = ["10.0.0.240", "10.0.0.224"]
+        .map(|ip| ip.parse().expect("ip"))
+        .into_iter()
+        .find(|ip| *ip != before[0].0)
+        .expect("a block not claimed");
+    let keys = Keys::new(PREFIX);
+    let mut bits = Bitmap::new(pool.block_len());
+    bits.set(3, true);
+    let record = Block {
+        owner: "a".into(),
+        held: bits,
+        foreign: Default::default(),
+        writer: "someone".into(),
+        at_ms: 0,
+    };
+    kv.set(&keys.block(NET, &pool.id(), orphan), &record.encode());
+    kv.set(&keys.affinity("a", NET, &pool.id(), orphan), b"");
+    kv.hold_txns(false);
+    let r = held.await.expect("the ADD");
+    assert!(matches!(r, Err(ClusterError::LeaseUncertain)), "{r:?}");
+    let now = blocks(&kv, &pool);
+    assert!(now.contains(&before[0]), "the old write is refused");
+    until("the re-registration", || node.lease_valid()).await;
+    assert_eq!(fencings(&node), 1);
+    assert_eq!(node.usage()[0].blocks, 2, "holdings rebuilt from etcd");
+    agrees_with_etcd(&kv, &pool, &node, &given);
+    add(&node, &range(), &mut given).await.expect("address");
+    agrees_with_etcd(&kv, &pool, &node, &given);
+}
+
+#[tokio::test]
+async fn failing_keepalives_stop_allocation_before_etcd_could_expire_the_lease() {
+    let kv = FakeKv::new();
+    let mut s = settings("a");
+    s.lease_ttl = Duration::from_secs(2);
+    let node = started(&kv, s).await;
+    let id = lease(&kv);
+    // One renewal by the keep-alive loop first: its deadline is the one that lapses.
+    let granted = kv.lease_deadline(id);
+    until("a renewal", || kv.lease_deadline(id) != granted).await;
+    kv.fail_keepalives(u32::MAX);
+    until("the deadline", || !node.lease_valid()).await;
+    let r = add(&node, &range(), &mut BTreeSet::new()).await;
+    assert!(matches!(r, Err(ClusterError::LeaseUncertain)), "{r:?}");
+    // The node counted from before etcd renewed, less its margin (half a second at least).
+    let etcd = kv.lease_deadline(id).expect("the lease, still in etcd");
+    let ours = node.lease_deadline();
+    assert!(ours + SECOND / 2 <= etcd, "{ours} vs etcd's {etcd}");
+    assert_eq!(fencings(&node), 0);
+}
