@@ -44,9 +44,15 @@ impl<K: Store> Node<K> {
         }
     }
 
-    fn margin(&self) -> u64 {
-        // Clock rates differ a little between this node and etcd's leader.
-        (self.s.lease_ttl.as_nanos() as u64 / 10).max(500_000_000)
+    /// Counts on the lease until `ttl_s` (as etcd granted it, which may differ from the TTL
+    /// asked for) after `sent`, the send time of the request that renewed it, less a margin:
+    /// clock rates differ a little between this node and etcd's leader, the more so the longer
+    /// the TTL.
+    fn valid_until(&self, sent: u64, ttl_s: i64) {
+        let ttl = ttl_s.max(0) as u64 * 1_000_000_000;
+        let margin = (ttl / 10).max(500_000_000);
+        let until = (sent + ttl).saturating_sub(margin);
+        self.deadline_ns.store(until, Ordering::Release);
     }
 
     /// Registers (taking over this instance's earlier registration), then fences; the lease
@@ -128,9 +134,7 @@ impl<K: Store> Node<K> {
                     Err(_) => (sent, ttl),
                 }
             };
-            let until = sent + (ttl.max(0) as u64) * 1_000_000_000;
-            self.deadline_ns
-                .store(until.saturating_sub(self.margin()), Ordering::Release);
+            self.valid_until(sent, ttl);
             log::info!(
                 "node {} registered in etcd (lease {lease:x}, TTL {ttl} s)",
                 self.s.name
@@ -153,9 +157,7 @@ impl<K: Store> Node<K> {
             let sent = boottime_ns();
             match self.etcd.keepalive(lease).await {
                 Ok(ttl) if ttl > 0 => {
-                    let until = sent + ttl as u64 * 1_000_000_000;
-                    self.deadline_ns
-                        .store(until.saturating_sub(self.margin()), Ordering::Release);
+                    self.valid_until(sent, ttl);
                     if failing {
                         log::info!("etcd reachable again; lease {lease:x} renewed");
                     }

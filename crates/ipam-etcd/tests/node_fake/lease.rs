@@ -100,3 +100,19 @@ async fn failing_keepalives_stop_allocation_before_etcd_could_expire_the_lease()
     assert!(ours + SECOND / 2 <= etcd, "{ours} vs etcd's {etcd}");
     assert_eq!(fencings(&node), 0);
 }
+
+#[tokio::test]
+async fn the_margin_follows_the_ttl_etcd_granted() {
+    let kv = FakeKv::new();
+    // etcd raises a TTL below its minimum: 30 s granted for 2 asked.
+    kv.grant_ttl(Some(30));
+    let mut s = settings("a");
+    s.lease_ttl = Duration::from_secs(2);
+    let node = started(&kv, s).await;
+    let ours = node.lease_deadline();
+    let etcd = kv.lease_deadline(lease(&kv)).expect("lease");
+    assert!(
+        ours + 3 * SECOND <= etcd,
+        "a tenth of 30 s: {ours} vs {etcd}"
+    );
+}
