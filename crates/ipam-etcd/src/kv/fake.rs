@@ -265,6 +265,11 @@ impl FakeKv {
         self.lock().end_lease(id)
     }
 
+    /// How many leases were granted.
+    pub fn grants(&self) -> i64 {
+        self.lock().last_lease
+    }
+
     /// The leases, by ID.
     pub fn leases(&self) -> Vec<i64> {
         self.lock().leases.keys().copied().collect()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use trestle_ipam_core::{boottime_ns, unix_ms};
 
 use super::{ClusterError, Node, Registration};
-use crate::client::Txn;
+use crate::client::{EtcdError, Txn};
 use crate::kv::Store;
 
 impl<K: Store> Node<K> {
@@ -130,7 +130,9 @@ impl<K: Store> Node<K> {
                 let again = boottime_ns();
                 match self.etcd.keepalive(lease).await {
                     Ok(t) if t > 0 => (again, t),
-                    Ok(_) => continue,
+                    // Gone already (and the registration with it): start over.
+                    Ok(_) | Err(EtcdError::LeaseNotFound) => continue,
+                    // Unanswered: the grant still counts from when it was sent.
                     Err(_) => (sent, ttl),
                 }
             };
@@ -163,7 +165,9 @@ impl<K: Store> Node<K> {
                     }
                     failing = false;
                 }
-                Ok(_) => return,
+                // etcd answers a keep-alive of a lease it no longer has with a TTL of 0; a
+                // LeaseNotFound (from anything between) says the same.
+                Ok(_) | Err(EtcdError::LeaseNotFound) => return,
                 Err(e) => {
                     if !failing {
                         log::warn!("cannot renew lease {lease:x}: {e}");

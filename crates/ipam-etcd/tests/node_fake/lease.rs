@@ -116,3 +116,27 @@ async fn the_margin_follows_the_ttl_etcd_granted() {
         "a tenth of 30 s: {ours} vs {etcd}"
     );
 }
+
+#[tokio::test]
+async fn a_keepalive_answered_lease_not_found_starts_over() {
+    let kv = FakeKv::new();
+    let mut s = settings("a");
+    s.lease_ttl = Duration::from_secs(2);
+    let node = started(&kv, s).await;
+    kv.refuse_keepalives(1);
+    until("the re-registration", || fencings(&node) >= 1).await;
+    until("a valid lease", || node.lease_valid()).await;
+}
+
+#[tokio::test]
+async fn a_lease_found_gone_right_after_registering_is_not_counted_on() {
+    let kv = FakeKv::new();
+    // The renewal after the first registration's fencing is answered LeaseNotFound.
+    kv.refuse_keepalives(1);
+    let node = started(&kv, settings("a")).await;
+    assert_eq!(kv.grants(), 2, "registered again, with a new lease");
+    assert_eq!(fencings(&node), 0);
+    let key = Keys::new(PREFIX).node("a");
+    let reg = kv.value(&key).expect("registration");
+    assert_eq!(kv.leases(), vec![reg.lease]);
+}
