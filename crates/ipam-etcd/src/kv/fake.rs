@@ -396,8 +396,15 @@ impl Kv for FakeKv {
     }
 }
 
+/// Every answer takes a turn of the runtime, as a real request does: a caller that loops on
+/// the store (a bug) cannot starve the timers and tasks that would catch it.
+async fn answer() {
+    tokio::task::yield_now().await;
+}
+
 impl Store for FakeKv {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, EtcdError> {
+        answer().await;
         let mut s = self.lock();
         if take(&mut s.faults.failing_gets) {
             return Err(unavailable());
@@ -406,6 +413,7 @@ impl Store for FakeKv {
     }
 
     async fn list(&self, prefix: &str, keys_only: bool) -> Result<Vec<KeyValue>, EtcdError> {
+        answer().await;
         let mut s = self.lock();
         if take(&mut s.failing_lists) {
             return Err(unavailable());
@@ -420,6 +428,7 @@ impl Store for FakeKv {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, EtcdError> {
+        answer().await;
         self.pass_gate().await;
         let mut s = self.lock();
         if take(&mut s.faults.failing_txns) {
@@ -436,6 +445,7 @@ impl Store for FakeKv {
     }
 
     async fn grant(&self, ttl_s: i64) -> Result<(i64, i64), EtcdError> {
+        answer().await;
         let mut s = self.lock();
         let ttl = s.granted_ttl.unwrap_or(ttl_s);
         s.last_lease += 1;
@@ -447,6 +457,7 @@ impl Store for FakeKv {
     }
 
     async fn keepalive(&self, id: i64) -> Result<i64, EtcdError> {
+        answer().await;
         let mut s = self.lock();
         if take(&mut s.faults.failing_keepalives) {
             return Err(unavailable());
@@ -463,6 +474,7 @@ impl Store for FakeKv {
     }
 
     async fn revoke(&self, id: i64) -> Result<(), EtcdError> {
+        answer().await;
         self.lock().end_lease(id);
         Ok(())
     }

@@ -115,6 +115,11 @@ impl<K: Store> Node<K> {
             let mut found = None;
             for kv in listed {
                 let Ok(p) = serde_json::from_slice::<Pool>(&kv.value) else {
+                    // Ours unreadable: the create below would be refused (the key exists)
+                    // and this would read again forever.
+                    if kv.key == key.as_bytes() {
+                        return Err(ClusterError::Corrupt(key));
+                    }
                     continue;
                 };
                 if p.subnet == subnet {

@@ -167,3 +167,17 @@ async fn two_nodes_racing_for_one_block_never_share_an_address() {
         "the block's addresses, all handed out"
     );
 }
+
+#[tokio::test]
+async fn an_unreadable_pool_record_is_corrupt_not_a_loop() {
+    let kv = FakeKv::new();
+    let key = Keys::new(PREFIX).pool(NET, "10.0.0.0_24");
+    kv.set(&key, b"not a pool");
+    let node = started(&kv, settings("a")).await;
+    let (r, mut given) = (range(), BTreeSet::new());
+    let r = tokio::time::timeout(Duration::from_secs(10), add(&node, &r, &mut given)).await;
+    assert!(
+        matches!(r, Ok(Err(ClusterError::Corrupt(ref k))) if *k == key),
+        "{r:?}"
+    );
+}
