@@ -140,3 +140,38 @@ async fn a_lease_found_gone_right_after_registering_is_not_counted_on() {
     let reg = kv.value(&key).expect("registration");
     assert_eq!(kv.leases(), vec![reg.lease]);
 }
+
+#[tokio::test]
+async fn an_unreadable_pool_record_does_not_stop_fencing() {
+    let kv = FakeKv::new();
+    let pool = pool_record(&kv, &range());
+    let other = subnet("10.0.9.0/24");
+    pool_record(&kv, &other);
+    let mut s = settings("a");
+    s.lease_ttl = Duration::from_secs(3);
+    let node = started(&kv, s).await;
+    let mut given = BTreeSet::new();
+    add(&node, &range(), &mut given).await.expect("address");
+    add(&node, &other, &mut BTreeSet::new())
+        .await
+        .expect("address");
+    let key = Keys::new(PREFIX).pool(NET, &pool.id());
+    kv.set(&key, b"garbage");
+    assert!(kv.expire_lease(lease(&kv)));
+    until("the re-registration", || {
+        fencings(&node) >= 1 && node.lease_valid()
+    })
+    .await;
+    assert!(
+        pickable(&node, &range()).is_empty(),
+        "nothing of the unreadable pool"
+    );
+    let r = add(&node, &range(), &mut given).await;
+    assert!(
+        matches!(r, Err(ClusterError::Corrupt(ref k)) if *k == key),
+        "{r:?}"
+    );
+    add(&node, &other, &mut BTreeSet::new())
+        .await
+        .expect("the other pool still serves");
+}
