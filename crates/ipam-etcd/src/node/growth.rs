@@ -272,9 +272,11 @@ impl<K: Store> Node<K> {
                     self.record_owned(network, pool, n, new, rev);
                     return Ok(true);
                 }
-                Cas::Lost(None) => return Err(ClusterError::LeaseUncertain),
-                Cas::Lost(Some(_)) if want.is_some() => return Ok(false),
-                Cas::Lost(Some(_)) => {
+                // Compared absent and refused: someone else's block now (a refusal with the
+                // key still absent is this node's registration failing, which `cas` answers
+                // as LeaseUncertain).
+                Cas::Lost(_) if want.is_some() => return Ok(false),
+                Cas::Lost(_) => {
                     taken.insert(n);
                 }
             }

@@ -62,7 +62,8 @@ impl<K: Store> Node<K> {
         None
     }
 
-    /// True if this node holds `ip` in `network`'s pool of `range` (owned or borrowed).
+    /// True if this node holds `ip` in `network`'s pool of `subnet` (owned or borrowed) and may
+    /// hand it out: what [`Node::pick`] may return.
     pub fn covers(&self, network: &str, subnet: IpNet, ip: IpAddr) -> bool {
         let h = self.holdings();
         let Some(hold) = h.get(&(network.to_string(), subnet.trunc())) else {
