@@ -120,6 +120,45 @@ async fn a_shrink_of_unknown_outcome_gives_nothing_up_twice() {
 }
 
 #[tokio::test]
+async fn a_release_of_unknown_outcome_keeps_the_block_out_of_use() {
+    for applied in [true, false] {
+        let kv = FakeKv::new();
+        let pool = pool_record(&kv, &range());
+        let mut s = settings("a");
+        s.release_grace = Duration::ZERO;
+        let node = started(&kv, s).await;
+        let mut given = BTreeSet::new();
+        let mut last = None;
+        while node.usage().first().map_or(0, |u| u.blocks) < 2 {
+            last = Some(add(&node, &range(), &mut given).await.expect("address"));
+        }
+        let start = |ip: IpAddr| pool.block_of(ip).map(|(s, _)| s);
+        let second = start(last.expect("an address"));
+        if applied {
+            kv.lose_answers(1);
+        } else {
+            kv.fail_txns(1);
+        }
+        kv.fail_gets(1);
+        // Only the second block is in use: the first goes back.
+        let in_use = |_: &str, ip: IpAddr| start(ip) == second;
+        node.housekeep(|| node.plan(&in_use)).await;
+        assert_eq!(blocks(&kv, &pool).len(), if applied { 1 } else { 2 });
+        let may = pickable(&node, &range());
+        assert!(
+            may.iter().all(|ip| start(*ip) == second),
+            "{applied}: {may:?}"
+        );
+        agrees_with_etcd(&kv, &pool, &node, &BTreeSet::new());
+        // The next round settles it.
+        node.housekeep(|| node.plan(&in_use)).await;
+        assert_eq!(blocks(&kv, &pool).len(), 1, "{applied}");
+        assert_eq!(node.usage()[0].blocks, 1, "{applied}");
+        agrees_with_etcd(&kv, &pool, &node, &BTreeSet::new());
+    }
+}
+
+#[tokio::test]
 async fn two_nodes_racing_for_one_block_never_share_an_address() {
     let kv = FakeKv::new();
     // One block of 16: both nodes want it.
