@@ -175,3 +175,47 @@ async fn an_unreadable_pool_record_does_not_stop_fencing() {
         .await
         .expect("the other pool still serves");
 }
+
+#[tokio::test]
+async fn a_return_of_unknown_outcome_is_not_used_again_until_etcd_says_so() {
+    for applied in [true, false] {
+        let kv = FakeKv::new();
+        // One block: a owns it, b borrows from it.
+        let r = subnet("10.0.1.0/28");
+        let pool = pool_record(&kv, &r);
+        let a = started(&kv, settings("a")).await;
+        add(&a, &r, &mut BTreeSet::new())
+            .await
+            .expect("a's address");
+        let mut s = settings("b");
+        s.lease_ttl = Duration::from_secs(3);
+        let b = started(&kv, s).await;
+        let ip = add(&b, &r, &mut BTreeSet::new()).await.expect("borrowed");
+        assert!(etcd_gives(&kv, &pool, "b", ip));
+        // The return is held at etcd, then applies (or not) with its answer and read-back lost.
+        kv.hold_txns(true);
+        let housekeeping = {
+            let b = b.clone();
+            tokio::spawn(async move { b.housekeep(|| b.plan(&|_, _| false)).await })
+        };
+        until("the return at etcd", || kv.held_txns() == 1).await;
+        if applied {
+            kv.lose_answers(1);
+        } else {
+            kv.fail_txns(1);
+        }
+        kv.fail_gets(1);
+        kv.hold_txns(false);
+        housekeeping.await.expect("housekeeping");
+        assert_eq!(etcd_gives(&kv, &pool, "b", ip), !applied);
+        assert!(!pickable(&b, &r).contains(&ip), "{applied}: maybe returned");
+        // A fencing reads etcd: what it still gives b is b's again.
+        let reg = kv
+            .value(&Keys::new(PREFIX).node("b"))
+            .expect("b's registration");
+        assert!(kv.expire_lease(reg.lease));
+        until("b fenced", || fencings(&b) == 1 && b.lease_valid()).await;
+        assert_eq!(pickable(&b, &r).contains(&ip), !applied, "{applied}");
+        agrees_with_etcd(&kv, &pool, &b, &BTreeSet::new());
+    }
+}
