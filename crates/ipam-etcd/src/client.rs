@@ -479,9 +479,9 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// A transaction being built.
 #[derive(Debug, Default, Clone)]
 pub struct Txn {
-    compare: Vec<pb::Compare>,
-    success: Vec<pb::RequestOp>,
-    failure: Vec<pb::RequestOp>,
+    pub(crate) compare: Vec<pb::Compare>,
+    pub(crate) success: Vec<pb::RequestOp>,
+    pub(crate) failure: Vec<pb::RequestOp>,
 }
 
 impl Txn {
@@ -598,7 +598,7 @@ pub struct TxnOutcome {
     pub succeeded: bool,
     /// The store's revision after it: the `mod_revision` of every key it put.
     pub revision: i64,
-    responses: Vec<pb::ResponseOp>,
+    pub(crate) responses: Vec<pb::ResponseOp>,
 }
 
 impl TxnOutcome {

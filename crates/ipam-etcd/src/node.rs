@@ -23,6 +23,7 @@ use trestle_ipam_core::boottime_ns;
 use crate::block::{Bitmap, Block, Pool, PoolError};
 use crate::client::{Etcd, EtcdError};
 use crate::keys::Keys;
+use crate::kv::Store;
 
 mod cas;
 mod exhaustion;
@@ -217,9 +218,9 @@ pub enum Plan {
 
 type PoolKey = (String, IpNet);
 
-/// One node of the cluster.
-pub struct Node {
-    etcd: Etcd,
+/// One node of the cluster, over etcd (or, in tests, any [`Store`]).
+pub struct Node<K = Etcd> {
+    etcd: K,
     keys: Keys,
     s: NodeSettings,
     /// CLOCK_BOOTTIME until which the lease is certainly valid; 0: not valid.
@@ -240,9 +241,9 @@ pub struct Node {
     pub stats: Stats,
 }
 
-impl Node {
+impl<K: Store> Node<K> {
     /// A node over `etcd`; call [`Node::run`] to register it.
-    pub fn new(etcd: Etcd, s: NodeSettings) -> Arc<Node> {
+    pub fn new(etcd: K, s: NodeSettings) -> Arc<Node<K>> {
         Arc::new(Node {
             keys: Keys::new(&s.prefix),
             etcd,
@@ -263,13 +264,15 @@ impl Node {
         &self.s.name
     }
 
-    /// The client (its counters are the node's etcd requests).
-    pub fn etcd(&self) -> &Etcd {
-        &self.etcd
-    }
-
     /// The holdings' generation (see [`Node::grow`]).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+}
+
+impl Node<Etcd> {
+    /// The client (its counters are the node's etcd requests).
+    pub fn etcd(&self) -> &Etcd {
+        &self.etcd
     }
 }

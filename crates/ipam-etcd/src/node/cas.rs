@@ -10,6 +10,7 @@ use trestle_ipam_core::unix_ms;
 use super::{ClusterError, Node, Owned};
 use crate::block::{Bitmap, Block, Pool};
 use crate::client::{EtcdError, KeyValue, Txn};
+use crate::kv::Store;
 
 /// The outcome of a compare-and-swap.
 pub(super) enum Cas {
@@ -21,7 +22,7 @@ pub(super) enum Cas {
     Unknown,
 }
 
-impl Node {
+impl<K: Store> Node<K> {
     /// A transaction that applies only while this node's current registration stands.
     pub(super) fn block_txn(&self) -> Txn {
         let rev = self.registration.load(Ordering::Acquire);

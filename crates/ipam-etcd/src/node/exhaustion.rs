@@ -13,8 +13,9 @@ use super::{Borrowed, ClusterError, Expired, Node};
 use crate::block::{Bitmap, Block, Pool};
 use crate::client::Txn;
 use crate::keys::Keys;
+use crate::kv::Store;
 
-impl Node {
+impl<K: Store> Node<K> {
     /// Takes over a block of a node whose lease has been gone for the grace period. What the
     /// dead node held stays held in its name (its pods may still run, cut off from etcd); the
     /// rest of the block becomes this node's.

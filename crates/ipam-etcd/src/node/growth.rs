@@ -14,8 +14,9 @@ use super::{ClusterError, Holding, Node};
 use crate::block::{Bitmap, Block, Pool, PoolError};
 use crate::client::Txn;
 use crate::keys::Keys;
+use crate::kv::Store;
 
-impl Node {
+impl<K: Store> Node<K> {
     /// True if fewer than a quarter chunk of the addresses this node holds in `network`'s pool
     /// of `range` are free locally (`free`): time to grow ahead of the ADDs.
     pub fn running_low(
@@ -110,17 +111,15 @@ impl Node {
         let prefix = self.keys.pool(network, "");
         let existing = loop {
             // The network's pools, read (not written: every node but the first finds its pool).
-            let (listed, at) = self
-                .etcd
-                .range(
-                    prefix.as_bytes(),
-                    &crate::client::prefix_end(prefix.as_bytes()),
-                    false,
-                )
-                .await?;
+            let (listed, at) = self.etcd.list_at(&prefix).await?;
             let mut found = None;
             for kv in listed {
                 let Ok(p) = serde_json::from_slice::<Pool>(&kv.value) else {
+                    // Ours unreadable: the create below would be refused (the key exists)
+                    // and this would read again forever.
+                    if kv.key == key.as_bytes() {
+                        return Err(ClusterError::Corrupt(key));
+                    }
                     continue;
                 };
                 if p.subnet == subnet {
@@ -273,9 +272,11 @@ impl Node {
                     self.record_owned(network, pool, n, new, rev);
                     return Ok(true);
                 }
-                Cas::Lost(None) => return Err(ClusterError::LeaseUncertain),
-                Cas::Lost(Some(_)) if want.is_some() => return Ok(false),
-                Cas::Lost(Some(_)) => {
+                // Compared absent and refused: someone else's block now (a refusal with the
+                // key still absent is this node's registration failing, which `cas` answers
+                // as LeaseUncertain).
+                Cas::Lost(_) if want.is_some() => return Ok(false),
+                Cas::Lost(_) => {
                     taken.insert(n);
                 }
             }

@@ -2,7 +2,7 @@
 //! as a cache of etcd. What an ADD picks from and what the metrics count; updated after each
 //! successful write, and rebuilt from etcd by fencing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
@@ -13,8 +13,9 @@ use trestle_ipam_core::Range;
 use super::{Borrowed, ClusterError, Holding, Node, Owned, PoolKey, PoolUsage};
 use crate::block::{Block, Pool};
 use crate::client::KeyValue;
+use crate::kv::Store;
 
-impl Node {
+impl<K: Store> Node<K> {
     pub(super) fn holdings(&self) -> MutexGuard<'_, HashMap<PoolKey, Holding>> {
         self.holdings.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -61,7 +62,8 @@ impl Node {
         None
     }
 
-    /// True if this node holds `ip` in `network`'s pool of `range` (owned or borrowed).
+    /// True if this node holds `ip` in `network`'s pool of `subnet` (owned or borrowed) and may
+    /// hand it out: what [`Node::pick`] may return.
     pub fn covers(&self, network: &str, subnet: IpNet, ip: IpAddr) -> bool {
         let h = self.holdings();
         let Some(hold) = h.get(&(network.to_string(), subnet.trunc())) else {
@@ -191,6 +193,7 @@ impl Node {
         // No claim, extension or housekeeping write is in flight while the cache is rebuilt.
         let _one = self.grow.lock().await;
         let mut pools: HashMap<(String, String), Pool> = HashMap::new();
+        let mut unreadable: HashSet<(String, String)> = HashSet::new();
         let mut fresh: HashMap<PoolKey, Holding> = HashMap::new();
         let me = &self.s.name;
         let mut index = self
@@ -213,8 +216,19 @@ impl Node {
                     let Some(pkv) = self.etcd.get(&key).await? else {
                         continue;
                     };
-                    let p: Pool = serde_json::from_slice(&pkv.value)
-                        .map_err(|_| ClusterError::Corrupt(key))?;
+                    // An unreadable pool record leaves its blocks out, as an unreadable block
+                    // record is. Failing the fencing instead kept the whole node from
+                    // registering (retried every 500 ms, forever): no pool of it gave an
+                    // address, while each attempt wrote its registration anew, so others saw
+                    // it alive. Left out (and the pool forgotten), nothing of the pool is
+                    // handed out: its next ADD reads the record and fails as corrupt until an
+                    // operator repairs it; the node's blocks there come back at its next
+                    // fencing (a restart).
+                    let Ok(p) = serde_json::from_slice::<Pool>(&pkv.value) else {
+                        log::error!("unreadable pool record {key}: its blocks are skipped");
+                        unreadable.insert((net.clone(), pid.clone()));
+                        continue;
+                    };
                     pools.insert((net.clone(), pid.clone()), p.clone());
                     p
                 }
@@ -270,8 +284,12 @@ impl Node {
                 }
             }
         }
-        // Pools known but now empty stay known (their geometry is checked already).
+        // Pools known but now empty stay known (their geometry is checked already), unless
+        // their record is unreadable now.
         for (k, old) in h.drain() {
+            if unreadable.contains(&(k.0.clone(), old.pool.id())) {
+                continue;
+            }
             fresh.entry(k).or_insert(Holding {
                 pool: old.pool,
                 owned: BTreeMap::new(),

@@ -12,6 +12,7 @@ use super::cas::{unknown, Cas};
 use super::{Borrowed, ClusterError, Node, Owned, Plan};
 use crate::block::{Bitmap, Block, Pool};
 use crate::client::KeyValue;
+use crate::kv::Store;
 
 /// The outcome of returning borrowed addresses.
 enum Returned {
@@ -23,7 +24,7 @@ enum Returned {
     Unknown,
 }
 
-impl Node {
+impl<K: Store> Node<K> {
     /// Housekeeping, one round: `plan` (which calls [`Node::plan`] with the daemon's state
     /// locked) and then carrying the plans out, all under the grow lock, so no claim or
     /// extension changes a block between the plan and the write.

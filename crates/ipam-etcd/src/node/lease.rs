@@ -9,12 +9,18 @@ use std::time::Duration;
 use trestle_ipam_core::{boottime_ns, unix_ms};
 
 use super::{ClusterError, Node, Registration};
-use crate::client::Txn;
+use crate::client::{EtcdError, Txn};
+use crate::kv::Store;
 
-impl Node {
+impl<K: Store> Node<K> {
     /// True while the lease is certainly valid and the holdings are fenced.
     pub fn lease_valid(&self) -> bool {
-        boottime_ns() < self.deadline_ns.load(Ordering::Acquire)
+        boottime_ns() < self.lease_deadline()
+    }
+
+    /// CLOCK_BOOTTIME (ns) until which the lease is certainly valid; 0: it is not.
+    pub fn lease_deadline(&self) -> u64 {
+        self.deadline_ns.load(Ordering::Acquire)
     }
 
     /// Runs the node: registers, fences, keeps the lease alive, and starts over after losing it.
@@ -38,9 +44,15 @@ impl Node {
         }
     }
 
-    fn margin(&self) -> u64 {
-        // Clock rates differ a little between this node and etcd's leader.
-        (self.s.lease_ttl.as_nanos() as u64 / 10).max(500_000_000)
+    /// Counts on the lease until `ttl_s` (as etcd granted it, which may differ from the TTL
+    /// asked for) after `sent`, the send time of the request that renewed it, less a margin:
+    /// clock rates differ a little between this node and etcd's leader, the more so the longer
+    /// the TTL.
+    fn valid_until(&self, sent: u64, ttl_s: i64) {
+        let ttl = ttl_s.max(0) as u64 * 1_000_000_000;
+        let margin = (ttl / 10).max(500_000_000);
+        let until = (sent + ttl).saturating_sub(margin);
+        self.deadline_ns.store(until, Ordering::Release);
     }
 
     /// Registers (taking over this instance's earlier registration), then fences; the lease
@@ -118,13 +130,13 @@ impl Node {
                 let again = boottime_ns();
                 match self.etcd.keepalive(lease).await {
                     Ok(t) if t > 0 => (again, t),
-                    Ok(_) => continue,
+                    // Gone already (and the registration with it): start over.
+                    Ok(_) | Err(EtcdError::LeaseNotFound) => continue,
+                    // Unanswered: the grant still counts from when it was sent.
                     Err(_) => (sent, ttl),
                 }
             };
-            let until = sent + (ttl.max(0) as u64) * 1_000_000_000;
-            self.deadline_ns
-                .store(until.saturating_sub(self.margin()), Ordering::Release);
+            self.valid_until(sent, ttl);
             log::info!(
                 "node {} registered in etcd (lease {lease:x}, TTL {ttl} s)",
                 self.s.name
@@ -147,15 +159,15 @@ impl Node {
             let sent = boottime_ns();
             match self.etcd.keepalive(lease).await {
                 Ok(ttl) if ttl > 0 => {
-                    let until = sent + ttl as u64 * 1_000_000_000;
-                    self.deadline_ns
-                        .store(until.saturating_sub(self.margin()), Ordering::Release);
+                    self.valid_until(sent, ttl);
                     if failing {
                         log::info!("etcd reachable again; lease {lease:x} renewed");
                     }
                     failing = false;
                 }
-                Ok(_) => return,
+                // etcd answers a keep-alive of a lease it no longer has with a TTL of 0; a
+                // LeaseNotFound (from anything between) says the same.
+                Ok(_) | Err(EtcdError::LeaseNotFound) => return,
                 Err(e) => {
                     if !failing {
                         log::warn!("cannot renew lease {lease:x}: {e}");
