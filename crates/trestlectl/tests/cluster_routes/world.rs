@@ -172,15 +172,11 @@ impl World {
         mtu: u32,
         extra: &[&str],
     ) -> Node {
-        let ns = self.plug(name, segment, mtu);
-        sh(
-            &ns,
-            &format!(
-                "ip addr add {ip}/24 dev eth0 && ip route add default via {gw}",
-                gw = gateway(segment)
-            ),
+        let addressing = format!(
+            "ip addr add {ip}/24 dev eth0 && ip route add default via {}",
+            gateway(segment)
         );
-        self.start_node(name, ns, ip, extra)
+        self.node_with(name, segment, mtu, &addressing, ip, extra)
     }
 
     /// A node of [`World::new_v6`]: IPv6 only, underlay address `ip` (in fd00:`segment`::/64) of MTU `mtu`.
@@ -192,22 +188,28 @@ impl World {
         mtu: u32,
         extra: &[&str],
     ) -> Node {
-        let ns = self.plug(name, segment, mtu);
-        sh(
-            &ns,
-            &format!(
-                "ip addr add {ip}/64 dev eth0 nodad && ip -6 route add default via {gw}",
-                gw = gateway6(segment)
-            ),
+        let addressing = format!(
+            "ip addr add {ip}/64 dev eth0 nodad && ip -6 route add default via {}",
+            gateway6(segment)
         );
-        self.start_node(name, ns, ip, extra)
+        self.node_with(name, segment, mtu, &addressing, ip, extra)
     }
 
-    /// A node's namespace with `eth0` (MTU `mtu`, up) on segment `segment`.
-    fn plug(&self, name: &str, segment: u8, mtu: u32) -> NetNs {
+    /// A node's namespace with `eth0` (MTU `mtu`, up) on segment `segment`, `addressing` run in it, its trestled
+    /// started.
+    fn node_with(
+        &self,
+        name: &str,
+        segment: u8,
+        mtu: u32,
+        addressing: &str,
+        ip: &str,
+        extra: &[&str],
+    ) -> Node {
         let ns = fresh_ns();
         plug(&self.ns, &ns, &format!("u-{name}"), "eth0", segment, mtu);
-        ns
+        sh(&ns, addressing);
+        self.start_node(name, ns, ip, extra)
     }
 
     fn start_node(&self, name: &str, ns: NetNs, ip: &str, extra: &[&str]) -> Node {
