@@ -243,19 +243,23 @@ impl Etcd {
         range_end: &[u8],
         keys_only: bool,
     ) -> Result<(Vec<KeyValue>, i64), EtcdError> {
-        let req = pb::RangeRequest {
-            key: key.to_vec(),
-            range_end: range_end.to_vec(),
-            keys_only,
-            ..Default::default()
-        };
         let r = self
-            .call(Kind::Read, |ch| {
-                let req = req.clone();
-                async move { Ok(kv(ch).range(req).await?.into_inner()) }
+            .range_request(pb::RangeRequest {
+                key: key.to_vec(),
+                range_end: range_end.to_vec(),
+                keys_only,
+                ..Default::default()
             })
             .await?;
         Ok((r.kvs, r.header.map_or(0, |h| h.revision)))
+    }
+
+    async fn range_request(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse, EtcdError> {
+        self.call(Kind::Read, |ch| {
+            let req = req.clone();
+            async move { Ok(kv(ch).range(req).await?.into_inner()) }
+        })
+        .await
     }
 
     /// Every key under `prefix` as of one revision, read in pages of `page` keys, each page one
@@ -272,17 +276,13 @@ impl Etcd {
         let mut revision = 0;
         let mut out = Vec::new();
         loop {
-            let req = pb::RangeRequest {
-                key: from.clone(),
-                range_end: end.clone(),
-                limit: page,
-                revision,
-                ..Default::default()
-            };
             let r = self
-                .call(Kind::Read, |ch| {
-                    let req = req.clone();
-                    async move { Ok(kv(ch).range(req).await?.into_inner()) }
+                .range_request(pb::RangeRequest {
+                    key: from.clone(),
+                    range_end: end.clone(),
+                    limit: page,
+                    revision,
+                    ..Default::default()
                 })
                 .await?;
             if revision == 0 {

@@ -132,31 +132,41 @@ impl Held {
             neighbours: applied
                 .neighbours
                 .iter()
-                .map(|(ip, mac)| Neighbour {
-                    index,
-                    ip: *ip,
-                    mac: Some(*mac),
-                    state: NUD_PERMANENT,
-                    flags: 0,
-                    kind: RTN_UNICAST,
-                })
+                .map(|(ip, mac)| permanent_neighbour(index, *ip, *mac))
                 .collect(),
             fdb: applied
                 .fdb
                 .iter()
-                .map(|(mac, dst)| FdbEntry {
-                    index,
-                    mac: *mac,
-                    dst: Some(*dst),
-                    vni: None,
-                    port: None,
-                    vlan: None,
-                    master: None,
-                    flags: NTF_SELF,
-                    state: NUD_PERMANENT,
-                })
+                .map(|(mac, dst)| permanent_fdb(index, *mac, *dst))
                 .collect(),
         }
+    }
+}
+
+/// A permanent neighbour entry of device `index`, as the kernel lists the ones trestle sets.
+pub(crate) fn permanent_neighbour(index: u32, ip: IpAddr, mac: [u8; 6]) -> Neighbour {
+    Neighbour {
+        index,
+        ip,
+        mac: Some(mac),
+        state: NUD_PERMANENT,
+        flags: 0,
+        kind: RTN_UNICAST,
+    }
+}
+
+/// A permanent entry of device `index`'s own forwarding database, as the kernel lists the ones trestle sets.
+pub(crate) fn permanent_fdb(index: u32, mac: [u8; 6], dst: IpAddr) -> FdbEntry {
+    FdbEntry {
+        index,
+        mac,
+        dst: Some(dst),
+        vni: None,
+        port: None,
+        vlan: None,
+        master: None,
+        flags: NTF_SELF,
+        state: NUD_PERMANENT,
     }
 }
 

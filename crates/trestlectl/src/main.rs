@@ -414,23 +414,16 @@ fn main() -> ExitCode {
                     out,
                     command,
                 };
-                return match trestlectl::bench::datapath::run(&opts) {
-                    Ok(report) => {
-                        print!("{}", report.markdown());
-                        eprintln!("wrote {}/datapath.md, datapath.json", opts.out.display());
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!(
-                            "trestlectl bench --datapath: {}",
-                            cni_proto::error_chain(&e)
-                        );
-                        ExitCode::FAILURE
-                    }
-                };
+                let result = trestlectl::bench::datapath::run(&opts);
+                return bench_done(
+                    "datapath",
+                    &opts.out,
+                    result.map_err(|e| cni_proto::error_chain(&e)),
+                    |r| r.markdown(),
+                );
             }
             if fanout {
-                return bench_fanout(trestlectl::bench::fanout::FanoutOptions {
+                let opts = trestlectl::bench::fanout::FanoutOptions {
                     followers: if smoke { 20 } else { fanout_watchers.max(1) },
                     claims: if smoke { 6 } else { fanout_claims },
                     interval: std::time::Duration::from_millis(if smoke {
@@ -444,7 +437,9 @@ fn main() -> ExitCode {
                     smoke,
                     out,
                     command,
-                });
+                };
+                let result = trestlectl::bench::fanout::run(&opts);
+                return bench_done("fanout", &opts.out, result, |r| r.markdown());
             }
             if routes {
                 if let Err(e) = trestlectl::elevate::as_root("the bench") {
@@ -459,17 +454,8 @@ fn main() -> ExitCode {
                     out,
                     command,
                 };
-                return match trestlectl::bench::routes::run(&opts) {
-                    Ok(report) => {
-                        print!("{}", report.markdown());
-                        eprintln!("wrote {}/routes.md, routes.json", opts.out.display());
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("trestlectl bench --routes: {e}");
-                        ExitCode::FAILURE
-                    }
-                };
+                let result = trestlectl::bench::routes::run(&opts);
+                return bench_done("routes", &opts.out, result, |r| r.markdown());
             }
             if cluster {
                 let opts = trestlectl::bench::cluster::ClusterOptions {
@@ -485,17 +471,8 @@ fn main() -> ExitCode {
                     out,
                     command,
                 };
-                return match trestlectl::bench::cluster::run(&opts) {
-                    Ok(report) => {
-                        print!("{}", report.markdown());
-                        eprintln!("wrote {}/cluster.md, cluster.json", opts.out.display());
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("trestlectl bench --cluster: {e}");
-                        ExitCode::FAILURE
-                    }
-                };
+                let result = trestlectl::bench::cluster::run(&opts);
+                return bench_done("cluster", &opts.out, result, |r| r.markdown());
             }
             if ipam_service {
                 // trestled and its clients only: no namespaces, so no root needed.
@@ -515,23 +492,13 @@ fn main() -> ExitCode {
                     opts.fill = 200;
                     opts.restarts = 2;
                 }
-                return match trestlectl::bench::service::run(&opts) {
-                    Ok(report) => {
-                        print!("{}", report.markdown());
-                        eprintln!(
-                            "wrote {}/ipam-service.md, ipam-service.json",
-                            opts.out.display()
-                        );
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!(
-                            "trestlectl bench --ipam-service: {}",
-                            cni_proto::error_chain(&e)
-                        );
-                        ExitCode::FAILURE
-                    }
-                };
+                let result = trestlectl::bench::service::run(&opts);
+                return bench_done(
+                    "ipam-service",
+                    &opts.out,
+                    result.map_err(|e| cni_proto::error_chain(&e)),
+                    |r| r.markdown(),
+                );
             }
             if let Err(e) = trestlectl::elevate::as_root("the bench") {
                 eprintln!("trestlectl bench: {}", cni_proto::error_chain(&e));
@@ -825,15 +792,22 @@ fn report(op: &str, r: Result<(), cni_runtime::RuntimeError>) -> ExitCode {
 }
 
 /// `trestlectl bench --fanout`.
-fn bench_fanout(opts: trestlectl::bench::fanout::FanoutOptions) -> ExitCode {
-    match trestlectl::bench::fanout::run(&opts) {
+/// The end of a bench mode that writes `<mode>.md` and `<mode>.json` into `out`: its report on stdout and where the
+/// files went, or its error.
+fn bench_done<R>(
+    mode: &str,
+    out: &std::path::Path,
+    result: Result<R, String>,
+    markdown: impl FnOnce(&R) -> String,
+) -> ExitCode {
+    match result {
         Ok(report) => {
-            print!("{}", report.markdown());
-            eprintln!("wrote {}/fanout.md, fanout.json", opts.out.display());
+            print!("{}", markdown(&report));
+            eprintln!("wrote {}/{mode}.md, {mode}.json", out.display());
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("trestlectl bench --fanout: {e}");
+            eprintln!("trestlectl bench --{mode}: {e}");
             ExitCode::FAILURE
         }
     }

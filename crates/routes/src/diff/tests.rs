@@ -43,25 +43,8 @@ fn apply(ops: &[Op]) -> Held {
     for op in ops {
         match op {
             Op::SetRoute(r) => h.routes.push(*r),
-            Op::SetNeighbour(ip, mac) => h.neighbours.push(Neighbour {
-                index: 9,
-                ip: *ip,
-                mac: Some(*mac),
-                state: NUD_PERMANENT,
-                flags: 0,
-                kind: 1,
-            }),
-            Op::SetFdb(mac, dst) => h.fdb.push(FdbEntry {
-                index: 9,
-                mac: *mac,
-                dst: Some(*dst),
-                vni: None,
-                port: None,
-                vlan: None,
-                master: None,
-                flags: 2,
-                state: NUD_PERMANENT,
-            }),
+            Op::SetNeighbour(ip, mac) => h.neighbours.push(permanent_neighbour(9, *ip, *mac)),
+            Op::SetFdb(mac, dst) => h.fdb.push(permanent_fdb(9, *mac, *dst)),
             _ => panic!("a removal from nothing: {op:?}"),
         }
     }

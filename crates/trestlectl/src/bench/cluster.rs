@@ -126,10 +126,7 @@ pub fn run(opts: &ClusterOptions) -> Result<ClusterReport, String> {
     let result = run_in(opts, &work);
     let _ = std::fs::remove_dir_all(&work);
     let report = result?;
-    std::fs::create_dir_all(&opts.out).map_err(err)?;
-    std::fs::write(opts.out.join("cluster.md"), report.markdown()).map_err(err)?;
-    let json = serde_json::to_string_pretty(&report).map_err(err)? + "\n";
-    std::fs::write(opts.out.join("cluster.json"), json).map_err(err)?;
+    super::write_report(&opts.out, "cluster", &report.markdown(), &report)?;
     Ok(report)
 }
 

@@ -508,3 +508,17 @@ fn density(
     progress.finish();
     Ok(out)
 }
+
+/// Writes a bench mode's `<name>.md` (`markdown`) and `<name>.json` (`report`) into `out`, made if missing.
+pub(crate) fn write_report(
+    out: &std::path::Path,
+    name: &str,
+    markdown: &str,
+    report: &impl serde::Serialize,
+) -> Result<(), String> {
+    let err = |e: std::io::Error| format!("cannot write into {}: {e}", out.display());
+    std::fs::create_dir_all(out).map_err(err)?;
+    std::fs::write(out.join(format!("{name}.md")), markdown).map_err(err)?;
+    let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())? + "\n";
+    std::fs::write(out.join(format!("{name}.json")), json).map_err(err)
+}

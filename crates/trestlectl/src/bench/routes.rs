@@ -82,7 +82,7 @@ impl Percentiles {
             return Percentiles::default();
         }
         ms.sort_by(f64::total_cmp);
-        let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+        let at = |q: f64| super::stats::quantile(&ms, q);
         Percentiles {
             n: ms.len(),
             p50: at(0.5),
@@ -140,10 +140,7 @@ pub fn run(opts: &RoutesOptions) -> Result<RoutesReport, String> {
     let result = run_in(opts, &work);
     let _ = std::fs::remove_dir_all(&work);
     let report = result?;
-    std::fs::create_dir_all(&opts.out).map_err(|e| e.to_string())?;
-    std::fs::write(opts.out.join("routes.md"), report.markdown()).map_err(|e| e.to_string())?;
-    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n";
-    std::fs::write(opts.out.join("routes.json"), json).map_err(|e| e.to_string())?;
+    super::write_report(&opts.out, "routes", &report.markdown(), &report)?;
     Ok(report)
 }
 

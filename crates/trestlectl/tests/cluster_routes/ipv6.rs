@@ -60,10 +60,10 @@ fn an_ipv6_only_cluster_routes_directly_and_over_vxlan_on_an_ipv6_underlay() {
     need_root();
     let world = World::new_v6();
     let nodes = [
-        world.node_v6("n1", 1, "fd00:1::11", 1500, &[]),
-        world.node_v6("n2", 1, "fd00:1::12", 1500, &[]),
+        world.node_mtu("n1", 1, "fd00:1::11", 1500, &[]),
+        world.node_mtu("n2", 1, "fd00:1::12", 1500, &[]),
         // Across the router: over VXLAN, and its underlay is the cluster's smallest.
-        world.node_v6("n3", 2, "fd00:2::13", 1400, &[]),
+        world.node_mtu("n3", 2, "fd00:2::13", 1400, &[]),
     ];
     let pods: Vec<NamedNetNs> = nodes
         .iter()

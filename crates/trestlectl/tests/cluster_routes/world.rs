@@ -163,7 +163,8 @@ impl World {
         self.node_mtu(name, segment, ip, 1500, extra)
     }
 
-    /// Like `node`, with an underlay of MTU `mtu`.
+    /// Like `node`, with an underlay of MTU `mtu`; an IPv6 `ip` makes an IPv6-only node of [`World::new_v6`] (in
+    /// fd00:`segment`::/64).
     pub(crate) fn node_mtu(
         &self,
         name: &str,
@@ -172,43 +173,20 @@ impl World {
         mtu: u32,
         extra: &[&str],
     ) -> Node {
-        let addressing = format!(
-            "ip addr add {ip}/24 dev eth0 && ip route add default via {}",
-            gateway(segment)
-        );
-        self.node_with(name, segment, mtu, &addressing, ip, extra)
-    }
-
-    /// A node of [`World::new_v6`]: IPv6 only, underlay address `ip` (in fd00:`segment`::/64) of MTU `mtu`.
-    pub(crate) fn node_v6(
-        &self,
-        name: &str,
-        segment: u8,
-        ip: &str,
-        mtu: u32,
-        extra: &[&str],
-    ) -> Node {
-        let addressing = format!(
-            "ip addr add {ip}/64 dev eth0 nodad && ip -6 route add default via {}",
-            gateway6(segment)
-        );
-        self.node_with(name, segment, mtu, &addressing, ip, extra)
-    }
-
-    /// A node's namespace with `eth0` (MTU `mtu`, up) on segment `segment`, `addressing` run in it, its trestled
-    /// started.
-    fn node_with(
-        &self,
-        name: &str,
-        segment: u8,
-        mtu: u32,
-        addressing: &str,
-        ip: &str,
-        extra: &[&str],
-    ) -> Node {
+        let addressing = if ip.contains(':') {
+            format!(
+                "ip addr add {ip}/64 dev eth0 nodad && ip -6 route add default via {}",
+                gateway6(segment)
+            )
+        } else {
+            format!(
+                "ip addr add {ip}/24 dev eth0 && ip route add default via {}",
+                gateway(segment)
+            )
+        };
         let ns = fresh_ns();
         plug(&self.ns, &ns, &format!("u-{name}"), "eth0", segment, mtu);
-        sh(&ns, addressing);
+        sh(&ns, &addressing);
         self.start_node(name, ns, ip, extra)
     }
 

@@ -252,15 +252,6 @@ fn clock_ticks() -> f64 {
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }
 
-/// The value at rank ⌈q·n⌉ of sorted samples (q in 0..=1); 0 when there are none.
-pub fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (sorted.len() as f64 * q).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// The median of a few per-round values (the mean of the middle two for an even count); 0 when empty.
 pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
@@ -275,6 +266,7 @@ pub fn median(values: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::stats::quantile;
 
     #[test]
     fn cpu_line_of_proc_stat() {
@@ -312,10 +304,10 @@ mod tests {
     #[test]
     fn percentiles_and_medians() {
         let v: Vec<f64> = (1..=1000).map(f64::from).collect();
-        assert_eq!(percentile(&v, 0.5), 500.0);
-        assert_eq!(percentile(&v, 0.99), 990.0);
-        assert_eq!(percentile(&v, 0.0), 1.0);
-        assert_eq!(percentile(&[], 0.5), 0.0);
+        assert_eq!(quantile(&v, 0.5), 500.0);
+        assert_eq!(quantile(&v, 0.99), 990.0);
+        assert_eq!(quantile(&v, 0.0), 1.0);
+        assert_eq!(quantile(&[], 0.5), 0.0);
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median(&[]), 0.0);

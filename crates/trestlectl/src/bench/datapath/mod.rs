@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use measure::{median, percentile, End};
+use super::stats::quantile;
+use measure::{median, End};
 pub use report::Report;
 
 /// What to run.
@@ -301,8 +302,8 @@ fn measure_all(opts: &DatapathOptions, c: &mut setup::Cluster) -> Result<Report,
                 let r = Round {
                     gbps: stream.gbps(),
                     cpu_s_per_gbit: stream.cpu_per_gbit(),
-                    p50_us: percentile(&rtt, 0.5),
-                    p99_us: percentile(&rtt, 0.99),
+                    p50_us: quantile(&rtt, 0.5),
+                    p99_us: quantile(&rtt, 0.99),
                 };
                 let side = if base {
                     &mut paths[k].baseline

@@ -75,10 +75,7 @@ pub fn run(opts: &FanoutOptions) -> Result<FanoutReport, String> {
     let result = run_in(opts, &work);
     let _ = std::fs::remove_dir_all(&work);
     let report = result?;
-    std::fs::create_dir_all(&opts.out).map_err(err)?;
-    std::fs::write(opts.out.join("fanout.md"), report.markdown()).map_err(err)?;
-    let json = serde_json::to_string_pretty(&report).map_err(err)? + "\n";
-    std::fs::write(opts.out.join("fanout.json"), json).map_err(err)?;
+    super::write_report(&opts.out, "fanout", &report.markdown(), &report)?;
     if !report.complete() {
         return Err(format!(
             "{} claim arrivals missed, {} absent at the end (report written)",
