@@ -1,0 +1,1 @@
+//! Reading `deploy/`'s kustomize trees.
