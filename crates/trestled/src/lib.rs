@@ -9,6 +9,7 @@
 mod activation;
 pub mod clock;
 mod cluster;
+pub mod conflist;
 pub mod conn;
 pub mod daemon;
 mod import;
@@ -176,6 +177,13 @@ pub struct Options {
     /// Seconds between cluster housekeeping rounds (block release, shrink, returns).
     #[arg(long, default_value_t = 5.0, hide = true)]
     pub cluster_interval: f64,
+    /// Once the daemon is ready, write this file's contents (a CNI conflist) to
+    /// `--cni-conflist-path`, atomically, and keep it so; never removed on stop.
+    #[arg(long, requires = "cni_conflist_path", value_name = "FILE")]
+    pub cni_conflist_source: Option<PathBuf>,
+    /// The conflist the runtime reads, e.g. /etc/cni/net.d/05-trestle.conflist.
+    #[arg(long, requires = "cni_conflist_source", value_name = "FILE")]
+    pub cni_conflist_path: Option<PathBuf>,
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info", env = "TRESTLED_LOG", value_parser = parse_level)]
     pub log_level: log::LevelFilter,
@@ -318,6 +326,10 @@ pub fn run(opts: Options) -> Result<(), String> {
     // Process-wide state is settled while this is the only thread: the environment
     // (activation's variables), the umask (bind) and the open-file limit.
     let nofile = raise_open_file_limit();
+    // A conflist that could never be written is a configuration error: refuse it before serving.
+    if let Some(t) = conflist_target(&opts) {
+        t.load().map_err(|e| conflist_error(&e))?;
+    }
     private_dir(&opts.state_dir)?;
     private_dir(&opts.delete_queue)?;
     let instance = activation::lock_instance(&opts.state_dir)?;
@@ -548,6 +560,9 @@ fn spawn_background(
     if daemon.routes.get().is_some() {
         tasks.push(tokio::spawn(cluster::publish_routes(daemon.clone())));
     }
+    if let Some(target) = conflist_target(opts) {
+        tasks.push(tokio::spawn(conflist::keep(daemon.clone(), target)));
+    }
     if let Some(addr) = opts.metrics_addr {
         let d = daemon.clone();
         tasks.push(tokio::spawn(async move {
@@ -557,6 +572,21 @@ fn spawn_background(
         }));
     }
     tasks
+}
+
+fn conflist_error(e: &conflist::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(s) => format!("{e}: {s}"),
+        None => e.to_string(),
+    }
+}
+
+/// The conflist to keep written, when asked for.
+fn conflist_target(opts: &Options) -> Option<conflist::Target> {
+    Some(conflist::Target {
+        source: opts.cni_conflist_source.clone()?,
+        path: opts.cni_conflist_path.clone()?,
+    })
 }
 
 /// Resolves at SIGTERM or SIGINT, after marking the daemon not ready (STATUS and /readyz say

@@ -816,3 +816,71 @@ fn metrics_and_readiness_are_served_when_asked_for() {
     assert!(get("/readyz").starts_with("HTTP/1.1 200"));
     assert!(get("/healthz").starts_with("HTTP/1.1 200"));
 }
+
+const CONFLIST: &str = r#"{"cniVersion":"1.1.0","name":"trestle","plugins":[{"type":"trestle"}]}"#;
+
+/// Arguments that make `node`'s daemon keep a conflist in `net.d/` from `source.conflist`.
+fn conflist_args(node: &mut Node) -> std::path::PathBuf {
+    std::fs::create_dir(node.path("net.d")).unwrap();
+    std::fs::write(node.path("source.conflist"), CONFLIST).unwrap();
+    let dest = node.path("net.d/05-trestle.conflist");
+    node.args.extend([
+        "--cni-conflist-source".into(),
+        node.path("source.conflist").display().to_string(),
+        "--cni-conflist-path".into(),
+        dest.display().to_string(),
+    ]);
+    dest
+}
+
+#[test]
+fn the_conflist_is_written_once_ready_and_left_in_place_on_stop() {
+    let mut node = Node::new();
+    let dest = conflist_args(&mut node);
+    node.start();
+    wait_for("the conflist", || {
+        std::fs::read_to_string(&dest).is_ok_and(|s| s == CONFLIST)
+    });
+    assert!(node.stop().success());
+    // A runtime keeps starting pods on this node while the daemon is upgraded: the file stays.
+    assert_eq!(std::fs::read_to_string(&dest).unwrap(), CONFLIST);
+    // Only the conflist is in the conf dir: no temporary file left beside it.
+    assert_eq!(std::fs::read_dir(node.path("net.d")).unwrap().count(), 1);
+}
+
+#[test]
+fn no_conflist_while_the_daemon_cannot_serve() {
+    // An etcd that accepts connections and never answers: the node never gets its lease, so it is never ready.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut node = Node::new();
+    let dest = conflist_args(&mut node);
+    node.args.extend([
+        "--store".into(),
+        "etcd".into(),
+        "--etcd-endpoints".into(),
+        silent.local_addr().unwrap().to_string(),
+        "--node-name".into(),
+        "n1".into(),
+        "--routing".into(),
+        "none".into(),
+    ]);
+    let mut child = node.command_for_test().spawn().unwrap();
+    // Three of the writer's one-second looks.
+    std::thread::sleep(Duration::from_secs(4));
+    let running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(running, "trestled exited:\n{}", node.log());
+    assert!(!dest.exists(), "conflist written before ready");
+}
+
+#[test]
+fn a_source_that_is_not_a_conflist_is_refused_at_start() {
+    let mut node = Node::new();
+    let dest = conflist_args(&mut node);
+    std::fs::write(node.path("source.conflist"), r#"{"name":"x"}"#).unwrap();
+    let (status, log) = node.start_expecting_failure();
+    assert!(!status.success());
+    assert!(log.contains("is not a CNI conflist"), "{log}");
+    assert!(!dest.exists());
+}
