@@ -1,8 +1,9 @@
 //! `trestlectl install`: what a Kubernetes network add-on's install step does. Copies the plugin binaries and
 //! trestled into a CNI bin dir and writes the network's conflist into a conf dir, and on request trestled's systemd
-//! units into a unit dir; each file is written beside its target and renamed over it, so a runtime never execs half
-//! a binary or reads half a config, and a running trestled keeps its own (unlinked) binary. Running it twice changes
-//! nothing. [`start_daemon`] then starts trestled, through systemd when it runs the machine.
+//! units into a unit dir; with `--plugins-only` (a DaemonSet's init container), the two plugins and nothing else.
+//! Each file is written beside its target and renamed over it, so a runtime never execs half a binary or reads half
+//! a config, and a running trestled keeps its own (unlinked) binary. Running it twice changes nothing.
+//! [`start_daemon`] then starts trestled, through systemd when it runs the machine.
 
 use cni_runtime::NetworkList;
 use std::io::Write;
@@ -14,6 +15,10 @@ use std::time::{Duration, Instant};
 
 /// The binaries a node needs: the plugins, and trestled for trestle-ipam's daemon mode.
 pub const BINARIES: [&str; 3] = ["trestle", "trestle-ipam", "trestled"];
+
+/// The CNI plugins alone (`--plugins-only`): what a node needs when trestled runs elsewhere, in a Kubernetes
+/// DaemonSet's container.
+pub const PLUGINS: [&str; 2] = ["trestle", "trestle-ipam"];
 
 /// The daemon's binary (one of [`BINARIES`]).
 pub const DAEMON: &str = "trestled";
@@ -41,6 +46,10 @@ pub struct Options {
     pub force: bool,
     /// Write trestled's systemd units into this directory.
     pub systemd_units: Option<PathBuf>,
+    /// Install [`PLUGINS`] only: no trestled, no conflist, no units, so `config`, `file_name`, `force` and
+    /// `systemd_units` are not used. A DaemonSet's init container does this; trestled, running from the image,
+    /// writes the conflist itself once it is ready, so no runtime sees a network before it can be served.
+    pub plugins_only: bool,
 }
 
 /// What happened to each file.
@@ -123,8 +132,11 @@ pub fn default_config(name: &str, bridge: &str, subnet: &str) -> Vec<u8> {
     out
 }
 
-/// Installs the binaries and the config.
+/// Installs the binaries and the config (only the plugins, with [`Options::plugins_only`]).
 pub fn run(opts: &Options) -> Result<Vec<Change>, InstallError> {
+    if opts.plugins_only {
+        return install_binaries(opts, &PLUGINS);
+    }
     let list = NetworkList::from_bytes(&opts.config, "config").map_err(InstallError::Config)?;
     if list.plugins.is_empty() {
         return Err(InstallError::NoPlugins);
@@ -133,11 +145,7 @@ pub fn run(opts: &Options) -> Result<Vec<Change>, InstallError> {
     if !opts.force {
         refuse_foreign(&conf_path)?;
     }
-    let mut changes = Vec::new();
-    for bin in BINARIES {
-        let bytes = read(&opts.from.join(bin))?;
-        changes.push(put(&opts.bin_dir.join(bin), &bytes, 0o755)?);
-    }
+    let mut changes = install_binaries(opts, &BINARIES)?;
     changes.push(put(&conf_path, &opts.config, 0o644)?);
     if let Some(dir) = &opts.systemd_units {
         let trestled = absolute(&opts.bin_dir.join(DAEMON))?;
@@ -153,6 +161,17 @@ pub fn run(opts: &Options) -> Result<Vec<Change>, InstallError> {
         )?);
     }
     Ok(changes)
+}
+
+/// Copies `names` from `opts.from` into the bin dir.
+fn install_binaries(opts: &Options, names: &[&str]) -> Result<Vec<Change>, InstallError> {
+    names
+        .iter()
+        .map(|bin| {
+            let bytes = read(&opts.from.join(bin))?;
+            put(&opts.bin_dir.join(bin), &bytes, 0o755)
+        })
+        .collect()
 }
 
 /// `path` made absolute against the working directory: systemd resolves nothing relative.
@@ -437,208 +456,4 @@ fn read(path: &Path) -> Result<Vec<u8>, InstallError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn setup() -> (tempfile::TempDir, Options) {
-        let d = tempfile::tempdir().unwrap();
-        let from = d.path().join("build");
-        std::fs::create_dir(&from).unwrap();
-        for b in BINARIES {
-            std::fs::write(from.join(b), format!("binary {b}")).unwrap();
-        }
-        let opts = Options {
-            from,
-            bin_dir: d.path().join("bin"),
-            conf_dir: d.path().join("net.d"),
-            file_name: "10-trestle.conflist".into(),
-            config: default_config("trestle", "trestle0", "10.88.0.0/16"),
-            force: false,
-            systemd_units: None,
-        };
-        (d, opts)
-    }
-
-    #[test]
-    fn installs_then_changes_nothing() {
-        let (_d, opts) = setup();
-        let first = run(&opts).unwrap();
-        assert!(
-            first.iter().all(|c| matches!(c, Change::Written(_))),
-            "{first:?}"
-        );
-        let second = run(&opts).unwrap();
-        assert!(
-            second.iter().all(|c| matches!(c, Change::Unchanged(_))),
-            "{second:?}"
-        );
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(opts.bin_dir.join("trestle"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o755);
-        let list = cni_runtime::conf::load(&opts.conf_dir, "trestle").unwrap();
-        assert_eq!(list.cni_version, "1.1.0");
-        assert_eq!(list.plugins[0]["type"], "trestle");
-        let leftovers: Vec<_> = std::fs::read_dir(&opts.conf_dir).unwrap().collect();
-        assert_eq!(leftovers.len(), 1, "no temporary file left");
-    }
-
-    #[test]
-    fn updates_its_own_config_but_not_another_plugins() {
-        let (_d, mut opts) = setup();
-        run(&opts).unwrap();
-        opts.config = default_config("trestle", "trestle0", "10.99.0.0/16");
-        let changes = run(&opts).unwrap();
-        assert_eq!(
-            changes.last(),
-            Some(&Change::Written(opts.conf_dir.join(&opts.file_name)))
-        );
-        let target = opts.conf_dir.join(&opts.file_name);
-        let foreign = r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"calico"}]}"#;
-        std::fs::write(&target, foreign).unwrap();
-        let e = run(&opts).unwrap_err();
-        assert!(e.to_string().contains("calico"), "{e}");
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), foreign);
-        opts.force = true;
-        run(&opts).unwrap();
-        assert_ne!(std::fs::read_to_string(&target).unwrap(), foreign);
-    }
-
-    #[test]
-    fn rejects_a_config_that_is_not_a_conflist() {
-        let (_d, mut opts) = setup();
-        opts.config = br#"{"name":"x","plugins":[]}"#.to_vec();
-        assert!(matches!(
-            run(&opts),
-            Err(InstallError::Config(_) | InstallError::NoPlugins)
-        ));
-        assert!(
-            !opts.bin_dir.exists(),
-            "nothing installed from a bad config"
-        );
-    }
-
-    #[test]
-    fn unit_files_say_what_systemd_needs() {
-        assert_eq!(
-            socket_unit(),
-            "# Written by trestlectl install.
-[Unit]
-Description=trestle node IPAM service socket
-
-[Socket]
-ListenStream=/run/trestle/ipam.sock
-SocketMode=0600
-DirectoryMode=0755
-
-[Install]
-WantedBy=sockets.target
-"
-        );
-        let service = service_unit(Path::new("/opt/cni/bin/trestled")).unwrap();
-        assert_eq!(
-            service,
-            "# Written by trestlectl install.
-[Unit]
-Description=trestle node IPAM service
-Requires=trestled.socket
-After=trestled.socket
-
-[Service]
-ExecStart=/opt/cni/bin/trestled
-Restart=always
-RestartSec=1
-
-[Install]
-Also=trestled.socket
-"
-        );
-        let odd = service_unit(Path::new("/opt/my bin/100%/trestled")).unwrap();
-        assert!(
-            odd.contains("\nExecStart=\"/opt/my bin/100%%/trestled\"\n"),
-            "{odd}"
-        );
-        assert_eq!(systemd_quote(r#"/a\"b"#), r#""/a\\\"b""#);
-    }
-
-    #[test]
-    fn installs_trestled_and_its_units_when_asked() {
-        let (d, mut opts) = setup();
-        let units = d.path().join("units");
-        opts.systemd_units = Some(units.clone());
-        let first = run(&opts).unwrap();
-        assert!(first.contains(&Change::Written(opts.bin_dir.join("trestled"))));
-        assert!(first.contains(&Change::Written(units.join(SOCKET_UNIT))));
-        let service = std::fs::read_to_string(units.join(SERVICE_UNIT)).unwrap();
-        let exec = format!("\nExecStart={}\n", opts.bin_dir.join("trestled").display());
-        assert!(service.contains(&exec), "{service}");
-        let second = run(&opts).unwrap();
-        assert!(
-            second.iter().all(|c| matches!(c, Change::Unchanged(_))),
-            "{second:?}"
-        );
-        // systemd resolves nothing relative: a relative bin dir is made absolute against the cwd.
-        let cwd = std::env::current_dir().unwrap();
-        assert_eq!(absolute(Path::new("bin")).unwrap(), cwd.join("bin"));
-    }
-
-    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let path = dir.join(name);
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
-    }
-
-    fn start(dir: &Path, trestled: PathBuf) -> Start {
-        Start {
-            trestled,
-            systemd: false,
-            restart: false,
-            socket: dir.join("ipam.sock"),
-            log: dir.join("log/trestled.log"),
-            wait: Duration::from_millis(300),
-        }
-    }
-
-    #[test]
-    fn a_detached_trestled_that_exits_is_an_error_naming_its_log() {
-        let d = tempfile::tempdir().unwrap();
-        let fake = script(d.path(), "trestled", "echo \"args: $*\"; exit 3");
-        let how = start(d.path(), fake);
-        let e = start_daemon(&how).unwrap_err();
-        assert!(matches!(e, InstallError::DaemonExited { .. }), "{e}");
-        assert!(e.to_string().contains("trestled.log"), "{e}");
-        let log = std::fs::read_to_string(&how.log).unwrap();
-        assert_eq!(log, format!("args: --socket {}\n", how.socket.display()));
-    }
-
-    #[test]
-    fn a_detached_trestled_runs_in_its_own_session() {
-        let d = tempfile::tempdir().unwrap();
-        let fake = script(d.path(), "trestled", "exec sleep 30");
-        let started = start_daemon(&start(d.path(), fake)).unwrap();
-        let Started::Spawned { pid, serving } = started else {
-            panic!("{started:?}");
-        };
-        assert!(!serving, "nothing listens on the socket");
-        let pid = nix::unistd::Pid::from_raw(pid as i32);
-        let sid = nix::unistd::getsid(Some(pid));
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        assert_eq!(sid, Ok(pid), "setsid made it a session leader");
-    }
-
-    #[test]
-    fn a_serving_trestled_is_left_alone() {
-        let d = tempfile::tempdir().unwrap();
-        let how = start(d.path(), d.path().join("never-run"));
-        let _listener = std::os::unix::net::UnixListener::bind(&how.socket).unwrap();
-        assert_eq!(
-            start_daemon(&how).unwrap(),
-            Started::AlreadyRunning(how.socket.clone())
-        );
-        assert!(!how.log.exists(), "nothing spawned");
-    }
-}
+mod tests;

@@ -6,6 +6,7 @@ pub mod attach;
 pub mod bench;
 pub mod demo;
 pub mod elevate;
+pub mod image;
 pub mod install;
 pub mod ipam;
 pub mod node;

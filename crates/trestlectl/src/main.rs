@@ -230,6 +230,13 @@ enum Cmd {
         /// Without systemd: the file a detached trestled's output is appended to.
         #[arg(long, default_value = "/var/log/trestled.log")]
         daemon_log: PathBuf,
+        /// Install only `trestle` and `trestle-ipam` into --bin-dir: no trestled, no conflist (a DaemonSet's init
+        /// container; trestled, running from the image, writes the conflist once it is ready).
+        #[arg(long, conflicts_with_all = [
+            "conf_dir", "file", "config", "name", "bridge", "subnet", "force", "systemd_units", "start_daemon",
+            "daemon_log",
+        ])]
+        plugins_only: bool,
     },
     /// IP address allocations of trestled or a host-local dataDir: show them, release one attachment's, GC a network.
     Ipam {
@@ -243,7 +250,18 @@ enum Cmd {
     },
     /// Sleep forever, like a pod's pause container (used by the demo and tests as a sandbox holder).
     #[command(hide = true)]
-    Pause,
+    Pause {
+        /// First move into a new network namespace with lo up: a pod sandbox whose namespace is
+        /// /proc/<pid>/ns/net (needs root).
+        #[arg(long)]
+        netns: bool,
+        /// Not used: a name that shows in the process's command line, so that it can be found (`pgrep -f`).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Build the container image (FROM scratch: the four static binaries in /usr/local/bin, command trestled) as a
+    /// reproducible `docker save` archive; write it, load it into Docker, print its tags, ID and size.
+    Image(trestlectl::image::Args),
     /// Print the interfaces of this process's network namespace, `ip addr` style.
     ShowNetns {
         /// Only this interface.
@@ -299,7 +317,7 @@ struct Attach {
 }
 
 /// The exit code of a command that printed its own output, its error (with its causes) on stderr.
-fn exit(what: &str, r: Result<(), trestlectl::ipam::Error>) -> ExitCode {
+fn exit<E: std::error::Error>(what: &str, r: Result<(), E>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -580,6 +598,7 @@ fn main() -> ExitCode {
             systemd_units,
             start_daemon,
             daemon_log,
+            plugins_only,
         } => {
             let config = match config {
                 Some(p) => match std::fs::read(&p) {
@@ -601,6 +620,7 @@ fn main() -> ExitCode {
                 config,
                 force,
                 systemd_units,
+                plugins_only,
             };
             match trestlectl::install::run(&opts) {
                 Ok(changes) => {
@@ -635,7 +655,18 @@ fn main() -> ExitCode {
             &format!("node {}", command.name()),
             trestlectl::node::run(&command, &mut std::io::stdout().lock()),
         ),
-        Cmd::Pause => trestlectl::sandbox::pause_forever(),
+        Cmd::Pause { netns: false, .. } => trestlectl::sandbox::pause_forever(),
+        Cmd::Pause { netns: true, .. } => match trestlectl::sandbox::pause_in_new_netns() {
+            Ok(never) => match never {},
+            Err(e) => {
+                eprintln!("trestlectl pause: {}", cni_proto::error_chain(&e));
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Image(args) => exit(
+            "image",
+            trestlectl::image::run(&args, &mut std::io::stdout().lock()),
+        ),
         Cmd::ShowNetns { name } => {
             let shown = trestle_netlink::Netlink::open()
                 .and_then(|mut nl| trestlectl::show::ip_addr(&mut nl, name.as_deref()));

@@ -223,6 +223,107 @@ pub fn exchange(addr: SocketAddr, msg: &str, timeout: Duration) -> std::io::Resu
     Ok(out)
 }
 
+/// UDP datagrams from one network namespace to another, one a millisecond, numbered: how many were sent and which
+/// arrived. A route that is missing even for a moment shows as a gap.
+pub struct Stream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sender: std::thread::JoinHandle<std::io::Result<u64>>,
+    receiver: std::thread::JoinHandle<std::collections::BTreeSet<u64>>,
+}
+
+impl Stream {
+    /// Starts sending from `from` to `to_ip:port`, received in `to`.
+    pub fn start(
+        from: &trestle_netns::NetNs,
+        to: &trestle_netns::NetNs,
+        to_ip: Ipv4Addr,
+        port: u16,
+    ) -> std::io::Result<Stream> {
+        use std::net::UdpSocket;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let addr = SocketAddr::from((to_ip, port));
+        let rx = to
+            .run(|| UdpSocket::bind(addr))
+            .map_err(std::io::Error::other)??;
+        rx.set_read_timeout(Some(Duration::from_millis(100)))?;
+        // Room for seconds of datagrams: a receiver thread descheduled on a busy machine must not lose any to a
+        // full socket buffer (the default holds a few hundred), which would look like a loss on the path.
+        let bytes: libc::c_int = 16 << 20;
+        // SAFETY: `bytes` is a valid c_int for the duration of the call; the socket is open.
+        let rc = unsafe {
+            libc::setsockopt(
+                rx.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let tx = from
+            .run(|| UdpSocket::bind("0.0.0.0:0"))
+            .map_err(std::io::Error::other)??;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let sender = std::thread::spawn(move || {
+            let mut n = 0u64;
+            let start = Instant::now();
+            while !s.load(Ordering::Relaxed) {
+                tx.send_to(&n.to_be_bytes(), addr)?;
+                n += 1;
+                // Paced against the clock, so a late wake sends the ones it owes at once.
+                let next = start + Duration::from_millis(n);
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            Ok(n)
+        });
+        let s = stop.clone();
+        let receiver = std::thread::spawn(move || {
+            let mut got = std::collections::BTreeSet::new();
+            let mut buf = [0u8; 8];
+            let mut quiet_after_stop = 0;
+            loop {
+                match rx.recv(&mut buf) {
+                    Ok(8) => {
+                        got.insert(u64::from_be_bytes(buf));
+                    }
+                    _ if s.load(Ordering::Relaxed) => {
+                        quiet_after_stop += 1;
+                        if quiet_after_stop > 3 {
+                            return got;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Ok(Stream {
+            stop,
+            sender,
+            receiver,
+        })
+    }
+
+    /// Stops; the sequence numbers that never arrived, of how many sent. An error if sending failed (a route
+    /// missing makes `sendto` fail with `ENETUNREACH`, which is a loss too).
+    pub fn finish(self) -> std::io::Result<(Vec<u64>, u64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = self
+            .sender
+            .join()
+            .map_err(|_| std::io::Error::other("the sender panicked"))??;
+        let got = self
+            .receiver
+            .join()
+            .map_err(|_| std::io::Error::other("the receiver panicked"))?;
+        Ok(((0..sent).filter(|n| !got.contains(n)).collect(), sent))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,6 +101,36 @@ pub fn pause_forever() -> ! {
     }
 }
 
+/// Why `trestlectl pause --netns` could not make its sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    /// unshare(2) refused (it needs CAP_SYS_ADMIN).
+    #[error("cannot unshare a network namespace (run as root)")]
+    Unshare(#[source] nix::Error),
+    /// `lo` could not be set up.
+    #[error("cannot set lo up in the new network namespace")]
+    Lo(#[source] trestle_netlink::Error),
+}
+
+/// The body of `trestlectl pause --netns`: moves this process into a new network namespace with `lo` up, as a
+/// runtime makes a pod's sandbox, then sleeps until killed. Its `/proc/<pid>/ns/net` is then the pod's namespace
+/// to ADD to. Call it while single-threaded: unshare(2) moves only the calling thread, and the namespace that
+/// `/proc/<pid>/ns/net` shows is the main thread's.
+pub fn pause_in_new_netns() -> Result<std::convert::Infallible, PauseError> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(PauseError::Unshare)?;
+    set_lo_up().map_err(PauseError::Lo)?;
+    pause_forever()
+}
+
+/// Sets the current namespace's `lo` up (a new namespace's is down, and a pod expects to reach itself).
+fn set_lo_up() -> Result<(), trestle_netlink::Error> {
+    let mut nl = trestle_netlink::Netlink::open()?;
+    if let Some(lo) = nl.link_by_name("lo")? {
+        nl.set_up(lo.index, true)?;
+    }
+    Ok(())
+}
+
 /// Runs `<exe> <args>` as a second container of the pod: the process joins the sandbox's namespace before exec.
 pub fn run_in_pod(
     exe: &std::path::Path,

@@ -363,3 +363,172 @@ fn installed_plugins_and_config_serve_an_add() {
     assert!(out.contains("10.38.0.2/24"), "{out}");
     rt.ok(&["del", "inst", &ns, "--container-id", "i1"], &[]);
 }
+
+/// `trestlectl pause --netns --name NAME`, as the end-to-end test starts pods in a node container: a process that
+/// holds a network namespace of its own. Killed when dropped.
+struct PauseNetns {
+    child: std::process::Child,
+    ns: trestle_netns::NetNs,
+}
+
+impl PauseNetns {
+    /// Starts it (inside `host` when given) and waits until its namespace is not `host`'s and has `lo` up.
+    fn start(ctl: &Path, name: &str, host: &trestle_netns::NetNs, enter: bool) -> PauseNetns {
+        let mut cmd = Command::new(ctl);
+        cmd.args(["pause", "--netns", "--name", name]);
+        if enter {
+            enter_on_exec(&mut cmd, host);
+        }
+        let mut child = cmd.spawn().expect("start trestlectl pause --netns");
+        let path = format!("/proc/{}/ns/net", child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("trestlectl pause --netns exited: {status}");
+            }
+            let ns = trestle_netns::NetNs::open(&path).unwrap();
+            if !ns.same_as(host) && lo_up(&ns) {
+                return PauseNetns { child, ns };
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {} has no namespace of its own with lo up after 10 s",
+                child.id()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn netns_path(&self) -> String {
+        format!("/proc/{}/ns/net", self.child.id())
+    }
+}
+
+impl Drop for PauseNetns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lo_up(ns: &trestle_netns::NetNs) -> bool {
+    ns.run(|| {
+        let mut nl = trestle_netlink::Netlink::open().unwrap();
+        nl.link_by_name("lo").unwrap().is_some_and(|lo| lo.up)
+    })
+    .unwrap()
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn pause_netns_holds_a_namespace_of_its_own_with_lo_up_and_its_name_on_its_command_line() {
+    let ctl = Path::new(env!("CARGO_BIN_EXE_trestlectl"));
+    let ours = trestle_netns::NetNs::current().unwrap();
+    let name = format!("pod-pause-{}", std::process::id());
+    let pause = PauseNetns::start(ctl, &name, &ours, false);
+    assert!(!pause.ns.same_as(&ours));
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pause.child.id())).unwrap();
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    assert!(
+        args.windows(2)
+            .any(|w| w == [&b"--name"[..], name.as_bytes()]),
+        "{}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    // Only lo: nothing else is made in it.
+    let links = pause
+        .ns
+        .run(|| trestle_netlink::Netlink::open().unwrap().links().unwrap())
+        .unwrap();
+    let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["lo"]);
+    let pid = pause.child.id();
+    drop(pause);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "killed and reaped"
+    );
+}
+
+#[test]
+#[ignore = "privileged: needs root"]
+fn plugins_only_install_and_a_pause_netns_pod_serve_an_add() {
+    let w = World::new();
+    let bin_dir = w.dir.0.join("opt-cni-bin");
+    let machine_conf = Path::new("/etc/cni/net.d/10-trestle.conflist");
+    let before = std::fs::read(machine_conf).ok();
+    let install = |extra: &[&str]| {
+        Command::new(w.bins.join("trestlectl"))
+            .args(["install", "--plugins-only", "--bin-dir"])
+            .arg(&bin_dir)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // A DaemonSet's init container: the two plugins, no trestled, no conflist.
+    let first = install(&[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let mut installed: Vec<String> = std::fs::read_dir(&bin_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    installed.sort();
+    assert_eq!(installed, ["trestle", "trestle-ipam"]);
+    assert_eq!(
+        std::fs::read(bin_dir.join("trestle")).unwrap(),
+        std::fs::read(w.bins.join("trestle")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(machine_conf).ok(),
+        before,
+        "no conflist written"
+    );
+    let again = install(&[]);
+    assert_eq!(
+        stderr(&again)
+            .lines()
+            .filter(|l| l.starts_with("unchanged "))
+            .count(),
+        2,
+        "{}",
+        stderr(&again)
+    );
+    for extra in [
+        &["--config", "x.conflist"][..],
+        &["--start-daemon"],
+        &["--systemd-units", "/tmp"],
+        &["--conf-dir", "/tmp"],
+    ] {
+        let out = install(extra);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        assert!(
+            stderr(&out).contains("cannot be used with"),
+            "{}",
+            stderr(&out)
+        );
+    }
+
+    // trestled writes the conflist once it is ready; here, the test does.
+    let rt = Runtime {
+        w: &w,
+        conf_dir: w.dir.0.join("net.d"),
+        cache_dir: w.dir.0.join("cache"),
+        cni_path: bin_dir.display().to_string(),
+    };
+    std::fs::create_dir_all(&rt.conf_dir).unwrap();
+    rt.write_conf(
+        "05-trestle.conflist",
+        &trestle_list(&w, "ds", "1.1.0", "10.39.0.0/24"),
+    );
+    // The pod, as the end-to-end test makes one in a node container: a pause process in a namespace of its own,
+    // ADDed by its /proc path.
+    let name = format!("pod-ds-{}", std::process::id());
+    let pause = PauseNetns::start(&w.bins.join("trestlectl"), &name, &w.host, true);
+    let ns = pause.netns_path();
+    let out = rt.ok(&["add", "ds", &ns, "--container-id", &name], &[]);
+    assert!(out.contains("10.39.0.2/24"), "{out}");
+    let (addrs, _) = common::pod_state(&pause.ns, "eth0");
+    assert_eq!(addrs, ["10.39.0.2/24"]);
+    rt.ok(&["del", "ds", &ns, "--container-id", &name], &[]);
+    assert_eq!(common::pod_state(&pause.ns, "eth0").0, Vec::<String>::new());
+}

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use crate::daemon::Daemon;
 
-/// How often the file is looked at before it was first written.
-const UNTIL_WRITTEN: Duration = Duration::from_secs(1);
+/// How often readiness is looked at before the file was first written (a node is NotReady until then).
+const UNTIL_WRITTEN: Duration = Duration::from_millis(200);
 /// How often afterwards: a ConfigMap update reaches the source within about a minute anyway.
 const AFTER_WRITTEN: Duration = Duration::from_secs(30);
 

@@ -34,6 +34,13 @@ pub fn describe(elf: &[u8]) -> String {
     }
 }
 
+/// The program interpreter (dynamic loader) an ELF executable names in a `PT_INTERP` header, if any: an
+/// executable with one cannot run where that loader is missing (an image holding nothing else). Anything this
+/// cannot parse names none.
+pub fn interpreter(elf: &[u8]) -> Option<String> {
+    Elf64::parse(elf)?.interp(elf)
+}
+
 /// The median wall time, in milliseconds, of `runs` execs of `plugin` answering `CNI_COMMAND=VERSION`.
 pub fn exec_cost_ms(plugin: &Path, runs: usize) -> Option<f64> {
     let mut ms = Vec::with_capacity(runs);
@@ -169,6 +176,35 @@ mod tests {
         let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         for cut in [64, 4096, exe.len() / 2] {
             let _ = describe(&exe[..cut]);
+        }
+    }
+
+    /// A 64-bit little-endian ELF header with program headers of the given types.
+    fn elf(types: &[u32]) -> Vec<u8> {
+        let mut e = vec![0u8; 64 + 56 * types.len()];
+        e[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        e[32..40].copy_from_slice(&64u64.to_le_bytes());
+        e[54..56].copy_from_slice(&56u16.to_le_bytes());
+        e[56..58].copy_from_slice(&(types.len() as u16).to_le_bytes());
+        for (i, t) in types.iter().enumerate() {
+            e[64 + 56 * i..68 + 56 * i].copy_from_slice(&t.to_le_bytes());
+        }
+        e
+    }
+
+    #[test]
+    fn a_program_interpreter_means_dynamic() {
+        assert_eq!(interpreter(&elf(&[1, 1, 4])), None);
+        assert!(interpreter(&elf(&[6, 3, 1])).is_some());
+        assert_eq!(interpreter(b"#!/bin/sh\n"), None);
+        // Program headers that point past the end are not read.
+        let mut cut = elf(&[1, 3]);
+        cut.truncate(100);
+        assert_eq!(interpreter(&cut), None);
+        // The machine's shell is dynamic (Debian's), and names its loader.
+        if let Ok(sh) = std::fs::read("/bin/sh") {
+            let loader = interpreter(&sh).expect("/bin/sh is dynamic");
+            assert!(loader.contains("ld-"), "{loader}");
         }
     }
 

@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use crate::common::bin_dir;
-use crate::probes::{Deletions, Probe};
+use crate::probes::Deletions;
 use crate::world::*;
+use trestlectl::probe::Stream as Probe;
 
 #[test]
 #[ignore = "privileged: needs root, etcd"]
@@ -25,10 +26,10 @@ fn restarts_and_upgrades_lose_no_packet_and_delete_nothing() {
     ];
     // Over VXLAN (n1 <-> n2) and directly (n1 <-> n3), both ways.
     let probes = [
-        Probe::start(pods[0].ns(), pods[1].ns(), &b, 7091),
-        Probe::start(pods[1].ns(), pods[0].ns(), &a, 7092),
-        Probe::start(pods[2].ns(), pods[0].ns(), &a, 7093),
-        Probe::start(pods[0].ns(), pods[2].ns(), &c, 7094),
+        Probe::start(pods[0].ns(), pods[1].ns(), b.parse().unwrap(), 7091).unwrap(),
+        Probe::start(pods[1].ns(), pods[0].ns(), a.parse().unwrap(), 7092).unwrap(),
+        Probe::start(pods[2].ns(), pods[0].ns(), a.parse().unwrap(), 7093).unwrap(),
+        Probe::start(pods[0].ns(), pods[2].ns(), c.parse().unwrap(), 7094).unwrap(),
     ];
     std::thread::sleep(Duration::from_millis(300));
     // kill -9, and a restart.
@@ -49,7 +50,7 @@ fn restarts_and_upgrades_lose_no_packet_and_delete_nothing() {
     n3.wait_synced(0);
     std::thread::sleep(Duration::from_millis(300));
     for (i, p) in probes.into_iter().enumerate() {
-        let (lost, sent) = p.finish();
+        let (lost, sent) = p.finish().unwrap();
         assert!(sent > 500, "probe {i} sent only {sent}");
         assert!(
             lost.is_empty(),

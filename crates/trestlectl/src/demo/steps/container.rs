@@ -47,7 +47,7 @@ impl Demo<'_> {
         let archive = super::super::image::docker_archive(
             &busybox,
             &reference,
-            super::super::image::oci_arch(),
+            crate::image::archive::oci_arch(),
         );
         let loaded = self
             .engine()
