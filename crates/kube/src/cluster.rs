@@ -43,11 +43,13 @@ impl Net {
         Ipv4Addr::new(o[0], o[1], o[2], host)
     }
 
-    /// Creates a bridge network on a free /24 of 10.100.0.0-10.199.255.0 (Docker refuses one that overlaps
-    /// another network, and the next random one is tried).
+    /// Creates a bridge network on a free /24 of 10.100.0.0-10.199.255.0: one no route of this machine covers or
+    /// falls in (its own networks, a VPN's), and that Docker accepts (it refuses one that overlaps another of its
+    /// networks; the next random one is tried).
     pub fn create(docker: &Docker, what: &str) -> Result<Net, Error> {
         let name = docker.name(what);
         let [l, v] = docker.label();
+        let taken = host_routes()?;
         let mut last = None;
         for attempt in 0..32u32 {
             let r = random_u32() ^ attempt;
@@ -56,6 +58,12 @@ impl Net {
                 24,
             )
             .expect("a /24");
+            if taken
+                .iter()
+                .any(|t| t.contains(&subnet.network()) || subnet.contains(&t.network()))
+            {
+                continue;
+            }
             let gateway = Net {
                 name: name.clone(),
                 subnet,
@@ -75,7 +83,9 @@ impl Net {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.expect("tried").into())
+        Err(last.map(Error::from).unwrap_or_else(|| {
+            Error::Command("no free /24 in 10.100.0.0-10.199.255.0 after 32 tries".into())
+        }))
     }
 }
 
@@ -90,8 +100,8 @@ pub struct Node {
     pub segment: usize,
     /// Its underlay address (`status.hostIP`).
     pub ip: Ipv4Addr,
-    /// Its address on the control network (etcd).
-    pub control_ip: Ipv4Addr,
+    /// Its address on the control network (etcd), when there is one.
+    pub control_ip: Option<Ipv4Addr>,
     /// hostPath → Docker volume.
     pub host: HostPaths,
     /// The running trestled container, if any.
@@ -104,12 +114,52 @@ pub struct Node {
 /// What the run is made of.
 #[derive(Debug, Clone)]
 pub struct Spec {
-    /// `deploy/etcd`.
+    /// The kustomize tree: `deploy/etcd` or `deploy/single-node`.
     pub deploy: PathBuf,
+    /// Whether the tree's trestled needs etcd (the control network, etcd and its certificates are made, and the
+    /// ConfigMap's `etcd-endpoints` and the Secret filled in as the README tells an operator to).
+    pub etcd: bool,
     /// Where the static binaries are (the image is made from them).
     pub binaries: PathBuf,
     /// The nodes: name and segment (0 or 1).
     pub nodes: Vec<(String, usize)>,
+}
+
+/// etcd, on a network of its own that every node joins.
+#[derive(Debug)]
+pub struct Control {
+    /// The control network.
+    pub net: Net,
+    /// etcd.
+    pub etcd: Etcd,
+    /// etcd's certificates.
+    pub certs: Certs,
+}
+
+impl Control {
+    /// Makes the network and starts three members.
+    fn start(docker: &Docker, work: &Path) -> Result<Control, Error> {
+        let image = crate::etcd::build_image(docker)?;
+        let net = Net::create(docker, "control")?;
+        let ips: Vec<Ipv4Addr> = (10..13).map(|h| net.ip(h)).collect();
+        let certs = Certs::create(&work.join("certs"), &ips)?;
+        let etcd = Etcd::start(docker, &image, &net.name, &ips, &certs)?;
+        Ok(Control { net, etcd, certs })
+    }
+
+    /// The Secret `trestle-etcd-tls` an operator makes from the certificates.
+    fn secret(&self) -> Result<BTreeMap<String, Vec<u8>>, Error> {
+        let mut secret = BTreeMap::new();
+        for (key, file) in [
+            ("ca.crt", self.certs.ca()),
+            ("tls.crt", self.certs.cert()),
+            ("tls.key", self.certs.key()),
+        ] {
+            let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+            secret.insert(key.to_string(), bytes);
+        }
+        Ok(secret)
+    }
 }
 
 /// A running cluster; dropping it removes every container, network, volume and image it made.
@@ -117,14 +167,10 @@ pub struct Spec {
 pub struct Cluster {
     /// The nodes.
     pub nodes: Vec<Node>,
-    /// The two underlay segments.
+    /// The underlay segments (two, joined by a router, when a node is on the second).
     pub segments: Vec<Net>,
-    /// The control network (etcd).
-    pub control: Net,
-    /// etcd.
-    pub etcd: Etcd,
-    /// etcd's certificates.
-    pub certs: Certs,
+    /// etcd and its network, when the tree needs them.
+    pub control: Option<Control>,
     /// The image tag the DaemonSet runs now.
     pub image: String,
     /// The conflist's network name.
@@ -154,41 +200,36 @@ impl Cluster {
         let namespace = ds.metadata.namespace.clone();
 
         let image = build_image(&docker, &spec.binaries)?;
-        let etcd_image = crate::etcd::build_image(&docker)?;
-        let segments = vec![Net::create(&docker, "seg0")?, Net::create(&docker, "seg1")?];
-        let control = Net::create(&docker, "control")?;
-        let etcd_ips: Vec<Ipv4Addr> = (10..13).map(|h| control.ip(h)).collect();
-        let certs = Certs::create(&work.path().join("certs"), &etcd_ips)?;
-        let etcd = Etcd::start(&docker, &etcd_image, &control.name, &etcd_ips, &certs)?;
-        start_router(&docker, &image, &segments)?;
-
-        // The operator's edit of the ConfigMap: this cluster's etcd.
-        config_data.insert("etcd-endpoints".into(), etcd.endpoints());
-        let network = conflist_name(&config_data)?;
-        let mut secret = BTreeMap::new();
-        for (key, file) in [
-            ("ca.crt", certs.ca()),
-            ("tls.crt", certs.cert()),
-            ("tls.key", certs.key()),
-        ] {
-            secret.insert(
-                key.to_string(),
-                std::fs::read(&file).map_err(|e| Error::io(&file, e))?,
-            );
+        let wanted = spec.nodes.iter().map(|(_, seg)| seg + 1).max().unwrap_or(1);
+        let segments = (0..wanted)
+            .map(|i| Net::create(&docker, &format!("seg{i}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if segments.len() > 1 {
+            start_router(&docker, &image, &segments)?;
         }
+        let control = if spec.etcd {
+            Some(Control::start(&docker, work.path())?)
+        } else {
+            None
+        };
+        let mut secrets = BTreeMap::new();
+        if let Some(c) = &control {
+            // The operator's edit of the ConfigMap, and the Secret: this cluster's etcd.
+            config_data.insert("etcd-endpoints".into(), c.etcd.endpoints());
+            secrets.insert(SECRET.to_string(), c.secret()?);
+        }
+        let network = conflist_name(&config_data)?;
         let context = Context {
             node_name: String::new(),
             host_ip: String::new(),
             namespace,
             config_maps: BTreeMap::from([(CONFIG.to_string(), config_data)]),
-            secrets: BTreeMap::from([(SECRET.to_string(), secret)]),
+            secrets,
         };
         let mut cluster = Cluster {
             nodes: Vec::new(),
             segments,
             control,
-            etcd,
-            certs,
             image,
             network,
             spec: pod_spec,
@@ -228,7 +269,7 @@ impl Cluster {
         }
         let net = &self.segments[segment];
         let ip = net.ip(11 + index);
-        let control_ip = self.control.ip(21 + index);
+        let control_ip = self.control.as_ref().map(|c| c.net.ip(21 + index));
         args.extend(crate::docker::privileged_args());
         args.extend([
             format!("--name={container}"),
@@ -240,13 +281,15 @@ impl Cluster {
             "pause".into(),
         ]);
         d.cmd(&args)?;
-        d.cmd(&[
-            "network",
-            "connect",
-            &format!("--ip={control_ip}"),
-            &self.control.name,
-            &container,
-        ])?;
+        if let (Some(c), Some(ip)) = (&self.control, control_ip) {
+            d.cmd(&[
+                "network",
+                "connect",
+                &format!("--ip={ip}"),
+                &c.net.name,
+                &container,
+            ])?;
+        }
         let node = Node {
             name: name.into(),
             container,
@@ -283,7 +326,7 @@ impl Cluster {
     /// The node container's network namespace.
     pub fn node_ns(&self, node: &Node) -> Result<NetNs, Error> {
         let pid = self.docker.pid(&node.container)?;
-        Ok(NetNs::open(format!("/proc/{pid}/ns/net"))?)
+        not_ours(NetNs::open(format!("/proc/{pid}/ns/net"))?)
     }
 
     /// Runs the DaemonSet's pod on node `i` with the current image: init containers to completion, then trestled.
@@ -419,13 +462,14 @@ impl Cluster {
 
     /// Runs the host's trestlectl against this cluster's etcd: `args` then the etcd flags.
     pub fn trestlectl_etcd(&self, args: &[&str]) -> Result<String, Error> {
+        let c = self.control()?;
         let exe = self.binaries.join("trestlectl");
         let out = std::process::Command::new(&exe)
             .args(args)
-            .arg(format!("--etcd={}", self.etcd.endpoints()))
-            .arg(format!("--etcd-ca={}", self.certs.ca().display()))
-            .arg(format!("--etcd-cert={}", self.certs.cert().display()))
-            .arg(format!("--etcd-key={}", self.certs.key().display()))
+            .arg(format!("--etcd={}", c.etcd.endpoints()))
+            .arg(format!("--etcd-ca={}", c.certs.ca().display()))
+            .arg(format!("--etcd-cert={}", c.certs.cert().display()))
+            .arg(format!("--etcd-key={}", c.certs.key().display()))
             .output()
             .map_err(|e| Error::io(&exe, e))?;
         if !out.status.success() {
@@ -438,10 +482,40 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// etcd and its network; an error for a tree without etcd.
+    pub fn control(&self) -> Result<&Control, Error> {
+        self.control
+            .as_ref()
+            .ok_or_else(|| Error::Manifest("this tree runs without etcd".into()))
+    }
+
     /// Removes everything the run made; what could not be removed.
     pub fn remove_all(&self) -> Vec<String> {
         self.docker.remove_all()
     }
+}
+
+/// `ns`, unless it is this process's own network namespace: a pid that is not the container's (reused, or of
+/// another PID namespace) must never lead a test to change the machine's own network.
+pub(crate) fn not_ours(ns: NetNs) -> Result<NetNs, Error> {
+    if ns.same_as(&NetNs::current()?) {
+        return Err(Error::Command(
+            "refusing the machine's own network namespace".into(),
+        ));
+    }
+    Ok(ns)
+}
+
+/// This machine's IPv4 routes but the default ones (read only).
+fn host_routes() -> Result<Vec<Ipv4Net>, Error> {
+    let routes = trestle_netlink::Netlink::open()?.routes(Some(trestle_netlink::Family::V4))?;
+    Ok(routes
+        .into_iter()
+        .filter_map(|r| match r.dst {
+            ipnet::IpNet::V4(n) if n.prefix_len() > 0 => Some(n),
+            _ => None,
+        })
+        .collect())
 }
 
 /// The router's host number on each segment.

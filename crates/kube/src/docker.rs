@@ -3,7 +3,10 @@
 //! drop) removes it: containers, networks, volumes and the images it tagged, so a run that fails or panics leaves
 //! nothing behind.
 
-use std::process::{Command, Stdio};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 /// The label every object of a run carries.
 pub const LABEL: &str = "trestle.e2e.run";
@@ -31,11 +34,25 @@ pub struct Docker {
     images: std::sync::Mutex<Vec<String>>,
 }
 
+/// How long one docker command may take before it is killed (an image load of a debug build takes ~25 s here).
+const DEADLINE: Duration = Duration::from_secs(300);
+
 impl Docker {
-    /// A run whose objects are named `<prefix>-<unique>-...`.
+    /// A run whose objects are named `<prefix>-<pid>-<random>-...`. First removes what earlier runs with the same
+    /// prefix left when they were killed before they could clean up (their process is gone).
     pub fn new(prefix: &str) -> Docker {
-        Docker {
+        let docker = Docker {
             run: format!("{prefix}-{}", unique()),
+            images: Default::default(),
+        };
+        docker.sweep_stale(prefix);
+        docker
+    }
+
+    /// The run `run` (another handle on it), to look at what it left.
+    pub fn attach(run: &str) -> Docker {
+        Docker {
+            run: run.into(),
             images: Default::default(),
         }
     }
@@ -60,13 +77,18 @@ impl Docker {
         self.cmd_stdin(args, None)
     }
 
-    /// Like [`Docker::cmd`], with `input` on stdin.
+    /// Like [`Docker::cmd`], with `input` on stdin. Killed past [`DEADLINE`]: a hung engine fails the run, never
+    /// hangs it.
     pub fn cmd_stdin<S: AsRef<str>>(
         &self,
         args: &[S],
         input: Option<&[u8]>,
     ) -> Result<String, Error> {
         let args: Vec<&str> = args.iter().map(|a| a.as_ref()).collect();
+        let failed = |stderr: String| Error::Failed {
+            args: args.join(" "),
+            stderr,
+        };
         let mut child = Command::new("docker")
             .args(&args)
             .stdin(if input.is_some() {
@@ -78,20 +100,42 @@ impl Docker {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(Error::Spawn)?;
-        if let Some(data) = input {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().expect("piped");
-            // A write error shows as the command's failure below.
-            let _ = stdin.write_all(data);
-        }
-        let out = child.wait_with_output().map_err(Error::Spawn)?;
-        if !out.status.success() {
-            return Err(Error::Failed {
-                args: args.join(" "),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        let stdin = child.stdin.take();
+        let mut stdout = child.stdout.take().expect("piped");
+        let mut stderr = child.stderr.take().expect("piped");
+        // Each pipe on a thread of its own: docker may answer before it has read all its input, and would block on
+        // a full stdout while this thread blocked on a full stdin.
+        let (status, out, err) = std::thread::scope(|s| {
+            if let (Some(mut w), Some(data)) = (stdin, input) {
+                s.spawn(move || {
+                    // A failed write shows as the command's failure.
+                    let _ = w.write_all(data);
+                });
+            }
+            let out = s.spawn(move || {
+                let mut v = Vec::new();
+                let _ = stdout.read_to_end(&mut v);
+                v
             });
+            let err = s.spawn(move || {
+                let mut v = Vec::new();
+                let _ = stderr.read_to_end(&mut v);
+                v
+            });
+            let status = wait_until(&mut child, Instant::now() + DEADLINE);
+            (
+                status,
+                out.join().unwrap_or_default(),
+                err.join().unwrap_or_default(),
+            )
+        });
+        let status = status.map_err(Error::Spawn)?;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+        match status {
+            None => Err(failed(format!("killed after {DEADLINE:?}"))),
+            Some(st) if !st.success() => Err(failed(text(&err))),
+            Some(_) => Ok(text(&out)),
         }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
     /// Notes an image tag of the run, removed with everything else.
@@ -105,61 +149,138 @@ impl Docker {
     /// The host PID of a running container's first process.
     pub fn pid(&self, container: &str) -> Result<u32, Error> {
         let out = self.cmd(&["inspect", "-f", "{{.State.Pid}}", container])?;
-        out.parse().map_err(|_| Error::Failed {
-            args: format!("inspect {container}"),
-            stderr: format!("no pid in {out:?}"),
-        })
+        out.parse()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| Error::Failed {
+                args: format!("inspect {container}"),
+                stderr: format!("no running process ({out:?})"),
+            })
+    }
+
+    /// The run's objects of one kind (`ps -a`, `network ls`, `volume ls`, `image ls`), by ID.
+    fn listed(&self, kind: &[&str]) -> Vec<String> {
+        let filter = format!("label={LABEL}={}", self.run);
+        let mut args = kind.to_vec();
+        args.extend(["-q", "--filter", &filter]);
+        self.cmd(&args)
+            .map(|o| o.lines().map(str::to_string).collect())
+            .unwrap_or_default()
     }
 
     /// Removes every container, network, volume and image of the run; what could not be removed, by name.
     pub fn remove_all(&self) -> Vec<String> {
-        let filter = format!("label={LABEL}={}", self.run);
         let mut failed = Vec::new();
-        let listed = |kind: &[&str]| -> Vec<String> {
-            let mut args: Vec<&str> = kind.to_vec();
-            args.extend(["-q", "--filter", &filter]);
-            self.cmd(&args)
-                .map(|o| o.lines().map(str::to_string).collect())
-                .unwrap_or_default()
-        };
         // Containers first: a network or volume in use cannot go. Unpaused, or removal waits on them.
-        for c in listed(&["ps", "-a"]) {
+        for c in self.listed(&["ps", "-a"]) {
             let _ = self.cmd(&["unpause", &c]);
             if self.cmd(&["rm", "-f", "-v", &c]).is_err() {
                 failed.push(format!("container {c}"));
             }
         }
-        for n in listed(&["network", "ls"]) {
+        for n in self.listed(&["network", "ls"]) {
             if self.cmd(&["network", "rm", &n]).is_err() {
                 failed.push(format!("network {n}"));
             }
         }
-        for v in listed(&["volume", "ls"]) {
+        for v in self.listed(&["volume", "ls"]) {
             if self.cmd(&["volume", "rm", "-f", &v]).is_err() {
                 failed.push(format!("volume {v}"));
             }
         }
-        let images = std::mem::take(&mut *self.images.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut images = self.owned_images();
+        images.extend(self.listed(&["image", "ls"]));
         for i in images {
-            if self.cmd(&["rmi", "-f", &i]).is_err() {
+            if self.cmd(&["image", "inspect", &i]).is_ok() && self.cmd(&["rmi", "-f", &i]).is_err()
+            {
                 failed.push(format!("image {i}"));
             }
         }
         failed
     }
 
-    /// What of the run is still there (for a test's final check).
+    fn owned_images(&self) -> Vec<String> {
+        self.images
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// What of the run is still there: containers, networks, volumes, and images it tagged or labelled.
     pub fn leftovers(&self) -> Vec<String> {
-        let filter = format!("label={LABEL}={}", self.run);
         let mut left = Vec::new();
-        for kind in [&["ps", "-a"][..], &["network", "ls"], &["volume", "ls"]] {
-            let mut args = kind.to_vec();
-            args.extend(["-q", "--filter", &filter]);
-            if let Ok(out) = self.cmd(&args) {
-                left.extend(out.lines().map(|l| format!("{} {l}", kind[0])));
+        for kind in [
+            &["ps", "-a"][..],
+            &["network", "ls"],
+            &["volume", "ls"],
+            &["image", "ls"],
+        ] {
+            left.extend(
+                self.listed(kind)
+                    .into_iter()
+                    .map(|id| format!("{} {id}", kind[0])),
+            );
+        }
+        for tag in self.owned_images() {
+            if self.cmd(&["image", "inspect", &tag]).is_ok() {
+                left.push(format!("image {tag}"));
             }
         }
         left
+    }
+
+    /// Removes the objects of runs of `prefix` whose process no longer exists (killed, say, by a CI timeout before
+    /// it could clean up). A run's label value is `<prefix>-<pid>-<random>`.
+    fn sweep_stale(&self, prefix: &str) {
+        let dead = |run: &str| {
+            run.strip_prefix(prefix)
+                .and_then(|r| r.strip_prefix('-'))
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists())
+        };
+        let filter = format!("label={LABEL}");
+        let format = format!("{{{{.Label \"{LABEL}\"}}}}");
+        let mut runs = std::collections::BTreeSet::new();
+        for kind in [&["ps", "-a"][..], &["network", "ls"], &["volume", "ls"]] {
+            let mut args = kind.to_vec();
+            args.extend(["--filter", &filter, "--format", &format]);
+            if let Ok(out) = self.cmd(&args) {
+                runs.extend(out.lines().filter(|r| dead(r)).map(str::to_string));
+            }
+        }
+        for run in runs {
+            Docker::attach(&run).remove_all();
+        }
+        // Images are tagged `localhost/<run>:...`.
+        if let Ok(out) = self.cmd(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]) {
+            for tag in out.lines() {
+                let run = tag
+                    .strip_prefix("localhost/")
+                    .and_then(|t| t.split(':').next());
+                if run.is_some_and(dead) {
+                    let _ = self.cmd(&["rmi", "-f", tag]);
+                }
+            }
+        }
+    }
+}
+
+/// Waits for `child` until `deadline`; `None` (and the child killed) past it.
+fn wait_until(
+    child: &mut std::process::Child,
+    deadline: Instant,
+) -> std::io::Result<Option<ExitStatus>> {
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(Some(st));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

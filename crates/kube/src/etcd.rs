@@ -76,8 +76,15 @@ pub fn build_image(docker: &Docker) -> Result<String, Error> {
     use trestlectl::image::{self, archive};
     let tag = format!("localhost/{}:etcd", docker.run_id());
     let exe = std::fs::read(ETCD).map_err(|e| Error::io(Path::new(ETCD), e))?;
+    // A static etcd (upstream's release tarball) needs nothing else; ldd would refuse it.
+    let dynamic = trestlectl::bench::binary::interpreter(&exe).is_some();
     let mut files = vec![(ETCD.trim_start_matches('/').to_string(), exe)];
-    for lib in image::shared_objects(Path::new(ETCD)).map_err(|e| Error::Command(e.to_string()))? {
+    let libs = if dynamic {
+        image::shared_objects(Path::new(ETCD)).map_err(|e| Error::Command(e.to_string()))?
+    } else {
+        Vec::new()
+    };
+    for lib in libs {
         let bytes = std::fs::read(&lib).map_err(|e| Error::io(Path::new(&lib), e))?;
         files.push((lib.trim_start_matches('/').to_string(), bytes));
     }

@@ -94,13 +94,13 @@ fn volumes(
                 .iter()
                 .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
                 .collect();
-            write_dir(&files.join(&v.name), &bytes, &cm.items)?
+            write_dir(&files.join(&v.name), &bytes, &cm.items, cm.default_mode)?
         } else if let Some(s) = &v.secret {
             let data = ctx
                 .secrets
                 .get(&s.secret_name)
                 .ok_or_else(|| missing("Secret"))?;
-            write_dir(&files.join(&v.name), data, &s.items)?
+            write_dir(&files.join(&v.name), data, &s.items, s.default_mode)?
         } else {
             return Err(missing("source"));
         };
@@ -109,27 +109,38 @@ fn volumes(
     Ok(out)
 }
 
-/// Writes a ConfigMap's or Secret's keys (or only its `items`) as files of `dir`; the directory's path.
+/// Writes a ConfigMap's or Secret's keys (or only its `items`) as files of `dir`, with the volume's `defaultMode`
+/// or the item's `mode` (the kubelet's default 0644); the directory's path.
 fn write_dir(
     dir: &Path,
     data: &BTreeMap<String, Vec<u8>>,
     items: &[KeyToPath],
+    default_mode: Option<u32>,
 ) -> Result<String, Error> {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let items: Vec<(&str, &str)> = if items.is_empty() {
-        data.keys().map(|k| (k.as_str(), k.as_str())).collect()
+    let items: Vec<(&str, &str, Option<u32>)> = if items.is_empty() {
+        data.keys()
+            .map(|k| (k.as_str(), k.as_str(), None))
+            .collect()
     } else {
         items
             .iter()
-            .map(|i| (i.key.as_str(), i.path.as_str()))
+            .map(|i| (i.key.as_str(), i.path.as_str(), i.mode))
             .collect()
     };
-    for (key, path) in items {
+    for (key, path, mode) in items {
         let bytes = data
             .get(key)
             .ok_or_else(|| Error::Manifest(format!("no key {key}")))?;
         let file = dir.join(path);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
         std::fs::write(&file, bytes).map_err(|e| Error::io(&file, e))?;
+        let mode = mode.or(default_mode).unwrap_or(0o644);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(&file, e))?;
     }
     Ok(dir.display().to_string())
 }
@@ -256,6 +267,12 @@ pub fn http_probe(c: &Spec, which: &str, pod_ip: &str) -> Result<(String, u16, S
     }
     .ok_or_else(|| Error::Manifest(format!("{}: no {which}", c.name)))?;
     let get = &probe.http_get;
+    if get.scheme.as_deref().is_some_and(|s| s != "HTTP") {
+        return Err(Error::Manifest(format!(
+            "{}: {which}: only HTTP is emulated",
+            c.name
+        )));
+    }
     let host = get.host.clone().unwrap_or_else(|| pod_ip.to_string());
     Ok((host, get.port, get.path.clone()))
 }

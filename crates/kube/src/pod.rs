@@ -40,9 +40,12 @@ impl Pod {
             "--name",
             name,
         ])?;
-        let node_pid_ns = std::fs::read_link(format!("/proc/{}/ns/pid", d.pid(&node.container)?))
-            .map_err(|e| Error::io(std::path::Path::new("/proc"), e))?;
-        let host_pid = find_sandbox(&node_pid_ns, name)?;
+        let node_pid = d.pid(&node.container)?;
+        let link = |ns: &str| {
+            std::fs::read_link(format!("/proc/{node_pid}/ns/{ns}"))
+                .map_err(|e| Error::io(std::path::Path::new("/proc"), e))
+        };
+        let host_pid = find_sandbox(&link("pid")?, &link("net")?, name)?;
         let node_pid = ns_pid(host_pid)?;
         let mut pod = Pod {
             name: name.into(),
@@ -80,7 +83,7 @@ impl Pod {
 
     /// The sandbox's network namespace, entered from this machine.
     pub fn ns(&self) -> Result<NetNs, Error> {
-        Ok(NetNs::open(format!("/proc/{}/ns/net", self.host_pid))?)
+        crate::cluster::not_ours(NetNs::open(format!("/proc/{}/ns/net", self.host_pid))?)
     }
 
     /// Pings `dst` from this pod (ICMP echo, up to `timeout`); the round trip.
@@ -112,7 +115,13 @@ impl Pod {
 }
 
 /// The machine's pid of the sandbox `name` in the PID namespace `pid_ns` (`pid:[...]`): its command line names it.
-fn find_sandbox(pid_ns: &std::path::Path, name: &str) -> Result<u32, Error> {
+/// Only once it is in a network namespace other than the node's (`node_net`): it unshares one after its exec, and an
+/// ADD given its path before that would wire the node's own namespace.
+fn find_sandbox(
+    pid_ns: &std::path::Path,
+    node_net: &std::path::Path,
+    name: &str,
+) -> Result<u32, Error> {
     let needle = format!("\0--name\0{name}\0");
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -125,13 +134,30 @@ fn find_sandbox(pid_ns: &std::path::Path, name: &str) -> Result<u32, Error> {
             };
             let same_ns = std::fs::read_link(p.path().join("ns/pid")).is_ok_and(|l| l == pid_ns);
             let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-            if same_ns && String::from_utf8_lossy(&cmdline).contains(&needle) {
+            if !same_ns || !String::from_utf8_lossy(&cmdline).contains(&needle) {
+                continue;
+            }
+            let own_net = std::fs::read_link(p.path().join("ns/net")).is_ok_and(|l| l != node_net);
+            if own_net && lo_is_up(pid) {
                 return Ok(pid);
             }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(Error::Timeout(format!("sandbox {name} never appeared")))
+}
+
+/// Whether `lo` is up in `pid`'s network namespace (the sandbox brings it up right after its unshare).
+fn lo_is_up(pid: u32) -> bool {
+    let Ok(ns) = NetNs::open(format!("/proc/{pid}/ns/net")) else {
+        return false;
+    };
+    ns.run(|| {
+        trestle_netlink::Netlink::open()
+            .and_then(|mut nl| nl.link_by_name("lo"))
+            .is_ok_and(|l| l.is_some_and(|l| l.up))
+    })
+    .unwrap_or(false)
 }
 
 /// The pid of `host_pid` in its own PID namespace (the last field of `NSpid`).

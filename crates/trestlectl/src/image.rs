@@ -120,7 +120,10 @@ pub enum Error {
 /// How to get a static `name`: tools/static-link links every executable static unless told otherwise, but for
 /// trestled, whose `auto` mode is glibc's dynamic link (its allocator is faster than musl's).
 fn static_hint(name: &str) -> &'static str {
-    if name == CMD {
+    if crate::install::PLUGINS.contains(&name) {
+        "a plugin runs on the node, whose C library may differ: build it static (without TRESTLE_LINK=dynamic; \
+         tools/static-link links the plugins static)"
+    } else if name == CMD {
         "read its shared objects from the machine (trestlectl image does), or relink it static against glibc with \
          `TRESTLE_LINK=glibc cargo build --release --locked -p trestled`"
     } else {
@@ -196,12 +199,13 @@ pub fn read_binaries(dir: &Path) -> Result<Vec<Binary>, Error> {
         .collect()
 }
 
-/// The loader and shared objects the dynamically linked `binaries` need, as `ldd` finds them on this machine (which
+/// The loader and shared objects the dynamically linked `binaries` (but the plugins, refused by [`build`]) need, as `ldd` finds them on this machine (which
 /// built them); none for static ones.
 pub fn runtime_libraries(binaries: &[Binary]) -> Result<Vec<Library>, Error> {
     let mut paths = std::collections::BTreeSet::new();
     for b in binaries {
-        if crate::bench::binary::interpreter(&b.bytes).is_some() {
+        let plugin = crate::install::PLUGINS.contains(&b.name);
+        if !plugin && crate::bench::binary::interpreter(&b.bytes).is_some() {
             paths.extend(shared_objects(&b.path)?);
         }
     }
@@ -264,7 +268,10 @@ pub fn build(
 ) -> Result<Archive, Error> {
     for b in binaries {
         if let Some(interpreter) = crate::bench::binary::interpreter(&b.bytes) {
-            if !libraries.iter().any(|l| l.path == interpreter) {
+            // The plugins are copied onto the node and run there, with the node's loader and C library, not the
+            // image's: only a static one runs on every node.
+            let plugin = crate::install::PLUGINS.contains(&b.name);
+            if plugin || !libraries.iter().any(|l| l.path == interpreter) {
                 return Err(Error::Dynamic {
                     name: b.name.to_owned(),
                     path: b.path.clone(),

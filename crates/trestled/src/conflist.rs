@@ -84,6 +84,7 @@ fn replace(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    remove_stale(dir, &name);
     let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
@@ -98,10 +99,27 @@ fn replace(path: &Path, data: &[u8]) -> std::io::Result<()> {
     written
 }
 
+/// Removes temporary files an earlier daemon left beside the conflist when it was killed mid-write (one daemon runs
+/// per node: its state directory is locked).
+fn remove_stale(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&prefix) && n.ends_with(".tmp") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Keeps `target` written while the daemon runs: first as soon as the daemon is ready, then again whenever the
 /// file or its source changes (and the daemon is ready). Never returns; never removes the file.
 pub async fn keep(daemon: Arc<Daemon>, target: Target) {
     let mut written = false;
+    // The last error logged: a lasting one (a read-only conf dir) is logged once, not every look.
+    let mut last_error = String::new();
     loop {
         tokio::time::sleep(if written {
             AFTER_WRITTEN
@@ -119,8 +137,15 @@ pub async fn keep(daemon: Arc<Daemon>, target: Target) {
                     log::info!("wrote {}", target.path.display());
                 }
                 written = true;
+                last_error.clear();
             }
-            Ok(Err(e)) => log::error!("{}", chain(&e)),
+            Ok(Err(e)) => {
+                let said = chain(&e);
+                if said != last_error {
+                    log::error!("{said} (the node's runtime sees no network until it is written)");
+                    last_error = said;
+                }
+            }
             Err(e) => log::error!("writing {}: {e}", target.path.display()),
         }
     }
@@ -165,6 +190,15 @@ mod tests {
             before
         );
         // Nothing but the source and the conflist: the temporary file is gone.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_temporary_file_left_by_a_killed_daemon_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = target(dir.path(), GOOD);
+        std::fs::write(dir.path().join(".05-trestle.conflist.12345.tmp"), "half").unwrap();
+        assert!(t.sync().unwrap());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 

@@ -55,19 +55,23 @@ impl Cluster {
     /// Cuts node `i` off the control network, so from etcd (its underlay, and so its pods' traffic, stays).
     pub fn disconnect_control(&self, i: usize) -> Result<(), Error> {
         let n = &self.nodes[i];
+        let net = &self.control()?.net.name;
         self.docker()
-            .cmd(&["network", "disconnect", &self.control.name, &n.container])?;
+            .cmd(&["network", "disconnect", net, &n.container])?;
         Ok(())
     }
 
     /// Plugs node `i` back into the control network, at its address.
     pub fn connect_control(&self, i: usize) -> Result<(), Error> {
         let n = &self.nodes[i];
+        let ip = n
+            .control_ip
+            .ok_or_else(|| Error::Manifest("no control network".into()))?;
         self.docker().cmd(&[
             "network",
             "connect",
-            &format!("--ip={}", n.control_ip),
-            &self.control.name,
+            &format!("--ip={ip}"),
+            &self.control()?.net.name,
             &n.container,
         ])?;
         Ok(())

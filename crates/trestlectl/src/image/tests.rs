@@ -320,3 +320,19 @@ fn the_machine_s_own_dynamic_binaries_have_their_libraries_found() {
     assert!(libs.iter().any(|l| l.path == loader), "{libs:?}");
     assert!(libs.iter().any(|l| l.path.contains("libc.so")), "{libs:?}");
 }
+
+#[test]
+fn a_dynamically_linked_plugin_is_refused_even_with_its_libraries() {
+    let mut bins = binaries();
+    bins[0].bytes = dynamic_elf("/lib64/ld-linux-x86-64.so.2");
+    let libs = vec![Library {
+        path: "/lib64/ld-linux-x86-64.so.2".into(),
+        bytes: b"loader".to_vec(),
+    }];
+    let e = build(&bins, &libs, &tags(), 0).unwrap_err();
+    assert!(
+        matches!(e, Error::Dynamic { ref name, .. } if name == "trestle"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("a plugin runs on the node"), "{e}");
+}
