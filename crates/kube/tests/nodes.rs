@@ -263,6 +263,12 @@ fn etcd_cut_off(c: &mut Cluster, pods: &mut Vec<Pod>) {
     })
     .unwrap_or_else(|e| panic!("{e}"));
     println!("cut off from etcd: not ready after {:?}", cut.elapsed());
+    // Liveness never depends on etcd: a kubelet must not restart a daemon that only lost etcd.
+    assert_eq!(
+        c.probe(1, "livenessProbe").unwrap(),
+        Some(200),
+        "liveness without etcd"
+    );
     let status = c.cni_status(1).unwrap();
     assert!(status.is_err(), "CNI STATUS passes on a node without etcd");
     // The ADD itself is refused (not the sandbox or docker), and etcd holds no address for it.
