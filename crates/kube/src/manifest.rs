@@ -219,7 +219,7 @@ fn invalid(path: &Path, what: &str) -> Error {
 
 /// The non-empty documents of a YAML file. Read through `serde_yaml::Value`, which refuses duplicate keys (the
 /// API server would see only one of them).
-fn read_yaml(path: &Path) -> Result<Vec<Value>, Error> {
+pub fn read_yaml(path: &Path) -> Result<Vec<Value>, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,

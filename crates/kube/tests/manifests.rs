@@ -117,6 +117,41 @@ fn trees_hold_the_add_on_and_no_secret() {
     }
 }
 
+/// deploy/etcd/secret.example.yaml's one object.
+fn secret_example() -> Vec<Value> {
+    let path = deploy().join("etcd/secret.example.yaml");
+    let docs = manifest::read_yaml(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(docs.len(), 1, "{}", path.display());
+    docs
+}
+
+#[test]
+fn the_secret_example_is_the_secret_the_daemonset_mounts() {
+    let secret = &secret_example()[0];
+    let (_, ds) = daemon_set("etcd");
+    let volume = ds
+        .pod()
+        .volumes
+        .iter()
+        .find_map(|v| v.secret.as_ref())
+        .expect("a Secret volume");
+    assert_eq!(manifest::str_at(secret, "/kind"), "Secret");
+    assert_eq!(
+        manifest::str_at(secret, "/metadata/name"),
+        volume.secret_name
+    );
+    assert_eq!(
+        manifest::str_at(secret, "/metadata/namespace"),
+        ds.metadata.namespace
+    );
+    let keys: Vec<&String> = secret["stringData"].as_object().unwrap().keys().collect();
+    let wanted: Vec<&String> = volume.items.iter().map(|i| &i.key).collect();
+    assert_eq!(keys, wanted);
+    // Not part of the tree: applied with it, it would overwrite the real certificates.
+    let kustomization = std::fs::read_to_string(deploy().join("etcd/kustomization.yaml")).unwrap();
+    assert!(!kustomization.contains("secret.example.yaml"));
+}
+
 /// A binary of this build: beside the test executable's directory (target/debug/deps/..).
 fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();

@@ -29,6 +29,16 @@ fn every_object_meets_the_kubernetes_schemas() {
             "deploy/{tree}: kubernetes-validate said:\n{out}"
         );
     }
+    // The Secret's example, outside the tree (deploy/etcd/secret.example.yaml says why).
+    let example = crate::secret_example();
+    let out = kubernetes_validate(&example).unwrap_or_else(|e| panic!("secret.example.yaml: {e}"));
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with("INFO ") && l.contains(" passed "))
+            .count(),
+        KUBERNETES.len(),
+        "secret.example.yaml: kubernetes-validate said:\n{out}"
+    );
     // The check can fail: the peers' classic typo, which k8s-openapi's types would drop silently. The typed view
     // of trestle-kube refuses it too.
     let (objs, _) = daemon_set("etcd");
