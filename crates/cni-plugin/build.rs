@@ -10,7 +10,12 @@ fn main() {
     for file in ["static-link", "musl-shim.c"] {
         println!("cargo:rerun-if-changed={}", tools.join(file).display());
     }
-    for var in ["TRESTLE_LINK", "TRESTLE_MUSL_DIR", "TRESTLE_CC"] {
+    for var in [
+        "TRESTLE_LINK",
+        "TRESTLE_MUSL_DIR",
+        "TRESTLE_CC",
+        "TRESTLE_PLUGIN_PIE",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let linked_by_script = std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")

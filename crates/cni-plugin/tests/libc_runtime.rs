@@ -1,7 +1,8 @@
 //! The parts of Rust's standard library that depend on the C library, exercised in a binary linked the way the
 //! plugins are (static, against musl through `tools/static-link`, with `musl-shim.c` standing in for the glibc-only
 //! symbols). Each would fail, not crash quietly, if the link lost a shim or a forced symbol: unwinding goes through
-//! `_dl_find_object` and libgcc's pthread calls, spawning through `gnu_get_libc_version`.
+//! `_dl_find_object` and libgcc's pthread calls, spawning through `gnu_get_libc_version`. tools/static-link links
+//! this binary position-dependent, as it links the plugins (unless `TRESTLE_PLUGIN_PIE=1`).
 
 use std::cell::Cell;
 use std::io::ErrorKind;
@@ -73,4 +74,25 @@ fn thread_locals_are_destroyed_when_their_thread_ends() {
         .join()
         .unwrap();
     assert!(DROPPED.load(Ordering::SeqCst));
+}
+
+/// The mark tools/static-link leaves in `.comment` (`trestle-link: musl static`, ...) says what the ELF header says.
+#[test]
+fn the_link_mark_matches_the_executable() {
+    let elf = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    // Built at run time, so that the search does not find this test's own string.
+    let mark = ["trestle", "-link: "].concat().into_bytes();
+    let mode = elf
+        .windows(mark.len())
+        .enumerate()
+        .filter(|(_, w)| *w == mark.as_slice())
+        .map(|(at, _)| &elf[at + mark.len()..])
+        .map(|rest| &rest[..rest.iter().position(|&c| c == 0).unwrap_or(rest.len())])
+        .map(|mode| String::from_utf8_lossy(mode).into_owned())
+        .find(|mode| mode.starts_with("musl ") || mode.starts_with("glibc "))
+        .expect("linked by tools/static-link");
+    // e_type: 2 is a position-dependent executable, 3 a position-independent one (static-pie or dynamic).
+    let e_type = u16::from_le_bytes([elf[16], elf[17]]);
+    let expected = if mode.ends_with(" static") { 2 } else { 3 };
+    assert_eq!(e_type, expected, "{mode}");
 }
