@@ -8,7 +8,6 @@ pub mod block;
 pub mod client;
 pub mod keys;
 pub mod kv;
-pub mod local;
 pub mod node;
 pub mod watch;
 

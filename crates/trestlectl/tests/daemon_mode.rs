@@ -7,58 +7,44 @@ mod common;
 use common::{bin_dir, pod_state, World};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+use trestle_testkit::{Daemon, DaemonDir};
 
 /// A trestled on sockets and state of the world's own directory.
 struct Trestled {
-    dir: PathBuf,
-    child: Option<Child>,
+    files: DaemonDir,
+    process: Option<Daemon>,
 }
 
 impl Trestled {
     fn new(w: &World) -> Trestled {
+        let files = DaemonDir::new(w.dir.0.join("trestled"));
+        std::fs::create_dir_all(&files.dir).unwrap();
         Trestled {
-            dir: w.dir.0.join("trestled"),
-            child: None,
+            files,
+            process: None,
         }
     }
 
     fn socket(&self) -> PathBuf {
-        self.dir.join("ipam.sock")
+        self.files.socket()
     }
 
     fn start(&mut self) {
-        std::fs::create_dir_all(&self.dir).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("log"))
-            .unwrap();
-        let child = Command::new(bin_dir().join("trestled"))
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("--state-dir")
-            .arg(self.dir.join("state"))
-            .arg("--delete-queue")
-            .arg(self.dir.join("queue"))
-            .args(["--host-local-dir", "", "--reuse-delay", "0"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
+        let mut cmd = self.files.command(&bin_dir().join("trestled"));
+        cmd.args(["--reuse-delay", "0"]);
+        let mut d = Daemon::spawn(&mut cmd, &self.files.log())
             .expect("trestled (built by `cargo build --workspace`)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.show().is_none() {
-            assert!(Instant::now() < deadline, "trestled did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        d.wait_until("answering", Duration::from_secs(20), || {
+            self.show().is_some()
+        });
+        self.process = Some(d);
     }
 
     fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut d) = self.process.take() {
+            d.kill9();
         }
     }
 
@@ -93,21 +79,15 @@ impl Trestled {
     }
 
     fn queued(&self) -> usize {
-        std::fs::read_dir(self.dir.join("queue"))
+        std::fs::read_dir(self.files.queue())
             .map(|d| d.count())
             .unwrap_or(0)
     }
 }
 
-impl Drop for Trestled {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 fn daemon_conf(w: &World, d: &Trestled) -> Value {
     let mut conf = w.classic("1.1.0");
-    conf["ipam"]["daemon"] = json!({"socket": d.socket(), "deleteQueue": d.dir.join("queue")});
+    conf["ipam"]["daemon"] = json!({"socket": d.socket(), "deleteQueue": d.files.queue()});
     conf
 }
 

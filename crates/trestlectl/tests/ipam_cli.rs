@@ -7,8 +7,9 @@
 use serde_json::{json, Value};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use trestle_testkit::{Daemon, DaemonDir};
 use trestlectl::runtime::Invocation;
 
 const C1: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -316,99 +317,24 @@ fn a_handed_over_data_dir_points_at_the_daemon() {
     assert_eq!(reservations(&data.join("net2")), ["10.97.0.2"]);
 }
 
-/// A trestled of its own, stopped with SIGTERM when dropped (a failed test included).
-struct Trestled {
-    child: Child,
-    log: PathBuf,
-    status: Option<ExitStatus>,
-}
-
-impl Trestled {
-    fn start(dir: &Path) -> Trestled {
-        let log = dir.join("trestled.log");
-        let out = File::create(&log).unwrap();
-        let child = Command::new(sibling("trestled"))
-            .arg("--socket")
-            .arg(dir.join("s.sock"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--delete-queue")
-            .arg(dir.join("q"))
-            .args(["--host-local-dir", ""])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawn trestled");
-        let mut d = Trestled {
-            child,
-            log,
-            status: None,
-        };
-        d.wait_serving(&dir.join("s.sock"));
-        d
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_serving(&mut self, socket: &Path) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("trestled exited at start ({status}):\n{}", self.log());
-            }
-            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "trestled not serving after 10 s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then waits (SIGKILL after 10 s).
-    fn stop(&mut self) -> ExitStatus {
-        if let Some(status) = self.status {
-            return status;
-        }
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                break self.child.wait().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        self.status = Some(status);
-        status
-    }
-}
-
-impl Drop for Trestled {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// A trestled of its own on the files of `files`, serving (killed when dropped, a failed test included).
+fn trestled(files: &DaemonDir) -> Daemon {
+    let mut d = Daemon::spawn(&mut files.command(&sibling("trestled")), &files.log())
+        .expect("spawn trestled");
+    d.wait_serving(&files.socket());
+    d
 }
 
 #[test]
 fn daemon_show_release_and_gc() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut daemon = Trestled::start(tmp.path());
-    let socket = tmp.path().join("s.sock");
+    let files = DaemonDir::new(tmp.path());
+    let mut daemon = trestled(&files);
+    let socket = files.socket();
     let sock = s(&socket);
     let conf = json!({"cniVersion": "1.0.0", "name": "dnet",
         "ipam": {"type": "trestle-ipam", "subnet": "10.98.0.0/24",
-                 "daemon": {"socket": sock, "deleteQueue": s(&tmp.path().join("q"))}}});
+                 "daemon": {"socket": sock, "deleteQueue": s(&files.queue())}}});
     let pod_args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_UID=u1";
     assert_eq!(add(&conf, C1, "eth0", pod_args), "10.98.0.2/24");
     assert_eq!(add(&conf, C2, "eth0", ""), "10.98.0.3/24");
@@ -522,7 +448,7 @@ fn daemon_show_release_and_gc() {
     let v = json_of(&["ipam", "show", "--socket", sock, "--json"]);
     assert!(addresses(&v).is_empty(), "{v}");
 
-    let status = daemon.stop();
+    let status = daemon.stop(Duration::from_secs(10));
     assert!(
         status.success(),
         "trestled exit {status}:\n{}",

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{error_code, plugin, Node, Proxy, NO_NETNS};
 use serde_json::Value;
-use trestle_ipam_etcd::local::LocalCluster;
+use trestle_etcd_local::LocalCluster;
 use trestle_ipam_etcd::{admin, Etcd, EtcdConfig};
 
 /// One cluster test at a time: each runs three etcd members and several daemons with
@@ -442,7 +442,7 @@ fn a_node_reaches_etcd_over_tls_with_a_client_certificate_and_one_without_is_ref
     std::fs::create_dir(&certs).unwrap();
     let etcd = LocalCluster::start_tls(&dir.path().join("etcd"), 1, |ips| {
         certificates(&certs, ips)?;
-        Ok(Some(trestle_ipam_etcd::local::ServerTls {
+        Ok(Some(trestle_etcd_local::ServerTls {
             cert: certs.join("server.pem"),
             key: certs.join("server-key.pem"),
             client_ca: certs.join("ca.pem"),
@@ -491,7 +491,7 @@ fn a_node_reaches_etcd_over_tls_with_a_client_certificate_and_one_without_is_ref
     let mut b = Node::new();
     b.cluster("node-nocert", &eps, "/t6");
     b.args.extend(tls_args(false));
-    b.child = Some(b.command_for_test().spawn().unwrap());
+    b.child = Some(b.spawn());
     std::thread::sleep(Duration::from_secs(2));
     let out = plugin("ADD", "b0", NO_NETNS, &b.conf("c", "10.65.0.0/16"));
     assert_eq!(

@@ -209,7 +209,7 @@ fn eleven_hundred_idle_connections_under_a_1024_file_limit_never_stop_the_daemon
     flood.stop();
     address(&plugin("ADD", "after", NO_NETNS, &conf));
     assert!(
-        node.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        node.child.as_mut().unwrap().exited().is_none(),
         "still running:\n{}",
         node.log()
     );
@@ -346,7 +346,7 @@ fn a_client_holding_256_half_sent_requests_starves_nobody_and_its_streams_are_en
     });
     assert_eq!(ended, 256, "every half-sent request ended with an error");
     assert!(
-        node.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        node.child.as_mut().unwrap().exited().is_none(),
         "still running"
     );
 }

@@ -556,11 +556,11 @@ fn a_corrupt_store_file_does_not_stop_the_daemon() {
     std::fs::write(node.path("state/ipam.redb"), vec![0xa5u8; 8192]).unwrap();
     // Killed while it rebuilds (told to wait a minute before it looks): the next start must
     // rebuild again, not trust the new store that merely looks clean.
-    let mut first = node
-        .command_for_test()
-        .args(["--rebuild-settle", "60"])
-        .spawn()
-        .unwrap();
+    let mut first = trestle_testkit::Daemon::spawn(
+        node.command_for_test().args(["--rebuild-settle", "60"]),
+        &node.path("trestled.log"),
+    )
+    .unwrap();
     wait_for("the rebuild to start", || {
         node.log().contains("rebuilding allocations")
     });
@@ -570,8 +570,7 @@ fn a_corrupt_store_file_does_not_stop_the_daemon() {
     let reply = status.unwrap();
     assert!(!reply.ready, "not ready while rebuilding");
     assert!(reply.reason.contains("rebuilding"), "{}", reply.reason);
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.kill9();
     node.start();
     let log = node.log();
     assert_eq!(log.matches("keeping it as").count(), 1, "{log}");
@@ -864,12 +863,11 @@ fn no_conflist_while_the_daemon_cannot_serve() {
         "--routing".into(),
         "none".into(),
     ]);
-    let mut child = node.command_for_test().spawn().unwrap();
+    let mut child = node.spawn();
     // Three of the writer's one-second looks.
     std::thread::sleep(Duration::from_secs(4));
-    let running = child.try_wait().unwrap().is_none();
-    let _ = child.kill();
-    let _ = child.wait();
+    let running = child.exited().is_none();
+    child.kill9();
     assert!(running, "trestled exited:\n{}", node.log());
     assert!(!dest.exists(), "conflist written before ready");
 }

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use trestle_etcd_local::LocalCluster;
 use trestle_ipam_core::Range;
-use trestle_ipam_etcd::local::LocalCluster;
 use trestle_ipam_etcd::{Etcd, EtcdConfig, Node, NodeSettings};
 
 use super::stats::{summarise, Summary};

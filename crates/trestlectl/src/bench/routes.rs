@@ -145,7 +145,7 @@ pub fn run(opts: &RoutesOptions) -> Result<RoutesReport, String> {
 }
 
 fn run_in(opts: &RoutesOptions, work: &Path) -> Result<RoutesReport, String> {
-    let etcd_bin = trestle_ipam_etcd::local::etcd_binary()
+    let etcd_bin = trestle_etcd_local::etcd_binary()
         .ok_or("etcd not found: install Debian's etcd-server (apt-get install etcd-server)")?;
     let world = NetNs::new_anonymous().map_err(|e| e.to_string())?;
     let segments = [Segment::number(1), Segment::number(2)];

@@ -51,7 +51,7 @@ impl std::fmt::Display for MissingEtcd {
 
 /// The etcd binary the demo will run, or where it looked.
 fn find_etcd() -> Result<PathBuf, MissingEtcd> {
-    match trestle_ipam_etcd::local::etcd_binary() {
+    match trestle_etcd_local::etcd_binary() {
         Some(p) if p.is_file() => Ok(p),
         Some(p) => Err(MissingEtcd {
             looked: format!("$TRESTLE_ETCD is {}, which is not a file", p.display()),

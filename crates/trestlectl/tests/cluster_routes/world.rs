@@ -116,7 +116,7 @@ impl World {
         }
         sh(&router, router_addresses);
         let dir = TempDir::new("routes");
-        let etcd = trestle_ipam_etcd::local::etcd_binary()
+        let etcd = trestle_etcd_local::etcd_binary()
             .expect("etcd missing: tools/install-test-deps installs Debian's etcd-server");
         let url = format!("http://{etcd_addr}");
         let mut cmd = Command::new(etcd);

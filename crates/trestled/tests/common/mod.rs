@@ -7,26 +7,14 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
+use trestle_testkit::Daemon;
 
 use serde_json::{json, Value};
 use trestle_ipam::daemon::DaemonClient;
 use trestle_ipam_core::DaemonSettings;
 
 /// Where cargo put the workspace binaries.
-pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join(name);
-    assert!(
-        path.is_file(),
-        "{} missing: run the tests with `cargo build --workspace` first (the README's command)",
-        path.display()
-    );
-    path
-}
+pub use trestle_testkit::workspace_bin as bin;
 
 /// True when running as root (the privileged tests need it).
 pub fn is_root() -> bool {
@@ -36,7 +24,7 @@ pub fn is_root() -> bool {
 /// One node: a daemon's directory and, while it runs, the daemon.
 pub struct Node {
     pub dir: tempfile::TempDir,
-    pub child: Option<Child>,
+    pub child: Option<Daemon>,
     /// Extra arguments of every start.
     pub args: Vec<String>,
     /// A listening socket the test holds, as systemd would (socket activation).
@@ -164,19 +152,24 @@ impl Node {
         self.command()
     }
 
+    /// Spawns the daemon (its output appended to its log), without waiting for it.
+    pub fn spawn(&self) -> Daemon {
+        Daemon::spawn(&mut self.command(), &self.path("trestled.log")).expect("spawn trestled")
+    }
+
     /// Starts the daemon and waits until it answers.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
-        self.child = Some(self.command().spawn().expect("spawn trestled"));
+        self.child = Some(self.spawn());
         self.wait_ready();
     }
 
     /// Starts a daemon and returns its exit status and log, for one that must refuse to start.
     pub fn start_expecting_failure(&self) -> (ExitStatus, String) {
-        let mut child = self.command().spawn().unwrap();
+        let mut child = self.spawn();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(st) = child.try_wait().unwrap() {
+            if let Some(st) = child.exited() {
                 return (st, self.log());
             }
             assert!(
@@ -188,42 +181,29 @@ impl Node {
     }
 
     pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("trestled exited with {st}:\n{}", self.log());
-            }
-            let mut d = self.client();
-            let ok = d.call(|mut c| async move {
+        // Out of `self` while waiting, so that the probe can use `self`; a panic drops (kills) it.
+        let mut child = self.child.take().expect("running");
+        child.wait_until("ready", Duration::from_secs(20), || {
+            let ok = self.client().call(|mut c| async move {
                 c.status(trestle_ipam_api::v1::StatusRequest::default())
                     .await
             });
-            if ok.is_ok_and(|r| r.ready) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "trestled not ready:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            ok.is_ok_and(|r| r.ready)
+        });
+        self.child = Some(child);
     }
 
     /// SIGKILL, and reap.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill9();
         }
     }
 
-    /// SIGTERM, and wait for a graceful exit.
+    /// SIGTERM, and wait for a graceful exit (SIGKILL after 30 s, which the caller sees in the status).
     pub fn stop(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("running");
-        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        c.wait().unwrap()
+        c.stop(Duration::from_secs(30))
     }
 
     pub fn log(&self) -> String {

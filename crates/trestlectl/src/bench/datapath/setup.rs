@@ -67,7 +67,7 @@ pub const LAYOUT: [(usize, &str); 4] = [(0, "A1"), (0, "A2"), (1, "B1"), (2, "C1
 
 /// Makes the world, etcd, the nodes and trestle's pods. `work` holds etcd's data and the nodes' files.
 pub fn cluster(bin_dir: &Path, work: &Path) -> Result<Cluster, Error> {
-    let etcd_bin = trestle_ipam_etcd::local::etcd_binary().ok_or(Error::NoEtcd)?;
+    let etcd_bin = trestle_etcd_local::etcd_binary().ok_or(Error::NoEtcd)?;
     let world = NetNs::new_anonymous().map_err(Error::Netns)?;
     let segments = [Segment::number(1), Segment::number(2)];
     world

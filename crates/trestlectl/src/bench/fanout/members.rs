@@ -194,7 +194,7 @@ fn nofile_target(cur: u64, max: u64, want: u64) -> (u64, u64) {
 
 /// `etcd --version`'s version ("3.4.23"), or what went wrong.
 pub fn etcd_version() -> String {
-    let Some(bin) = trestle_ipam_etcd::local::etcd_binary() else {
+    let Some(bin) = trestle_etcd_local::etcd_binary() else {
         return "etcd not found".into();
     };
     match std::process::Command::new(&bin).arg("--version").output() {

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use trestle_etcd_local::LocalCluster;
 use trestle_ipam_etcd::client::Txn;
-use trestle_ipam_etcd::local::LocalCluster;
 use trestle_ipam_etcd::{Etcd, EtcdConfig, Keys, Pool};
 
 use super::routes::simulated;

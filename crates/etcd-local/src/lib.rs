@@ -1,5 +1,6 @@
-//! A real etcd cluster on loopback, for the tests and the bench: each member is Debian's
-//! `etcd` (from `etcd-server`) with its own data directory under a folder the caller owns.
+//! A real etcd cluster on loopback, for the demo, the benches and the tests: each member is Debian's
+//! `etcd` (from `etcd-server`) with its own data directory under a folder the caller owns. A crate of its
+//! own so that nothing which starts processes for a test is linked into `trestled`.
 //! Members listen on an address of their own in 127.0.0.0/8 (fixed ports on a random
 //! loopback address), so concurrent tests and a system etcd never meet.
 
