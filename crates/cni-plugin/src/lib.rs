@@ -8,4 +8,4 @@ pub mod detach;
 pub mod logging;
 mod skel;
 
-pub use skel::{run, Plugin, Request};
+pub use skel::{run, run_from_c_main, Plugin, Request};

@@ -50,6 +50,31 @@ pub fn run(plugin: &impl Plugin) -> ! {
     std::process::exit(code)
 }
 
+/// [`run`], from a plugin binary's own C `main` (`#![no_main]`), without std's start-up: for a process that lives a
+/// few milliseconds that start-up is pure cost (a stack-guard probe that reads and parses `/proc/self/maps`, a
+/// signal stack mapped and handlers installed, a check of the standard descriptors: about a dozen system calls, and
+/// with musl some thirty failing `mremap`s). Of what it does, a plugin needs one thing, done here: SIGPIPE ignored,
+/// so that a runtime that stopped reading makes the write fail instead of killing the plugin. A stack overflow is
+/// then a plain SIGSEGV, without std's message.
+///
+/// # Safety
+///
+/// `argc` and `argv` are the C `main`'s: `argv` holds `argc` pointers to NUL-terminated strings, or `argc` is 0.
+pub unsafe fn run_from_c_main(
+    argc: std::ffi::c_int,
+    argv: *const *const std::ffi::c_char,
+    plugin: &impl Plugin,
+) -> ! {
+    // SAFETY: setting a signal's disposition to SIG_IGN runs no code of ours and touches no memory.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    if argc > 0 && !argv.is_null() {
+        // SAFETY: the caller passes the C main's argv, whose first entry is a NUL-terminated string when argc > 0.
+        let argv0 = unsafe { std::ffi::CStr::from_ptr(*argv) };
+        crate::logging::set_program(argv0.to_bytes());
+    }
+    run(plugin)
+}
+
 fn print_stdout(s: &str) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(s.as_bytes())?;

@@ -571,6 +571,14 @@ fn logging_goes_to_file_and_stderr_only() {
         "{}",
         out.stderr
     );
+    // The line names the program (argv[0], which the plugin's own C main hands to the logger) and its pid.
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.contains(" trestle[") && l.contains("ADD container=logged")),
+        "{}",
+        out.stderr
+    );
     let files: Vec<_> = std::fs::read_dir(&w.dir.0)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())

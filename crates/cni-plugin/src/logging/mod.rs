@@ -209,7 +209,21 @@ impl DailyFile {
     }
 }
 
+/// The program name of log lines, when the process's entry point knew it (`crate::run_from_c_main`).
+static PROGRAM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names the program in log lines: `argv[0]`'s last component.
+pub(crate) fn set_program(argv0: &[u8]) {
+    let name = argv0.rsplit(|&c| c == b'/').next().unwrap_or(argv0);
+    let _ = PROGRAM.set(String::from_utf8_lossy(name).into_owned());
+}
+
 fn program() -> String {
+    if let Some(name) = PROGRAM.get() {
+        return name.clone();
+    }
+    // Only under std's own `main`: a plugin entered through `run_from_c_main` has set PROGRAM, and std's argument
+    // list is not filled in without std's start-up where the C library is musl.
     std::env::args()
         .next()
         .and_then(|a| a.rsplit('/').next().map(str::to_owned))
