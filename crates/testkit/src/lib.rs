@@ -189,14 +189,12 @@ impl Drop for Daemon {
 mod tests {
     use super::*;
 
-    fn tempdir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "trestle-testkit-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A directory of the test's own, removed however the test ends.
+    fn tempdir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("trestle-testkit-")
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
@@ -204,11 +202,11 @@ mod tests {
         let dir = tempdir();
         let mut d = Daemon::spawn(
             Command::new("sh").args(["-c", "trap '' TERM; echo up; sleep 30"]),
-            &dir.join("log"),
+            &dir.path().join("log"),
         )
         .unwrap();
         d.wait_until("up", Duration::from_secs(10), || {
-            std::fs::read_to_string(dir.join("log")).is_ok_and(|l| l.contains("up"))
+            std::fs::read_to_string(dir.path().join("log")).is_ok_and(|l| l.contains("up"))
         });
         let started = Instant::now();
         let status = d.stop(Duration::from_millis(200));
@@ -217,7 +215,6 @@ mod tests {
             Some(9)
         );
         assert!(started.elapsed() < Duration::from_secs(10));
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -225,7 +222,7 @@ mod tests {
         let dir = tempdir();
         let mut d = Daemon::spawn(
             Command::new("sh").args(["-c", "echo cannot bind >&2; exit 3"]),
-            &dir.join("log"),
+            &dir.path().join("log"),
         )
         .unwrap();
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -235,7 +232,6 @@ mod tests {
         assert!(message.contains("exited"), "{message}");
         assert!(message.contains("cannot bind"), "{message}");
         assert_eq!(d.exited().unwrap().code(), Some(3));
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

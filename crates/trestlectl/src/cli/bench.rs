@@ -449,57 +449,27 @@ mod tests {
 
     #[test]
     fn conflicting_bench_flags_are_refused_not_silently_resolved() {
-        for (bad, kind) in [
+        use clap::error::ErrorKind::{ArgumentConflict, MissingRequiredArgument};
+        let conflicts = [
             // --smoke sets these itself: an explicit value used to be overridden without a word.
-            (
-                "trestlectl bench --smoke --pods 50",
-                clap::error::ErrorKind::ArgumentConflict,
-            ),
-            (
-                "trestlectl bench --smoke --concurrency 1",
-                clap::error::ErrorKind::ArgumentConflict,
-            ),
-            (
-                "trestlectl bench --ipam-service --smoke --service-clients 8",
-                clap::error::ErrorKind::ArgumentConflict,
-            ),
-            (
-                "trestlectl bench --routes --smoke --routes-nodes 4",
-                clap::error::ErrorKind::ArgumentConflict,
-            ),
+            "--smoke --pods 50",
+            "--smoke --concurrency 1",
+            "--ipam-service --smoke --service-clients 8",
+            "--routes --smoke --routes-nodes 4",
             // Two modes, or a mode with another mode's options.
-            (
-                "trestlectl bench --cluster --ipam-service",
-                clap::error::ErrorKind::ArgumentConflict,
-            ),
-            (
-                "trestlectl bench --fanout --datapath",
-                clap::error::ErrorKind::ArgumentConflict,
-            ),
-            (
-                "trestlectl bench --cluster --pods 10",
-                clap::error::ErrorKind::ArgumentConflict,
-            ),
-            (
-                "trestlectl bench --datapath --ipam daemon",
-                clap::error::ErrorKind::ArgumentConflict,
-            ),
-            (
-                "trestlectl bench --service-clients 8",
-                clap::error::ErrorKind::MissingRequiredArgument,
-            ),
-            (
-                "trestlectl bench --cluster --routes-nodes 4",
-                clap::error::ErrorKind::ArgumentConflict,
-            ),
-            (
-                "trestlectl bench --fanout-etcd-timeout 2",
-                clap::error::ErrorKind::MissingRequiredArgument,
-            ),
-        ] {
-            match parse(bad) {
-                Ok(_) => panic!("{bad}: accepted"),
-                Err(e) => assert_eq!(e.kind(), kind, "{bad}: {e}"),
+            "--cluster --ipam-service",
+            "--fanout --datapath",
+            "--cluster --pods 10",
+            "--datapath --ipam daemon",
+            "--cluster --routes-nodes 4",
+        ];
+        // A mode's options without the mode.
+        let orphans = ["--service-clients 8", "--fanout-etcd-timeout 2"];
+        let cases = conflicts.iter().map(|c| (c, ArgumentConflict));
+        for (flags, kind) in cases.chain(orphans.iter().map(|c| (c, MissingRequiredArgument))) {
+            match parse(&format!("trestlectl bench {flags}")) {
+                Ok(_) => panic!("{flags}: accepted"),
+                Err(e) => assert_eq!(e.kind(), kind, "{flags}: {e}"),
             }
         }
     }
