@@ -132,8 +132,10 @@ fn a_released_block_leaves_every_peers_routes() {
             .unwrap_or(0.0)
     };
     for n in [&n1, &n3] {
+        // At least one: how many depends on how the watch batches n2's claims and releases (quick DELs come as
+        // one batch) and on whether the periodic full pass got to a change first.
         assert!(
-            passes(n, "incremental") >= 2.0,
+            passes(n, "incremental") >= 1.0,
             "{}",
             passes(n, "incremental")
         );
