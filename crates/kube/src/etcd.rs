@@ -34,34 +34,16 @@ impl Certs {
 
     /// Makes a CA, a server certificate valid for `ips`, and a client certificate, in `dir`.
     pub fn create(dir: &Path, ips: &[Ipv4Addr]) -> Result<Certs, Error> {
-        use rcgen::{
-            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
-        };
-        let fail = |e: rcgen::Error| Error::Certs(e.to_string());
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_key = KeyPair::generate().map_err(fail)?;
-        let ca = ca_params.self_signed(&ca_key).map_err(fail)?;
-        let mut server = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
-        server.subject_alt_names = ips
-            .iter()
-            .chain(&[Ipv4Addr::LOCALHOST])
-            .map(|ip| SanType::IpAddress((*ip).into()))
-            .collect();
-        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let server_key = KeyPair::generate().map_err(fail)?;
-        let server = server.signed_by(&server_key, &ca, &ca_key).map_err(fail)?;
-        let mut client = CertificateParams::new(vec!["trestled".to_string()]).map_err(fail)?;
-        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let client_key = KeyPair::generate().map_err(fail)?;
-        let client = client.signed_by(&client_key, &ca, &ca_key).map_err(fail)?;
+        let server_ips: Vec<Ipv4Addr> = ips.iter().chain(&[Ipv4Addr::LOCALHOST]).copied().collect();
+        let tls =
+            trestle_testkit::Tls::generate(&server_ips).map_err(|e| Error::Certs(e.to_string()))?;
         for (name, pem) in [
-            ("ca.crt", ca.pem()),
-            ("server.crt", server.pem()),
-            ("server.key", server_key.serialize_pem()),
-            ("tls.crt", client.pem()),
-            ("tls.key", client_key.serialize_pem()),
+            ("ca.crt", tls.ca),
+            ("server.crt", tls.server),
+            ("server.key", tls.server_key),
+            ("tls.crt", tls.client),
+            ("tls.key", tls.client_key),
         ] {
             let path = dir.join(name);
             std::fs::write(&path, pem).map_err(|e| Error::io(&path, e))?;

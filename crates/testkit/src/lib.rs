@@ -1,8 +1,10 @@
 //! Fixtures that several test binaries share, so that each exists once: where cargo put the workspace's binaries,
-//! and a `trestled` process of a test's own ([`Daemon`]) in a directory of the test's own ([`DaemonDir`]). Only
-//! ever a dev-dependency: nothing here is linked into a shipped binary.
+//! a `trestled` process of a test's own ([`Daemon`]) in a directory of the test's own ([`DaemonDir`]), and the
+//! certificates of a TLS etcd ([`Tls::generate`]). A dev-dependency, or a dependency of test-only crates (`kube`):
+//! nothing here is linked into a shipped binary.
 
 use std::io;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -182,6 +184,54 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A CA, a server certificate signed by it, and a client certificate with the common name `trestled`, as PEM text:
+/// what a TLS etcd with client certificates needs. The caller writes them under the names it uses.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The CA's certificate.
+    pub ca: String,
+    /// The server's certificate.
+    pub server: String,
+    /// The server certificate's key.
+    pub server_key: String,
+    /// The client's certificate.
+    pub client: String,
+    /// The client certificate's key.
+    pub client_key: String,
+}
+
+impl Tls {
+    /// Fresh keys and certificates, the server's valid for `server_ips`.
+    pub fn generate(server_ips: &[Ipv4Addr]) -> Result<Tls, rcgen::Error> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate()?;
+        let ca = ca_params.self_signed(&ca_key)?;
+        let mut server = CertificateParams::new(Vec::<String>::new())?;
+        server.subject_alt_names = server_ips
+            .iter()
+            .map(|ip| SanType::IpAddress((*ip).into()))
+            .collect();
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_key = KeyPair::generate()?;
+        let server = server.signed_by(&server_key, &ca, &ca_key)?;
+        let mut client = CertificateParams::new(vec!["trestled".to_string()])?;
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = KeyPair::generate()?;
+        let client = client.signed_by(&client_key, &ca, &ca_key)?;
+        Ok(Tls {
+            ca: ca.pem(),
+            server: server.pem(),
+            server_key: server_key.serialize_pem(),
+            client: client.pem(),
+            client_key: client_key.serialize_pem(),
+        })
     }
 }
 

@@ -402,32 +402,13 @@ fn a_dead_nodes_blocks_are_reclaimed_and_reused_and_release_node_frees_the_rest(
 
 /// A CA, a server certificate for `ips` and a client certificate, as PEM files in `dir`.
 fn certificates(dir: &std::path::Path, ips: &[std::net::Ipv4Addr]) -> std::io::Result<()> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
-    };
-    let fail = |e: rcgen::Error| std::io::Error::other(e.to_string());
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().map_err(fail)?;
-    let ca = ca_params.self_signed(&ca_key).map_err(fail)?;
-    let mut server = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
-    server.subject_alt_names = ips
-        .iter()
-        .map(|ip| SanType::IpAddress((*ip).into()))
-        .collect();
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_key = KeyPair::generate().map_err(fail)?;
-    let server = server.signed_by(&server_key, &ca, &ca_key).map_err(fail)?;
-    let mut client = CertificateParams::new(vec!["trestled".to_string()]).map_err(fail)?;
-    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client_key = KeyPair::generate().map_err(fail)?;
-    let client = client.signed_by(&client_key, &ca, &ca_key).map_err(fail)?;
+    let tls = trestle_testkit::Tls::generate(ips).map_err(std::io::Error::other)?;
     for (name, pem) in [
-        ("ca.pem", ca.pem()),
-        ("server.pem", server.pem()),
-        ("server-key.pem", server_key.serialize_pem()),
-        ("client.pem", client.pem()),
-        ("client-key.pem", client_key.serialize_pem()),
+        ("ca.pem", tls.ca),
+        ("server.pem", tls.server),
+        ("server-key.pem", tls.server_key),
+        ("client.pem", tls.client),
+        ("client-key.pem", tls.client_key),
     ] {
         std::fs::write(dir.join(name), pem)?;
     }
