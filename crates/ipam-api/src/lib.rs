@@ -1,12 +1,14 @@
 //! trestled's gRPC API, `trestle.ipam.v1` (the `.proto` is in `proto/`): the generated
 //! messages, client and server ([`v1`]), the version rule ([`version`]), the validation that
-//! turns a request into `trestle-ipam-core` types ([`convert`]), and the one table from gRPC
-//! status codes to CNI error codes ([`codes`]).
+//! turns a request into `trestle-ipam-core` types ([`convert`]), the one table from gRPC
+//! status codes to CNI error codes ([`codes`]), and the framing of the same messages that the
+//! plugins use instead of HTTP/2 ([`frame`]).
 //!
 //! No I/O and no privileges: the daemon and the plugin add the transport.
 
 pub mod codes;
 pub mod convert;
+pub mod frame;
 pub mod version;
 
 /// The generated `trestle.ipam.v1` messages, `ipam_client` and `ipam_server`.

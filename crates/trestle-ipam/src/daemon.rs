@@ -1,18 +1,22 @@
-//! Daemon mode: the plugin asks `trestled` over its unix socket.
+//! Daemon mode: the plugin asks `trestled` over its unix socket, in the frames of
+//! [`trestle_ipam_api::frame`] (one write and one read a call, no runtime, no HTTP/2).
 //!
 //! Each call connects (retrying for `connectTimeoutMs` while the socket is missing or refuses,
 //! which is how a daemon restart without socket activation looks), then sends the request with
 //! the operation's deadline (`timeoutMs`), reconnecting and resending while the daemon answers
-//! UNAVAILABLE (it is starting or draining). Every request is safe to resend: Allocate returns
-//! what the attachment already holds, Release of nothing is success.
+//! UNAVAILABLE (it is starting or draining) or the connection is lost. Every request is safe to
+//! resend: Allocate returns what the attachment already holds, Release of nothing is success.
 
-use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint, Uri};
-use tonic::{Code, Status};
-use trestle_ipam_api::v1::ipam_client::IpamClient;
+use prost::Message;
+use tonic::Code;
+use trestle_ipam_api::frame::{self, FrameError, Method, HEADER_LEN, MAGIC};
+use trestle_ipam_api::v1;
 use trestle_ipam_core::DaemonSettings;
 
 /// Why a call got no answer from the daemon.
@@ -27,15 +31,18 @@ pub enum CallError {
         /// The socket.
         socket: PathBuf,
         /// The last connect error.
-        reason: String,
+        reason: std::io::Error,
     },
-    /// The daemon (or the transport) answered with an error status.
-    #[error("trestled at {}: {}", socket.display(), status.message())]
+    /// The daemon answered with an error, or the exchange failed (code `Unavailable` for a
+    /// lost connection, `DeadlineExceeded` for no answer in time).
+    #[error("trestled at {}: {message}", socket.display())]
     Status {
         /// The socket.
         socket: PathBuf,
-        /// The status (boxed: it is large, and errors travel far).
-        status: Box<Status>,
+        /// The gRPC code of the error.
+        code: Code,
+        /// What the daemon (or the transport) said.
+        message: String,
     },
 }
 
@@ -44,72 +51,136 @@ impl CallError {
     pub fn code(&self) -> Code {
         match self {
             CallError::Down { .. } => Code::Unavailable,
-            CallError::Status { status, .. } => status.code(),
+            CallError::Status { code, .. } => *code,
+        }
+    }
+
+    /// What the daemon or the transport said, without the socket.
+    pub fn message(&self) -> String {
+        match self {
+            CallError::Down { reason, .. } => reason.to_string(),
+            CallError::Status { message, .. } => message.clone(),
         }
     }
 }
 
-/// trestle-ipam's client of `trestled`: a connection to the daemon, with the runtime that drives it.
+/// trestle-ipam's client of `trestled`: one connection, kept between calls.
 pub struct DaemonClient {
-    rt: tokio::runtime::Runtime,
     settings: DaemonSettings,
-    client: Option<IpamClient<Channel>>,
+    conn: Option<UnixStream>,
 }
 
 impl DaemonClient {
     /// Prepares calls to the daemon of `settings` (connects on the first call).
     pub fn new(settings: DaemonSettings) -> DaemonClient {
-        // One thread: a plugin process makes one call at a time.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a current-thread runtime only needs a timer and an epoll descriptor");
         DaemonClient {
-            rt,
             settings,
-            client: None,
+            conn: None,
         }
     }
 
+    /// `Hello`.
+    pub fn hello(&mut self, r: &v1::HelloRequest) -> Result<v1::HelloReply, CallError> {
+        self.call(Method::Hello, r)
+    }
+
+    /// `Allocate`.
+    pub fn allocate(&mut self, r: &v1::AllocateRequest) -> Result<v1::AllocateReply, CallError> {
+        self.call(Method::Allocate, r)
+    }
+
+    /// `Release`.
+    pub fn release(&mut self, r: &v1::ReleaseRequest) -> Result<v1::ReleaseReply, CallError> {
+        self.call(Method::Release, r)
+    }
+
+    /// `Check`.
+    pub fn check(&mut self, r: &v1::CheckRequest) -> Result<v1::CheckReply, CallError> {
+        self.call(Method::Check, r)
+    }
+
+    /// `Gc`.
+    pub fn gc(&mut self, r: &v1::GcRequest) -> Result<v1::GcReply, CallError> {
+        self.call(Method::Gc, r)
+    }
+
+    /// `Status`.
+    pub fn status(&mut self, r: &v1::StatusRequest) -> Result<v1::StatusReply, CallError> {
+        self.call(Method::Status, r)
+    }
+
+    /// `List`.
+    pub fn list(&mut self, r: &v1::ListRequest) -> Result<v1::ListReply, CallError> {
+        self.call(Method::List, r)
+    }
+
     /// Runs one request, resending it while the daemon is unavailable and time remains.
-    pub fn call<T, F, Fut>(&mut self, f: F) -> Result<T, CallError>
-    where
-        F: Fn(IpamClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
-    {
+    fn call<R: Message + Default>(
+        &mut self,
+        method: Method,
+        request: &impl Message,
+    ) -> Result<R, CallError> {
         let deadline = Instant::now() + Duration::from_millis(self.settings.timeout_ms);
-        let socket = self.settings.socket.clone();
         let connect_budget = Duration::from_millis(self.settings.connect_timeout_ms);
-        let mut cached = self.client.take();
-        let result = self.rt.block_on(async {
-            loop {
-                let client = match cached.take() {
-                    Some(c) => c,
-                    None => connect(&socket, connect_budget.min(remaining(deadline))).await?,
-                };
-                let status =
-                    match tokio::time::timeout(remaining(deadline), f(client.clone())).await {
-                        Ok(Ok(resp)) => return Ok((resp.into_inner(), client)),
-                        Ok(Err(status)) => status,
-                        Err(_) => Status::deadline_exceeded("no answer before the deadline"),
-                    };
-                let retry = matches!(
-                    status.code(),
-                    Code::Unavailable | Code::Unknown | Code::Cancelled
-                );
-                if !retry || remaining(deadline).is_zero() {
-                    return Err(CallError::Status {
-                        socket: socket.clone(),
-                        status: Box::new(status),
-                    });
+        let request = frame::request(method, request);
+        loop {
+            let (mut stream, fresh) = match self.conn.take() {
+                Some(s) => (s, false),
+                None => (self.connect(connect_budget.min(remaining(deadline)))?, true),
+            };
+            let (code, message) = match exchange(&mut stream, fresh, &request, method, deadline) {
+                Ok(Ok(reply)) => {
+                    self.conn = Some(stream);
+                    return Ok(reply);
                 }
-                tokio::time::sleep(Duration::from_millis(20).min(remaining(deadline))).await;
+                Ok(Err((code, message))) => {
+                    // The daemon answered whole: the connection serves the next call.
+                    self.conn = Some(stream);
+                    (code, message)
+                }
+                Err(e) => e.status(),
+            };
+            let retry = matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled);
+            if !retry || remaining(deadline).is_zero() {
+                return Err(CallError::Status {
+                    socket: self.settings.socket.clone(),
+                    code,
+                    message,
+                });
             }
-        });
-        result.map(|(reply, client)| {
-            self.client = Some(client);
-            reply
-        })
+            if code == Code::Unavailable {
+                // Starting or draining: a new connection, maybe to the next daemon.
+                self.conn = None;
+            }
+            std::thread::sleep(Duration::from_millis(20).min(remaining(deadline)));
+        }
+    }
+
+    /// Connects, retrying while nothing listens (a restart) until `budget` is spent.
+    fn connect(&self, budget: Duration) -> Result<UnixStream, CallError> {
+        let socket = &self.settings.socket;
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(10);
+        loop {
+            // Non-blocking: every wait is a poll with the call's deadline (see `wait`).
+            let e = match UnixStream::connect(socket).and_then(|s| {
+                s.set_nonblocking(true)?;
+                Ok(s)
+            }) {
+                Ok(s) => return Ok(s),
+                Err(e) => e,
+            };
+            let absent = nothing_listens(&e);
+            if !absent || start.elapsed() + pause >= budget {
+                return Err(CallError::Down {
+                    absent,
+                    socket: socket.clone(),
+                    reason: e,
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
     }
 }
 
@@ -117,97 +188,224 @@ fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
-/// Connects, retrying while nothing listens (a restart) until `budget` is spent.
-async fn connect(socket: &Path, budget: Duration) -> Result<IpamClient<Channel>, CallError> {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(10);
+/// True if nothing listens: no socket file, or nobody accepting.
+fn nothing_listens(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// How an exchange failed before a whole answer came.
+#[derive(Debug)]
+enum Exchange {
+    /// The connection failed or closed.
+    Io(io::Error),
+    /// The deadline passed.
+    Late,
+    /// The daemon does not speak this protocol (an older trestled: it expects HTTP/2).
+    Foreign,
+    /// The answer could not be read.
+    Frame(FrameError),
+}
+
+impl Exchange {
+    fn status(self) -> (Code, String) {
+        match self {
+            Exchange::Io(e) => (Code::Unavailable, format!("connection lost: {e}")),
+            Exchange::Late => (
+                Code::DeadlineExceeded,
+                "no answer before the deadline".into(),
+            ),
+            Exchange::Foreign => (
+                Code::FailedPrecondition,
+                "does not speak the plugins' protocol (a trestled older than this plugin?)".into(),
+            ),
+            Exchange::Frame(e) => (Code::Internal, e.to_string()),
+        }
+    }
+}
+
+/// Sends `request` (after [`MAGIC`] on a `fresh` connection) and reads the answer, all before
+/// `deadline`.
+fn exchange<R: Message + Default>(
+    stream: &mut UnixStream,
+    fresh: bool,
+    request: &[u8],
+    method: Method,
+    deadline: Instant,
+) -> Result<Result<R, (Code, String)>, Exchange> {
+    if fresh {
+        // One write: the opening and the request go out together.
+        let mut first = Vec::with_capacity(MAGIC.len() + request.len());
+        first.extend_from_slice(&MAGIC);
+        first.extend_from_slice(request);
+        write_all(stream, &first, deadline)?;
+    } else {
+        write_all(stream, request, deadline)?;
+    }
+    // The opening, the header and (mostly) the body come in one read.
+    let opening = if fresh { MAGIC.len() } else { 0 };
+    let mut buf = Vec::with_capacity(4096);
+    read_at_least(stream, &mut buf, opening + HEADER_LEN, deadline)?;
+    if buf[..opening] != MAGIC[..opening] {
+        return Err(Exchange::Foreign);
+    }
+    let head: [u8; HEADER_LEN] = buf[opening..opening + HEADER_LEN]
+        .try_into()
+        .expect("a header's length");
+    let header = frame::header(head).map_err(Exchange::Frame)?;
+    let end = opening + HEADER_LEN + header.len;
+    read_at_least(stream, &mut buf, end, deadline)?;
+    frame::answer(method, header, &buf[opening + HEADER_LEN..end]).map_err(Exchange::Frame)
+}
+
+/// Writes all of `bytes` on the non-blocking `stream`, waiting for room until `deadline`.
+fn write_all(stream: &mut UnixStream, mut bytes: &[u8], deadline: Instant) -> Result<(), Exchange> {
+    while !bytes.is_empty() {
+        match stream.write(bytes) {
+            Ok(0) => return Err(Exchange::Io(io::ErrorKind::WriteZero.into())),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait(stream, libc::POLLOUT, deadline)?
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Exchange::Io(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Reads from the non-blocking `stream` into `buf` until it holds `len` bytes (or more, if the
+/// daemon sent more), waiting until `deadline`.
+fn read_at_least(
+    stream: &mut UnixStream,
+    buf: &mut Vec<u8>,
+    len: usize,
+    deadline: Instant,
+) -> Result<(), Exchange> {
+    while buf.len() < len {
+        wait(stream, libc::POLLIN, deadline)?;
+        let have = buf.len();
+        buf.resize(have.max(len).max(buf.capacity()), 0);
+        let r = stream.read(&mut buf[have..]);
+        buf.truncate(have + *r.as_ref().unwrap_or(&0));
+        match r {
+            Ok(0) => return Err(Exchange::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(Exchange::Io(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `stream` is ready for `events` or `deadline` passes.
+///
+/// poll, not a blocking read: a task asleep in a unix socket's read is woken each time the
+/// peer reads from it too (the kernel wakes every sleeper on the socket when its send buffer
+/// drains), and poll's wake-up is filtered by the events asked for. A call then sleeps once.
+fn wait(stream: &UnixStream, events: libc::c_short, deadline: Instant) -> Result<(), Exchange> {
     loop {
-        let path = socket.to_path_buf();
-        // The URI is required by the API and ignored by the connector.
-        let attempt = Endpoint::from_static("http://trestled.invalid")
-            .connect_timeout(budget.max(Duration::from_millis(1)))
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    let s = tokio::net::UnixStream::connect(path).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+        let left = remaining(deadline);
+        if left.is_zero() {
+            return Err(Exchange::Late);
+        }
+        let mut fd = libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        // Rounded up: a deadline under a millisecond away is waited for, not spun on.
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: one pollfd of ours, for the stream's open descriptor.
+        match unsafe { libc::poll(&mut fd, 1, ms) } {
+            n if n > 0 => return Ok(()),
+            0 => {}
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(Exchange::Io(e));
                 }
-            }))
-            .await;
-        match attempt {
-            Ok(channel) => {
-                return Ok(IpamClient::new(channel)
-                    .max_decoding_message_size(trestle_ipam_api::MAX_MESSAGE_BYTES))
-            }
-            Err(e) => {
-                let reason = error_text(&e);
-                if start.elapsed() + pause >= budget {
-                    return Err(CallError::Down {
-                        absent: nothing_listens(&e),
-                        socket: socket.to_path_buf(),
-                        reason,
-                    });
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(100));
             }
         }
     }
-}
-
-/// True if the innermost cause says nothing listens: no socket file, or nobody accepting.
-fn nothing_listens(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = src {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            );
-        }
-        src = s.source();
-    }
-    false
-}
-
-/// A transport error and its causes, innermost last, each said once (tonic's transport error
-/// repeats its source in its own message).
-fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = vec![e.to_string()];
-    let mut src = e.source();
-    while let Some(s) = src {
-        let text = s.to_string();
-        if parts.last().is_some_and(|p| p.ends_with(&text)) {
-            // Already said by the outer error.
-        } else {
-            parts.push(text);
-        }
-        src = s.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixListener;
+    use std::path::Path;
 
-    #[derive(Debug, thiserror::Error)]
-    #[error("transport error: {0}")]
-    struct Outer(#[source] std::io::Error);
+    fn settings(socket: &Path, timeout_ms: u64) -> DaemonSettings {
+        DaemonSettings {
+            socket: socket.to_path_buf(),
+            timeout_ms,
+            connect_timeout_ms: 50,
+            ..DaemonSettings::default()
+        }
+    }
 
     #[test]
-    fn each_cause_is_said_once_and_absence_is_recognised() {
-        let e = Outer(std::io::Error::from(std::io::ErrorKind::NotFound));
-        let inner = std::io::Error::from(std::io::ErrorKind::NotFound).to_string();
-        assert_eq!(error_text(&e), format!("transport error: {inner}"));
-        assert!(nothing_listens(&e));
-        // EACCES: a socket mode that refuses this user.
-        let denied = Outer(std::io::Error::from_raw_os_error(13));
-        assert!(!nothing_listens(&denied));
+    fn a_missing_socket_is_a_daemon_that_is_not_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("none.sock");
+        let e = DaemonClient::new(settings(&socket, 200))
+            .status(&v1::StatusRequest::default())
+            .unwrap_err();
+        assert!(matches!(e, CallError::Down { absent: true, .. }), "{e:?}");
+        assert_eq!(e.code(), Code::Unavailable);
         assert!(
-            error_text(&denied).ends_with("(os error 13)"),
-            "{}",
-            error_text(&denied)
+            e.to_string().starts_with("trestled is not running at "),
+            "{e}"
         );
+    }
+
+    /// A daemon that answers with anything but the opening is named, not waited for.
+    #[test]
+    fn a_daemon_that_speaks_only_http2_is_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("h2.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            // An HTTP/2 server's first frame: SETTINGS, empty.
+            s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+                .unwrap();
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        });
+        let e = DaemonClient::new(settings(&socket, 2_000))
+            .status(&v1::StatusRequest::default())
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+        assert!(e.to_string().contains("older than this plugin"), "{e}");
+        server.join().unwrap();
+    }
+
+    /// A daemon that reads and never answers costs the deadline, no more.
+    #[test]
+    fn a_silent_daemon_is_a_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("mute.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        });
+        let start = Instant::now();
+        let e = DaemonClient::new(settings(&socket, 300))
+            .status(&v1::StatusRequest::default())
+            .unwrap_err();
+        assert_eq!(e.code(), Code::DeadlineExceeded, "{e}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        drop(e);
+        server.join().unwrap();
     }
 }

@@ -4,6 +4,7 @@ use std::os::unix::fs::MetadataExt;
 
 use cni_plugin::Request;
 use cni_proto::{CniError, ErrorCode};
+use tonic::Code;
 use trestle_ipam_api::codes::{cni_code, NOT_AVAILABLE};
 use trestle_ipam_api::convert::{self, allocate_request, attachment_to_proto, PodMeta};
 use trestle_ipam_api::v1;
@@ -50,12 +51,8 @@ pub fn add(
         (&req.env.netns, netns_inode),
         peer("trestle-ipam"),
     );
-    let mut daemon = DaemonClient::new(d.clone());
-    let reply = daemon
-        .call(|mut c| {
-            let r = request.clone();
-            async move { c.allocate(r).await }
-        })
+    let reply = DaemonClient::new(d.clone())
+        .allocate(&request)
         .map_err(cni_error)?;
     let mtu = (reply.mtu != 0).then_some(reply.mtu);
     let alloc = allocation(reply).map_err(|e| {
@@ -103,11 +100,7 @@ pub fn del(cfg: &IpamConfig, att: &Attachment, d: &DaemonSettings) -> Result<(),
         attachment: Some(attachment_to_proto(att)),
         queued_at_ns: 0,
     };
-    let mut daemon = DaemonClient::new(d.clone());
-    let err = match daemon.call(|mut c| {
-        let r = request.clone();
-        async move { c.release(r).await }
-    }) {
+    let err = match DaemonClient::new(d.clone()).release(&request) {
         Ok(_) => return Ok(()),
         Err(e) => e,
     };
@@ -139,10 +132,7 @@ pub fn check(cfg: &IpamConfig, att: &Attachment, d: &DaemonSettings) -> Result<(
         attachment: Some(attachment_to_proto(att)),
     };
     DaemonClient::new(d.clone())
-        .call(|mut c| {
-            let r = request.clone();
-            async move { c.check(r).await }
-        })
+        .check(&request)
         .map(|_| ())
         .map_err(cni_error)
 }
@@ -155,10 +145,7 @@ pub fn gc(cfg: &IpamConfig, valid: &[Attachment], d: &DaemonSettings) -> Result<
         valid: valid.iter().map(attachment_to_proto).collect(),
     };
     let reply = DaemonClient::new(d.clone())
-        .call(|mut c| {
-            let r = request.clone();
-            async move { c.gc(r).await }
-        })
+        .gc(&request)
         .map_err(cni_error)?;
     for a in reply.released {
         let att = a.attachment.unwrap_or_default();
@@ -179,10 +166,7 @@ pub fn status(cfg: &IpamConfig, d: &DaemonSettings) -> Result<(), CniError> {
         client: client(),
         network: cfg.network.clone(),
     };
-    let reply = DaemonClient::new(d.clone()).call(|mut c| {
-        let r = request.clone();
-        async move { c.status(r).await }
-    });
+    let reply = DaemonClient::new(d.clone()).status(&request);
     match reply {
         Ok(r) if r.ready && r.limited.is_empty() => Ok(()),
         Ok(r) if r.ready => Err(CniError::new(
@@ -196,10 +180,7 @@ pub fn status(cfg: &IpamConfig, d: &DaemonSettings) -> Result<(), CniError> {
         Err(e @ CallError::Down { .. }) => {
             Err(CniError::new(ErrorCode::NotAvailable, e.to_string()))
         }
-        Err(e)
-            if e.code() == tonic::Code::Unavailable
-                || e.code() == tonic::Code::DeadlineExceeded =>
-        {
+        Err(e) if matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded) => {
             Err(CniError::new(ErrorCode::NotAvailable, e.to_string()))
         }
         Err(e) => Err(cni_error(e)),
@@ -239,12 +220,15 @@ mod tests {
         let e = cni_error(CallError::Down {
             absent: true,
             socket: "/run/x.sock".into(),
-            reason: "connect: No such file".into(),
+            reason: std::io::Error::from(std::io::ErrorKind::NotFound),
         });
         assert_eq!(e.code, 11);
         assert_eq!(
             e.msg,
-            "trestled is not running at /run/x.sock: connect: No such file"
+            format!(
+                "trestled is not running at /run/x.sock: {}",
+                std::io::Error::from(std::io::ErrorKind::NotFound)
+            )
         );
     }
 }

@@ -81,10 +81,10 @@ where
 }
 
 /// Counts a request in flight on its connection while alive.
-struct InFlight(Arc<crate::conn::ConnState>);
+pub(crate) struct InFlight(Arc<crate::conn::ConnState>);
 
 impl InFlight {
-    fn new(state: Arc<crate::conn::ConnState>) -> InFlight {
+    pub(crate) fn new(state: Arc<crate::conn::ConnState>) -> InFlight {
         state.begin();
         InFlight(state)
     }

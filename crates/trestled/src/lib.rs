@@ -12,6 +12,7 @@ mod cluster;
 pub mod conflist;
 pub mod conn;
 pub mod daemon;
+pub mod frames;
 mod import;
 pub mod intake;
 pub mod list;
@@ -445,6 +446,7 @@ async fn serve(opts: Options, listener: Listener, nofile: u64) -> Result<(), Str
     );
     let admission = conn::Admission::new(limits, uid);
     let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let (accepted_tx, accepted) = tokio::sync::mpsc::channel(16);
     let mut tasks = spawn_background(&daemon, &opts, queue);
     if opened.damaged {
         let hold = seconds(opts.netns_grace.max(opts.reuse_delay));
@@ -458,7 +460,7 @@ async fn serve(opts: Options, listener: Listener, nofile: u64) -> Result<(), Str
     tasks.push(tokio::spawn(conn::accept_loop(
         conn::Listener::new(tokio_listener),
         admission,
-        tx,
+        accepted_tx,
     )));
     daemon.ready.store(true, Ordering::Release);
     log::info!(
@@ -480,14 +482,17 @@ async fn serve(opts: Options, listener: Listener, nofile: u64) -> Result<(), Str
         gid: opts.socket_group,
     };
     let slots = intake::Slots::new(opts.max_concurrency, SLOT_WAIT);
-    let server = IpamServer::new(Service::new(daemon.clone(), slots))
-        .max_decoding_message_size(trestle_ipam_api::MAX_MESSAGE_BYTES);
+    let service = Service::new(daemon.clone(), slots);
+    let read_timeout = seconds(opts.read_timeout).max(Duration::from_millis(10));
+    // The plugins' frames and gRPC share the socket: each connection goes where its first byte says.
+    let frames = frames::Frames::new(service.clone(), access, read_timeout);
+    tasks.push(tokio::spawn(frames.clone().sort(accepted, tx)));
+    let server =
+        IpamServer::new(service).max_decoding_message_size(trestle_ipam_api::MAX_MESSAGE_BYTES);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let served = tonic::transport::Server::builder()
         .max_concurrent_streams(64)
-        .layer(intake::IntakeLayer {
-            read_timeout: seconds(opts.read_timeout).max(Duration::from_millis(10)),
-        })
+        .layer(intake::IntakeLayer { read_timeout })
         .add_service(InterceptedService::new(server, move |r| access.check(r)))
         .serve_with_incoming_shutdown(
             ReceiverStream::new(rx),
@@ -500,8 +505,10 @@ async fn serve(opts: Options, listener: Listener, nofile: u64) -> Result<(), Str
     for t in tasks {
         let _ = t.await;
     }
+    frames.drain().await;
     activation::unbind(&listener);
-    // In-flight requests are done (tonic drained them): commit whatever is still queued.
+    // In-flight requests are done (tonic and the frame server drained them): commit whatever is
+    // still queued.
     daemon.stop_store().await;
     drop(daemon);
     served.map_err(|e| format!("serving: {e}"))?;

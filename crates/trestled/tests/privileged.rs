@@ -99,7 +99,7 @@ fn a_vanished_namespace_is_reclaimed_and_live_ones_never() {
     }
     let inodes: Vec<u64> = node
         .client()
-        .call(|mut cl| async move { cl.list(trestle_ipam_api::v1::ListRequest::default()).await })
+        .list(&trestle_ipam_api::v1::ListRequest::default())
         .unwrap()
         .allocations
         .iter()

@@ -233,11 +233,14 @@ fn one_process_holds_at_most_its_share_of_connections_and_the_rest_are_closed_at
     let mut conns: Vec<UnixStream> = (0..100)
         .map(|_| UnixStream::connect(node.socket()).unwrap())
         .collect();
-    // An admitted connection hears the server's HTTP/2 SETTINGS; a refused one is closed.
+    // An admitted connection that opens as an HTTP/2 client does (the daemon sorts its
+    // connections by their first byte) hears the server's SETTINGS; a refused one is closed.
     let mut admitted = 0;
     let mut closed = 0;
     // All kept open until counted: a closed one would give its place to the next.
     for c in &mut conns {
+        // A refused connection may be closed before this write: then it fails, which is fine.
+        let _ = c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut b = [0u8; 9];
         match c.read(&mut b) {

@@ -48,11 +48,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 /// Allocate over `d`, which must succeed.
 fn allocate(d: &mut DaemonClient, cfg: &IpamConfig, id: &str) -> v1::AllocateReply {
     let req = allocate_req(cfg, id);
-    d.call(|mut c| {
-        let r = req.clone();
-        async move { c.allocate(r).await }
-    })
-    .unwrap()
+    d.allocate(&req).unwrap()
 }
 
 fn release_req(network: &str, id: &str) -> v1::ReleaseRequest {
@@ -235,7 +231,7 @@ fn a_delete_queue_others_can_write_is_not_trusted() {
     assert_eq!(node.log().matches("delete queue ignored").count(), 1);
     let warnings = || {
         node.client()
-            .call(|mut c| async move { c.status(v1::StatusRequest::default()).await })
+            .status(&v1::StatusRequest::default())
             .unwrap()
             .warnings
     };
@@ -281,12 +277,7 @@ fn list_pages_through_every_allocation_exactly_once() {
             page_token: token,
             ..Default::default()
         };
-        node.client()
-            .call(|mut c| {
-                let r = req.clone();
-                async move { c.list(r).await }
-            })
-            .unwrap()
+        node.client().list(&req).unwrap()
     };
     let mut seen = HashSet::new();
     let mut pages = 0;
@@ -312,13 +303,10 @@ fn list_pages_through_every_allocation_exactly_once() {
     assert_eq!(node.allocations().len(), 1300);
     let bad = node
         .client()
-        .call(|mut c| async move {
-            c.list(v1::ListRequest {
-                page_size: 10,
-                page_token: "garbage".into(),
-                ..Default::default()
-            })
-            .await
+        .list(&v1::ListRequest {
+            page_size: 10,
+            page_token: "garbage".into(),
+            ..Default::default()
         })
         .unwrap_err();
     assert!(format!("{bad:?}").contains("invalid page token"), "{bad:?}");
@@ -344,12 +332,7 @@ fn thirty_two_clients_times_a_thousand_cycles_no_duplicate_no_leak() {
                     );
                     held.lock().unwrap().remove(&ip);
                     let rel = release_req("load", &id);
-                    let freed = d
-                        .call(|mut c| {
-                            let r = rel.clone();
-                            async move { c.release(r).await }
-                        })
-                        .unwrap();
+                    let freed = d.release(&rel).unwrap();
                     assert_eq!(freed.released.len(), 1);
                 }
             })
@@ -564,9 +547,7 @@ fn a_corrupt_store_file_does_not_stop_the_daemon() {
     wait_for("the rebuild to start", || {
         node.log().contains("rebuilding allocations")
     });
-    let status = node
-        .client()
-        .call(|mut c| async move { c.status(v1::StatusRequest::default()).await });
+    let status = node.client().status(&v1::StatusRequest::default());
     let reply = status.unwrap();
     assert!(!reply.ready, "not ready while rebuilding");
     assert!(reply.reason.contains("rebuilding"), "{}", reply.reason);

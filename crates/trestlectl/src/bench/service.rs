@@ -182,12 +182,9 @@ impl Client {
     /// Connects (STATUS), so the timed calls find the connection made.
     fn connect(&mut self) -> Result<(), Error> {
         self.daemon
-            .call(|mut c| async move {
-                c.status(v1::StatusRequest {
-                    client: Some(peer()),
-                    network: String::new(),
-                })
-                .await
+            .status(&v1::StatusRequest {
+                client: Some(peer()),
+                network: String::new(),
             })
             .map(drop)
             .map_err(call_error("STATUS"))
@@ -202,13 +199,7 @@ impl Client {
             ("", 0),
             peer(),
         );
-        let reply = self
-            .daemon
-            .call(|mut c| {
-                let r = req.clone();
-                async move { c.allocate(r).await }
-            })
-            .map_err(call_error("Allocate"))?;
+        let reply = self.daemon.allocate(&req).map_err(call_error("Allocate"))?;
         match reply.addresses.as_slice() {
             [one] => Ok(one.address.split('/').next().unwrap_or_default().to_owned()),
             other => Err(Error::ServiceCheck(format!(
@@ -229,13 +220,7 @@ impl Client {
             }),
             queued_at_ns: 0,
         };
-        let reply = self
-            .daemon
-            .call(|mut c| {
-                let r = req.clone();
-                async move { c.release(r).await }
-            })
-            .map_err(call_error("Release"))?;
+        let reply = self.daemon.release(&req).map_err(call_error("Release"))?;
         if reply.released != [ip] {
             return Err(Error::ServiceCheck(format!(
                 "Release of {id} freed {:?}, not {ip}",
@@ -475,10 +460,7 @@ fn listed(settings: &DaemonSettings) -> Result<Vec<(String, String)>, Error> {
         ..Default::default()
     };
     let reply = DaemonClient::new(settings.clone())
-        .call(|mut c| {
-            let r = req.clone();
-            async move { c.list(r).await }
-        })
+        .list(&req)
         .map_err(call_error("List"))?;
     Ok(reply
         .allocations

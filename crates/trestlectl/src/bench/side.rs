@@ -225,10 +225,7 @@ impl Side {
                 ..Default::default()
             };
             return trestle_ipam::daemon::DaemonClient::new(d.clone())
-                .call(|mut c| {
-                    let r = req.clone();
-                    async move { c.list(r).await }
-                })
+                .list(&req)
                 .map(|reply| {
                     reply
                         .allocations

@@ -110,12 +110,9 @@ impl Trestled {
             ..self.settings()
         });
         loop {
-            let reply = client.call(|mut c| async move {
-                c.status(trestle_ipam_api::v1::StatusRequest {
-                    client: Some(trestle_ipam_api::version::peer("trestlectl-bench")),
-                    network: String::new(),
-                })
-                .await
+            let reply = client.status(&trestle_ipam_api::v1::StatusRequest {
+                client: Some(trestle_ipam_api::version::peer("trestlectl-bench")),
+                network: String::new(),
             });
             if reply.is_ok_and(|r| r.ready) {
                 return Ok(since.elapsed());

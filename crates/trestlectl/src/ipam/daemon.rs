@@ -16,11 +16,18 @@ pub(super) fn daemon(socket: &Path) -> DaemonClient {
 pub(super) fn call_error(e: CallError) -> Error {
     match e {
         // The plugin's client says each cause once already.
-        CallError::Down { socket, reason, .. } => Error::Unreachable { socket, reason },
-        CallError::Status { socket, status } => {
-            let message = match status.message() {
-                "" => status.code().to_string(),
-                m => m.to_owned(),
+        CallError::Down { socket, reason, .. } => Error::Unreachable {
+            socket,
+            reason: reason.to_string(),
+        },
+        CallError::Status {
+            socket,
+            code,
+            message,
+        } => {
+            let message = match message.as_str() {
+                "" => code.to_string(),
+                _ => message,
             };
             Error::Daemon { socket, message }
         }
@@ -41,12 +48,7 @@ pub(super) fn show_daemon(socket: &Path, network: Option<&str>) -> Result<Listin
             page_size: LIST_PAGE,
             page_token: std::mem::take(&mut token),
         };
-        let reply = d
-            .call(|mut c| {
-                let r = request.clone();
-                async move { c.list(r).await }
-            })
-            .map_err(call_error)?;
+        let reply = d.list(&request).map_err(call_error)?;
         server = server.or(reply.server.map(|p| p.software));
         pools.extend(reply.pools.into_iter().map(pool_of));
         allocations.extend(reply.allocations.into_iter().map(allocation_of));
@@ -65,13 +67,7 @@ pub(super) fn show_daemon(socket: &Path, network: Option<&str>) -> Result<Listin
         client: client(),
         network: String::new(),
     };
-    let warnings = d
-        .call(|mut c| {
-            let r = status.clone();
-            async move { c.status(r).await }
-        })
-        .map_err(call_error)?
-        .warnings;
+    let warnings = d.status(&status).map_err(call_error)?.warnings;
     Ok(Listing {
         source: SourceInfo {
             kind: SourceKind::Daemon,
@@ -134,12 +130,7 @@ pub(super) fn release_daemon(
         }),
         queued_at_ns: 0,
     };
-    let reply = daemon(socket)
-        .call(|mut c| {
-            let r = request.clone();
-            async move { c.release(r).await }
-        })
-        .map_err(call_error)?;
+    let reply = daemon(socket).release(&request).map_err(call_error)?;
     Ok(reply
         .released
         .into_iter()
@@ -168,12 +159,7 @@ pub(super) fn gc_daemon(
             })
             .collect(),
     };
-    let reply = daemon(socket)
-        .call(|mut c| {
-            let r = request.clone();
-            async move { c.gc(r).await }
-        })
-        .map_err(call_error)?;
+    let reply = daemon(socket).gc(&request).map_err(call_error)?;
     Ok(reply
         .released
         .into_iter()

@@ -2,6 +2,7 @@
 //! admitted connections, and reads as closed (and fails writes) once that place was given up.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -40,6 +41,46 @@ impl Conn {
             uds,
         };
         Conn { io, info, ticket }
+    }
+
+    /// What requests on this connection learn of it.
+    pub fn info(&self) -> &ConnInfo {
+        &self.info
+    }
+
+    /// The first byte the peer sent, left unread (`None` at end of stream, or once the
+    /// connection was given up).
+    pub async fn peek_first(&self) -> io::Result<Option<u8>> {
+        loop {
+            if self.ticket.state().evicted() {
+                return Ok(None);
+            }
+            self.io.readable().await?;
+            let mut byte = 0u8;
+            let peeked = self.io.try_io(tokio::io::Interest::READABLE, || {
+                // SAFETY: recv into one byte of our own, on the stream's open descriptor;
+                // MSG_PEEK leaves the byte for whoever reads the stream next.
+                let n = unsafe {
+                    libc::recv(
+                        self.io.as_raw_fd(),
+                        (&mut byte as *mut u8).cast(),
+                        1,
+                        libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                    )
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n)
+                }
+            });
+            match peeked {
+                Ok(0) => return Ok(None),
+                Ok(_) => return Ok(Some(byte)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 

@@ -184,10 +184,9 @@ impl Node {
         // Out of `self` while waiting, so that the probe can use `self`; a panic drops (kills) it.
         let mut child = self.child.take().expect("running");
         child.wait_until("ready", Duration::from_secs(20), || {
-            let ok = self.client().call(|mut c| async move {
-                c.status(trestle_ipam_api::v1::StatusRequest::default())
-                    .await
-            });
+            let ok = self
+                .client()
+                .status(&trestle_ipam_api::v1::StatusRequest::default());
             ok.is_ok_and(|r| r.ready)
         });
         self.child = Some(child);
@@ -252,7 +251,7 @@ impl Node {
     pub fn allocations(&self) -> Vec<(String, String, String, String)> {
         let mut d = self.client();
         let reply = d
-            .call(|mut c| async move { c.list(trestle_ipam_api::v1::ListRequest::default()).await })
+            .list(&trestle_ipam_api::v1::ListRequest::default())
             .expect("List");
         reply
             .allocations
