@@ -55,11 +55,11 @@ impl Certs {
 /// Builds the etcd image from the machine's etcd binary and the shared objects it loads (with trestlectl's image
 /// writer, as the project's own image); its tag.
 pub fn build_image(docker: &Docker) -> Result<String, Error> {
-    use trestlectl::image::{self, archive};
+    use trestle_operator::image::{self, archive};
     let tag = format!("localhost/{}:etcd", docker.run_id());
     let exe = std::fs::read(ETCD).map_err(|e| Error::io(Path::new(ETCD), e))?;
     // A static etcd (upstream's release tarball) needs nothing else; ldd would refuse it.
-    let dynamic = trestlectl::bench::binary::interpreter(&exe).is_some();
+    let dynamic = trestle_operator::binary::interpreter(&exe).is_some();
     let mut files = vec![(ETCD.trim_start_matches('/').to_string(), exe)];
     let libs = if dynamic {
         image::shared_objects(Path::new(ETCD)).map_err(|e| Error::Command(e.to_string()))?

@@ -90,20 +90,20 @@ impl Pod {
     pub fn ping(&self, dst: Ipv4Addr, timeout: Duration) -> Result<Duration, Error> {
         Ok(self
             .ns()?
-            .run(|| trestlectl::probe::ping(dst, 1, timeout))??)
+            .run(|| trestle_operator::probe::ping(dst, 1, timeout))??)
     }
 
     /// A TCP exchange from this pod to `to`'s `port`: `to` listens, this pod connects and both sides see the
     /// message.
     pub fn tcp(&self, to: &Pod, port: u16) -> Result<(), Error> {
         let addr = std::net::SocketAddr::from((to.ip, port));
-        let listener = to.ns()?.run(|| trestlectl::probe::listen(addr))??;
+        let listener = to.ns()?.run(|| trestle_operator::probe::listen(addr))??;
         let server = std::thread::spawn(move || {
-            trestlectl::probe::serve_once(&listener, Duration::from_secs(10))
+            trestle_operator::probe::serve_once(&listener, Duration::from_secs(10))
         });
-        let answer = self
-            .ns()?
-            .run(|| trestlectl::probe::exchange(addr, "trestle", Duration::from_secs(10)))??;
+        let answer = self.ns()?.run(|| {
+            trestle_operator::probe::exchange(addr, "trestle", Duration::from_secs(10))
+        })??;
         server
             .join()
             .map_err(|_| Error::Command("the TCP server panicked".into()))??;

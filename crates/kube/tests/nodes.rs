@@ -225,7 +225,7 @@ fn no_address_twice(c: &Cluster, pods: &[Pod]) {
 fn rolling_update(c: &mut Cluster, pods: &[Pod]) {
     let streams = [(0, 1, 7401), (1, 0, 7402), (0, 2, 7403), (2, 0, 7404)].map(|(a, b, port)| {
         let (from, to) = (&pods[a], &pods[b]);
-        trestlectl::probe::Stream::start(&from.ns().unwrap(), &to.ns().unwrap(), to.ip, port)
+        trestle_operator::probe::Stream::start(&from.ns().unwrap(), &to.ns().unwrap(), to.ip, port)
             .unwrap()
     });
     std::thread::sleep(Duration::from_millis(300));
@@ -386,7 +386,7 @@ fn removed_for_good(c: &mut Cluster, pods: &[Pod]) {
 #[ignore = "privileged: needs a Docker engine"]
 fn a_run_that_fails_leaves_nothing_behind() {
     use trestle_kube::docker::Docker;
-    use trestlectl::image::archive;
+    use trestle_operator::image::archive;
     let (tx, rx) = std::sync::mpsc::channel();
     // A run that makes one of everything, then fails: the panic drops its Docker, which must remove it all.
     let result = std::panic::catch_unwind(move || {
