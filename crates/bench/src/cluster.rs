@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use trestle_etcd_local::LocalCluster;
 use trestle_ipam_core::Range;
-use trestle_ipam_etcd::{Etcd, EtcdConfig, Node, NodeSettings};
+use trestle_ipam_etcd::{Attempt, Etcd, EtcdConfig, Node, NodeSettings};
 
 use super::stats::{summarise, Summary};
 use super::trestled::Trestled;
@@ -240,29 +240,21 @@ type Local = Arc<Mutex<HashSet<IpAddr>>>;
 
 /// One allocation as trestled makes it: pick from the node's holdings, grow them if empty.
 async fn allocate(node: &Arc<Node>, local: &Local, range: &Range) -> Result<IpAddr, String> {
-    loop {
-        let seen = node.generation();
-        let picked = {
-            let mut used = local.lock().unwrap_or_else(|p| p.into_inner());
-            let ip = node.pick(NET, range, &mut |ip| !used.contains(&ip));
-            ip.map(|ip| {
+    // trestled's loop (`Node::allocate`), with a set of its own instead of trestled's state.
+    node.allocate(NET, None, || {
+        let mut used = local.lock().unwrap_or_else(|p| p.into_inner());
+        let attempt = match node.pick(NET, range, &mut |ip| !used.contains(&ip)) {
+            Some(ip) => {
                 used.insert(ip);
-                // As trestled does: grow ahead when the holdings run low.
-                (
-                    ip,
-                    node.running_low(NET, range, &mut |ip| !used.contains(&ip)),
-                )
-            })
-        };
-        if let Some((ip, low)) = picked {
-            if low {
-                let (node, range) = (node.clone(), range.clone());
-                tokio::spawn(async move { node.grow_ahead(NET, &range).await });
+                let low = node.running_low(NET, range, &mut |ip| !used.contains(&ip));
+                Attempt::Done(ip, if low { vec![range.clone()] } else { vec![] })
             }
-            return Ok(ip);
-        }
-        node.grow(NET, range, None, seen).await.map_err(err)?;
-    }
+            None => Attempt::Grow(vec![range.clone()], None),
+        };
+        std::future::ready(Ok::<_, String>(attempt))
+    })
+    .await
+    .map_err(err)
 }
 
 async fn fill(

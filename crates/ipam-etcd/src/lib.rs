@@ -20,4 +20,4 @@ pub mod pb {
 pub use block::{Bitmap, Block, Pool, PoolError};
 pub use client::{Etcd, EtcdConfig, EtcdError, TlsFiles};
 pub use keys::Keys;
-pub use node::{ClusterError, Node, NodeSettings};
+pub use node::{AllocationError, Attempt, ClusterError, Node, NodeSettings};

@@ -25,6 +25,9 @@ use crate::client::{Etcd, EtcdError};
 use crate::keys::Keys;
 use crate::kv::Store;
 
+pub use allocation::{AllocationError, Attempt};
+
+mod allocation;
 mod cas;
 mod exhaustion;
 mod growth;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use trestle_ipam_api::convert::AllocateInput;
 use trestle_ipam_core::{Attachment, BootIdSource, IpamError};
 
-use trestle_ipam_etcd::{ClusterError, Node};
+use trestle_ipam_etcd::{AllocationError, Attempt, ClusterError, Node};
 
 use crate::clock;
 use crate::state::{Allocated, ClusterOutcome, Op, Record, State};
@@ -242,12 +242,12 @@ impl Daemon {
         Ok(allocated)
     }
 
-    /// Allocate in etcd mode: from the node's holdings, growing them (outside the state lock)
-    /// when they have no free address, then trying again.
+    /// Allocate in etcd mode: the node's allocation loop ([`Node::allocate`]), each attempt under
+    /// the state lock and answered after its commit, the holdings grown outside the lock.
     async fn allocate_cluster(
         &self,
         input: &AllocateInput,
-        node: &Node,
+        node: &Arc<Node>,
     ) -> Result<Allocated, OpError> {
         if !self.ready.load(Ordering::Acquire) {
             return Err(OpError::NotReady("starting or stopping"));
@@ -255,68 +255,42 @@ impl Daemon {
         self.refuse_while_recovering()?;
         let network = &input.config.network;
         let deadline = tokio::time::Instant::now() + self.grow_timeout;
-        loop {
-            let seen = node.generation();
-            let (outcome, commit) = {
-                let mut st = self.lock();
-                let mut ops = Vec::new();
-                let outcome = st.allocate_cluster(input, clock::now(), &mut ops, node);
-                let commit = self.submit(ops);
-                publish(&st, network);
-                (outcome, commit)
-            };
-            self.wait(commit).await?;
-            let (ranges, want) = match outcome? {
-                ClusterOutcome::Done(a, low) => {
-                    // Off the critical path: the next ADDs find the reservation grown already.
-                    if let Some(node) = self.cluster.clone().filter(|_| !low.is_empty()) {
-                        let network = network.clone();
-                        tokio::spawn(async move {
-                            for r in low {
-                                node.grow_ahead(&network, &r).await;
-                            }
-                        });
-                    }
-                    return Ok(a);
+        let allocated = node
+            .allocate(network, Some(deadline), || async move {
+                let (outcome, commit) = {
+                    let mut st = self.lock();
+                    let mut ops = Vec::new();
+                    let outcome = st.allocate_cluster(input, clock::now(), &mut ops, node);
+                    let commit = self.submit(ops);
+                    publish(&st, network);
+                    (outcome, commit)
+                };
+                self.wait(commit).await?;
+                match outcome? {
+                    ClusterOutcome::Done(a, low) => Ok(Attempt::Done(a, low)),
+                    ClusterOutcome::Grow(ranges, want) => Ok(Attempt::Grow(ranges, want)),
+                    ClusterOutcome::NoLease => Err(ClusterError::LeaseUncertain.into()),
                 }
-                ClusterOutcome::NoLease => return Err(ClusterError::LeaseUncertain.into()),
-                ClusterOutcome::Grow(ranges, want) => (ranges, want),
-            };
-            let grown = tokio::time::timeout_at(deadline, async {
-                let mut last = None;
-                for r in &ranges {
-                    match node.grow(network, r, want, seen).await {
-                        Ok(()) => return Ok(()),
-                        Err(e @ ClusterError::Exhausted(_)) => last = Some(e),
-                        Err(e) => return Err(e),
-                    }
-                }
-                Err(last.unwrap_or(ClusterError::Exhausted(network.clone())))
             })
             .await;
-            match grown {
-                Ok(Ok(())) => continue,
-                Ok(Err(ClusterError::Exhausted(pool))) => {
-                    return Err(OpError::Ipam(IpamError::Exhausted {
-                        network: network.clone(),
-                        set_index: 0,
-                        range: pool,
-                    }))
-                }
-                Ok(Err(ClusterError::Unavailable { ip, why })) => {
-                    return Err(OpError::Ipam(IpamError::Unavailable { ip, range: why }))
-                }
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => {
-                    return Err(
-                        ClusterError::Etcd(trestle_ipam_etcd::EtcdError::Unavailable(
-                            "no answer in time".into(),
-                        ))
-                        .into(),
-                    )
-                }
+        allocated.map_err(|e| match e {
+            AllocationError::Attempt(e) => e,
+            AllocationError::Grow(ClusterError::Exhausted(pool)) => {
+                OpError::Ipam(IpamError::Exhausted {
+                    network: network.clone(),
+                    set_index: 0,
+                    range: pool,
+                })
             }
-        }
+            AllocationError::Grow(ClusterError::Unavailable { ip, why }) => {
+                OpError::Ipam(IpamError::Unavailable { ip, range: why })
+            }
+            AllocationError::Grow(e) => e.into(),
+            AllocationError::Late => ClusterError::Etcd(trestle_ipam_etcd::EtcdError::Unavailable(
+                "no answer in time".into(),
+            ))
+            .into(),
+        })
     }
 
     /// Release; `before_ns` limits it to allocations made before a queued DEL.

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use trestle_ipam_core::Range;
 use trestle_ipam_etcd::kv::fake::FakeKv;
-use trestle_ipam_etcd::{Block, ClusterError, Keys, Node, NodeSettings, Pool};
+use trestle_ipam_etcd::{
+    AllocationError, Attempt, Block, ClusterError, Keys, Node, NodeSettings, Pool,
+};
 
 pub const NET: &str = "net";
 pub const PREFIX: &str = "/t/";
@@ -60,25 +62,33 @@ pub async fn started(kv: &FakeKv, s: NodeSettings) -> FakeNode {
     node
 }
 
-/// One ADD as trestled makes it: refused without a valid lease, else an address the node
-/// holds that `given` has not handed out, growing the holdings while there is none.
+/// One ADD as trestled makes it (the library's loop, [`Node::allocate`]): refused without a valid
+/// lease, else an address the node holds that `given` has not handed out, growing the holdings
+/// while there is none.
 pub async fn add(
     node: &FakeNode,
     range: &Range,
     given: &mut BTreeSet<IpAddr>,
 ) -> Result<IpAddr, ClusterError> {
-    for _ in 0..20 {
-        if !node.lease_valid() {
-            return Err(ClusterError::LeaseUncertain);
-        }
-        let seen = node.generation();
-        if let Some(ip) = node.pick(NET, range, &mut |ip| !given.contains(&ip)) {
-            given.insert(ip);
-            return Ok(ip);
-        }
-        node.grow(NET, range, None, seen).await?;
-    }
-    panic!("no address after 20 growths");
+    let mut attempts = 0;
+    let added = node
+        .allocate(NET, None, || {
+            attempts += 1;
+            assert!(attempts <= 20, "no address after 20 growths");
+            std::future::ready(if !node.lease_valid() {
+                Err(ClusterError::LeaseUncertain)
+            } else if let Some(ip) = node.pick(NET, range, &mut |ip| !given.contains(&ip)) {
+                given.insert(ip);
+                Ok(Attempt::Done(ip, vec![]))
+            } else {
+                Ok(Attempt::Grow(vec![range.clone()], None))
+            })
+        })
+        .await;
+    added.map_err(|e| match e {
+        AllocationError::Attempt(e) | AllocationError::Grow(e) => e,
+        AllocationError::Late => unreachable!("no deadline"),
+    })
 }
 
 /// The block records in etcd, by start.

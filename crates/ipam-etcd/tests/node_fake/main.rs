@@ -6,6 +6,7 @@
 //! lease lapse where a test does not make it, and waits that poll for a condition (bounded by a
 //! generous limit) rather than sleep and hope.
 
+mod allocation;
 mod harness;
 mod lease;
 mod writes;
