@@ -64,6 +64,26 @@ impl Netlink {
             .collect())
     }
 
+    /// Whether a link enslaved to `master` passes `test`, reading the dump only until one does. Consumes the
+    /// socket: a dump stopped early ends only with its socket (see the transport's `dump_until`). Where a bridge
+    /// has many veth ports this is the cheap question: the kernel fills each veth's reply by walking every
+    /// namespace id of the host, so a whole dump costs ports x namespaces.
+    pub fn any_link_with_master(
+        self,
+        master: u32,
+        mut test: impl FnMut(&Link) -> bool,
+    ) -> Result<bool, Error> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(skip_stats());
+        msg.attributes.push(LinkAttribute::Controller(master));
+        self.transport
+            .dump_until("dump bridge ports", Msg::GetLink(msg), |reply| {
+                link_reply(reply.clone())
+                    .map(Link::from_message)
+                    .is_some_and(|l| l.master == Some(master) && test(&l))
+            })
+    }
+
     /// Creates a bridge, down. [`Error::Exists`] when the name is taken;
     /// `EOPNOTSUPP` ([`Error::Kernel`]) for `vlan_filtering` on a kernel
     /// without `CONFIG_BRIDGE_VLAN_FILTERING`.

@@ -95,6 +95,44 @@ impl Transport {
         Err(Error::DumpInterrupted(DUMP_TRIES))
     }
 
+    /// Dumps until `found` holds for a reply; whether it did. Consumes the transport: a dump cannot be stopped on
+    /// its socket (the kernel makes each next chunk when the previous one is read, and a new request meets the
+    /// unfinished dump), only by closing the socket, which ends it in the kernel. Each chunk the kernel did not make
+    /// is work saved: filling a veth's reply walks every namespace id of the host.
+    pub(crate) fn dump_until(
+        mut self,
+        op: &'static str,
+        msg: RouteNetlinkMessage,
+        mut found: impl FnMut(&RouteNetlinkMessage) -> bool,
+    ) -> Result<bool, Error> {
+        for _ in 0..DUMP_TRIES {
+            let seq = self.next_seq();
+            self.send(msg.clone(), NLM_F_DUMP, seq)?;
+            let mut replies = Replies {
+                messages: Vec::new(),
+                interrupted: false,
+            };
+            loop {
+                let len = self.recv()?;
+                let done = self.parse_chunk(op, seq, len, &mut replies)?;
+                // A reply of an inconsistent dump still names a link that existed during it.
+                if replies.messages.iter().any(&mut found) {
+                    return Ok(true);
+                }
+                replies.messages.clear();
+                if done {
+                    break;
+                }
+            }
+            // Not found, but an interrupted dump may have missed the one that would have been.
+            if !replies.interrupted {
+                return Ok(false);
+            }
+            log::debug!("netlink {op}: dump interrupted, retrying");
+        }
+        Err(Error::DumpInterrupted(DUMP_TRIES))
+    }
+
     fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         self.seq

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{create_filtering_bridge, end, in_ns, link, test_ns, wait_oper_up};
-use trestle_netlink::{Error, VethEnd};
+use trestle_netlink::{Error, Netlink, VethEnd};
 
 #[test]
 #[ignore = "privileged: needs root"]
@@ -172,6 +172,47 @@ fn veth_peer_is_born_in_the_other_namespace() {
         None,
         "deleting one end removes the peer"
     );
+}
+
+/// `any_link_with_master` answers as the whole list would, past the first chunk of the dump too, and a socket
+/// that stopped a dump halfway takes nothing with it: the next one works.
+#[test]
+#[ignore = "privileged: needs root"]
+fn any_port_answers_as_the_whole_list_would() {
+    let mut t = test_ns();
+    t.nl.create_bridge("br1", None, false).unwrap();
+    let br = link(&mut t.nl, "br1").index;
+    let fresh = || t.ns.run(Netlink::open).unwrap().unwrap();
+    assert!(!fresh().any_link_with_master(br, |_| true).unwrap());
+    // 80 ports: several 32 KiB chunks of replies.
+    for i in 0..80 {
+        let (a, b) = (format!("pa{i}"), format!("pb{i}"));
+        t.nl.create_veth(&end(&a), &end(&b), t.ns.fd()).unwrap();
+        let idx = link(&mut t.nl, &a).index;
+        t.nl.set_master(idx, Some(br)).unwrap();
+    }
+    let ports = t.nl.links_with_master(br).unwrap();
+    assert_eq!(ports.len(), 80);
+    let last = ports.last().unwrap().name.clone();
+    for name in ["pa0", last.as_str()] {
+        assert!(
+            fresh()
+                .any_link_with_master(br, |l| l.name == name)
+                .unwrap(),
+            "{name}"
+        );
+    }
+    assert!(
+        !fresh()
+            .any_link_with_master(br, |l| l.name == "pb0")
+            .unwrap(),
+        "not a port"
+    );
+    // Stopped at the first port, then asked again on new sockets, and on the long-lived one.
+    for _ in 0..3 {
+        assert!(fresh().any_link_with_master(br, |_| true).unwrap());
+    }
+    assert_eq!(t.nl.links_with_master(br).unwrap().len(), 80);
 }
 
 #[test]

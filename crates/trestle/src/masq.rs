@@ -82,20 +82,21 @@ pub fn forward_in_use(host: &mut Netlink, bridge: &Bridge, network: &str) -> boo
 }
 
 /// Whether a port of `bridge` passes `test`; true when the ports cannot be listed (when in doubt, keep the rules).
+/// The ports are read on a socket of their own (in `host`'s namespace, the plugin's), only until one passes:
+/// a DEL on a bridge of a thousand pods would otherwise have the kernel fill a thousand veths, each by walking
+/// the host's thousand namespace ids, under rtnl.
 fn any_port(host: &mut Netlink, bridge: &Bridge, test: impl Fn(&Link) -> bool) -> bool {
     let index = match bridge.index {
         Some(index) => Ok(Some(index)),
         None => host.link_by_name(bridge.name).map(|br| br.map(|b| b.index)),
     };
-    let ports = index.and_then(|index| match index {
-        Some(index) => host.links_with_master(index),
-        None => Ok(Vec::new()),
+    let found = index.and_then(|index| match index {
+        Some(index) => Netlink::open()?
+            .any_link_with_master(index, |p| !bridge.own.contains(&p.name) && test(p)),
+        None => Ok(false),
     });
-    match ports {
-        Ok(ports) => ports
-            .iter()
-            .filter(|p| !bridge.own.contains(&p.name))
-            .any(test),
+    match found {
+        Ok(found) => found,
         Err(e) => {
             log::warn!(
                 "cannot list the ports of {}, keeping its firewall rules: {e}",
