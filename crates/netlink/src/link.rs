@@ -50,12 +50,7 @@ impl Netlink {
     ///
     /// Like `ip link show master BRIDGE`.
     pub fn links_with_master(&mut self, master: u32) -> Result<Vec<Link>, Error> {
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(skip_stats());
-        msg.attributes.push(LinkAttribute::Controller(master));
-        let replies = self
-            .transport
-            .dump("dump bridge ports", Msg::GetLink(msg))?;
+        let replies = self.transport.dump("dump bridge ports", ports_of(master))?;
         Ok(replies
             .into_iter()
             .filter_map(link_reply)
@@ -73,11 +68,8 @@ impl Netlink {
         master: u32,
         mut test: impl FnMut(&Link) -> bool,
     ) -> Result<bool, Error> {
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(skip_stats());
-        msg.attributes.push(LinkAttribute::Controller(master));
         self.transport
-            .dump_until("dump bridge ports", Msg::GetLink(msg), |reply| {
+            .dump_until("dump bridge ports", ports_of(master), |reply| {
                 link_reply(reply.clone())
                     .map(Link::from_message)
                     .is_some_and(|l| l.master == Some(master) && test(&l))
@@ -327,6 +319,14 @@ fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
 /// Statistics are most of a link reply and nobody here reads them.
 fn skip_stats() -> LinkAttribute {
     LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats])
+}
+
+/// The dump request of the links enslaved to `master` (the kernel filters them), without statistics.
+fn ports_of(master: u32) -> Msg {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(skip_stats());
+    msg.attributes.push(LinkAttribute::Controller(master));
+    Msg::GetLink(msg)
 }
 
 fn link_reply(msg: Msg) -> Option<LinkMessage> {

@@ -7,35 +7,10 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use common::Node;
+use common::{allocate_req, config, Node};
 use prost::Message;
-use trestle_ipam_api::convert::{allocate_request, PodMeta};
 use trestle_ipam_api::frame::{self, Method, HEADER_LEN, MAGIC};
 use trestle_ipam_api::v1::{self, ipam_client::IpamClient};
-use trestle_ipam_core::{Attachment, IpamConfig, Range, RangeSet};
-
-fn config(network: &str, subnet: &str) -> IpamConfig {
-    let range = Range::new(subnet.parse().unwrap(), None, None, None).unwrap();
-    IpamConfig {
-        network: network.into(),
-        range_sets: vec![RangeSet::new(vec![range]).unwrap()],
-        routes: vec![],
-        data_dir: Default::default(),
-        dns: Default::default(),
-        requested: vec![],
-        daemon: None,
-    }
-}
-
-fn allocate_req(cfg: &IpamConfig, id: &str) -> v1::AllocateRequest {
-    allocate_request(
-        cfg,
-        &Attachment::new(id, "eth0"),
-        &PodMeta::default(),
-        ("", 0),
-        trestle_ipam_api::version::peer("test"),
-    )
-}
 
 /// A frame connection opened by hand, with a deadline on every read.
 fn open(node: &Node) -> UnixStream {

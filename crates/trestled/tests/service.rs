@@ -7,34 +7,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{address, error_code, plugin, Node, NO_NETNS};
+use common::{address, allocate_req, config, error_code, plugin, Node, NO_NETNS};
 use trestle_ipam::daemon::DaemonClient;
-use trestle_ipam_api::convert::{allocate_request, PodMeta};
 use trestle_ipam_api::v1;
-use trestle_ipam_core::{Attachment, IpamConfig, Range, RangeSet};
-
-fn config(network: &str, subnet: &str) -> IpamConfig {
-    let range = Range::new(subnet.parse().unwrap(), None, None, None).unwrap();
-    IpamConfig {
-        network: network.into(),
-        range_sets: vec![RangeSet::new(vec![range]).unwrap()],
-        routes: vec![],
-        data_dir: Default::default(),
-        dns: Default::default(),
-        requested: vec![],
-        daemon: None,
-    }
-}
-
-fn allocate_req(cfg: &IpamConfig, id: &str) -> v1::AllocateRequest {
-    allocate_request(
-        cfg,
-        &Attachment::new(id, "eth0"),
-        &PodMeta::default(),
-        ("", 0),
-        trestle_ipam_api::version::peer("test"),
-    )
-}
+use trestle_ipam_core::IpamConfig;
 
 /// Polls `f` every 50 ms for up to 20 s (a loaded CI machine delays the daemon's timers).
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {

@@ -11,10 +11,37 @@ use trestle_testkit::Daemon;
 
 use serde_json::{json, Value};
 use trestle_ipam::daemon::DaemonClient;
-use trestle_ipam_core::DaemonSettings;
+use trestle_ipam_api::convert::{allocate_request, PodMeta};
+use trestle_ipam_api::v1;
+use trestle_ipam_core::{Attachment, DaemonSettings, IpamConfig, Range, RangeSet};
 
 /// Where cargo put the workspace binaries.
 pub use trestle_testkit::workspace_bin as bin;
+
+/// A daemon-mode network of one range, as a request carries it.
+pub fn config(network: &str, subnet: &str) -> IpamConfig {
+    let range = Range::new(subnet.parse().unwrap(), None, None, None).unwrap();
+    IpamConfig {
+        network: network.into(),
+        range_sets: vec![RangeSet::new(vec![range]).unwrap()],
+        routes: vec![],
+        data_dir: Default::default(),
+        dns: Default::default(),
+        requested: vec![],
+        daemon: None,
+    }
+}
+
+/// The Allocate request the plugin would send for container `id`'s `eth0`.
+pub fn allocate_req(cfg: &IpamConfig, id: &str) -> v1::AllocateRequest {
+    allocate_request(
+        cfg,
+        &Attachment::new(id, "eth0"),
+        &PodMeta::default(),
+        ("", 0),
+        trestle_ipam_api::version::peer("test"),
+    )
+}
 
 /// True when running as root (the privileged tests need it).
 pub fn is_root() -> bool {
