@@ -70,7 +70,7 @@ impl Netlink {
     ) -> Result<bool, Error> {
         self.transport
             .dump_until("dump bridge ports", ports_of(master), |reply| {
-                link_reply(reply.clone())
+                link_reply(reply)
                     .map(Link::from_message)
                     .is_some_and(|l| l.master == Some(master) && test(&l))
             })

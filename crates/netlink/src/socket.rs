@@ -103,7 +103,7 @@ impl Transport {
         mut self,
         op: &'static str,
         msg: RouteNetlinkMessage,
-        mut found: impl FnMut(&RouteNetlinkMessage) -> bool,
+        mut found: impl FnMut(RouteNetlinkMessage) -> bool,
     ) -> Result<bool, Error> {
         for _ in 0..DUMP_TRIES {
             let seq = self.next_seq();
@@ -116,10 +116,10 @@ impl Transport {
                 let len = self.recv()?;
                 let done = self.parse_chunk(op, seq, len, &mut replies)?;
                 // A reply of an inconsistent dump still names a link that existed during it.
-                if replies.messages.iter().any(&mut found) {
+                // Each reply is handed over, not copied; the rest of a chunk goes unread.
+                if replies.messages.drain(..).any(&mut found) {
                     return Ok(true);
                 }
-                replies.messages.clear();
                 if done {
                     break;
                 }

@@ -72,13 +72,15 @@ fn keeps_forward(port: &Link, group: u32) -> bool {
 /// (see `Firewall::remove_if_unused`): an ADD's port is on the bridge, in its group, before that ADD ensures the
 /// rules under the same lock, so a DEL seeing no user cannot strand a new pod.
 pub fn in_use(host: &mut Netlink, bridge: &Bridge, network: &str) -> bool {
-    any_port(host, bridge, |p| keeps(p, masq_group(network)))
+    let group = masq_group(network);
+    any_port(host, bridge, |p| keeps(p, group))
 }
 
 /// Whether `network` still has an attachment on `bridge` that needs its forward accept; called under the
 /// firewall lock, like [`in_use`].
 pub fn forward_in_use(host: &mut Netlink, bridge: &Bridge, network: &str) -> bool {
-    any_port(host, bridge, |p| keeps_forward(p, masq_group(network)))
+    let group = masq_group(network);
+    any_port(host, bridge, |p| keeps_forward(p, group))
 }
 
 /// Whether a port of `bridge` passes `test`; true when the ports cannot be listed (when in doubt, keep the rules).
